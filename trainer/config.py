@@ -1,0 +1,439 @@
+"""The run configuration: one typed schema, loaded from YAML, overridable with ``--set``.
+
+Torch-free (pydantic and PyYAML only): the dashboard and ``loratop check`` import it.
+Knob names follow the libraries a QLoRA user already knows: peft's ``LoraConfig``,
+bitsandbytes' ``BitsAndBytesConfig`` and transformers' ``TrainingArguments``.
+
+User mistakes never raise a traceback: :func:`load_config` raises :class:`ConfigError`
+holding one line per problem, each naming the field, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+OPTIMIZERS = (
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "paged_lion_8bit",
+    "paged_lion_32bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_ademamix_8bit",
+    "paged_ademamix_32bit",
+    "ademamix",
+    "ademamix_8bit",
+    "rmsprop",
+)
+"""The ``optim`` values accepted: transformers' ``OptimizerNames`` that need no extra
+package (a test keeps this list inside transformers' own)."""
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+"""The ``lr_scheduler_type`` values accepted (transformers' ``SchedulerType``)."""
+
+def _yaml_number(value: Any) -> Any:
+    """Accept ``2e-4`` written in YAML: PyYAML reads a float without a dot as a string."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_yaml_number)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+
+class ModelSection(_Section):
+    """Which base model to fine-tune."""
+
+    name_or_path: str = "tiny"
+    """A Hugging Face hub id (``google/gemma-3-4b-it``), a local folder with
+    ``config.json`` and weights, or ``tiny``: a small random-init Llama and a tokenizer
+    built locally in seconds (no download), for demos and tests."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained``; only for models whose code lives on the hub."""
+
+
+class QuantizationSection(_Section):
+    """How the frozen base is loaded (bitsandbytes' ``BitsAndBytesConfig``)."""
+
+    load_in_4bit: bool = True
+    """Load the base in 4 bits (QLoRA). ``false`` loads it in the compute dtype (plain LoRA)."""
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: ``nf4`` (NormalFloat, the QLoRA paper's choice) or ``fp4``."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bits per parameter)."""
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Dtype the 4-bit weights are dequantized to for each matmul."""
+
+
+class LoraSection(_Section):
+    """The adapters (peft's ``LoraConfig``)."""
+
+    r: int = Field(default=16, gt=0, le=4096)
+    """LoRA rank: the inner dimension of each adapter pair."""
+    lora_alpha: Float = Field(default=32, gt=0)
+    """Scale numerator: updates are scaled by ``lora_alpha / r``."""
+    lora_dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input, in [0, 1)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS), min_length=1)
+    """Module names to adapt; default all seven projections of a Llama-style block.
+    ``[all-linear]`` is peft's shorthand for every linear layer but the output head."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train: ``none`` keeps the base fully frozen."""
+    allow_trainable_base: bool = False
+    """Train anyway when a non-adapter base parameter requires grad. By default the
+    trainer refuses and names the tensors: that is the classic QLoRA bug that trains
+    (and saves) far more than the adapter."""
+
+
+class TrainingSection(_Section):
+    """The optimisation loop (transformers' ``TrainingArguments``)."""
+
+    learning_rate: Float = Field(default=2e-4, gt=0)
+    """Peak learning rate; 2e-4 is the usual QLoRA value."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule after warm-up (transformers' ``SchedulerType``)."""
+    warmup_steps: Float = Field(default=0.03, ge=0)
+    """Linear warm-up: a value ≥ 1 is a step count, below 1 a fraction of all steps."""
+    max_steps: int = Field(default=-1, ge=-1)
+    """Optimizer steps to run; -1 means use ``num_train_epochs``."""
+    num_train_epochs: Float = Field(default=1.0, gt=0)
+    """Passes over the dataset when ``max_steps`` is -1."""
+    per_device_train_batch_size: int = Field(default=4, ge=1)
+    """Sequences per forward pass on each device."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Forward passes per optimizer step (effective batch = this × batch size)."""
+    max_seq_length: int = Field(default=1024, ge=8)
+    """Longer examples are truncated to this many tokens."""
+    optim: str = "paged_adamw_8bit"
+    """Optimizer; ``paged_adamw_8bit`` pages its state to host RAM under memory pressure."""
+    weight_decay: Float = Field(default=0.0, ge=0)
+    """AdamW weight decay on the adapters."""
+    max_grad_norm: Float = Field(default=0.3, gt=0)
+    """Gradient clipping norm (0.3 in the QLoRA paper)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    seed: int = 42
+    """Seed for adapter init, data order and dropout."""
+    save_steps: int = Field(default=0, ge=0)
+    """Save an adapter checkpoint every N steps; 0 saves only at the end."""
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(_accepted_message(value, OPTIMIZERS))
+        return value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise ValueError(_accepted_message(value, SCHEDULERS))
+        return value
+
+
+class DataSection(_Section):
+    """The training data."""
+
+    path: str = "embedded:tool-chat"
+    """A local ``.jsonl``, ``.json`` or ``.parquet`` file (relative to where loratop
+    runs), a hub dataset id (``org/name``), or ``embedded:tool-chat`` (3,000 synthetic
+    tool-calling chats shipped with loratop)."""
+    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    """Row format: ``text`` (a ``text`` field), ``prompt_completion`` (``prompt`` and
+    ``completion`` fields; loss on the completion only), ``messages`` (chat turns with
+    ``role`` and ``content``), or ``auto`` to detect it from the first row."""
+    split: str = "train"
+    """Split to train on, for hub datasets."""
+    max_rows: int | None = Field(default=None, ge=1)
+    """Use only the first N rows (quick experiments); all rows when unset."""
+
+
+class MonitorSection(_Section):
+    """What the trainer measures while it trains."""
+
+    memory_sample_hz: Float = Field(default=2.0, gt=0, le=50)
+    """Memory samples per second (host RSS, and NVML/torch figures on a GPU); the
+    sampler runs on its own thread, also between steps and during model load."""
+    spike_sensitivity: Float = Field(default=1.0, gt=0, le=10)
+    """How readily the loss-spike detector fires: 2.0 fires on smaller jumps, 0.5
+    only on larger ones."""
+
+
+class RunConfig(_Section):
+    """A whole run: the model, how it is quantized, the adapters, the loop, the data."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    data: DataSection = Field(default_factory=DataSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
+    output_dir: str | None = None
+    """The run directory. Unset: ``runs/<config name>-<date>-<time>`` under the
+    current folder. It must not already hold a run."""
+
+
+class ConfigError(Exception):
+    """A config the user must fix; :attr:`problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _accepted_message(value: Any, accepted: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(value), accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"not one of the accepted values{hint}; accepted: {', '.join(accepted)}"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema class holding the field at ``loc`` (for did-you-mean on unknown keys)."""
+    cls: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        cls = annotation
+    return cls
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem_lines(err: ValidationError, source_of: dict[str, str], default_source: str) -> list[str]:
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        path = ".".join(str(p) for p in loc)
+        source = source_of.get(path, default_source)
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            section = _section_at(loc)
+            known = list(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"{source}: {path}: unknown key{hint}; accepted here: {', '.join(known)}")
+            continue
+        message = item["msg"]
+        message = re.sub(r"^Value error, ", "", message)
+        message = re.sub(r"^Input should be ", "must be ", message)
+        message = message.replace("Input should ", "must ")
+        if kind == "model_type" or kind == "dict_type":
+            message = "must be a mapping of keys to values (a YAML section)"
+        lines.append(f"{source}: {path} = {_short(item.get('input'))}: {message}")
+    return lines
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Turn ``["lora.r=16", "output_dir=runs/x"]`` into ``{"lora.r": 16, ...}``.
+
+    Values are read as YAML, so ``16`` is an int, ``[q_proj, v_proj]`` a list and
+    ``2e-4`` a number.
+
+    Raises:
+        ConfigError: an assignment without ``=`` or with an empty key.
+    """
+    result: dict[str, Any] = {}
+    problems = []
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"--set {text}: expected section.key=value, e.g. --set lora.r=16")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        result[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+def _apply_override(tree: dict[str, Any], dotted: str, value: Any) -> str | None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"--set {dotted}: {part} is not a section"
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with clear errors for a missing file or malformed YAML."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a folder, expected a YAML config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}{where}: malformed YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: must be a YAML mapping of sections (model:, lora:, ...), got {type(data).__name__}"])
+    return data
+
+
+def default_output_dir(config_path: Path | None, now: _dt.datetime | None = None) -> str:
+    """``runs/<config stem>-<YYYYmmdd-HHMMSS>``: a new, sortable folder per run."""
+    stem = config_path.stem if config_path else "run"
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{stem}-{stamp}")
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    check_files: bool = True,
+) -> RunConfig:
+    """Load, override and validate a config; fill in the output folder.
+
+    Args:
+        path: A YAML file, or ``None`` for all defaults.
+        overrides: From :func:`parse_overrides`; applied on top of the file.
+        check_files: Also check what lives outside the file: the data file, its rows,
+            target modules against the model's architecture, the output folder.
+
+    Returns:
+        The validated config, with ``output_dir`` set.
+
+    Raises:
+        ConfigError: every problem found, one line each.
+    """
+    config_path = Path(path) if path is not None else None
+    tree = read_yaml(config_path) if config_path else {}
+    source = str(config_path) if config_path else "defaults"
+    source_of: dict[str, str] = {}
+    problems = []
+    for dotted, value in (overrides or {}).items():
+        problem = _apply_override(tree, dotted, value)
+        if problem:
+            problems.append(problem)
+        source_of[dotted] = f"--set {dotted}"
+    if problems:
+        raise ConfigError(problems)
+    try:
+        config = RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_problem_lines(err, source_of, source)) from None
+    if config.output_dir is None:
+        config.output_dir = default_output_dir(config_path)
+    if check_files:
+        problems = check_outside(config, source_of, source)
+        if problems:
+            raise ConfigError(problems)
+    return config
+
+
+def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, source: str = "config") -> list[str]:
+    """Checks that need more than the file: data, architecture, output folder.
+
+    Returns:
+        One line per problem (empty when all is well).
+    """
+    source_of = source_of or {}
+
+    def where(dotted: str) -> str:
+        return source_of.get(dotted, source)
+
+    problems = []
+    model_type = model_type_of(config.model.name_or_path)
+    if model_type is None and _looks_local(config.model.name_or_path):
+        problems.append(
+            f"{where('model.name_or_path')}: model.name_or_path = {config.model.name_or_path!r}: "
+            "no config.json there; expected a model folder, a hub id (org/name) or 'tiny'"
+        )
+    known = LINEAR_MODULES.get(model_type or "")
+    if known:
+        for name in config.lora.target_modules:
+            if name not in known and name not in SPECIAL_TARGETS:
+                accepted = list(known) + list(SPECIAL_TARGETS)
+                problems.append(
+                    f"{where('lora.target_modules')}: lora.target_modules: {name!r} is not a module of a "
+                    f"{model_type} model; {_accepted_message(name, accepted)}"
+                )
+    from trainer.data_files import DataProblem, inspect_data
+
+    try:
+        inspect_data(config.data.path, config.data.format)
+    except DataProblem as exc:
+        problems.append(f"{where('data.path')}: data.path = {config.data.path!r}: {exc}")
+    out = Path(config.output_dir or ".")
+    if (out / "events.jsonl").exists():
+        problems.append(
+            f"{where('output_dir')}: output_dir = {str(out)!r}: already holds a run "
+            "(events.jsonl); choose a new folder or remove that one"
+        )
+    elif out.exists() and not out.is_dir():
+        problems.append(f"{where('output_dir')}: output_dir = {str(out)!r}: exists and is not a folder")
+    return problems
+
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a local path (not a hub id like ``org/name``)."""
+    if name == "tiny":
+        return False
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return Path(name).exists()
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, in schema order, for the run folder's ``config.yaml``."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

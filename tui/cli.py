@@ -1,0 +1,131 @@
+"""The ``loratop`` command line.
+
+    loratop run CONFIG [--set section.key=value ...] [--no-tui]
+    loratop check CONFIG [--set section.key=value ...]
+    loratop demo [--no-tui]
+
+A mistake in the config ends in one line per problem and exit code 2, before
+anything is launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError, RunConfig, load_config, parse_overrides
+from trainer.data_files import DataProblem, inspect_data
+from tui import samples
+
+EXIT_USAGE = 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run config, or the name of a shipped sample (e.g. tiny-cpu-demo)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set lora.r=32 --set output_dir=runs/r32 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="loratop", description="Launch and watch QLoRA fine-tuning runs.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="validate a config, launch the trainer and watch it")
+    _add_config_args(run)
+    run.add_argument("--no-tui", action="store_true", help="print a compact line every few steps instead of the dashboard")
+
+    check = commands.add_parser("check", help="validate a config without training")
+    _add_config_args(check)
+
+    demo = commands.add_parser("demo", help=f"run the shipped tiny CPU demo ({samples.DEMO}.yaml)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    demo.add_argument("--no-tui", action="store_true", help="print lines instead of the dashboard")
+    return parser
+
+
+def _load(config_arg: str, overrides: list[str]) -> tuple[RunConfig, Path]:
+    path = samples.resolve_config_path(config_arg)
+    return load_config(path, parse_overrides(overrides)), path
+
+
+def _report(exc: ConfigError) -> int:
+    for line in exc.problems:
+        print(line, file=sys.stderr)
+    count = len(exc.problems)
+    print(f"loratop: {count} problem{'s' if count != 1 else ''} in the config; nothing was launched", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate and summarise a config."""
+    try:
+        config, path = _load(args.config, args.overrides)
+    except ConfigError as exc:
+        return _report(exc)
+    print(summarise(config, path))
+    return 0
+
+
+def summarise(config: RunConfig, path: Path) -> str:
+    """A few lines saying what the config will do."""
+    q = config.quantization
+    lora = config.lora
+    t = config.training
+    try:
+        info = inspect_data(config.data.path, config.data.format)
+        rows = f"{info.rows:,} rows" if info.rows is not None else "hub dataset, fetched at run time"
+        data = f"{config.data.path} ({rows}, {info.format or config.data.format})"
+    except DataProblem as exc:  # pragma: no cover - load_config already checked
+        data = f"{config.data.path} ({exc})"
+    base = f"NF4" if q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" else ("FP4" if q.load_in_4bit else "unquantized")
+    steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_train_epochs:g} epoch(s)"
+    return "\n".join(
+        [
+            f"ok: {path}",
+            f"  model   {config.model.name_or_path} ({base}{', double quant' if q.load_in_4bit and q.bnb_4bit_use_double_quant else ''}, compute {q.bnb_4bit_compute_dtype})",
+            f"  lora    r={lora.r} lora_alpha={lora.lora_alpha:g} (scale {lora.lora_alpha / lora.r:g}) dropout={lora.lora_dropout:g} on {', '.join(lora.target_modules)}",
+            f"  train   lr={t.learning_rate:g} {t.lr_scheduler_type}, {steps}, batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps}, seq {t.max_seq_length}, {t.optim}",
+            f"  data    {data}",
+            f"  output  {config.output_dir}",
+        ]
+    )
+
+
+def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
+    """Validate, launch and follow a run."""
+    try:
+        config, path = _load(config_arg or args.config, args.overrides)
+    except ConfigError as exc:
+        return _report(exc)
+    from tui.headless import follow_launched
+    from tui.launcher import launch
+
+    if not args.no_tui:
+        print("loratop: the live dashboard is not built yet; following the run in the terminal", file=sys.stderr)
+    return follow_launched(launch(config, path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``loratop`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "demo":
+        return cmd_run(args, config_arg=samples.DEMO)
+    parser.print_help()
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""``loratop run CONFIG --no-tui``: follow a run's events and print a compact line now and then.
+
+Reads the trainer's pipe; a ``seq`` gap (the trainer left events off a full pipe) is
+filled from ``events.jsonl``, the source of truth. Ctrl-C asks the trainer to stop at
+the next step boundary and save the adapter; a second Ctrl-C detaches and leaves the
+run going.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from trainer import events as ev
+from trainer.run_dir import EVENTS, LOG
+from tui.launcher import LaunchedRun
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+GIB = 1024**3
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``1.2 GiB``, ``340 MiB``."""
+    if n is None:
+        return "?"
+    if n >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def fmt_memory(event: dict[str, Any]) -> str:
+    """One memory event in a few words: GPU used/total (or why there is none) and host RSS."""
+    rss = fmt_bytes(event.get("host", {}).get("rss"))
+    gpus = event.get("gpus") or []
+    if gpus:
+        gpu = " ".join(f"gpu{g['index']} {fmt_bytes(g['used'])}/{fmt_bytes(g['total'])}" for g in gpus)
+        return f"{gpu}  rss {rss}"
+    if event.get("gpu_state") == "no_nvidia_gpu":
+        return f"rss {rss} (no NVIDIA GPU)"
+    return f"rss {rss} (GPU n/a: {event.get('gpu_note', 'unknown')})"
+
+
+def fmt_loss(value: Any) -> str:
+    """A loss with four decimals; NaN and Inf spelled out."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class HeadlessPrinter:
+    """Turns events into lines for a terminal or a log file."""
+
+    out: TextIO = sys.stdout
+    interval_s: float = 1.0
+    """At most one step line per interval (plus the first and the last step)."""
+    clock: Callable[[], float] = time.monotonic
+    max_steps: int | None = None
+    last_memory: dict[str, Any] | None = None
+    last_step: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None
+    _last_print: float = field(default=-1e9, repr=False)
+    _step_printed: bool = field(default=False, repr=False)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """Print what this event is worth printing."""
+        kind = event["type"]
+        if kind == ev.LOG:
+            level = event.get("level")
+            prefix = f"{level}: " if level else ""
+            self._print(f"[trainer] {prefix}{event.get('message', '')}")
+        elif kind == ev.RUN_STARTED:
+            self._run_started(event)
+        elif kind == ev.MEMORY:
+            self.last_memory = event
+        elif kind == ev.STEP:
+            self._step(event)
+        elif kind == ev.CHECKPOINT:
+            what = "adapter saved" if event.get("final") else "checkpoint saved"
+            self._print(f"{what} at step {event.get('step')}: {event.get('path')}")
+        elif kind == ev.SPIKE:
+            self._print(
+                f"SPIKE {event.get('severity', '')} at step {event.get('step')}: loss {fmt_loss(event.get('loss'))} "
+                f"(baseline {fmt_loss(event.get('baseline'))}, {event.get('kind', '')})"
+            )
+        elif kind == ev.RUN_FINISHED:
+            self._finished(event)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _run_started(self, event: dict[str, Any]) -> None:
+        self.max_steps = event.get("max_steps")
+        params = event.get("params", {})
+        model = event.get("model", {})
+        device = event.get("device", {})
+        frozen = "base frozen" if params.get("base_frozen") else "BASE NOT FROZEN"
+        self._print(
+            f"run {event.get('run_name')}: {model.get('name_or_path')} ({model.get('model_type')}) on "
+            f"{device.get('kind')}; trainable {params.get('trainable', 0):,} / {params.get('total', 0):,} "
+            f"= {100 * params.get('fraction', 0):.3f}% ({frozen}); {self.max_steps} steps"
+        )
+
+    def _step(self, event: dict[str, Any]) -> None:
+        self.last_step = event
+        step = event.get("step")
+        now = self.clock()
+        due = now - self._last_print >= self.interval_s
+        if not (due or not self._step_printed or step == self.max_steps):
+            return
+        self._last_print = now
+        self._step_printed = True
+        total = f"/{self.max_steps}" if self.max_steps else ""
+        lr = event.get("lr")
+        grad = event.get("grad_norm")
+        memory = fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet"
+        self._print(
+            f"step {step}{total}  loss {fmt_loss(event.get('loss'))}  "
+            f"lr {lr:.2e}  grad {fmt_loss(grad) if grad is not None else '?'}  {memory}"
+            if isinstance(lr, float)
+            else f"step {step}{total}  loss {fmt_loss(event.get('loss'))}  {memory}"
+        )
+
+    def _finished(self, event: dict[str, Any]) -> None:
+        self.finished = event
+        status = event.get("status")
+        line = f"run {status} after {event.get('duration_s', 0):.1f} s"
+        if self.last_step:
+            line += f"; last step {self.last_step.get('step')} loss {fmt_loss(self.last_step.get('loss'))}"
+        self._print(line)
+        error = event.get("error")
+        if error:
+            for tb_line in error.get("traceback", [])[-6:]:
+                self._print(f"  {tb_line}")
+            self._print(f"error: {error.get('message')}")
+
+
+class EventStream:
+    """Events from the pipe, in ``seq`` order, with gaps filled from ``events.jsonl``."""
+
+    def __init__(self, fd: int, events_path: Path) -> None:
+        self._fd = fd
+        self._path = events_path
+        self._decoder = ev.Decoder()
+        self.next_seq = 0
+        self.filled_from_file = 0
+        """Events that did not come through the pipe and were read from the file."""
+
+    @property
+    def skipped(self) -> int:
+        """Lines on the pipe that were not valid events."""
+        return self._decoder.skipped
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """Block for the next chunk; ``None`` at end of stream (the trainer closed its end)."""
+        try:
+            chunk = os.read(self._fd, 65536)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            return []
+        if not chunk:
+            return None
+        return self._in_order(self._decoder.feed(chunk))
+
+    def rest_from_file(self) -> list[dict[str, Any]]:
+        """Whatever the file holds beyond what was seen (after the pipe closed)."""
+        events, _ = ev.read_events(str(self._path)) if self._path.exists() else ([], 0)
+        missing = [e for e in events if e["seq"] >= self.next_seq]
+        self.filled_from_file += len(missing)
+        if missing:
+            self.next_seq = missing[-1]["seq"] + 1
+        return missing
+
+    def _in_order(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        result = []
+        for event in events:
+            seq = event["seq"]
+            if seq < self.next_seq:
+                continue  # already had it
+            if seq > self.next_seq:
+                result += self._fill(self.next_seq, seq)
+            result.append(event)
+            self.next_seq = seq + 1
+        return result
+
+    def _fill(self, start: int, stop: int) -> list[dict[str, Any]]:
+        events, _ = ev.read_events(str(self._path))
+        gap = [e for e in events if start <= e["seq"] < stop]
+        self.filled_from_file += len(gap)
+        return gap
+
+
+def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
+    """Print a launched run until it finishes; return the CLI's exit code."""
+    printer = HeadlessPrinter(out=out)
+    stream = EventStream(run.events_fd, run.run_dir / EVENTS)
+    interrupts = 0
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            _send(run.process.pid, signal.SIGTERM)
+            print(
+                "\nstopping at the next step boundary and saving the adapter "
+                "(Ctrl-C again to detach and leave the run going)",
+                file=out,
+                flush=True,
+            )
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    print(f"run folder: {run.run_dir}  (trainer pid {run.process.pid}, log: {run.run_dir / LOG})", file=out, flush=True)
+    try:
+        while True:
+            batch = stream.read()
+            if batch is None:
+                break
+            for event in batch:
+                printer.handle(event)
+    except KeyboardInterrupt:
+        print(f"detached; the run goes on (pid {run.process.pid}). Its events: {run.run_dir / EVENTS}", file=out)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        os.close(run.events_fd)
+    code = run.process.wait()
+    for event in stream.rest_from_file():
+        printer.handle(event)
+    if stream.skipped:
+        print(f"note: {stream.skipped} garbled line(s) on the events pipe were skipped", file=out)
+    if printer.finished is None:
+        print(
+            f"error: the trainer exited with code {code} before reporting how the run ended; "
+            f"see {run.run_dir / LOG}:",
+            file=out,
+        )
+        for line in _tail(run.run_dir / LOG, 15):
+            print(f"  {line}", file=out)
+        return EXIT_FAILED
+    status = printer.finished.get("status")
+    if status == ev.COMPLETED:
+        return EXIT_OK
+    if status == ev.STOPPED:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED
+
+
+def _send(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return []

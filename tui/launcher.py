@@ -1,0 +1,84 @@
+"""Start the trainer subprocess so that it outlives the terminal that launched it.
+
+The trainer runs in its own session (a dropped SSH link's SIGHUP never reaches it),
+with stdin from /dev/null, stdout and stderr into ``trainer.log``, and events on a
+dedicated pipe whose write end is the only extra fd it inherits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import RunConfig, dump_config
+from trainer.data_files import DataProblem, resolve_path
+from trainer.run_dir import CONFIG, LOG, now, write_status
+
+
+@dataclass
+class LaunchedRun:
+    """A trainer subprocess and the read end of its events pipe."""
+
+    process: subprocess.Popen[bytes]
+    run_dir: Path
+    events_fd: int
+    """Read end of the events pipe; the caller owns it and closes it."""
+
+
+def resolved_for_run(config: RunConfig) -> RunConfig:
+    """The config as the run folder records it: local data paths made absolute."""
+    resolved = config.model_copy(deep=True)
+    try:
+        source, file = resolve_path(resolved.data.path)
+    except DataProblem:
+        return resolved
+    if source == "file" and file is not None:
+        resolved.data.path = str(file.resolve())
+    return resolved
+
+
+def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
+    """Create the run folder, write ``config.yaml`` and spawn ``python -m trainer``.
+
+    Args:
+        config: A config that passed :func:`trainer.config.load_config`.
+        config_source: The YAML it came from, recorded in ``status.json``.
+    """
+    assert config.output_dir is not None
+    run_dir = Path(config.output_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG).write_text(dump_config(resolved_for_run(config)))
+    write_status(
+        run_dir,
+        state="starting",
+        launched_at=now(),
+        config_source=str(config_source.resolve()) if config_source else None,
+    )
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    with open(run_dir / LOG, "ab") as log:
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trainer",
+                    str(run_dir / CONFIG),
+                    "--run-dir",
+                    str(run_dir),
+                    "--events-fd",
+                    str(write_fd),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                env=env,
+            )
+        finally:
+            os.close(write_fd)
+    return LaunchedRun(process=process, run_dir=run_dir, events_fd=read_fd)

@@ -1,0 +1,1 @@
+"""Reusable Textual widgets (charts, gauges, counters); they import only textual and rich."""

@@ -554,9 +554,7 @@ def task_currency(rng: random.Random) -> Conversation:
     lead = _lead(rng, f"Let me convert {source} to {target}.")
     return [
         _user(ask),
-        _call(
-            lead, "convert_currency", {"amount": amount, "from": source, "to": target}
-        ),
+        _call(lead, "convert_currency", {"amount": amount, "from": source, "to": target}),
         _result(res),
         _assistant(answer),
     ]
@@ -833,10 +831,7 @@ DIRECT_QA: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("How many months are in a year?", "How many months does a year have?"),
-        (
-            "A year has 12 months, from January to December. Most years have 365 "
-            "days. No tool is needed for that."
-        ),
+        ("A year has 12 months, from January to December. Most years have 365 days. No tool is needed for that."),
     ),
     (
         ("What color is the sky on a clear day?", "Why is the sky blue?"),
@@ -855,10 +850,7 @@ DIRECT_QA: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("Tell me a joke.", "Do you know a joke?"),
-        (
-            "Why did the calculator stay calm? Because it always knew the answer. "
-            "I hope that made you smile!"
-        ),
+        ("Why did the calculator stay calm? Because it always knew the answer. I hope that made you smile!"),
     ),
     (
         ("How do I ask about the weather?", "Which tool gives the weather?"),
@@ -917,10 +909,7 @@ def multi_weather_compare(rng: random.Random) -> Conversation:
         verdict = f"{city_b} is warmer by {tb - ta} °C."
     else:
         verdict = "Both cities have the same temperature."
-    answer = (
-        f"{city_a} is {res_a['condition']} at {ta} °C, and {city_b} is "
-        f"{res_b['condition']} at {tb} °C. {verdict}"
-    )
+    answer = f"{city_a} is {res_a['condition']} at {ta} °C, and {city_b} is {res_b['condition']} at {tb} °C. {verdict}"
     return [
         _user(ask),
         _call(f"Let me check {city_a} first.", "get_weather", {"city": city_a}),
@@ -946,14 +935,8 @@ def multi_currency_split(rng: random.Random) -> Conversation:
     ask = _ask(
         rng,
         (
-            (
-                f"Convert {amount} {source} to {target} and split it between "
-                f"{people} people."
-            ),
-            (
-                f"We have {amount} {source} to share among {people} friends. "
-                f"How much does each get in {target}?"
-            ),
+            (f"Convert {amount} {source} to {target} and split it between {people} people."),
+            (f"We have {amount} {source} to share among {people} friends. How much does each get in {target}?"),
         ),
     )
     res_c = tool_convert_currency(amount, source, target)
@@ -995,17 +978,12 @@ def multi_stock_cost(rng: random.Random) -> Conversation:
     res_s = tool_get_stock_price(ticker)
     expression = f"{res_s['price']} * {shares}"
     res_c = tool_calculate(expression)
-    answer = (
-        f"{ticker} trades at {res_s['price']} dollars, so {shares} shares cost "
-        f"{res_c['result']} dollars."
-    )
+    answer = f"{ticker} trades at {res_s['price']} dollars, so {shares} shares cost {res_c['result']} dollars."
     return [
         _user(ask),
         _call(f"Let me look up {ticker} first.", "get_stock_price", {"ticker": ticker}),
         _result(res_s),
-        _call(
-            "Now let me calculate the cost.", "calculate", {"expression": expression}
-        ),
+        _call("Now let me calculate the cost.", "calculate", {"expression": expression}),
         _result(res_c),
         _assistant(answer),
     ]
@@ -1030,10 +1008,7 @@ def multi_translate_two(rng: random.Random) -> Conversation:
         ),
     )
     res_a, res_b = tool_translate(word_a, language), tool_translate(word_b, language)
-    answer = (
-        f"In {language}, {word_a} is {res_a['translation']} and {word_b} is "
-        f"{res_b['translation']}."
-    )
+    answer = f"In {language}, {word_a} is {res_a['translation']} and {word_b} is {res_b['translation']}."
     return [
         _user(ask),
         _call(
@@ -1072,10 +1047,7 @@ def chain_conversation(rng: random.Random) -> Conversation:
     messages: Conversation = []
     steps = rng.choice((3, 4, 5, 6))
     for index in range(steps):
-        if rng.random() < 0.25:
-            part = rng.choice(MULTI_TASKS)(rng)
-        else:
-            part = rng.choice(SINGLE_TASKS)(rng)
+        part = rng.choice(MULTI_TASKS)(rng) if rng.random() < 0.25 else rng.choice(SINGLE_TASKS)(rng)
         if index > 0 and rng.random() < 0.5:
             part[0] = _user(f"{rng.choice(FOLLOW_UPS)} {part[0]['content']}")
         messages += part
@@ -1165,18 +1137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     Returns:
         The parsed arguments.
     """
-    parser = argparse.ArgumentParser(
-        description="Generate a deterministic synthetic tool-calling chat dataset."
-    )
+    parser = argparse.ArgumentParser(description="Generate a deterministic synthetic tool-calling chat dataset.")
     parser.add_argument(
         "--rows",
         type=int,
         default=DEFAULT_ROWS,
         help="number of conversations (default: %(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (default: %(default)s)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--out",
         type=Path,

@@ -59,6 +59,7 @@ SCHEDULERS = (
 )
 """The ``lr_scheduler_type`` values accepted (transformers' ``SchedulerType``)."""
 
+
 def _yaml_number(value: Any) -> Any:
     """Accept ``2e-4`` written in YAML: PyYAML reads a float without a dot as a string."""
     if isinstance(value, str):
@@ -223,6 +224,17 @@ def _accepted_message(value: Any, accepted: tuple[str, ...] | list[str]) -> str:
     return f"not one of the accepted values{hint}; accepted: {', '.join(accepted)}"
 
 
+_SYNONYMS = {
+    "rank": "r",
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "epochs": "num_train_epochs",
+    "grad_accum": "gradient_accumulation_steps",
+    "model_name": "name_or_path",
+}
+"""Common names for a field that spelling similarity cannot find (``rank`` is far from ``r``)."""
+
+
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The schema class holding the field at ``loc`` (for did-you-mean on unknown keys)."""
     cls: type[BaseModel] = RunConfig
@@ -251,6 +263,8 @@ def _problem_lines(err: ValidationError, source_of: dict[str, str], default_sour
             section = _section_at(loc)
             known = list(section.model_fields) if section else []
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if not close and _SYNONYMS.get(str(loc[-1])) in known:
+                close = [_SYNONYMS[str(loc[-1])]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(f"{source}: {path}: unknown key{hint}; accepted here: {', '.join(known)}")
             continue
@@ -325,7 +339,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must be a YAML mapping of sections (model:, lora:, ...), got {type(data).__name__}"])
+        raise ConfigError(
+            [f"{path}: must be a YAML mapping of sections (model:, lora:, ...), got {type(data).__name__}"]
+        )
     return data
 
 

@@ -45,9 +45,13 @@ def row_format(row: Any) -> str | None:
     if not isinstance(row, dict):
         return None
     messages = row.get("messages")
-    if isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in messages
+    if (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
     ):
         return "messages"
     if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
@@ -73,7 +77,9 @@ def resolve_path(path: str) -> tuple[str, Path | None]:
     if path.startswith("embedded:"):
         name = path.split(":", 1)[1]
         if name not in EMBEDDED_DATASETS:
-            raise DataProblem(f"no embedded dataset {name!r}; accepted: " + ", ".join(f"embedded:{n}" for n in EMBEDDED_DATASETS))
+            raise DataProblem(
+                f"no embedded dataset {name!r}; accepted: " + ", ".join(f"embedded:{n}" for n in EMBEDDED_DATASETS)
+            )
         return "embedded", EMBEDDED_DATASETS[name]
     file = Path(path).expanduser()
     if file.is_dir():
@@ -100,6 +106,8 @@ def _read_rows(file: Path, limit: int | None) -> tuple[list[Any], int]:
                 if limit is None or len(rows) < limit:
                     try:
                         rows.append(json.loads(line))
+                    except UnicodeDecodeError:
+                        raise DataProblem(f"line {lineno} is not valid UTF-8") from None
                     except ValueError as exc:
                         raise DataProblem(f"line {lineno} is not valid JSON ({exc.args[0].split(':')[0]})") from None
         return rows, count
@@ -111,7 +119,7 @@ def _read_rows(file: Path, limit: int | None) -> tuple[list[Any], int]:
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise DataProblem("a .json file must hold a list of rows (or {\"data\": [...]})")
+            raise DataProblem('a .json file must hold a list of rows (or {"data": [...]})')
         return (data if limit is None else data[:limit]), len(data)
     try:
         import pyarrow.parquet as pq
@@ -138,7 +146,10 @@ def inspect_data(path: str, fmt: str = "auto") -> DataInfo:
     source, file = resolve_path(path)
     if file is None:
         return DataInfo(source, None, None, None if fmt == "auto" else fmt)
-    rows, count = _read_rows(file, _PEEK_ROWS)
+    try:
+        rows, count = _read_rows(file, _PEEK_ROWS)
+    except OSError as exc:  # e.g. no read permission: a user mistake, not a traceback
+        raise DataProblem(f"cannot read: {exc.strerror or exc}") from None
     if count == 0:
         raise DataProblem("the dataset is empty (no rows)")
     detected = row_format(rows[0])
@@ -146,11 +157,14 @@ def inspect_data(path: str, fmt: str = "auto") -> DataInfo:
         if detected is None:
             keys = sorted(rows[0]) if isinstance(rows[0], dict) else type(rows[0]).__name__
             raise DataProblem(
-                f"cannot tell the format of row 1 (keys: {keys}); expected a 'messages', 'prompt'+'completion' or 'text' field"
+                f"cannot tell the format of row 1 (keys: {keys}); "
+                "expected a 'messages', 'prompt'+'completion' or 'text' field"
             )
         fmt = detected
     for index, row in enumerate(rows, 1):
-        if row_format(row) != fmt and not (fmt == "text" and isinstance(row, dict) and isinstance(row.get("text"), str)):
+        if row_format(row) != fmt and not (
+            fmt == "text" and isinstance(row, dict) and isinstance(row.get("text"), str)
+        ):
             raise DataProblem(f"row {index} does not fit data.format {fmt!r}: needs {_FORMAT_NEEDS[fmt]}")
     return DataInfo(source, file, count, fmt)
 

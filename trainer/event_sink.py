@@ -9,6 +9,7 @@ the file); when the reader is gone, the pipe is closed and training goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -79,10 +80,8 @@ class EventSink:
     def _close_pipe(self, reason: str | None) -> None:
         if self._pipe_fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._pipe_fd)
-        except OSError:
-            pass
         self._pipe_fd = None
         self._pending.clear()
         if reason:

@@ -74,14 +74,14 @@ class Run:
         # The launcher's terminal going away must not end the run.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    # Handlers only set flags: they run between two bytecodes of the main thread, which
+    # may be inside EventSink.emit holding its lock; emitting here could deadlock.
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested is None:
             self.stop_requested = signal.Signals(signum).name
-            self.sink.emit(ev.LOG, message=f"{self.stop_requested}: stopping at the next step boundary")
 
     def _on_save_signal(self, signum: int, frame: FrameType | None) -> None:
         self.save_requested = True
-        self.sink.emit(ev.LOG, message="SIGUSR1: saving a checkpoint at the next step boundary")
 
     # -- the run ----------------------------------------------------------------
 
@@ -97,6 +97,7 @@ class Run:
         try:
             trainer = self.setup()
             if self.stop_requested:
+                self.sink.emit(ev.LOG, message=f"{self.stop_requested} before the first step: not training")
                 status = ev.STOPPED
             else:
                 self.fit(trainer)
@@ -374,11 +375,13 @@ def _event_callback(run: Run) -> Any:
             self.last_step_time = current
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if run.stop_requested:
+            if run.stop_requested and not control.should_training_stop:
                 control.should_training_stop = True
+                run.sink.emit(ev.LOG, message=f"{run.stop_requested}: stopping after step {state.global_step}")
             if run.save_requested:
                 run.save_requested = False
                 control.should_save = True
+                run.sink.emit(ev.LOG, message=f"SIGUSR1: saving a checkpoint after step {state.global_step}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

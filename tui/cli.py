@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="validate a config, launch the trainer and watch it")
     _add_config_args(run)
-    run.add_argument("--no-tui", action="store_true", help="print a compact line every few steps instead of the dashboard")
+    run.add_argument(
+        "--no-tui", action="store_true", help="print a compact line every few steps instead of the dashboard"
+    )
 
     check = commands.add_parser("check", help="validate a config without training")
     _add_config_args(check)
@@ -85,14 +87,21 @@ def summarise(config: RunConfig, path: Path) -> str:
         data = f"{config.data.path} ({rows}, {info.format or config.data.format})"
     except DataProblem as exc:  # pragma: no cover - load_config already checked
         data = f"{config.data.path} ({exc})"
-    base = f"NF4" if q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" else ("FP4" if q.load_in_4bit else "unquantized")
+    if q.load_in_4bit:
+        base = q.bnb_4bit_quant_type.upper() + (", double quant" if q.bnb_4bit_use_double_quant else "")
+    else:
+        base = "unquantized"
     steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_train_epochs:g} epoch(s)"
+    scale = lora.lora_alpha / lora.r
+    batch = f"{t.per_device_train_batch_size}×{t.gradient_accumulation_steps}"
     return "\n".join(
         [
             f"ok: {path}",
-            f"  model   {config.model.name_or_path} ({base}{', double quant' if q.load_in_4bit and q.bnb_4bit_use_double_quant else ''}, compute {q.bnb_4bit_compute_dtype})",
-            f"  lora    r={lora.r} lora_alpha={lora.lora_alpha:g} (scale {lora.lora_alpha / lora.r:g}) dropout={lora.lora_dropout:g} on {', '.join(lora.target_modules)}",
-            f"  train   lr={t.learning_rate:g} {t.lr_scheduler_type}, {steps}, batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps}, seq {t.max_seq_length}, {t.optim}",
+            f"  model   {config.model.name_or_path} ({base}, compute {q.bnb_4bit_compute_dtype})",
+            f"  lora    r={lora.r} lora_alpha={lora.lora_alpha:g} (scale {scale:g}) dropout={lora.lora_dropout:g}"
+            f" on {', '.join(lora.target_modules)}",
+            f"  train   lr={t.learning_rate:g} {t.lr_scheduler_type}, {steps}, batch {batch},"
+            f" seq {t.max_seq_length}, {t.optim}",
             f"  data    {data}",
             f"  output  {config.output_dir}",
         ]

@@ -8,6 +8,7 @@ run going.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -239,8 +240,7 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         print(f"note: {stream.skipped} garbled line(s) on the events pipe were skipped", file=out)
     if printer.finished is None:
         print(
-            f"error: the trainer exited with code {code} before reporting how the run ended; "
-            f"see {run.run_dir / LOG}:",
+            f"error: the trainer exited with code {code} before reporting how the run ended; see {run.run_dir / LOG}:",
             file=out,
         )
         for line in _tail(run.run_dir / LOG, 15):
@@ -255,10 +255,8 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
 
 
 def _send(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(path: Path, lines: int) -> list[str]:

@@ -1,0 +1,72 @@
+"""Shared fixtures: one tiny-model cache per test session, helpers to run the real trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every run in the session shares one tiny-model cache (built once, seconds)."""
+    previous = os.environ.get("LORATOP_CACHE")
+    if "LORATOP_TEST_CACHE" in os.environ:
+        os.environ["LORATOP_CACHE"] = os.environ["LORATOP_TEST_CACHE"]
+    else:
+        os.environ["LORATOP_CACHE"] = str(tmp_path_factory.mktemp("loratop-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("LORATOP_CACHE", None)
+    else:
+        os.environ["LORATOP_CACHE"] = previous
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """All events of a run, asserting the file holds nothing but valid events."""
+    from trainer.events import read_events as read
+
+    events, skipped = read(str(run_dir / "events.jsonl"))
+    assert skipped == 0, f"{skipped} invalid lines in events.jsonl"
+    return events
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+def loratop(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real ``loratop`` CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=kwargs.pop("cwd", REPO),
+        timeout=kwargs.pop("timeout", 600),
+        **kwargs,
+    )
+
+
+def wait_for_exit(pid: int, timeout: float = 300) -> None:
+    """Wait for a process that is not our child (the trainer runs in its own session)."""
+    from trainer.run_dir import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pid {pid} still running after {timeout} s")
+        time.sleep(0.2)
+
+
+def status_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "status.json").read_text())

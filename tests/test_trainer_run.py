@@ -1,0 +1,248 @@
+"""The real trainer subprocess on the embedded tiny model: the issue's acceptance runs."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, wait_for_exit
+from trainer import events as ev
+from trainer.config import load_config
+from tui.launcher import launch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``loratop run sample_configs/tiny-cpu-demo.yaml --no-tui``, exactly as a user runs it."""
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    result = loratop("run", str(DEMO_CONFIG), "--no-tui", "--set", f"output_dir={run_dir}")
+    return result, run_dir
+
+
+def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]) -> None:
+    result, run_dir = demo_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = read_events(run_dir)
+    assert [e["seq"] for e in events] == list(range(len(events))), "seq must run 0..N-1 without a gap"
+    started = of_type(events, ev.RUN_STARTED)
+    finished = of_type(events, ev.RUN_FINISHED)
+    assert len(started) == 1 and len(finished) == 1
+    assert finished[0]["status"] == ev.COMPLETED
+    assert events[-1]["type"] == ev.RUN_FINISHED
+    max_steps = started[0]["max_steps"]
+    steps = of_type(events, ev.STEP)
+    assert [s["step"] for s in steps] == list(range(1, max_steps + 1)), "one step event per optimizer step"
+    assert all(isinstance(s["loss"], float) and math.isfinite(s["loss"]) for s in steps)
+    assert all(s["lr"] is not None and s["grad_norm"] is not None for s in steps)
+    tokens = [s["tokens"] for s in steps]
+    assert tokens == sorted(tokens) and tokens[0] > 0, "tokens seen grow every step"
+    assert len(of_type(events, ev.MEMORY)) >= 1
+
+
+def test_demo_loss_falls(demo_run: tuple[Any, Path]) -> None:
+    _, run_dir = demo_run
+    losses = [s["loss"] for s in of_type(read_events(run_dir), ev.STEP)]
+    tenth = max(1, len(losses) // 10)
+    first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+    assert last < first * 0.9, f"loss did not clearly fall: first 10% {first:.3f}, last 10% {last:.3f}"
+
+
+def test_demo_run_folder_and_honest_memory(demo_run: tuple[Any, Path]) -> None:
+    result, run_dir = demo_run
+    status = status_of(run_dir)
+    assert status["state"] == "finished" and status["status"] == ev.COMPLETED and status["exit_code"] == 0
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    resolved = load_config(run_dir / "config.yaml", check_files=False)
+    assert resolved.lora.r == 8 and resolved.output_dir == str(run_dir)
+    # Library chatter goes to trainer.log, never into the event stream or our terminal output.
+    log = (run_dir / "trainer.log").read_text()
+    assert "train_runtime" in log
+    assert "train_runtime" not in (run_dir / "events.jsonl").read_text()
+    memory = of_type(read_events(run_dir), ev.MEMORY)[-1]
+    assert memory["host"]["rss"] > 0
+    assert memory["gpu_state"] == "no_nvidia_gpu" and memory["gpus"] == [], "no made-up GPU numbers on CPU"
+    assert "step 1/" in result.stdout and "run completed" in result.stdout
+
+
+def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> None:
+    """Rebuild the same model here and count with peft's own function."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from trainer.tiny_model import tiny_model_dir
+
+    _, run_dir = demo_run
+    cfg = load_config(run_dir / "config.yaml", check_files=False)
+    folder, built = tiny_model_dir()
+    assert not built, "the run must have cached the tiny model"
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+        dtype=torch.bfloat16,
+    )
+    model = prepare_model_for_kbit_training(model)
+    model = get_peft_model(
+        model,
+        LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, target_modules=cfg.lora.target_modules),
+    )
+    trainable, total = model.get_nb_trainable_parameters()
+    params = of_type(read_events(run_dir), ev.RUN_STARTED)[0]["params"]
+    assert (params["trainable"], params["total"]) == (trainable, total)
+    assert params["fraction"] == pytest.approx(trainable / total)
+    # A numel() sum counts packed 4-bit weights at half size and overstates the fraction.
+    assert sum(p.numel() for p in model.parameters()) < total
+    assert params["base_frozen"] and params["lora_b_zero"] and params["unexpected"] == []
+    assert params["groups"]["lora_A"]["tensors"] == params["groups"]["lora_B"]["tensors"] == 14
+
+
+def _launch(tmp_path: Path, *overrides: str) -> Any:
+    from trainer.config import parse_overrides
+
+    sets = parse_overrides([f"output_dir={tmp_path / 'run'}", *overrides])
+    return launch(load_config(DEMO_CONFIG, sets))
+
+
+def _read_until(fd: int, decoder: ev.Decoder, predicate: Any) -> list[dict[str, Any]]:
+    """Read the pipe until an event satisfies ``predicate`` (or EOF)."""
+    seen = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return seen
+        for event in decoder.feed(chunk):
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+
+def test_signals_checkpoint_then_graceful_stop(tmp_path: Path) -> None:
+    """SIGUSR1 saves a checkpoint and goes on; SIGTERM stops at a step boundary with the adapter saved."""
+    run = _launch(tmp_path, "training.max_steps=2000")
+    decoder = ev.Decoder()
+    try:
+        _read_until(run.events_fd, decoder, lambda e: e["type"] == ev.STEP and e["step"] >= 5)
+        run.process.send_signal(signal.SIGUSR1)
+        _read_until(run.events_fd, decoder, lambda e: e["type"] == ev.CHECKPOINT)
+        _read_until(run.events_fd, decoder, lambda e: e["type"] == ev.STEP and e["step"] >= 20)
+        run.process.send_signal(signal.SIGTERM)
+        _read_until(run.events_fd, decoder, lambda e: False)
+    finally:
+        os.close(run.events_fd)
+    assert run.process.wait(timeout=120) == 0
+    events = read_events(run.run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[0]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "SIGTERM"
+    last_step = of_type(events, ev.STEP)[-1]["step"]
+    assert 20 <= last_step < 2000
+    checkpoints = of_type(events, ev.CHECKPOINT)
+    mid, final = checkpoints[0], checkpoints[-1]
+    assert not mid["final"] and 5 <= mid["step"] < last_step
+    assert (Path(mid["path"]) / "adapter_model.safetensors").is_file()
+    assert final["final"] and final["step"] == last_step
+    assert (Path(final["path"]) / "adapter_model.safetensors").is_file()
+    assert status_of(run.run_dir)["status"] == ev.STOPPED
+
+
+def test_reader_killed_mid_run_training_goes_on(tmp_path: Path) -> None:
+    """SIGKILL the watching CLI (the pipe's reader): the run completes, the file has every event."""
+    run_dir = tmp_path / "run"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=120"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert cli.stdout is not None
+    for line in cli.stdout:
+        if line.startswith("step "):
+            break
+    else:
+        raise AssertionError("the CLI never printed a step line")
+    cli.kill()
+    cli.wait()
+    pid = status_of(run_dir)["pid"]
+    wait_for_exit(pid)
+    events = read_events(run_dir)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 121))
+    assert of_type(events, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
+    assert status_of(run_dir)["exit_code"] == 0
+
+
+def test_ctrl_c_in_headless_mode_stops_and_exits_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=2000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert cli.stdout is not None
+    for line in cli.stdout:
+        if line.startswith("step "):
+            break
+    cli.send_signal(signal.SIGINT)
+    rest = cli.stdout.read()
+    assert cli.wait(timeout=120) == 130
+    assert "run stopped" in rest
+    assert status_of(run_dir)["status"] == ev.STOPPED
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classic bug: a base weight left trainable. The run refuses and names the tensor."""
+    import peft
+
+    real = peft.get_peft_model
+
+    def get_peft_model_then_unfreeze(model: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
+        peft_model = real(model, config, *args, **kwargs)
+        peft_model.base_model.model.model.embed_tokens.weight.requires_grad_(True)
+        return peft_model
+
+    monkeypatch.setattr(peft, "get_peft_model", get_peft_model_then_unfreeze)
+    from trainer.train import main
+
+    run_dir = tmp_path / "run"
+    code = main([str(DEMO_CONFIG), "--run-dir", str(run_dir)])
+    # main() installed the trainer's signal handlers in this process; put pytest's back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert code == 1
+    events = read_events(run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[0]
+    assert finished["status"] == ev.FAILED
+    assert "embed_tokens.weight" in finished["error"]["message"]
+    assert "refusing to train" in finished["error"]["message"]
+    assert of_type(events, ev.STEP) == [], "not a single step may run"
+    assert status_of(run_dir)["status"] == ev.FAILED
+
+
+def test_local_prompt_completion_file(tmp_path: Path) -> None:
+    """A user's own JSONL file (prompt/completion) trains through the same path."""
+    data = tmp_path / "pairs.jsonl"
+    rows = [f'{{"prompt": "What is {i} plus {i}?", "completion": " {2 * i}."}}' for i in range(64)]
+    data.write_text("\n".join(rows) + "\n")
+    run_dir = tmp_path / "run"
+    result = loratop(
+        "run", str(DEMO_CONFIG), "--no-tui",
+        "--set", f"output_dir={run_dir}", "--set", f"data.path={data}", "--set", "data.format=auto",
+        "--set", "training.max_steps=4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    started = of_type(read_events(run_dir), ev.RUN_STARTED)[0]
+    assert started["data"] == {"path": str(data), "source": "file", "rows": 64, "format": "prompt_completion"}
+    assert len(of_type(read_events(run_dir), ev.STEP)) == 4

@@ -246,3 +246,14 @@ def test_local_prompt_completion_file(tmp_path: Path) -> None:
     started = of_type(read_events(run_dir), ev.RUN_STARTED)[0]
     assert started["data"] == {"path": str(data), "source": "file", "rows": 64, "format": "prompt_completion"}
     assert len(of_type(read_events(run_dir), ev.STEP)) == 4
+
+
+def test_lr_too_high_sample_really_diverges(tmp_path: Path) -> None:
+    """The sample the spike detector is shown on: the loss falls, then jumps well above its low."""
+    run_dir = tmp_path / "run"
+    result = loratop("run", "sample_configs/tiny-lr-too-high.yaml", "--no-tui", "--set", f"output_dir={run_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    losses = [s["loss"] for s in of_type(read_events(run_dir), ev.STEP)]
+    low = min(losses[:60])
+    assert losses[0] - low > 0.5, "it must first learn"
+    assert max(losses[60:]) - low > 0.5, f"no divergence: low {low:.2f}, later max {max(losses[60:]):.2f}"

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer.architectures import model_type_of
 from trainer.config import ConfigError, RunConfig, load_config, parse_overrides
 from trainer.data_files import DataProblem, inspect_data
 from tui import samples
@@ -104,8 +105,19 @@ def summarise(config: RunConfig, path: Path) -> str:
             f" seq {t.max_seq_length}, {t.optim}",
             f"  data    {data}",
             f"  output  {config.output_dir}",
+            *_unchecked_notes(config),
         ]
     )
+
+
+def _unchecked_notes(config: RunConfig) -> list[str]:
+    """Say what a check could not verify here, rather than implying it did."""
+    if model_type_of(config.model.name_or_path) is None:
+        return [
+            f"  note    target modules not checked: no config.json for {config.model.name_or_path} here "
+            "(not downloaded yet); peft checks them when the model loads"
+        ]
+    return []
 
 
 def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:

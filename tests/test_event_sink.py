@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainer import events as ev
 from trainer.event_sink import EventSink
-from tui.headless import EventStream
+from tui.event_stream import PipeStream
 
 
 def _drain(fd: int) -> bytes:
@@ -87,7 +87,7 @@ def test_event_stream_fills_a_seq_gap_from_the_file(tmp_path: Path) -> None:
     # The pipe carried 0-2, garbage, then 6-9: 3-5 were left off a full pipe.
     os.write(write_fd, b"".join(lines[:3]) + b"not json\n" + b"".join(lines[6:]))
     os.close(write_fd)
-    stream = EventStream(read_fd, path)
+    stream = PipeStream(read_fd, path)
     got = []
     while (batch := stream.read()) is not None:
         got += batch

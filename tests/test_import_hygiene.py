@@ -54,3 +54,16 @@ def test_check_command_loads_no_ml_stack(tmp_path: Path) -> None:
 
     assert "trainer.data_files" in modules
     assert _heavy(modules, ML_STACK) == []
+
+
+def test_dashboard_and_widgets_load_no_ml_stack() -> None:
+    modules = _modules_after("import tui.app, tui.runs, tui.run_state, tui.panels, widgets")
+
+    assert "tui.app" in modules and "textual" in modules
+    assert _heavy(modules, ML_STACK) == []
+
+
+def test_widgets_import_neither_the_app_nor_the_trainer() -> None:
+    modules = _modules_after("import widgets, widgets.loss_chart, widgets.memory_panel, widgets.downsample")
+
+    assert [m for m in modules if m.split(".")[0] in ("tui", "trainer")] == []

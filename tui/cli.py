@@ -1,8 +1,11 @@
 """The ``loratop`` command line.
 
+    loratop                      the home screen: runs, open one, start one
     loratop run CONFIG [--set section.key=value ...] [--no-tui]
     loratop check CONFIG [--set section.key=value ...]
     loratop demo [--no-tui]
+    loratop attach [RUN]         replay a run's events, then follow it live
+    loratop ls                   list runs
 
 A mistake in the config ends in one line per problem and exit code 2, before
 anything is launched.
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from trainer.architectures import model_type_of
 from trainer.config import ConfigError, RunConfig, load_config, parse_overrides
 from trainer.data_files import DataProblem, inspect_data
 from tui import samples
+from tui.runs import DEFAULT_ROOT, RunNotFound, find_run, list_runs
 
 EXIT_USAGE = 2
 
@@ -51,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help=f"run the shipped tiny CPU demo ({samples.DEMO}.yaml)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     demo.add_argument("--no-tui", action="store_true", help="print lines instead of the dashboard")
+
+    attach = commands.add_parser("attach", help="replay a run's events, then follow it live")
+    attach.add_argument("run", nargs="?", help="a run's name (under --runs-dir) or folder; default: the latest")
+    attach.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+
+    ls = commands.add_parser("ls", help="list runs: running ones first, then newest first")
+    ls.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
     return parser
 
 
@@ -126,12 +139,56 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         config, path = _load(config_arg or args.config, args.overrides)
     except ConfigError as exc:
         return _report(exc)
-    from tui.headless import follow_launched
     from tui.launcher import launch
 
-    if not args.no_tui:
-        print("loratop: the live dashboard is not built yet; following the run in the terminal", file=sys.stderr)
-    return follow_launched(launch(config, path))
+    run = launch(config, path)
+    if args.no_tui:
+        from tui.headless import follow_launched
+
+        return follow_launched(run)
+    return _dashboard(run.run_dir, run.events_fd)
+
+
+def _dashboard(run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT) -> int:
+    """Run the Textual app; say how to come back when the user detached."""
+    from tui.app import DETACHED, LoratopApp
+
+    outcome = LoratopApp(run_dir, pipe_fd, runs_root).run()
+    if outcome == DETACHED and run_dir is not None:
+        print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Open the monitor of an existing run (replay, then follow)."""
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+    except RunNotFound as exc:
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _dashboard(run_dir)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print the runs table."""
+    from tui.panels import fmt_bytes, fmt_loss
+
+    runs = list_runs(args.runs_dir)
+    if not runs:
+        print(f"no runs under {args.runs_dir}/ (start one with: loratop demo)")
+        return 0
+    rows = [("RUN", "STATUS", "STEP", "LAST LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "STARTED")]
+    for run in runs:
+        vram = fmt_bytes(run.peak_vram) if run.peak_vram is not None else ("n/a (CPU)" if run.device == "cpu" else "–")
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
+        step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
+        rows.append(
+            (run.name, run.status, step, fmt_loss(run.last_loss), vram, str(run.spikes), str(run.spills), started)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "demo":
         return cmd_run(args, config_arg=samples.DEMO)
-    parser.print_help()
-    return EXIT_USAGE
+    if args.command == "attach":
+        return cmd_attach(args)
+    if args.command == "ls":
+        return cmd_ls(args)
+    return _dashboard(None, runs_root=args.runs_dir)
 
 
 if __name__ == "__main__":

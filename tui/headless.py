@@ -21,22 +21,13 @@ from typing import Any, TextIO
 
 from trainer import events as ev
 from trainer.run_dir import EVENTS, LOG
+from tui.event_stream import PipeStream
 from tui.launcher import LaunchedRun
+from tui.panels import fmt_bytes, fmt_loss
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-GIB = 1024**3
-
-
-def fmt_bytes(n: float | None) -> str:
-    """``1.2 GiB``, ``340 MiB``."""
-    if n is None:
-        return "?"
-    if n >= GIB:
-        return f"{n / GIB:.1f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
 
 
 def fmt_memory(event: dict[str, Any]) -> str:
@@ -49,11 +40,6 @@ def fmt_memory(event: dict[str, Any]) -> str:
     if event.get("gpu_state") == "no_nvidia_gpu":
         return f"rss {rss} (no NVIDIA GPU)"
     return f"rss {rss} (GPU n/a: {event.get('gpu_note', 'unknown')})"
-
-
-def fmt_loss(value: Any) -> str:
-    """A loss with four decimals; NaN and Inf spelled out."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -144,64 +130,10 @@ class HeadlessPrinter:
             self._print(f"error: {error.get('message')}")
 
 
-class EventStream:
-    """Events from the pipe, in ``seq`` order, with gaps filled from ``events.jsonl``."""
-
-    def __init__(self, fd: int, events_path: Path) -> None:
-        self._fd = fd
-        self._path = events_path
-        self._decoder = ev.Decoder()
-        self.next_seq = 0
-        self.filled_from_file = 0
-        """Events that did not come through the pipe and were read from the file."""
-
-    @property
-    def skipped(self) -> int:
-        """Lines on the pipe that were not valid events."""
-        return self._decoder.skipped
-
-    def read(self) -> list[dict[str, Any]] | None:
-        """Block for the next chunk; ``None`` at end of stream (the trainer closed its end)."""
-        try:
-            chunk = os.read(self._fd, 65536)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-            return []
-        if not chunk:
-            return None
-        return self._in_order(self._decoder.feed(chunk))
-
-    def rest_from_file(self) -> list[dict[str, Any]]:
-        """Whatever the file holds beyond what was seen (after the pipe closed)."""
-        events, _ = ev.read_events(str(self._path)) if self._path.exists() else ([], 0)
-        missing = [e for e in events if e["seq"] >= self.next_seq]
-        self.filled_from_file += len(missing)
-        if missing:
-            self.next_seq = missing[-1]["seq"] + 1
-        return missing
-
-    def _in_order(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        result = []
-        for event in events:
-            seq = event["seq"]
-            if seq < self.next_seq:
-                continue  # already had it
-            if seq > self.next_seq:
-                result += self._fill(self.next_seq, seq)
-            result.append(event)
-            self.next_seq = seq + 1
-        return result
-
-    def _fill(self, start: int, stop: int) -> list[dict[str, Any]]:
-        events, _ = ev.read_events(str(self._path))
-        gap = [e for e in events if start <= e["seq"] < stop]
-        self.filled_from_file += len(gap)
-        return gap
-
-
 def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     """Print a launched run until it finishes; return the CLI's exit code."""
     printer = HeadlessPrinter(out=out)
-    stream = EventStream(run.events_fd, run.run_dir / EVENTS)
+    stream = PipeStream(run.events_fd, run.run_dir / EVENTS)
     interrupts = 0
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:

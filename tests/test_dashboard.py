@@ -1,0 +1,231 @@
+"""The dashboard driven with Textual's Pilot: fed by the real trainer or a recorded run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Static
+
+from tests.conftest import DEMO_CONFIG, of_type, read_events
+from trainer import events as ev
+from trainer.config import load_config, parse_overrides
+from tui.app import DETACHED, QUIT, LoratopApp, MonitorScreen, QuitScreen
+from tui.launcher import launch
+
+RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
+
+
+def _text(app: LoratopApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+async def _until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.2)
+
+
+def _recorded_run(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "recorded_run"
+    run_dir.mkdir()
+    shutil.copy(RECORDED, run_dir / "events.jsonl")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path) -> None:
+    """``loratop run sample_configs/tiny-cpu-demo.yaml`` in-process, with the real trainer subprocess."""
+    config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path / 'run'}"]))
+    run = launch(config, DEMO_CONFIG)
+    app = LoratopApp(run.run_dir, run.events_fd)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.finished is not None, 300, "the run to finish")
+            await pilot.pause(0.5)  # one more redraw tick
+            events = read_events(run.run_dir)
+            steps = of_type(events, ev.STEP)
+            started = of_type(events, ev.RUN_STARTED)[0]
+            header = _text(app, "#run-header")
+            assert f"step {steps[-1]['step']}/{started['max_steps']}" in header
+            assert f"loss {steps[-1]['loss']:.4f}" in header
+            assert "COMPLETED" in header
+            assert f"{100 * started['params']['fraction']:.3f}%" in _text(app, "#params")
+            assert "completed" in _text(app, "#outcome")
+            assert list(screen.state.steps) == [s["step"] for s in steps]
+            await pilot.press("q")  # finished: quits without asking
+        assert app.return_value == QUIT
+
+    asyncio.run(drive())
+    assert run.process.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_keys_checkpoint_quit_dialog_and_stop_on_a_live_run(tmp_path: Path) -> None:
+    config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path / 'run'}", "training.max_steps=3000"]))
+    run = launch(config, DEMO_CONFIG)
+    app = LoratopApp(run.run_dir, run.events_fd)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.last_step >= 3, 120, "the first steps")
+            await pilot.press("c")
+            await _until(pilot, lambda: bool(screen.state.checkpoints), 60, "the checkpoint")
+            await pilot.press("q")
+            assert isinstance(app.screen, QuitScreen), "quitting a live run must ask"
+            await pilot.press("escape")
+            assert app.screen is screen
+            await pilot.press("s")
+            await pilot.press("y")
+            await _until(pilot, lambda: screen.state.finished is not None, 120, "the stop")
+            await pilot.pause(0.5)
+            assert screen.state.finished["status"] == ev.STOPPED
+            assert "stopped" in _text(app, "#outcome")
+            await pilot.press("q")
+
+    asyncio.run(drive())
+    assert run.process.wait(timeout=30) == 0
+    checkpoint = of_type(read_events(run.run_dir), ev.CHECKPOINT)[0]
+    assert not checkpoint["final"] and (Path(checkpoint["path"]) / "adapter_model.safetensors").is_file()
+
+
+def test_garbage_and_a_seq_gap_on_the_pipe(tmp_path: Path) -> None:
+    """A recorded run fed through a pipe with garbage lines and a missing range of seq."""
+    run_dir = _recorded_run(tmp_path)
+    lines = RECORDED.read_bytes().splitlines(keepends=True)
+    fed = lines[:30] + [b"this is not json\n", b'{"v":1,"seq":"x"}\n'] + lines[45:]
+    read_fd, write_fd = os.pipe()
+    app = LoratopApp(run_dir, read_fd)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            for chunk in fed:
+                os.write(write_fd, chunk)
+            os.close(write_fd)
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.finished is not None, 20, "the recorded run's end")
+            await pilot.pause(0.5)
+            recorded = [e for e in map(ev.decode_line, lines) if e]
+            assert list(screen.state.steps) == [e["step"] for e in recorded if e["type"] == ev.STEP]
+            assert screen.state.garbage == 2
+            assert screen.state.filled_from_file == 15
+            status = _text(app, "#status-line")
+            assert "2 garbled line(s) skipped" in status and "15 filled from events.jsonl" in status
+
+    asyncio.run(drive())
+
+
+def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
+    run_dir = _recorded_run(tmp_path)
+    with (run_dir / "events.jsonl").open("r+b") as fh:
+        content = fh.read()
+        fh.seek(0)
+        fh.write(b"garbage\n" + content)
+    app = LoratopApp(run_dir)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
+            await pilot.pause(0.5)
+            assert screen.state.last_step == 60 and screen.state.garbage == 1
+            assert "step 60/60" in _text(app, "#run-header")
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Every panel visible, inside the screen, none overlapping; screenshot saved for a look."""
+    run_dir = _recorded_run(tmp_path)
+    app = LoratopApp(run_dir)
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
+            await pilot.pause(0.5)
+            assert screen.has_class("narrow") == (size[0] < 100)
+            panels = ["#run-header", "#loss-chart", "#lr-panel", "#params", "#memory", "#events-panel", "#status-line"]
+            regions = {sel: screen.query_one(sel).region for sel in panels}
+            for sel, region in regions.items():
+                assert region.width > 0 and region.height > 0, f"{sel} is not visible at {size}"
+                assert region.right <= size[0] and region.bottom <= size[1], f"{sel} spills off the screen"
+            for a in panels:
+                for b in panels:
+                    if a < b:
+                        assert not regions[a].overlaps(regions[b]), f"{a} overlaps {b} at {size}"
+            assert regions["#loss-chart"].height >= 8, "the chart must stay readable"
+            text = "\n".join(str(screen.query_one(sel).render()) for sel in ["#params", "#events-panel"])
+            assert "spills n/a (CPU run)" in text and "base frozen" in text
+            memory = "\n".join(line.plain for line in _memory_lines(screen))
+            assert "no NVIDIA GPU" in memory
+            svg = app.export_screenshot()
+            out = Path(os.environ.get("LORATOP_SCREENSHOTS", tmp_path))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"monitor-{size[0]}x{size[1]}.svg").write_text(svg)
+
+    asyncio.run(drive())
+
+
+def _memory_lines(screen: MonitorScreen) -> list[Any]:
+    from widgets.memory_panel import memory_lines
+
+    return memory_lines(screen.state.memory, 40)
+
+
+def test_detach_while_live_and_the_help_screen(tmp_path: Path) -> None:
+    """``d`` on a live run returns DETACHED (the CLI then prints how to attach)."""
+    run_dir = _recorded_run(tmp_path)
+    lines = RECORDED.read_bytes().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:40]))  # still "running"
+    (run_dir / "status.json").write_text(f'{{"pid": {os.getpid()}, "state": "running"}}')
+    app = LoratopApp(run_dir)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await _until(pilot, lambda: screen.state.last_step > 0, 20, "the replay")
+            assert screen.state.is_live
+            await pilot.press("question_mark")
+            assert "loratop keys" in str(app.screen.query_one(Static).render())
+            await pilot.press("escape")
+            await pilot.press("d")
+        assert app.return_value == DETACHED
+
+    asyncio.run(drive())
+
+
+def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
+    _recorded_run(tmp_path)
+    app = LoratopApp(runs_root=tmp_path)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            from textual.widgets import DataTable
+
+            table = app.screen.query_one(DataTable)
+            assert table.row_count == 1
+            row = [str(c) for c in table.get_row_at(0)]
+            assert row[0] == "recorded_run" and row[1] == "completed" and row[2] == "60/60"
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, MonitorScreen)
+
+    asyncio.run(drive())

@@ -1,0 +1,108 @@
+"""The monitor's labels, from a plain RunState: true numbers, honest gaps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from trainer import events as ev
+from tui import panels
+from tui.run_state import LOST, RunState
+
+
+def _state(*events: dict) -> RunState:
+    state = RunState(Path("runs/x"))
+    for seq, event in enumerate(events):
+        state.apply({"v": 1, "seq": seq, "t": event.pop("t", 1000.0 + seq), **event})
+    return state
+
+
+def _started(kind: str = "cpu") -> dict:
+    return {
+        "type": ev.RUN_STARTED,
+        "run_name": "x",
+        "max_steps": 100,
+        "model": {"name_or_path": "tiny"},
+        "device": {"kind": kind, "name": "H200" if kind == "cuda" else "x86_64"},
+        "params": {
+            "trainable": 32768, "total": 590464, "fraction": 32768 / 590464, "base_frozen": True,
+            "groups": {"lora_A": {"tensors": 14, "params": 1}}, "unexpected": [], "lora_b_zero": True,
+        },
+    }  # fmt: skip
+
+
+def _step(step: int, loss: float, t: float, tokens: int) -> dict:
+    return {"type": ev.STEP, "step": step, "loss": loss, "lr": 1e-4, "grad_norm": 0.5, "tokens": tokens, "t": t}
+
+
+def test_header_progress_eta_and_throughput() -> None:
+    state = _state(
+        {"type": ev.LOG, "message": "importing", "t": 990.0},
+        _started(),
+        *[_step(i, 2.0 - i / 100, 1000.0 + i, 100 * i) for i in range(1, 11)],
+    )
+    first, second = panels.header_lines(state, now=1010.0)
+    assert first == "x · tiny · CPU · RUNNING"
+    assert "step 10/100" in second and "loss 1.9000" in second
+    assert "elapsed 20s" in second  # since the first event
+    assert "ETA 1:30" in second  # 90 steps at 1 step/s
+    assert "100 tok/s" in second
+
+
+def test_nan_loss_is_shown_as_nan_not_a_number() -> None:
+    state = _state(_started(), _step(1, math.nan, 1001.0, 10))
+    assert "loss NaN" in panels.header_lines(state, now=1002.0)[1]
+    assert panels.fmt_loss(math.inf) == "inf" and panels.fmt_loss(None) == "–"
+
+
+def test_spills_are_na_on_cpu_and_not_a_made_up_zero_on_gpu() -> None:
+    assert "spills n/a (CPU run)" in panels.events_text(_state(_started("cpu")))
+    gpu = panels.events_text(_state(_started("cuda")))
+    assert "spills not measured yet" in gpu and "spills 0" not in gpu
+    spilled = _state(_started("cuda"), {"type": ev.SPILL, "step": 5, "bytes": 3 * 1024**3, "method": "estimated"})
+    assert "spills 1  3.0 GiB (estimated)" in panels.events_text(spilled)
+
+
+def test_params_panel_shows_the_audit_and_a_loud_unfrozen_base() -> None:
+    assert "trainable 5.550%  32,768 / 590,464" in panels.params_text(_state(_started()))
+    bad = _started()
+    bad["params"].update(base_frozen=False, unexpected=["model.embed_tokens.weight"])
+    assert "BASE NOT FROZEN: model.embed_tokens.weight" in panels.params_text(_state(bad))
+    assert panels.params_text(_state()) == "trainable params: waiting for the model"
+
+
+def test_outcomes() -> None:
+    done = _state(
+        _started(),
+        _step(1, 1.0, 1001.0, 1),
+        {"type": ev.CHECKPOINT, "step": 1, "path": "runs/x/adapter", "final": True},
+        {"type": ev.RUN_FINISHED, "status": "completed", "duration_s": 75.0},
+    )
+    assert panels.outcome_text(done) == "completed after 1:15 at step 1 · adapter: runs/x/adapter"
+    failed = _state(
+        _started(),
+        {"type": ev.RUN_FINISHED, "status": "oom", "duration_s": 5.0,
+         "error": {"message": "OutOfMemoryError: CUDA out of memory", "traceback": ["a", "b"]}},
+    )  # fmt: skip
+    assert panels.outcome_text(failed) == "oom after 5s: OutOfMemoryError: CUDA out of memory\na\nb"
+    gone = _state(_started())
+    gone.trainer_gone = True
+    assert gone.status == LOST and "without reporting" in (panels.outcome_text(gone) or "")
+    assert panels.outcome_text(_state(_started())) is None
+
+
+def test_state_keeps_compact_arrays_and_peaks() -> None:
+    memory = {"host": {"rss": 5}, "gpu_state": "ok", "gpus": [{"index": 0, "used": 7, "total": 9}]}
+    state = _state(
+        {"type": ev.MEMORY, **memory},
+        {"type": ev.MEMORY, **{**memory, "host": {"rss": 3}, "gpus": [{"index": 0, "used": 4}]}},
+    )
+    assert state.peak_rss == 5 and state.peak_gpu_used == 7
+    assert state.steps.typecode == "q" and state.loss.typecode == "d"
+
+
+def test_status_line_counts_garbage_and_filled_gaps() -> None:
+    state = _state(_started())
+    state.garbage, state.filled_from_file = 2, 15
+    line = panels.status_line(state)
+    assert "2 garbled line(s) skipped" in line and "15 filled from events.jsonl" in line

@@ -1,0 +1,75 @@
+"""A dropped SSH link (SIGHUP to the dashboard) never kills the run; attach shows it all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, wait_for_exit
+from trainer import events as ev
+from tui.app import LoratopApp, MonitorScreen
+
+pytestmark = pytest.mark.slow
+
+
+def _drain(fd: int) -> None:
+    while select.select([fd], [], [], 0)[0]:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:
+            return
+
+
+def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    master, slave = pty.openpty()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG),
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=150"],
+        cwd=REPO, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        env=dict(os.environ, TERM="xterm-256color", COLUMNS="100", LINES="30"),
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "events.jsonl").exists() or '"type":"step"' not in (run_dir / "events.jsonl").read_text():
+            assert dashboard.poll() is None, "the dashboard died on its own"
+            assert time.monotonic() < deadline, "no step within 180 s"
+            _drain(master)  # a terminal that is read, like a real one
+            time.sleep(0.2)
+        dashboard.send_signal(signal.SIGHUP)  # what sshd sends when the link drops
+        dashboard.wait(timeout=30)
+    finally:
+        os.close(master)
+        if dashboard.poll() is None:
+            dashboard.kill()
+    wait_for_exit(status_of(run_dir)["pid"])
+    events = read_events(run_dir)
+    assert of_type(events, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
+    assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 151))
+
+    # `loratop attach RUN` afterwards shows every step.
+    app = LoratopApp(run_dir)
+
+    async def attach() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            for _ in range(100):
+                if screen.state.finished is not None:
+                    break
+                await pilot.pause(0.1)
+            assert list(screen.state.steps) == list(range(1, 151))
+            assert screen.state.status == ev.COMPLETED
+
+    asyncio.run(attach())

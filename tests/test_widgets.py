@@ -1,0 +1,257 @@
+"""The reusable widgets: memory lines as pure data, and LossChart/MemoryPanel in a real app."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.widgets import Static
+
+from widgets import LossChart, MemoryPanel
+from widgets.downsample import ema
+from widgets.memory_panel import format_bytes, memory_lines
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def _host() -> dict[str, int]:
+    return {"rss": int(1.8 * GIB), "total": int(23.5 * GIB), "available": int(20.2 * GIB)}
+
+
+def _gpu_sample(used_gib: float, total_gib: float = 139.8, torch: bool = True) -> dict[str, Any]:
+    gpu: dict[str, Any] = {
+        "index": 0,
+        "name": "NVIDIA H200",
+        "used": int(used_gib * GIB),
+        "total": int(total_gib * GIB),
+        "free": int((total_gib - used_gib) * GIB),
+    }
+    if torch:
+        gpu["torch"] = {"allocated": int(30.1 * GIB), "reserved": int(33.0 * GIB), "peak": int(35.2 * GIB)}
+    return {"host": _host(), "gpu_state": "ok", "gpus": [gpu]}
+
+
+def _plain(lines: list[Text]) -> str:
+    return "\n".join(line.plain for line in lines)
+
+
+def _bar_colour(line: Text) -> str:
+    """The style of the bar's filled part."""
+    for span in line.spans:
+        if "█" in line.plain[span.start : span.end]:
+            return str(span.style)
+    raise AssertionError(f"no filled bar in {line.plain!r}")
+
+
+# ---------------------------------------------------------------- memory_lines (pure)
+
+
+def test_bytes_are_gib_with_one_decimal_from_one_gib_else_whole_mib() -> None:
+    assert format_bytes(int(41.25 * GIB)) == "41.2 GiB"
+    assert format_bytes(GIB) == "1.0 GiB"
+    assert format_bytes(512 * MIB) == "512 MiB"
+    assert format_bytes(0) == "0 MiB"
+
+
+def test_gpu_sample_shows_bar_figures_torch_and_host() -> None:
+    lines = memory_lines(_gpu_sample(41.2), width=60)
+    text = _plain(lines)
+
+    assert lines[0].plain.startswith("gpu0 H200")
+    assert "41.2/139.8 GiB" in lines[0].plain
+    assert "█" in lines[0].plain and "░" in lines[0].plain
+    assert "torch" in lines[1].plain and "30.1" in lines[1].plain
+    assert "33.0" in lines[1].plain and "35.2" in lines[1].plain
+    assert "host RSS 1.8 GiB of 23.5 GiB" in text
+    assert "NVIDIA" not in text
+
+
+def test_bar_colour_follows_the_thresholds() -> None:
+    def colour(used_gib: float) -> str:
+        return _bar_colour(memory_lines(_gpu_sample(used_gib, total_gib=100.0), width=60)[0])
+
+    assert colour(50.0) == "green"
+    assert colour(79.9) == "green"
+    assert colour(80.0) == "yellow"
+    assert colour(91.9) == "yellow"
+    assert colour(92.0) == "red"
+    assert colour(99.0) == "red"
+
+
+def test_no_torch_figures_means_no_torch_line() -> None:
+    text = _plain(memory_lines(_gpu_sample(10.0, torch=False), width=60))
+
+    assert "torch" not in text
+    assert "alloc" not in text
+
+
+def test_no_gpu_shows_host_memory_and_no_invented_gpu_figures() -> None:
+    sample = {"host": _host(), "gpu_state": "no_nvidia_gpu", "gpu_note": "NVML found no GPU", "gpus": []}
+
+    lines = memory_lines(sample, width=38)
+    text = _plain(lines)
+
+    assert lines[0].plain == "no NVIDIA GPU — showing host memory"
+    assert "1.8/23.5 GiB" in text
+    assert "█" in text or "░" in text
+    assert "gpu0" not in text
+    assert "0.0 GiB" not in text and " 0 MiB" not in text
+
+
+def test_nvml_error_shows_the_note_and_host() -> None:
+    sample = {"host": _host(), "gpu_state": "nvml_error", "gpu_note": "NVML read failed: GPU is lost", "gpus": []}
+
+    text = _plain(memory_lines(sample, width=60))
+
+    assert "GPU n/a: NVML read failed: GPU is lost" in text
+    assert "host RSS 1.8 GiB of 23.5 GiB" in text
+    assert "0.0 GiB" not in text
+
+
+def test_no_sample_yet() -> None:
+    assert _plain(memory_lines(None, width=38)) == "memory: waiting for the first sample"
+
+
+def test_missing_figures_show_as_n_a_never_zero() -> None:
+    sample = {"host": {"total": int(23.5 * GIB)}, "gpu_state": "ok", "gpus": [{"index": 1, "name": "NVIDIA A100"}]}
+
+    text = _plain(memory_lines(sample, width=38))
+
+    assert "gpu1" in text and "n/a" in text
+    assert "host RSS n/a" in text
+    assert "0 MiB" not in text and "0.0 GiB" not in text
+
+
+def test_every_line_fits_narrow_widths() -> None:
+    long_name = _gpu_sample(120.0)
+    long_name["gpus"][0]["name"] = "NVIDIA GeForce RTX 4090 Laptop GPU With A Very Long Name"
+    mixed_units = _gpu_sample(0.4, total_gib=16.0)
+    samples = [
+        _gpu_sample(41.2),
+        long_name,
+        mixed_units,
+        {"host": _host(), "gpu_state": "no_nvidia_gpu", "gpus": []},
+        {"host": _host(), "gpu_state": "nvml_error", "gpu_note": "x" * 200, "gpus": []},
+        None,
+    ]
+    for width in (38, 30, 24, 16, 8):
+        for sample in samples:
+            for line in memory_lines(sample, width):
+                assert line.cell_len <= width, (width, line.plain)
+                assert "\n" not in line.plain
+
+
+def test_a_38_column_panel_keeps_name_bar_and_figures() -> None:
+    lines = memory_lines(_gpu_sample(41.2), width=38)
+
+    assert lines[0].plain.startswith("gpu0 H200")
+    assert lines[0].plain.endswith("41.2/139.8 GiB")
+    assert lines[0].plain.count("█") + lines[0].plain.count("░") >= 10
+    assert lines[1].plain.startswith("torch") and lines[1].plain.endswith("GiB")
+
+
+# ---------------------------------------------------------------- widgets in a real app
+
+
+class _WidgetApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield LossChart()
+        yield MemoryPanel()
+
+
+def _series(n: int, spike_at: int) -> tuple[list[float], list[float], list[float]]:
+    random.seed(5)
+    steps = [float(i) for i in range(n)]
+    loss = [2.0 * math.exp(-i / (n / 3)) + 0.05 * random.random() for i in range(n)]
+    loss[spike_at] = 40.0
+    loss[spike_at + 10] = math.nan
+    return steps, loss, ema(loss, 0.01)
+
+
+def _screen_text(app: App[Any]) -> str:
+    # SVG keeps each space as &#160;
+    return app.export_screenshot().replace("&#160;", " ")
+
+
+def test_loss_chart_and_memory_panel_in_an_app() -> None:
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            chart = app.query_one(LossChart)
+            panel = app.query_one(MemoryPanel)
+            assert "waiting for the first step" in _screen_text(app)
+            assert "memory: waiting for the first sample" in _screen_text(app)
+            assert chart.query_one("#loss-chart-empty", Static).display
+
+            steps, loss, smoothed = _series(100_000, spike_at=42_000)
+            chart.update(steps, loss, smoothed, spikes=[(42_000.0, 40.0)])
+            panel.update(_gpu_sample(41.2))
+            await pilot.pause()
+
+            assert "waiting for the first step" not in _screen_text(app)
+            assert not chart.query_one("#loss-chart-empty", Static).display
+            assert 10 <= chart.last_buckets <= 80
+            # two lines of at most two points per bucket, plus the one marker
+            assert 0 < chart.last_plotted_points <= 4 * chart.last_buckets + 1
+            screen = _screen_text(app)
+            assert "41.2/139.8" in screen
+            assert "step" in screen and "loss" in screen
+
+            chart.log_scale = True
+            await pilot.pause()
+            assert "log10 loss" in _screen_text(app)
+            assert 0 < chart.last_plotted_points <= 4 * chart.last_buckets + 1
+
+            redraws = chart.redraw_count
+            chart.update(steps, loss, smoothed, spikes=[(42_000.0, 40.0)])
+            await pilot.pause()
+            assert chart.redraw_count == redraws  # same data, no redraw
+
+            chart.log_scale = False
+            await pilot.pause()
+            assert "log10 loss" not in _screen_text(app)
+
+    asyncio.run(scenario())
+
+
+def test_loss_chart_with_only_non_finite_losses_says_so() -> None:
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            chart.update([1.0, 2.0], [math.nan, math.inf], [math.nan, math.nan])
+            await pilot.pause()
+            assert "no finite loss to plot yet" in _screen_text(app)
+
+            chart.update([1.0, 2.0, 3.0], [math.nan, math.inf, 2.5], [math.nan, math.nan, 2.5])
+            await pilot.pause()
+            assert chart.last_plotted_points == 2  # one point per line, drawn as a dot
+
+    asyncio.run(scenario())
+
+
+def test_memory_panel_without_gpu_in_a_narrow_app() -> None:
+    class NarrowApp(App[None]):
+        CSS = "MemoryPanel { width: 38; }"
+
+        def compose(self) -> ComposeResult:
+            yield MemoryPanel()
+
+    async def scenario() -> None:
+        app = NarrowApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            panel = app.query_one(MemoryPanel)
+            panel.update({"host": _host(), "gpu_state": "no_nvidia_gpu", "gpus": []})
+            await pilot.pause()
+            screen = _screen_text(app)
+            assert "no NVIDIA GPU — showing host memory" in screen
+            assert "1.8/23.5 GiB" in screen
+            assert panel.size.height == 2
+
+    asyncio.run(scenario())

@@ -1,0 +1,471 @@
+"""The loratop dashboard (Textual).
+
+One worker thread per monitor reads events (the trainer's pipe, or ``events.jsonl``
+followed live) and posts them as messages; handlers fold them into a plain
+:class:`RunState`; a 4 Hz timer pushes what changed to the widgets. The data rate
+never sets the redraw rate.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Log, Sparkline, Static
+from textual.worker import get_current_worker
+
+from trainer.run_dir import EVENTS, LOG, pid_alive, read_status
+from tui import panels
+from tui.event_stream import FileFollower, PipeStream
+from tui.messages import EventsArrived, TrainerGone
+from tui.run_state import RunState
+from tui.runs import DEFAULT_ROOT, list_runs
+from widgets import LossChart, MemoryPanel
+from widgets.downsample import ema
+
+NARROW = 100
+"""Below this many columns the side panels stack under the chart."""
+REFRESH_HZ = 4
+
+
+def smoothing_alpha(n_steps: int) -> float:
+    """EMA weight for the smoothed loss: a window of ~2% of the run (at least 3 steps).
+
+    A fixed weight lags a short run by many steps and barely smooths a long one.
+    """
+    window = max(3, n_steps // 50)
+    return 2 / (window + 1)
+
+
+# How a dashboard session ended, returned by App.run().
+DETACHED = "detached"
+STOPPED = "stopped"
+QUIT = "quit"
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes / no."""
+
+    BINDINGS = [Binding("escape", "dismiss(False)", "cancel"), Binding("y", "dismiss(True)", "yes")]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self._question, self._yes = question, yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self._question)
+            with Horizontal():
+                yield Button(self._yes, variant="error", id="yes")
+                yield Button("Cancel", id="no")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class QuitScreen(ModalScreen[str | None]):
+    """Quitting while the trainer runs: stop it, or leave it running."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "cancel"),
+        Binding("s", "dismiss('stop')", "stop training"),
+        Binding("d", "dismiss('detach')", "detach"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static("The run is still training. Stop it (the adapter is saved), or detach and leave it running?")
+            with Horizontal():
+                yield Button("Stop training [s]", variant="error", id="stop")
+                yield Button("Detach [d]", variant="primary", id="detach")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
+HELP = """\
+[b]loratop keys[/b]
+
+  s   stop training gracefully (asks first; the adapter is saved)
+  c   save a checkpoint now (at the next step boundary)
+  d   detach: leave the run going and quit (loratop attach brings it back)
+  q   quit (asks stop or detach while the run trains)
+  l   loss chart: log scale on/off
+  g   show/hide the trainer's log (trainer.log)
+  ?   this help
+  ctrl+p  command palette: every action by name
+
+The trainer runs in its own session: closing this terminal or losing the SSH
+link never stops it.  [dim]esc closes this help[/dim]"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "close")]
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, classes="dialog")
+
+
+class MonitorScreen(Screen[str]):
+    """One run, live: header, loss chart, panels, log pane, outcome."""
+
+    BINDINGS = [
+        Binding("s", "stop", "stop"),
+        Binding("c", "checkpoint", "ckpt"),
+        Binding("d", "detach", "detach"),
+        Binding("q", "quit_run", "quit"),
+        Binding("l", "log_scale", "log y"),
+        Binding("g", "toggle_log", "log pane"),
+        Binding("question_mark", "help", "help"),
+    ]
+
+    def __init__(self, run_dir: Path, pipe_fd: int | None = None, clock: Any = time.time) -> None:
+        """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file."""
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = RunState(run_dir)
+        self._pipe_fd = pipe_fd
+        self._clock = clock
+        self._drawn_version = -1
+        self._log_offset = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-header")
+        with Container(id="body"):
+            yield LossChart(id="loss-chart")
+            with Container(id="side"):
+                with Vertical(classes="panel", id="lr-panel"):
+                    yield Static(id="lr-text")
+                    yield Sparkline([], id="lr-spark")
+                yield Static(classes="panel", id="params")
+                yield MemoryPanel(classes="panel", id="memory")
+                yield Static(classes="panel", id="events-panel")
+        yield Static(id="outcome")
+        yield Log(id="trainer-log", max_lines=2000)
+        yield Static(id="status-line")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._apply_layout(self.app.size.width)
+        self.read_events()
+        self.set_interval(1 / REFRESH_HZ, self.refresh_view)
+        self.set_interval(0.5, self._tail_trainer_log)
+        self.refresh_view()
+
+    def on_resize(self, event: Any) -> None:
+        self._apply_layout(event.size.width)
+
+    def _apply_layout(self, width: int) -> None:
+        self.set_class(width < NARROW, "narrow")
+
+    # -- reading events (worker thread) ---------------------------------------
+
+    @work(thread=True, exclusive=True, group="events", exit_on_error=False)
+    def read_events(self) -> None:
+        """Read the pipe (then the file's rest), or follow the file; post batches."""
+        worker = get_current_worker()
+        path = self.run_dir / EVENTS
+        if self._pipe_fd is not None:
+            stream = PipeStream(self._pipe_fd, path)
+            try:
+                while not worker.is_cancelled:
+                    ready, _, _ = select.select([self._pipe_fd], [], [], 0.25)
+                    if not ready:
+                        continue
+                    batch = stream.read()
+                    if batch is None:
+                        break
+                    if batch:
+                        self.post_message(EventsArrived(batch, stream.skipped, stream.filled_from_file))
+                rest = stream.rest_from_file()
+                self.post_message(EventsArrived(rest, stream.skipped, stream.filled_from_file))
+            finally:
+                os.close(self._pipe_fd)
+                self._pipe_fd = None
+            skip_to = stream.next_seq
+        else:
+            skip_to = 0
+        self._follow_file(path, skip_to, worker)
+
+    def _follow_file(self, path: Path, skip_to: int, worker: Any) -> None:
+        follower = FileFollower(path)
+        finished = False
+        last_alive_check = 0.0
+        while not worker.is_cancelled:
+            batch = [e for e in follower.poll() if e["seq"] >= skip_to]
+            if batch:
+                finished = finished or any(e["type"] == "run_finished" for e in batch)
+                self.post_message(EventsArrived(batch, follower.skipped, 0))
+            if finished:
+                return
+            now = time.monotonic()
+            if now - last_alive_check > 1.0:
+                last_alive_check = now
+                if not self._trainer_alive():
+                    final = [e for e in follower.poll() if e["seq"] >= skip_to]
+                    if final:
+                        self.post_message(EventsArrived(final, follower.skipped, 0))
+                    if not any(e["type"] == "run_finished" for e in final):
+                        self.post_message(TrainerGone())
+                    return
+            time.sleep(0.2)
+
+    def _trainer_alive(self) -> bool:
+        status = read_status(self.run_dir) or {}
+        pid = status.get("pid")
+        if isinstance(pid, int):
+            return pid_alive(pid)
+        # Launched but not started yet: give it a minute before calling it gone.
+        return time.time() - float(status.get("launched_at") or 0) < 60
+
+    @on(EventsArrived)
+    def _events_arrived(self, message: EventsArrived) -> None:
+        self.state.apply_all(message.events)
+        self.state.garbage = message.garbage
+        self.state.filled_from_file = max(self.state.filled_from_file, message.filled_from_file)
+        self.state.version += 1
+
+    @on(TrainerGone)
+    def _trainer_gone(self, message: TrainerGone) -> None:
+        self.state.trainer_gone = True
+        self.state.version += 1
+
+    # -- drawing (timer) --------------------------------------------------------
+
+    def refresh_view(self) -> None:
+        """Push what changed to the widgets (the header's clock ticks regardless)."""
+        state = self.state
+        first, second = panels.header_lines(state, self._clock())
+        self.query_one("#run-header", Static).update(f"[b]{first}[/b]\n{second}")
+        if state.version == self._drawn_version:
+            return
+        self._drawn_version = state.version
+        steps = state.steps
+        if steps:
+            spikes = [(float(s.get("step", 0)), float(s.get("loss") or 0)) for s in state.spikes]
+            self.query_one(LossChart).update(
+                steps, state.loss, ema(state.loss, smoothing_alpha(len(state.loss))), spikes
+            )
+            self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
+        self.query_one("#lr-text", Static).update(panels.lr_text(state))
+        self.query_one("#params", Static).update(panels.params_text(state))
+        self.query_one(MemoryPanel).update(state.memory)
+        self.query_one("#events-panel", Static).update(panels.events_text(state))
+        self.query_one("#status-line", Static).update(panels.status_line(state))
+        outcome = panels.outcome_text(state)
+        box = self.query_one("#outcome", Static)
+        if outcome is not None:
+            box.update(outcome)
+            kind = state.status if state.status in ("completed", "stopped", "failed", "oom") else "lost"
+            box.set_classes(f"shown {kind}")
+
+    def _tail_trainer_log(self) -> None:
+        log_widget = self.query_one("#trainer-log", Log)
+        path = self.run_dir / LOG
+        try:
+            size = path.stat().st_size
+            if self._log_offset == 0 and size > 65536:
+                self._log_offset = size - 65536  # open on the tail of a long log
+            if size <= self._log_offset:
+                return
+            with path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read(1 << 20)
+        except OSError:
+            return
+        self._log_offset += len(chunk)
+        # tqdm-style progress bars redraw with \r; show their latest state only.
+        text = chunk.decode(errors="replace").replace("\r\n", "\n")
+        lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+        log_widget.write_lines(lines[:-1] if text.endswith("\n") else lines)
+
+    # -- actions ----------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        pid = (read_status(self.run_dir) or {}).get("pid")
+        return pid if isinstance(pid, int) and pid_alive(pid) else None
+
+    def _signal(self, sig: signal.Signals) -> bool:
+        pid = self._pid()
+        if pid is None or not self.state.is_live:
+            self.notify("the trainer is not running", severity="warning")
+            return False
+        os.kill(pid, sig)
+        return True
+
+    def action_stop(self) -> None:
+        """Stop training gracefully at the next step boundary, after confirmation."""
+        if not self.state.is_live:
+            self.notify("the run has already ended", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and self._signal(signal.SIGTERM):
+                self.notify("stopping at the next step boundary; the adapter will be saved")
+
+        self.app.push_screen(ConfirmScreen("Stop training? The adapter is saved at the next step.", "Stop"), confirmed)
+
+    def action_checkpoint(self) -> None:
+        """Ask the trainer to save a checkpoint at the next step boundary."""
+        if self._signal(signal.SIGUSR1):
+            self.notify("checkpoint requested: saved at the next step boundary")
+
+    def action_detach(self) -> None:
+        """Leave the run going and quit the dashboard."""
+        self.app.exit(DETACHED if self.state.is_live else QUIT)
+
+    def action_quit_run(self) -> None:
+        """Quit; while the run trains, ask whether to stop it or detach."""
+        if not self.state.is_live:
+            self.app.exit(QUIT)
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "detach":
+                self.app.exit(DETACHED)
+            elif choice == "stop":
+                self._signal(signal.SIGTERM)
+                self.app.exit(STOPPED)
+
+        self.app.push_screen(QuitScreen(), chosen)
+
+    def action_log_scale(self) -> None:
+        """Toggle the loss chart's log scale."""
+        chart = self.query_one(LossChart)
+        chart.log_scale = not chart.log_scale
+
+    def action_toggle_log(self) -> None:
+        """Show or hide the trainer's log pane."""
+        self.query_one("#trainer-log", Log).toggle_class("shown")
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen())
+
+
+class HomeScreen(Screen[None]):
+    """Runs under the runs folder, running ones first; open one, or start a sample."""
+
+    BINDINGS = [
+        Binding("enter", "open", "open"),
+        Binding("n", "new", "new from sample"),
+        Binding("r", "reload", "refresh"),
+        Binding("q", "app.quit", "quit"),
+    ]
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("enter opens a run · n starts one from a sample config", id="home-hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("run", "status", "step", "last loss", "peak VRAM", "spikes", "spills", "started")
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        for run in list_runs(self.root):
+            steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
+            vram = panels.fmt_bytes(run.peak_vram) if run.peak_vram is not None else None
+            vram = vram or ("n/a (CPU)" if run.device == "cpu" else "–")
+            started = time.strftime("%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
+            table.add_row(
+                run.name, run.status, steps, panels.fmt_loss(run.last_loss), vram, str(run.spikes),
+                str(run.spills), started, key=str(run.run_dir),
+            )  # fmt: skip
+        if not table.row_count:
+            self.query_one("#home-hint", Static).update(f"no runs under {self.root}/ yet · n starts one from a sample")
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        if key:
+            self.app.push_screen(MonitorScreen(Path(key)))
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.app.push_screen(MonitorScreen(Path(event.row_key.value)))
+
+    def action_new(self) -> None:
+        from tui.sample_picker import SamplePicker
+
+        def picked(config: Path | None) -> None:
+            if config is not None:
+                self.app.call_later(self.app.launch_and_watch, config)  # type: ignore[attr-defined]
+
+        self.app.push_screen(SamplePicker(), picked)
+
+
+class LoratopApp(App[str]):
+    """The dashboard: a home screen of runs, or one run's monitor."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "loratop"
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(
+        self,
+        run_dir: Path | None = None,
+        pipe_fd: int | None = None,
+        runs_root: Path = DEFAULT_ROOT,
+    ) -> None:
+        """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or the home screen."""
+        super().__init__()
+        self._run_dir = run_dir
+        self._pipe_fd = pipe_fd
+        self.runs_root = runs_root
+
+    def on_mount(self) -> None:
+        if self._run_dir is not None:
+            self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd))
+        else:
+            self.push_screen(HomeScreen(self.runs_root))
+
+    def launch_and_watch(self, config_path: Path) -> None:
+        """Validate a config, launch it, and open its monitor (errors become a notification)."""
+        from trainer.config import ConfigError, load_config
+        from tui.launcher import launch
+
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            self.notify("\n".join(exc.problems), title="config problem", severity="error", timeout=10)
+            return
+        run = launch(config, config_path)
+        self.push_screen(MonitorScreen(run.run_dir, run.events_fd))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Any:
+        """Every key's action is also in the command palette (ctrl+p)."""
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, MonitorScreen):
+            for title, help_text, action in (
+                ("Stop training", "stop gracefully at the next step and save the adapter", screen.action_stop),
+                ("Save checkpoint now", "SIGUSR1 to the trainer", screen.action_checkpoint),
+                ("Detach", "leave the run going and quit", screen.action_detach),
+                ("Quit", "asks stop or detach while training", screen.action_quit_run),
+                ("Toggle log scale", "loss chart y axis", screen.action_log_scale),
+                ("Toggle trainer log", "show or hide trainer.log", screen.action_toggle_log),
+                ("Help", "keys and what they do", screen.action_help),
+            ):
+                yield SystemCommand(title, help_text, action)

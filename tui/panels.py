@@ -1,0 +1,146 @@
+"""What the monitor's text panels say, as pure functions of a :class:`RunState`.
+
+Kept apart from the widgets so every label can be tested without an app. Labels are
+honest: a number that was not measured is never shown as zero.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from tui.run_state import LOST, RunState
+
+GIB = 1024**3
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``1.2 GiB``, ``340 MiB``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    if n >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def fmt_loss(value: float | None) -> str:
+    """Four decimals; ``NaN`` and ``inf`` spelled out; ``–`` when there is none yet."""
+    if value is None:
+        return "–"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``42s``, ``3:07``, ``1:02:03``; ``–`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
+    """The two header lines: who and where, then progress."""
+    now = time.time() if now is None else now
+    model = state.started.get("model", {}).get("name_or_path", "?") if state.started else "…"
+    device = state.started.get("device", {}) if state.started else {}
+    where = device.get("name", device.get("kind", "…")) if device else "…"
+    if device.get("kind") == "cpu":
+        where = "CPU"
+    first = f"{state.run_name} · {model} · {where} · {state.status.upper()}"
+    total = f"/{state.max_steps}" if state.max_steps else ""
+    rate = state.recent_rate()
+    tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
+    second = (
+        f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
+        f"elapsed {fmt_duration(state.elapsed(now))} · ETA {fmt_duration(state.eta())} · {tok_s}"
+    )
+    return first, second
+
+
+def lr_text(state: RunState) -> str:
+    """Learning rate and grad norm of the latest step."""
+    if not state.steps:
+        return "lr –   grad norm –"
+    lr = state.lr[-1]
+    grad = state.grad_norm[-1]
+    lr_s = f"{lr:.2e}" if math.isfinite(lr) else "–"
+    return f"lr {lr_s}   grad norm {fmt_loss(grad) if not math.isnan(grad) else 'NaN'}"
+
+
+def params_text(state: RunState) -> str:
+    """The frozen-base audit: fraction, counts, groups, verdict."""
+    if not state.started:
+        return "trainable params: waiting for the model"
+    params = state.started.get("params", {})
+    fraction = params.get("fraction", 0.0)
+    groups = params.get("groups", {})
+    group_s = "  ".join(f"{name} {g['tensors']}" for name, g in groups.items())
+    unexpected = ", ".join(params.get("unexpected", [])[:2])
+    frozen = "base frozen ✓" if params.get("base_frozen") else f"BASE NOT FROZEN: {unexpected}"
+    lora_b = "" if params.get("lora_b_zero", True) else "  lora_B not zero at start!"
+    return (
+        f"trainable {100 * fraction:.3f}%  {params.get('trainable', 0):,} / {params.get('total', 0):,}\n"
+        f"{group_s}  {frozen}{lora_b}"
+    )
+
+
+def events_text(state: RunState) -> str:
+    """Spikes and spills, with honest labels where nothing is measured."""
+    if state.spikes:
+        last = state.spikes[-1]
+        spikes = (
+            f"spikes {len(state.spikes)}  last: step {last.get('step')} loss {fmt_loss(last.get('loss'))}"
+            f" ({last.get('severity', '?')})"
+        )
+    else:
+        spikes = "spikes: detector not built yet"
+    if state.spills:
+        total = sum(int(s.get("bytes") or 0) for s in state.spills)
+        methods = sorted({str(s.get("method")) for s in state.spills})
+        spills = f"spills {len(state.spills)}  {fmt_bytes(total)} ({'/'.join(methods)})"
+    elif state.device_kind == "cpu":
+        spills = "spills n/a (CPU run)"
+    elif state.started is None:
+        spills = "spills –"
+    else:
+        spills = "spills not measured yet"
+    return f"{spikes}\n{spills}"
+
+
+def outcome_text(state: RunState) -> str | None:
+    """How the run ended, with the error's last lines; ``None`` while it runs."""
+    if state.finished is None:
+        if state.status == LOST:
+            return "the trainer exited without reporting how the run ended; see trainer.log"
+        return None
+    status = state.finished.get("status")
+    duration = fmt_duration(state.finished.get("duration_s"))
+    adapter = next((c.get("path") for c in reversed(state.checkpoints) if c.get("final")), None)
+    if status in ("completed", "stopped"):
+        line = f"{status} after {duration} at step {state.last_step}"
+        if status == "stopped" and state.finished.get("stopped_by"):
+            line += f" ({state.finished['stopped_by']})"
+        return line + (f" · adapter: {adapter}" if adapter else "")
+    error = state.finished.get("error") or {}
+    tail = error.get("traceback", [])[-4:]
+    return "\n".join([f"{status} after {duration}: {error.get('message', '')}", *tail])
+
+
+def status_line(state: RunState) -> str:
+    """Stream health and the trainer's latest phase message."""
+    parts = [f"{state.events_seen} events"]
+    if state.garbage:
+        parts.append(f"{state.garbage} garbled line(s) skipped")
+    if state.filled_from_file:
+        parts.append(f"{state.filled_from_file} filled from events.jsonl")
+    if state.messages and (state.started is None or state.messages[-1].startswith(("warning", "error", "SIG"))):
+        parts.append(state.messages[-1])  # loading phases; later only what needs attention
+    return " · ".join(parts)

@@ -1,0 +1,184 @@
+"""A run as the dashboard knows it: a plain model fed with events (no Textual here).
+
+Handlers append to it; a timer reads it a few times a second and pushes what changed
+to the widgets, so the data rate never sets the redraw rate. Series are kept in
+compact ``array`` buffers: a million steps cost tens of megabytes, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer import events as ev
+
+# Run phases shown in the header, besides the run_finished statuses.
+STARTING = "starting"
+RUNNING = "running"
+LOST = "exited without report"
+
+
+@dataclass
+class RunState:
+    """Everything the dashboard shows about one run, derived from its events."""
+
+    run_dir: Path
+    steps: array[int] = field(default_factory=lambda: array("q"))
+    """Optimizer step numbers, one per ``step`` event."""
+    loss: array[float] = field(default_factory=lambda: array("d"))
+    """Each step's own loss (NaN where the trainer reported NaN)."""
+    lr: array[float] = field(default_factory=lambda: array("d"))
+    grad_norm: array[float] = field(default_factory=lambda: array("d"))
+    tokens: array[int] = field(default_factory=lambda: array("q"))
+    """Non-padding tokens seen so far, at each step."""
+    step_t: array[float] = field(default_factory=lambda: array("d"))
+    """Unix time of each step event."""
+    started: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+    """The latest memory sample."""
+    peak_gpu_used: int | None = None
+    """Highest NVML used bytes on any GPU so far; ``None`` without a GPU reading."""
+    peak_rss: int | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    spikes: list[dict[str, Any]] = field(default_factory=list)
+    spills: list[dict[str, Any]] = field(default_factory=list)
+    oom_risk: dict[str, Any] | None = None
+    messages: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    """The trainer's phase messages (``log`` events), newest last."""
+    first_t: float | None = None
+    """Time of the first event (the trainer's start)."""
+    last_t: float | None = None
+    events_seen: int = 0
+    garbage: int = 0
+    """Lines skipped because they were not valid events."""
+    filled_from_file: int = 0
+    """Events that missed the pipe and were read from ``events.jsonl``."""
+    trainer_gone: bool = False
+    """The trainer process is gone without a ``run_finished`` (killed, crashed hard)."""
+    version: int = 0
+    """Bumped on every change, so a redraw timer can tell whether anything is new."""
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the state."""
+        kind = event["type"]
+        t = event.get("t")
+        if isinstance(t, (int, float)):
+            if self.first_t is None:
+                self.first_t = float(t)
+            self.last_t = float(t)
+        self.events_seen += 1
+        self.version += 1
+        if kind == ev.STEP:
+            self.steps.append(int(event.get("step", len(self.steps) + 1)))
+            self.loss.append(_num(event.get("loss")))
+            self.lr.append(_num(event.get("lr")))
+            self.grad_norm.append(_num(event.get("grad_norm")))
+            self.tokens.append(int(event.get("tokens") or 0))
+            self.step_t.append(float(t) if isinstance(t, (int, float)) else math.nan)
+        elif kind == ev.MEMORY:
+            self._memory(event)
+        elif kind == ev.RUN_STARTED:
+            self.started = event
+        elif kind == ev.RUN_FINISHED:
+            self.finished = event
+        elif kind == ev.CHECKPOINT:
+            self.checkpoints.append(event)
+        elif kind == ev.SPIKE:
+            self.spikes.append(event)
+        elif kind == ev.SPILL:
+            self.spills.append(event)
+        elif kind == ev.OOM_RISK:
+            self.oom_risk = event
+        elif kind == ev.LOG:
+            level = event.get("level")
+            self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
+
+    def apply_all(self, events: list[dict[str, Any]]) -> None:
+        """Fold a batch of events in order."""
+        for event in events:
+            self.apply(event)
+
+    def _memory(self, event: dict[str, Any]) -> None:
+        self.memory = event
+        rss = event.get("host", {}).get("rss")
+        if isinstance(rss, int):
+            self.peak_rss = max(self.peak_rss or 0, rss)
+        for gpu in event.get("gpus") or []:
+            used = gpu.get("used")
+            if isinstance(used, int):
+                self.peak_gpu_used = max(self.peak_gpu_used or 0, used)
+
+    # -- derived --------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``starting``, ``running``, a ``run_finished`` status, or ``exited without report``."""
+        if self.finished is not None:
+            return str(self.finished.get("status"))
+        if self.trainer_gone:
+            return LOST
+        return RUNNING if self.started is not None else STARTING
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the trainer may still produce events."""
+        return self.finished is None and not self.trainer_gone
+
+    @property
+    def last_step(self) -> int:
+        return self.steps[-1] if self.steps else 0
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.loss[-1] if self.loss else None
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.started.get("max_steps") if self.started else None
+
+    @property
+    def fraction(self) -> float | None:
+        """Trainable fraction from the frozen-base audit."""
+        return self.started.get("params", {}).get("fraction") if self.started else None
+
+    @property
+    def device_kind(self) -> str | None:
+        return self.started.get("device", {}).get("kind") if self.started else None
+
+    @property
+    def run_name(self) -> str:
+        return str(self.started.get("run_name")) if self.started else self.run_dir.name
+
+    def elapsed(self, now: float) -> float | None:
+        """Seconds since the trainer started; frozen at the end once finished."""
+        if self.first_t is None:
+            return None
+        end = self.finished["t"] if self.finished else now
+        return max(0.0, end - self.first_t)
+
+    def recent_rate(self, window: int = 20) -> tuple[float, float] | None:
+        """(steps per second, tokens per second) over the last ``window`` steps."""
+        n = len(self.step_t)
+        if n < 2:
+            return None
+        lo = max(0, n - 1 - window)
+        dt = self.step_t[-1] - self.step_t[lo]
+        if not dt > 0:
+            return None
+        return (self.steps[-1] - self.steps[lo]) / dt, (self.tokens[-1] - self.tokens[lo]) / dt
+
+    def eta(self) -> float | None:
+        """Seconds left at the recent pace, or ``None`` when unknown or finished."""
+        rate = self.recent_rate()
+        if self.finished is not None or rate is None or not self.max_steps or rate[0] <= 0:
+            return None
+        return max(0.0, (self.max_steps - self.last_step) / rate[0])
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -1,0 +1,289 @@
+"""A live loss curve: raw per-step loss, its smoothed line and spike markers, over steps.
+
+The chart wraps textual-plot's :class:`~textual_plot.PlotWidget`. It never draws more than
+two points per braille sub-column pair: every line is reduced with :func:`downsample` to the
+plot's width in cells first, so a million-step series costs one O(n) pass, not a million
+line segments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from textual.app import ComposeResult
+from textual.events import Resize
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
+
+from widgets.downsample import downsample
+
+__all__ = ["LossChart"]
+
+EMPTY_TEXT = "waiting for the first step…"
+NO_FINITE_TEXT = "no finite loss to plot yet"
+NO_POSITIVE_TEXT = "no positive loss to plot on a log axis"
+
+# Before the first layout the width is unknown; a resize redraws at the real width.
+_FALLBACK_BUCKETS = 200
+_MIN_BUCKETS = 10
+
+
+class _StaticPlot(PlotWidget, can_focus=False):
+    """A PlotWidget that never takes focus, so its zoom/pan keys (arrows, +, -, r) stay the app's."""
+
+
+class LossChart(Widget):
+    """Loss over steps: the raw loss as a faint line, the smoothed loss bright, spikes as red ``x``.
+
+    Feed it plain data with :meth:`update`, a few times a second at most; it redraws only when
+    the data (or its own width, or :attr:`log_scale`) changed. Until the first step it shows a
+    centred "waiting for the first step…" instead of an empty axis.
+
+    Args:
+        name: The widget's name.
+        id: The widget's DOM id.
+        classes: CSS classes.
+        disabled: Whether the widget is disabled.
+        interactive: Let the user zoom and pan the plot with the mouse and keys (focus it first).
+            Off by default: a zoomed plot stops autoscaling, which is surprising on a live chart.
+    """
+
+    DEFAULT_CSS = """
+    LossChart {
+        height: 1fr;
+        min-height: 8;
+    }
+    LossChart > #loss-chart-empty {
+        width: 1fr;
+        height: 1fr;
+        content-align: center middle;
+        color: $text-muted;
+    }
+    LossChart > PlotWidget {
+        display: none;
+    }
+    LossChart.-has-data > #loss-chart-empty {
+        display: none;
+    }
+    LossChart.-has-data > PlotWidget {
+        display: block;
+    }
+    """
+
+    RAW_STYLE = "grey50"
+    SMOOTHED_STYLE = "bold bright_cyan"
+    SPIKE_STYLE = "bold red"
+    SPIKE_MARKER = "x"
+
+    log_scale: reactive[bool] = reactive(False)
+    """Plot log10(loss) instead of loss (textual-plot has no log axis); non-positive losses are left out."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+        disabled: bool = False,
+        interactive: bool = False,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes, disabled=disabled)
+        self._interactive = interactive
+        self._steps: Sequence[float] = ()
+        self._loss: Sequence[float] = ()
+        self._smoothed: Sequence[float] = ()
+        self._spikes: Sequence[tuple[float, float]] = ()
+        self._drawn_key: tuple[object, ...] | None = None
+        self.last_plotted_points = 0
+        """Points handed to the plot by the last redraw: both lines and the spike markers."""
+        self.last_buckets = 0
+        """Buckets the last redraw reduced each line to (each line has at most twice as many points)."""
+        self.redraw_count = 0
+        """How many times the data was actually re-plotted (updates with unchanged data do not count)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(EMPTY_TEXT, id="loss-chart-empty")
+        plot_class = PlotWidget if self._interactive else _StaticPlot
+        yield plot_class(id="loss-chart-plot", allow_pan_and_zoom=self._interactive)
+
+    def on_mount(self) -> None:
+        plot = self.query_one(PlotWidget)
+        plot.set_xlabel("step")
+        plot.set_ylabel("loss")
+        self._redraw()
+
+    def on_resize(self, event: Resize) -> None:
+        self._redraw()
+
+    def watch_log_scale(self) -> None:
+        self._redraw()
+
+    def update(
+        self,
+        steps: Sequence[float],
+        loss: Sequence[float],
+        smoothed: Sequence[float],
+        spikes: Sequence[tuple[float, float]] = (),
+    ) -> None:
+        """Show a new state of the series; cheap when nothing changed.
+
+        The sequences are kept by reference (not copied) and read again on resize, so an
+        append-only buffer may be passed every time. Non-finite losses are left out of the
+        lines; show them elsewhere.
+
+        Args:
+            steps: The x value of every point (optimizer step).
+            loss: The raw per-step loss, one per step.
+            smoothed: The smoothed loss, one per step (NaN where undefined).
+            spikes: ``(step, loss)`` of each flagged spike, drawn as markers.
+        """
+        self._steps, self._loss, self._smoothed, self._spikes = steps, loss, smoothed, spikes
+        self._redraw()
+
+    def _buckets(self) -> int:
+        """Cells across the plot's data area: the x resolution each line is reduced to."""
+        width = self.content_size.width
+        if width <= 0:
+            return _FALLBACK_BUCKETS
+        plot = self.query_one(PlotWidget)
+        # The plot area is the widget minus the y-tick margin and the two box-drawing borders.
+        return max(_MIN_BUCKETS, width - plot.margin_left - 2)
+
+    def _data_key(self, buckets: int) -> tuple[object, ...]:
+        """A cheap fingerprint of what would be drawn: lengths and last values, not the data."""
+
+        def last(values: Sequence[object]) -> str:
+            # repr, because NaN != NaN would make an unchanged series look changed.
+            return repr(values[-1]) if len(values) else ""
+
+        return (
+            len(self._steps),
+            len(self._loss),
+            len(self._smoothed),
+            len(self._spikes),
+            last(self._steps),
+            last(self._loss),
+            last(self._smoothed),
+            last(self._spikes),
+            self.log_scale,
+            buckets,
+        )
+
+    def _redraw(self) -> None:
+        if not self.is_mounted:
+            return
+        buckets = self._buckets()
+        key = self._data_key(buckets)
+        if key == self._drawn_key:
+            return
+        self._drawn_key = key
+        self.redraw_count += 1
+
+        raw_x, raw_y = downsample(self._steps, self._loss, buckets)
+        smooth_x, smooth_y = downsample(self._steps, self._smoothed, buckets)
+        spike_x: list[float] = []
+        spike_y: list[float] = []
+        for step, value in self._spikes:
+            spike_x.append(step)
+            spike_y.append(value)
+        if len(spike_x) > buckets:
+            spike_x, spike_y = downsample(spike_x, spike_y, max(1, buckets // 2))
+        if self.log_scale:
+            # log10 is monotonic, so reducing first and transforming after keeps each bucket's
+            # extremes; a bucket whose minimum is <= 0 just loses that point.
+            raw_x, raw_y = _log10_points(raw_x, raw_y)
+            smooth_x, smooth_y = _log10_points(smooth_x, smooth_y)
+            spike_x, spike_y = _log10_points(spike_x, spike_y)
+        else:
+            spike_x, spike_y = _finite_points(spike_x, spike_y)
+
+        self.last_buckets = buckets
+        self.last_plotted_points = len(raw_x) + len(smooth_x) + len(spike_x)
+        has_lines = bool(raw_x or smooth_x)
+        self.set_class(has_lines, "-has-data")
+        placeholder = self.query_one("#loss-chart-empty", Static)
+        if not len(self._steps):
+            placeholder.update(EMPTY_TEXT)
+        elif not has_lines:
+            placeholder.update(NO_POSITIVE_TEXT if self.log_scale else NO_FINITE_TEXT)
+
+        plot = self.query_one(PlotWidget)
+        plot.clear()
+        if has_lines or spike_x:
+            _set_limits(plot, [raw_x, smooth_x, spike_x], [raw_y, smooth_y, spike_y], buckets)
+        plot.set_ylabel("log10 loss" if self.log_scale else "loss")
+        _add_line(plot, raw_x, raw_y, self.RAW_STYLE)
+        _add_line(plot, smooth_x, smooth_y, self.SMOOTHED_STYLE)
+        if spike_x:
+            # hires_mode=None draws the marker character itself, one per cell, over the lines.
+            plot.scatter(spike_x, spike_y, marker=self.SPIKE_MARKER, marker_style=self.SPIKE_STYLE, hires_mode=None)
+
+
+def _set_limits(plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int) -> None:
+    """Fit the axes to the data with a margin.
+
+    textual-plot draws the axis box over the data, and its autoscale puts the extremes exactly
+    on the box's top and right edges, where a spike's marker would vanish under the border.
+    A one-step series also needs a non-zero range to get readable ticks.
+    """
+    x_lo = min(min(x) for x in xs if x)
+    x_hi = max(max(x) for x in xs if x)
+    y_lo = min(min(y) for y in ys if y)
+    y_hi = max(max(y) for y in ys if y)
+    x_span = x_hi - x_lo
+    if x_span > 0:
+        x_hi += x_span / cells
+    else:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    y_span = y_hi - y_lo
+    y_pad = 0.04 * y_span if y_span > 0 else 0.05 * max(abs(y_hi), 1.0)
+    plot.set_xlimits(x_lo, x_hi)
+    plot.set_ylimits(y_lo - y_pad, y_hi + y_pad)
+    plot.set_xticks(_x_ticks_that_fit(x_lo, x_hi, cells))
+
+
+def _x_ticks_that_fit(x_lo: float, x_hi: float, cells: int) -> list[float]:
+    """textual-plot's nice x ticks, less any whose centred label would be cut off at the right edge."""
+    ticks, labels = NumericAxisFormatter().get_ticks_and_labels(x_lo, x_hi)
+    kept = []
+    for tick, label in zip(ticks, labels, strict=True):
+        # Mirrors textual-plot: the tick's cell (after the 1-cell border), then its centring.
+        column = math.floor(1 + (tick - x_lo) / (x_hi - x_lo) * cells)
+        half, odd = divmod(len(label), 2)
+        start = column - half + (0 if odd else 1)
+        if tick == x_hi or start + len(label) <= cells + 2:  # a tick at x_hi is right-aligned
+            kept.append(tick)
+    return kept
+
+
+def _add_line(plot: PlotWidget, xs: list[float], ys: list[float], style: str) -> None:
+    """A braille line; a lone point as a braille dot (a one-point line draws nothing)."""
+    if len(xs) == 1:
+        plot.scatter(xs, ys, marker_style=style, hires_mode=HiResMode.BRAILLE)
+    elif xs:
+        plot.plot(xs, ys, line_style=style, hires_mode=HiResMode.BRAILLE)
+
+
+def _log10_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The points with a positive finite y, as ``(x, log10 y)``."""
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for x, y in zip(xs, ys, strict=True):
+        if y > 0 and math.isfinite(y) and math.isfinite(x):
+            out_x.append(x)
+            out_y.append(math.log10(y))
+    return out_x, out_y
+
+
+def _finite_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The points whose x and y are both finite."""
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for x, y in zip(xs, ys, strict=True):
+        if math.isfinite(x) and math.isfinite(y):
+            out_x.append(x)
+            out_y.append(y)
+    return out_x, out_y

@@ -132,3 +132,18 @@ def test_ema_rejects_an_alpha_outside_zero_to_one() -> None:
     for alpha in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="alpha"):
             ema([1.0], alpha)
+
+
+def test_running_ema_matches_ema_however_the_series_grows() -> None:
+    import math
+
+    from widgets.downsample import RunningEma, ema
+
+    series = [3.0, math.nan, 2.5, 2.0, math.inf, 1.0, 1.5, 0.5]
+    running = RunningEma(0.3)
+    for end in (0, 1, 2, 2, 5, 8):
+        running.extend(series[:end])
+    expected = ema(series, 0.3)
+    got = list(running.values)
+    assert len(got) == len(expected)
+    assert all((math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(got, expected, strict=True))

@@ -30,7 +30,7 @@ from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
 from tui.runs import DEFAULT_ROOT, list_runs
 from widgets import LossChart, MemoryPanel
-from widgets.downsample import ema
+from widgets.downsample import RunningEma
 
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
@@ -41,6 +41,8 @@ def smoothing_alpha(n_steps: int) -> float:
     """EMA weight for the smoothed loss: a window of ~2% of the run (at least 3 steps).
 
     A fixed weight lags a short run by many steps and barely smooths a long one.
+    ``n_steps`` is the run's planned length, so the weight is fixed for the whole run
+    and the smoothed line is extended incrementally rather than recomputed.
     """
     window = max(3, n_steps // 50)
     return 2 / (window + 1)
@@ -140,6 +142,7 @@ class MonitorScreen(Screen[str]):
         self._clock = clock
         self._drawn_version = -1
         self._log_offset = 0
+        self._smoothed: RunningEma | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-header")
@@ -255,9 +258,10 @@ class MonitorScreen(Screen[str]):
         steps = state.steps
         if steps:
             spikes = [(float(s.get("step", 0)), float(s.get("loss") or 0)) for s in state.spikes]
-            self.query_one(LossChart).update(
-                steps, state.loss, ema(state.loss, smoothing_alpha(len(state.loss))), spikes
-            )
+            if self._smoothed is None:
+                self._smoothed = RunningEma(smoothing_alpha(state.max_steps or 1000))
+            smoothed = self._smoothed.extend(state.loss)
+            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes)
             self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
         self.query_one("#lr-text", Static).update(panels.lr_text(state))
         self.query_one("#params", Static).update(panels.params_text(state))

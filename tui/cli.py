@@ -180,7 +180,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("RUN", "STATUS", "STEP", "LAST LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "STARTED")]
     for run in runs:
         vram = fmt_bytes(run.peak_vram) if run.peak_vram is not None else ("n/a (CPU)" if run.device == "cpu" else "–")
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
+        started = time.strftime("%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
         step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
         rows.append(
             (run.name, run.status, step, fmt_loss(run.last_loss), vram, str(run.spikes), str(run.spills), started)

@@ -7,6 +7,7 @@ keep a million-point series in a compact array and still draw only what fits on 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 
 __all__ = ["downsample", "ema"]
@@ -121,3 +122,27 @@ def ema(values: Sequence[float], alpha: float) -> list[float]:
                 started = True
         append(smoothed)
     return out
+
+
+class RunningEma:
+    """:func:`ema` kept up to date as a series grows: each call costs only the new points.
+
+    Args:
+        alpha: Weight of the newest value, in ``(0, 1]``.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.values: array[float] = array("d")
+        """The smoothed series so far, one value per input value."""
+
+    def extend(self, series: Sequence[float]) -> array[float]:
+        """Smooth the points of ``series`` not seen yet; ``series`` must only ever grow."""
+        start = len(self.values)
+        if start < len(series):
+            last = self.values[-1] if start else math.nan
+            tail = ema([last, *series[start:]], self.alpha)[1:] if start else ema(series, self.alpha)
+            self.values.extend(tail)
+        return self.values

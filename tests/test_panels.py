@@ -81,10 +81,22 @@ def test_outcomes() -> None:
     assert panels.outcome_text(done) == "completed after 1:15 at step 1 · adapter: runs/x/adapter"
     failed = _state(
         _started(),
-        {"type": ev.RUN_FINISHED, "status": "oom", "duration_s": 5.0,
-         "error": {"message": "OutOfMemoryError: CUDA out of memory", "traceback": ["a", "b"]}},
+        {"type": ev.RUN_FINISHED, "status": "failed", "duration_s": 5.0,
+         "error": {"message": "ValueError: boom", "traceback": ["a", "b"]}},
     )  # fmt: skip
-    assert panels.outcome_text(failed) == "oom after 5s: OutOfMemoryError: CUDA out of memory\na\nb"
+    assert panels.outcome_text(failed) == "failed after 5s: ValueError: boom\na\nb"
+    oom = _state(
+        _started(),
+        {"type": ev.RUN_FINISHED, "status": "oom", "duration_s": 5.0,
+         "error": {"message": "OutOfMemoryError: CUDA out of memory", "traceback": ["a"], "step": 1310,
+                   "batch_tokens": 8192, "suggestions": ["halve the batch", "shorter sequences", "checkpointing", "x"]},
+         },
+    )  # fmt: skip
+    assert panels.outcome_text(oom) == (
+        "oom after 5s: OutOfMemoryError: CUDA out of memory\n"
+        "at step 1310, batch of 8,192 padded tokens\n"
+        "try: halve the batch\ntry: shorter sequences\ntry: checkpointing"
+    )
     gone = _state(_started())
     gone.trainer_gone = True
     assert gone.status == LOST and "without reporting" in (panels.outcome_text(gone) or "")
@@ -106,3 +118,24 @@ def test_status_line_counts_garbage_and_filled_gaps() -> None:
     state.garbage, state.filled_from_file = 2, 15
     line = panels.status_line(state)
     assert "2 garbled line(s) skipped" in line and "15 filled from events.jsonl" in line
+
+
+def test_oom_risk_and_paged_labels() -> None:
+    cpu = _state(
+        _started("cpu"),
+        {"type": ev.OOM_RISK, "level": "n/a", "reason": "CPU run: no GPU memory to run out of"},
+        {"type": ev.PAGED_STATE, "available": True, "paged_bytes": 0, "paged_tensors": 0, "unpaged_bytes": 262144},
+    )
+    text = panels.events_text(cpu)
+    assert "OOM risk n/a (CPU run)" in text
+    assert "paged: nothing (CPU run)" in text
+    gpu = _state(
+        _started("cuda"),
+        {"type": ev.OOM_RISK, "level": "watch", "predicted_peak": 10 * 1024**3, "available": 11 * 1024**3},
+        {"type": ev.PAGED_STATE, "available": True, "paged_bytes": 3 * 1024**3, "paged_tensors": 448,
+         "unpaged_bytes": 20 * 1024**2},
+    )  # fmt: skip
+    text = panels.events_text(gpu)
+    assert "OOM risk WATCH: peak 10.0 GiB of 11.0 GiB" in text
+    assert "paged: 3.0 GiB in 448 tensors; 20 MiB kept on GPU" in text
+    assert panels.oom_text(_state(_started("cuda"))) == "OOM risk: forecast after 3 steps"

@@ -70,6 +70,13 @@ def test_demo_run_folder_and_honest_memory(demo_run: tuple[Any, Path]) -> None:
     memory = of_type(read_events(run_dir), ev.MEMORY)[-1]
     assert memory["host"]["rss"] > 0
     assert memory["gpu_state"] == "no_nvidia_gpu" and memory["gpus"] == [], "no made-up GPU numbers on CPU"
+    events = read_events(run_dir)
+    (risk,) = of_type(events, ev.OOM_RISK)
+    assert risk["level"] == "n/a" and "CPU run" in risk["reason"] and risk["predicted_peak"] is None
+    (paged,) = of_type(events, ev.PAGED_STATE)
+    assert paged["step"] == 1 and paged["paged_bytes"] == 0 and paged["unpaged_bytes"] > 0
+    started = of_type(events, ev.RUN_STARTED)[0]
+    assert started["data"]["worst_batch_tokens"] == 8 * started["data"]["longest_tokens"]
     assert "step 1/" in result.stdout and "run completed" in result.stdout
 
 

@@ -28,13 +28,15 @@ OOM_RISK = "oom_risk"
 CHECKPOINT = "checkpoint"
 RUN_FINISHED = "run_finished"
 LOG = "log"
+PAGED_STATE = "paged_state"
 
 EVENT_TYPES: frozenset[str] = frozenset(
-    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG}
+    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG, PAGED_STATE}
 )
 """Every type this protocol version knows. ``log`` carries a short human-readable
 phase message ("loading model", "tokenising dataset") so a watcher can show progress
-before the first step."""
+before the first step. ``paged_state`` accounts the paged optimizer state once the
+optimizer exists (at the first step)."""
 
 # run_finished statuses
 COMPLETED = "completed"

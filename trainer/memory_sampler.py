@@ -8,6 +8,8 @@ paged state, OOM forecast) builds on this.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -39,6 +41,7 @@ class NvmlReader:
         self.state = NVML_OK
         self.note = ""
         self._handles: list[Any] = []
+        self._pid = os.getpid()
         try:
             import pynvml
 
@@ -61,16 +64,39 @@ class NvmlReader:
         for index, handle in enumerate(self._handles):
             info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
             name = self._nvml.nvmlDeviceGetName(handle)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": name.decode() if isinstance(name, bytes) else name,
-                    "used": int(info.used),
-                    "total": int(info.total),
-                    "free": int(info.free),
-                }
-            )
+            gpu: dict[str, Any] = {
+                "index": index,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "used": int(info.used),
+                "total": int(info.total),
+                "free": int(info.free),
+            }
+            gpu.update(self._extras(handle))
+            gpus.append(gpu)
         return gpus
+
+    def _extras(self, handle: Any) -> dict[str, Any]:
+        """Utilisation, temperature, power and this process's memory, where NVML reports them."""
+        nvml = self._nvml
+        extras: dict[str, Any] = {}
+        readers = {
+            "util_pct": lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+            "temp_c": lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+            "power_w": lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+        }
+        for key, read in readers.items():
+            # Not supported on this GPU or driver: leave it out, never 0.
+            with contextlib.suppress(Exception):
+                extras[key] = read()
+        try:
+            mine = [p for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == self._pid]
+            if mine and mine[0].usedGpuMemory is not None:
+                extras["process_used"] = int(mine[0].usedGpuMemory)
+            else:
+                extras["process_used_note"] = "not reported (inside a container NVML often sees no pids)"
+        except Exception as exc:
+            extras["process_used_note"] = f"not reported ({exc})"
+        return extras
 
 
 TorchStats = Callable[[int], "dict[str, int] | None"]
@@ -99,6 +125,8 @@ class MemorySampler:
         self._gpu = gpu_reader if gpu_reader is not None else NvmlReader()
         self.torch_stats = torch_stats
         self._process = psutil.Process()
+        self.last: dict[str, Any] | None = None
+        """The latest sample (for OOM forecasts and the post-mortem)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loratop-memory", daemon=True)
 
@@ -137,5 +165,6 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._emit("memory", **self.sample())
+            self.last = self.sample()
+            self._emit("memory", **self.last)
             self._stop.wait(self._interval)

@@ -62,6 +62,9 @@ class Run:
         self._model_info: dict[str, Any] = {}
         self._device: dict[str, Any] = {}
         self._data_info: dict[str, Any] = {}
+        self._last_step = 0
+        self.watch: Any = None
+        """The run's MemoryWatch, once the trainer is built."""
         self._sampler = MemorySampler(sink.emit, config.monitor.memory_sample_hz)
 
     # -- signals ----------------------------------------------------------------
@@ -109,6 +112,8 @@ class Run:
             lines = traceback.format_exception(exc)
             tail = "".join(lines).rstrip().splitlines()[-12:]
             error = {"message": f"{type(exc).__name__}: {exc}".strip(), "traceback": tail}
+            if status == ev.OOM:
+                error.update(self._oom_post_mortem())
             traceback.print_exception(exc)  # the whole thing, into trainer.log
         finally:
             self._sampler.stop()
@@ -122,6 +127,17 @@ class Run:
         write_status(self.run_dir, state="finished", status=status, exit_code=code, ended_at=now())
         self.sink.close()
         return code
+
+    def _oom_post_mortem(self) -> dict[str, Any]:
+        """What was going on when memory ran out, and what to try."""
+        from trainer.oom_forecast import OOM_SUGGESTIONS
+
+        return {
+            "step": self._last_step,
+            "batch_tokens": self.watch.recorder.last_tokens if self.watch else None,
+            "last_memory": self._sampler.last,
+            "suggestions": list(OOM_SUGGESTIONS),
+        }
 
     def setup(self) -> Any:
         """Load the model in 4 bits, attach LoRA, load the data and build the trainer."""
@@ -208,7 +224,24 @@ class Run:
         dataset = self._load_dataset()
         trainer = self._build_trainer(model, tokenizer, dataset, cuda)
         self._audit_or_refuse(trainer.model)
+        self._watch_memory(trainer, cuda)
         return trainer
+
+    def _watch_memory(self, trainer: Any, cuda: bool) -> None:
+        """Record batch sizes and prepare the OOM forecast from the tokenised lengths."""
+        from trainer.memory_watch import BatchRecorder, MemoryWatch
+        from trainer.oom_forecast import worst_batch_tokens
+
+        t = self.config.training
+        recorder = BatchRecorder(trainer.data_collator)
+        trainer.data_collator = recorder
+        lengths: list[int] = []
+        if "input_ids" in getattr(trainer.train_dataset, "column_names", []):
+            lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        worst = worst_batch_tokens(lengths, t.per_device_train_batch_size, t.max_seq_length)
+        self._data_info["longest_tokens"] = min(max(lengths), t.max_seq_length) if lengths else None
+        self._data_info["worst_batch_tokens"] = worst
+        self.watch = MemoryWatch(self.sink.emit, self._sampler, recorder, cuda, worst, t.per_device_train_batch_size)
 
     def _load_dataset(self) -> Any:
         from datasets import Dataset, load_dataset
@@ -356,12 +389,17 @@ def _event_callback(run: Run) -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             run.sink.emit(ev.RUN_STARTED, **run.run_started_fields(state.max_steps))
+            run.watch.start()
             self.last_step_time = time.monotonic()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            run.watch.step_begin()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if not logs or "loss" not in logs:
                 return  # the end-of-training summary has no per-step loss
             current = time.monotonic()
+            run._last_step = state.global_step
             run.sink.emit(
                 ev.STEP,
                 step=state.global_step,
@@ -375,6 +413,7 @@ def _event_callback(run: Run) -> Any:
             self.last_step_time = current
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            run.watch.step_end(state.global_step, kwargs.get("optimizer"))
             if run.stop_requested and not control.should_training_stop:
                 control.should_training_stop = True
                 run.sink.emit(ev.LOG, message=f"{run.stop_requested}: stopping after step {state.global_step}")
@@ -409,14 +448,19 @@ def _device_info(torch: Any, cuda: bool) -> dict[str, Any]:
 
 
 def _torch_cuda_stats(index: int) -> dict[str, int] | None:
+    """Torch's allocator figures for one GPU; ``peak`` is since the current step began."""
     import torch
 
     if index >= torch.cuda.device_count():
         return None
+    stats = torch.cuda.memory_stats(index)
     return {
-        "allocated": int(torch.cuda.memory_allocated(index)),
-        "reserved": int(torch.cuda.memory_reserved(index)),
-        "peak": int(torch.cuda.max_memory_allocated(index)),
+        "allocated": int(stats.get("allocated_bytes.all.current", 0)),
+        "reserved": int(stats.get("reserved_bytes.all.current", 0)),
+        "peak": int(stats.get("allocated_bytes.all.peak", 0)),
+        "inactive_split": int(stats.get("inactive_split_bytes.all.current", 0)),
+        "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
+        "num_ooms": int(stats.get("num_ooms", 0)),
     }
 
 

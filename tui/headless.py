@@ -78,6 +78,14 @@ class HeadlessPrinter:
                 f"SPIKE {event.get('severity', '')} at step {event.get('step')}: loss {fmt_loss(event.get('loss'))} "
                 f"(baseline {fmt_loss(event.get('baseline'))}, {event.get('kind', '')})"
             )
+        elif kind == ev.OOM_RISK:
+            self._print(f"OOM risk {str(event.get('level')).upper()}: {event.get('reason')}")
+        elif kind == ev.PAGED_STATE and event.get("available"):
+            self._print(
+                f"paged optimizer state: {fmt_bytes(event.get('paged_bytes'))} in {event.get('paged_tensors')} "
+                f"tensors; {fmt_bytes(event.get('unpaged_bytes'))} kept unpaged"
+                + (f" ({event['note']})" if event.get("note") else "")
+            )
         elif kind == ev.RUN_FINISHED:
             self._finished(event)
 
@@ -128,6 +136,8 @@ class HeadlessPrinter:
             for tb_line in error.get("traceback", [])[-6:]:
                 self._print(f"  {tb_line}")
             self._print(f"error: {error.get('message')}")
+            for suggestion in error.get("suggestions", []):
+                self._print(f"  try: {suggestion}")
 
 
 def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:

@@ -112,7 +112,36 @@ def events_text(state: RunState) -> str:
         spills = "spills –"
     else:
         spills = "spills not measured yet"
-    return f"{spikes}\n{spills}"
+    return f"{spikes}\n{spills}\n{oom_text(state)}\n{paged_text(state)}"
+
+
+def oom_text(state: RunState) -> str:
+    """The OOM-risk level and why."""
+    risk = state.oom_risk
+    if risk is None:
+        return "OOM risk –" if state.device_kind != "cuda" else "OOM risk: forecast after 3 steps"
+    level = str(risk.get("level"))
+    if level == "n/a":
+        return "OOM risk n/a (CPU run)" if state.device_kind == "cpu" else f"OOM risk n/a: {risk.get('reason', '')}"
+    peak, available = risk.get("predicted_peak"), risk.get("available")
+    return f"OOM risk {level.upper()}: peak {fmt_bytes(peak)} of {fmt_bytes(available)}"
+
+
+def paged_text(state: RunState) -> str:
+    """Paged optimizer state: how much, and how much is kept as ordinary memory."""
+    paged = state.paged
+    if paged is None:
+        return "paged: – (accounted at the first step)"
+    if not paged.get("available"):
+        return f"paged: unknown ({paged.get('note', '')})"
+    if not paged.get("paged_bytes"):
+        if state.device_kind == "cpu":
+            return "paged: nothing (CPU run)"
+        return f"paged: nothing (no state ≥ 1e5 elements); {fmt_bytes(paged.get('unpaged_bytes'))} on GPU"
+    return (
+        f"paged: {fmt_bytes(paged.get('paged_bytes'))} in {paged.get('paged_tensors')} tensors; "
+        f"{fmt_bytes(paged.get('unpaged_bytes'))} kept on GPU"
+    )
 
 
 def outcome_text(state: RunState) -> str | None:
@@ -130,8 +159,14 @@ def outcome_text(state: RunState) -> str | None:
             line += f" ({state.finished['stopped_by']})"
         return line + (f" · adapter: {adapter}" if adapter else "")
     error = state.finished.get("error") or {}
-    tail = error.get("traceback", [])[-4:]
-    return "\n".join([f"{status} after {duration}: {error.get('message', '')}", *tail])
+    lines = [f"{status} after {duration}: {error.get('message', '')}"]
+    if status == "oom":
+        tokens = error.get("batch_tokens")
+        lines.append(f"at step {error.get('step')}, batch of {tokens:,} padded tokens" if tokens else "")
+        lines += [f"try: {s}" for s in error.get("suggestions", [])[:3]]
+    else:
+        lines += error.get("traceback", [])[-4:]
+    return "\n".join(line for line in lines if line)
 
 
 def status_line(state: RunState) -> str:

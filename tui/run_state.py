@@ -48,6 +48,9 @@ class RunState:
     spikes: list[dict[str, Any]] = field(default_factory=list)
     spills: list[dict[str, Any]] = field(default_factory=list)
     oom_risk: dict[str, Any] | None = None
+    """The latest OOM-risk level (sent when it changes)."""
+    paged: dict[str, Any] | None = None
+    """Paged optimizer state, accounted at the first step."""
     messages: deque[str] = field(default_factory=lambda: deque(maxlen=50))
     """The trainer's phase messages (``log`` events), newest last."""
     first_t: float | None = None
@@ -94,6 +97,8 @@ class RunState:
             self.spills.append(event)
         elif kind == ev.OOM_RISK:
             self.oom_risk = event
+        elif kind == ev.PAGED_STATE:
+            self.paged = event
         elif kind == ev.LOG:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))

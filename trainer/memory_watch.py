@@ -1,0 +1,152 @@
+"""Per-step memory bookkeeping in the trainer: batch sizes, peaks, OOM risk, paged state.
+
+:class:`BatchRecorder` wraps the data collator to learn each micro-batch's padded
+token count (peak memory follows it). :class:`MemoryWatch` is called at every step
+boundary: it resets torch's peak counter, feeds the OOM forecaster and reports a
+level change, and accounts the paged optimizer state once the optimizer exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from trainer.memory_sampler import MemorySampler
+from trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
+
+PAGE_MIN_ELEMENTS = 100_000
+"""bitsandbytes pages optimizer state only for parameters with at least this many
+elements (``Optimizer8bit.get_state_buffer``); smaller ones keep ordinary state."""
+
+
+class BatchRecorder:
+    """A data collator wrapper that remembers padded tokens per micro-batch."""
+
+    def __init__(self, collator: Callable[[Any], Any]) -> None:
+        self._collator = collator
+        self.last_tokens = 0
+        """Padded tokens (rows × padded length) of the latest micro-batch."""
+        self.step_max_tokens = 0
+        """The largest micro-batch of the current optimizer step."""
+
+    def __call__(self, features: Any) -> Any:
+        batch = self._collator(features)
+        ids = batch.get("input_ids") if hasattr(batch, "get") else None
+        if ids is not None and hasattr(ids, "shape") and len(ids.shape) == 2:
+            self.last_tokens = int(ids.shape[0] * ids.shape[1])
+            self.step_max_tokens = max(self.step_max_tokens, self.last_tokens)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:  # TRL inspects collator attributes
+        return getattr(self._collator, name)
+
+
+def paged_state(optimizer: Any) -> dict[str, Any]:
+    """Bytes and tensors of paged optimizer state, and of state that is not paged.
+
+    Paged buffers are listed by bitsandbytes' ``GlobalPageManager``; torch's allocator
+    never counts them. State of parameters under 1e5 elements is ordinary memory.
+    """
+    try:
+        from bitsandbytes.functional import GlobalPageManager
+
+        paged = list(GlobalPageManager.get_instance().paged_tensors)
+    except Exception:  # an older or newer bitsandbytes without it: say so, do not guess
+        return {"available": False, "note": "bitsandbytes GlobalPageManager not found"}
+    paged_ids = {id(t) for t in paged}
+    paged_bytes = sum(t.numel() * t.element_size() for t in paged)
+    unpaged_bytes = unpaged_tensors = small_params = 0
+    state = getattr(optimizer, "state", {})
+    for param, slots in state.items():
+        if hasattr(param, "numel") and param.numel() < PAGE_MIN_ELEMENTS:
+            small_params += 1
+        for value in slots.values() if isinstance(slots, dict) else ():
+            if hasattr(value, "numel") and id(value) not in paged_ids and value.numel() > 1:
+                unpaged_bytes += value.numel() * value.element_size()
+                unpaged_tensors += 1
+    return {
+        "available": True,
+        "paged_bytes": int(paged_bytes),
+        "paged_tensors": len(paged),
+        "unpaged_bytes": int(unpaged_bytes),
+        "unpaged_tensors": unpaged_tensors,
+        "params_below_page_threshold": small_params,
+    }
+
+
+class MemoryWatch:
+    """Step-boundary memory work for one run.
+
+    Args:
+        emit: The run's event emitter.
+        sampler: The memory sampler (its latest sample gives NVML figures).
+        recorder: The collator wrapper.
+        cuda: Whether the run is on a GPU.
+        worst_tokens: Padded tokens of the worst batch the data can produce.
+        batch_size: Rows per micro-batch.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[..., None],
+        sampler: MemorySampler,
+        recorder: BatchRecorder,
+        cuda: bool,
+        worst_tokens: int,
+        batch_size: int,
+    ) -> None:
+        self._emit = emit
+        self._sampler = sampler
+        self.recorder = recorder
+        self._cuda = cuda
+        self.forecaster = OomForecaster(worst_tokens, batch_size)
+        self._retries = 0
+        self.paged: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """At train begin: on CPU say once that there is nothing to forecast."""
+        if not self._cuda:
+            self._emit(
+                "oom_risk",
+                level=NOT_APPLICABLE,
+                predicted_peak=None,
+                available=None,
+                headroom=None,
+                reason="CPU run: no GPU memory to run out of",
+            )
+
+    def step_begin(self) -> None:
+        self.recorder.step_max_tokens = 0
+        if self._cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def step_end(self, step: int, optimizer: Any) -> None:
+        """Feed the forecaster; report a new risk level; account paged state once."""
+        if self.paged is None and optimizer is not None:
+            self.paged = paged_state(optimizer)
+            if not self._cuda:
+                self.paged["note"] = "CPU run: bitsandbytes keeps optimizer state unpaged"
+            self._emit("paged_state", step=step, **self.paged)
+        if not self._cuda:
+            return
+        import torch
+
+        stats = torch.cuda.memory_stats()
+        peak = int(stats.get("allocated_bytes.all.peak", 0))
+        reserved = int(stats.get("reserved_bytes.all.current", 0))
+        allocated = int(stats.get("allocated_bytes.all.current", 0))
+        retries = int(stats.get("num_alloc_retries", 0))
+        self.forecaster.observe(self.recorder.step_max_tokens, peak)
+        sample = self._sampler.last or {}
+        gpus = sample.get("gpus") or []
+        if not gpus:
+            return
+        gpu = gpus[0]
+        note = fragmentation_note(reserved, allocated, retries, self._retries)
+        self._retries = retries
+        risk = self.forecaster.forecast(gpu["total"], gpu["used"] - reserved, note)
+        if self.forecaster.changed(risk):
+            assert risk is not None
+            self._emit("oom_risk", step=step, **risk.as_event())

@@ -161,7 +161,9 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
             await _until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
             await pilot.pause(0.5)
             assert screen.has_class("narrow") == (size[0] < 100)
-            panels = ["#run-header", "#loss-chart", "#lr-panel", "#params", "#memory", "#events-panel", "#status-line"]
+            panels = [
+                "#run-header", "#loss-chart", "#lr-panel", "#params", "#memory-panel", "#events-panel", "#status-line"
+            ]  # fmt: skip
             regions = {sel: screen.query_one(sel).region for sel in panels}
             for sel, region in regions.items():
                 assert region.width > 0 and region.height > 0, f"{sel} is not visible at {size}"

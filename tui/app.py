@@ -153,7 +153,9 @@ class MonitorScreen(Screen[str]):
                     yield Static(id="lr-text")
                     yield Sparkline([], id="lr-spark")
                 yield Static(classes="panel", id="params")
-                yield MemoryPanel(classes="panel", id="memory")
+                with Vertical(classes="panel", id="memory-panel"):
+                    yield MemoryPanel(id="memory")
+                    yield Sparkline([], id="mem-spark")
                 yield Static(classes="panel", id="events-panel")
         yield Static(id="outcome")
         yield Log(id="trainer-log", max_lines=2000)
@@ -266,6 +268,9 @@ class MonitorScreen(Screen[str]):
         self.query_one("#lr-text", Static).update(panels.lr_text(state))
         self.query_one("#params", Static).update(panels.params_text(state))
         self.query_one(MemoryPanel).update(state.memory)
+        spark = self.query_one("#mem-spark", Sparkline)
+        spark.data = list(state.mem_series[-240:])
+        spark.tooltip = ("VRAM" if state.mem_series_kind == "gpu" else "host RSS") + " over the last 2 minutes"
         self.query_one("#events-panel", Static).update(panels.events_text(state))
         self.query_one("#status-line", Static).update(panels.status_line(state))
         outcome = panels.outcome_text(state)

@@ -44,6 +44,11 @@ class RunState:
     peak_gpu_used: int | None = None
     """Highest NVML used bytes on any GPU so far; ``None`` without a GPU reading."""
     peak_rss: int | None = None
+    mem_series: array[int] = field(default_factory=lambda: array("q"))
+    """Memory over time, one value per sample: GPU 0's NVML used bytes, or host RSS
+    when there is no GPU reading (see :attr:`mem_series_kind`)."""
+    mem_series_kind: str | None = None
+    """``gpu`` or ``host``: what :attr:`mem_series` holds."""
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     spikes: list[dict[str, Any]] = field(default_factory=list)
     spills: list[dict[str, Any]] = field(default_factory=list)
@@ -113,10 +118,17 @@ class RunState:
         rss = event.get("host", {}).get("rss")
         if isinstance(rss, int):
             self.peak_rss = max(self.peak_rss or 0, rss)
-        for gpu in event.get("gpus") or []:
+        gpus = event.get("gpus") or []
+        for gpu in gpus:
             used = gpu.get("used")
             if isinstance(used, int):
                 self.peak_gpu_used = max(self.peak_gpu_used or 0, used)
+        kind, value = ("gpu", gpus[0].get("used")) if gpus else ("host", rss)
+        if isinstance(value, int):
+            if kind != self.mem_series_kind:
+                self.mem_series = array("q")  # never mix GPU and host figures in one line
+                self.mem_series_kind = kind
+            self.mem_series.append(value)
 
     # -- derived --------------------------------------------------------------
 

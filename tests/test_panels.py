@@ -58,7 +58,11 @@ def test_nan_loss_is_shown_as_nan_not_a_number() -> None:
 def test_spills_are_na_on_cpu_and_not_a_made_up_zero_on_gpu() -> None:
     assert "spills n/a (CPU run)" in panels.events_text(_state(_started("cpu")))
     gpu = panels.events_text(_state(_started("cuda")))
-    assert "spills not measured yet" in gpu and "spills 0" not in gpu
+    assert "spills: counted from the first step" in gpu and "spills 0" not in gpu
+    exact = _state(_started("cuda"), {"type": ev.PAGED_STATE, "available": True, "spill_method": "exact"})
+    assert "spills: none seen (exact)" in panels.events_text(exact)
+    nothing = _state(_started("cuda"), {"type": ev.PAGED_STATE, "available": True, "spill_method": "n/a"})
+    assert "spills n/a (nothing paged)" in panels.events_text(nothing)
     spilled = _state(_started("cuda"), {"type": ev.SPILL, "step": 5, "bytes": 3 * 1024**3, "method": "estimated"})
     assert "spills 1  3.0 GiB (estimated)" in panels.events_text(spilled)
 

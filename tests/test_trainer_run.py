@@ -75,6 +75,8 @@ def test_demo_run_folder_and_honest_memory(demo_run: tuple[Any, Path]) -> None:
     assert risk["level"] == "n/a" and "CPU run" in risk["reason"] and risk["predicted_peak"] is None
     (paged,) = of_type(events, ev.PAGED_STATE)
     assert paged["step"] == 1 and paged["paged_bytes"] == 0 and paged["unpaged_bytes"] > 0
+    assert paged["spill_method"] == "n/a" and paged["spill_reason"] == "CPU run: nothing is paged"
+    assert of_type(events, ev.SPILL) == []
     started = of_type(events, ev.RUN_STARTED)[0]
     assert started["data"]["worst_batch_tokens"] == 8 * started["data"]["longest_tokens"]
     assert "step 1/" in result.stdout and "run completed" in result.stdout

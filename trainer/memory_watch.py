@@ -41,6 +41,16 @@ class BatchRecorder:
         return getattr(self._collator, name)
 
 
+def paged_tensors() -> list[Any]:
+    """bitsandbytes' paged buffers (``cudaMallocManaged`` memory), or ``[]``."""
+    try:
+        from bitsandbytes.functional import GlobalPageManager
+
+        return list(GlobalPageManager.get_instance().paged_tensors)
+    except Exception:
+        return []
+
+
 def paged_state(optimizer: Any) -> dict[str, Any]:
     """Bytes and tensors of paged optimizer state, and of state that is not paged.
 
@@ -94,6 +104,7 @@ class MemoryWatch:
         cuda: bool,
         worst_tokens: int,
         batch_size: int,
+        paged_optimizer: bool = True,
     ) -> None:
         self._emit = emit
         self._sampler = sampler
@@ -101,7 +112,10 @@ class MemoryWatch:
         self._cuda = cuda
         self.forecaster = OomForecaster(worst_tokens, batch_size)
         self._retries = 0
+        self._paged_optimizer = paged_optimizer
         self.paged: dict[str, Any] | None = None
+        self.spills: Any = None
+        """The run's SpillCounter, from the first step on."""
 
     def start(self) -> None:
         """At train begin: on CPU say once that there is nothing to forecast."""
@@ -125,10 +139,10 @@ class MemoryWatch:
     def step_end(self, step: int, optimizer: Any) -> None:
         """Feed the forecaster; report a new risk level; account paged state once."""
         if self.paged is None and optimizer is not None:
-            self.paged = paged_state(optimizer)
-            if not self._cuda:
-                self.paged["note"] = "CPU run: bitsandbytes keeps optimizer state unpaged"
-            self._emit("paged_state", step=step, **self.paged)
+            self._account_paged(step, optimizer)
+        if self.spills is not None:
+            for event in self.spills.step(step, self._sampler.last):
+                self._emit_spill(event)
         if not self._cuda:
             return
         import torch
@@ -150,3 +164,30 @@ class MemoryWatch:
         if self.forecaster.changed(risk):
             assert risk is not None
             self._emit("oom_risk", step=step, **risk.as_event())
+
+    def _account_paged(self, step: int, optimizer: Any) -> None:
+        """Once the optimizer exists: how much is paged, and how spills will be counted."""
+        from trainer.spills import make_spill_counter, paged_ranges
+
+        self.paged = paged_state(optimizer)
+        if not self._cuda:
+            self.paged["note"] = "CPU run: bitsandbytes keeps optimizer state unpaged"
+        self.spills = make_spill_counter(
+            "cuda" if self._cuda else "cpu",
+            int(self.paged.get("paged_bytes") or 0),
+            paged_ranges(paged_tensors()) if self._cuda else [],
+            paged_optimizer=self._paged_optimizer,
+        )
+        self._emit(
+            "paged_state", step=step, spill_method=self.spills.method, spill_reason=self.spills.reason, **self.paged
+        )
+
+    def _emit_spill(self, event: Any) -> None:
+        totals = self.spills.totals()
+        self._emit("spill", **event.as_event(), total_events=totals.events, total_bytes=totals.bytes)
+
+    def close(self, step: int) -> None:
+        """At the end of training: close the last spill cluster."""
+        if self.spills is not None:
+            for event in self.spills.close(step):
+                self._emit_spill(event)

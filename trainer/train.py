@@ -241,7 +241,15 @@ class Run:
         worst = worst_batch_tokens(lengths, t.per_device_train_batch_size, t.max_seq_length)
         self._data_info["longest_tokens"] = min(max(lengths), t.max_seq_length) if lengths else None
         self._data_info["worst_batch_tokens"] = worst
-        self.watch = MemoryWatch(self.sink.emit, self._sampler, recorder, cuda, worst, t.per_device_train_batch_size)
+        self.watch = MemoryWatch(
+            self.sink.emit,
+            self._sampler,
+            recorder,
+            cuda,
+            worst,
+            t.per_device_train_batch_size,
+            paged_optimizer=t.optim.startswith("paged_"),
+        )
 
     def _load_dataset(self) -> Any:
         from datasets import Dataset, load_dataset
@@ -394,6 +402,9 @@ def _event_callback(run: Run) -> Any:
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             run.watch.step_begin()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            run.watch.close(state.global_step)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if not logs or "loss" not in logs:

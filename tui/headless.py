@@ -86,6 +86,12 @@ class HeadlessPrinter:
                 f"tensors; {fmt_bytes(event.get('unpaged_bytes'))} kept unpaged"
                 + (f" ({event['note']})" if event.get("note") else "")
             )
+            self._print(f"spill counting: {event.get('spill_method')} ({event.get('spill_reason')})")
+        elif kind == ev.SPILL:
+            self._print(
+                f"SPILL at step {event.get('step')}: {fmt_bytes(event.get('bytes'))} evicted "
+                f"({event.get('method')}; {event.get('total_events')} so far)"
+            )
         elif kind == ev.RUN_FINISHED:
             self._finished(event)
 

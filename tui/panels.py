@@ -15,12 +15,14 @@ GIB = 1024**3
 
 
 def fmt_bytes(n: float | None) -> str:
-    """``1.2 GiB``, ``340 MiB``; ``?`` when unknown."""
+    """``1.2 GiB``, ``340 MiB``, ``256 KiB``; ``?`` when unknown."""
     if n is None:
         return "?"
     if n >= GIB:
         return f"{n / GIB:.1f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.0f} MiB"
+    return f"{n / 1024:.0f} KiB"
 
 
 def fmt_loss(value: float | None) -> str:
@@ -102,16 +104,21 @@ def events_text(state: RunState) -> str:
         )
     else:
         spikes = "spikes: detector not built yet"
+    method = (state.paged or {}).get("spill_method")
     if state.spills:
         total = sum(int(s.get("bytes") or 0) for s in state.spills)
         methods = sorted({str(s.get("method")) for s in state.spills})
         spills = f"spills {len(state.spills)}  {fmt_bytes(total)} ({'/'.join(methods)})"
     elif state.device_kind == "cpu":
         spills = "spills n/a (CPU run)"
+    elif method == "n/a":
+        spills = "spills n/a (nothing paged)"
+    elif method in ("exact", "estimated"):
+        spills = f"spills: none seen ({method})"
     elif state.started is None:
         spills = "spills –"
     else:
-        spills = "spills not measured yet"
+        spills = "spills: counted from the first step"
     return f"{spikes}\n{spills}\n{oom_text(state)}\n{paged_text(state)}"
 
 

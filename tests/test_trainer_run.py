@@ -253,7 +253,9 @@ def test_local_prompt_completion_file(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     started = of_type(read_events(run_dir), ev.RUN_STARTED)[0]
-    assert started["data"] == {"path": str(data), "source": "file", "rows": 64, "format": "prompt_completion"}
+    data_info = {k: started["data"][k] for k in ("path", "source", "rows", "format")}
+    assert data_info == {"path": str(data), "source": "file", "rows": 64, "format": "prompt_completion"}
+    assert started["data"]["worst_batch_tokens"] == 8 * started["data"]["longest_tokens"]
     assert len(of_type(read_events(run_dir), ev.STEP)) == 4
 
 
@@ -266,3 +268,14 @@ def test_lr_too_high_sample_really_diverges(tmp_path: Path) -> None:
     low = min(losses[:60])
     assert losses[0] - low > 0.5, "it must first learn"
     assert max(losses[60:]) - low > 0.5, f"no divergence: low {low:.2f}, later max {max(losses[60:]):.2f}"
+
+
+def test_gpu_check_script_runs_its_cpu_safe_parts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "--steps", "3", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "NVML: no_nvidia_gpu" in out and "run status: completed" in out
+    assert '"spill_method": "n/a"' in out and "OOM risk at step -: n/a" in out

@@ -3,6 +3,7 @@
     loratop                      the home screen: runs, open one, start one
     loratop run CONFIG [--set section.key=value ...] [--no-tui]
     loratop check CONFIG [--set section.key=value ...]
+    loratop estimate CONFIG [--set section.key=value ...]   will it fit? (reads config.json only)
     loratop demo [--no-tui]
     loratop attach [RUN]         replay a run's events, then follow it live
     loratop ls                   list runs
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config without training")
     _add_config_args(check)
 
+    estimate = commands.add_parser("estimate", help="pre-flight memory estimate from the model's config.json")
+    _add_config_args(estimate)
+
     demo = commands.add_parser("demo", help=f"run the shipped tiny CPU demo ({samples.DEMO}.yaml)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     demo.add_argument("--no-tui", action="store_true", help="print lines instead of the dashboard")
@@ -88,6 +92,42 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _report(exc)
     print(summarise(config, path))
     return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the pre-flight memory estimate: full fine-tune, LoRA, QLoRA against the GPU."""
+    from trainer.estimate import EstimateError, estimate, format_estimate, load_model_shape, visible_gpu_total
+
+    try:
+        # The data file and output folder do not matter to an estimate; bad knobs do.
+        path = samples.resolve_config_path(args.config)
+        config = load_config(path, parse_overrides(args.overrides), check_files=False)
+    except ConfigError as exc:
+        return _report(exc)
+    try:
+        shape = load_model_shape(config.model.name_or_path)
+    except EstimateError as exc:
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    gpu_total, gpu_name = visible_gpu_total()
+    print(format_estimate(estimate(shape, config, gpu_total, gpu_name)))
+    return 0
+
+
+def preflight_line(config: RunConfig) -> str:
+    """One line of the pre-flight estimate for the configured method (never fails a launch)."""
+    from trainer.estimate import EstimateError, estimate, fit_label, fmt_size, load_model_shape, visible_gpu_total
+
+    try:
+        shape = load_model_shape(config.model.name_or_path)
+    except EstimateError as exc:
+        return f"pre-flight estimate: n/a ({exc})"
+    gpu_total, gpu_name = visible_gpu_total()
+    est = estimate(shape, config, gpu_total, gpu_name)
+    row = est.row(est.selected)
+    return (
+        f"pre-flight estimate ({row.name}): {fmt_size(row.total)} peak; {fit_label(row, gpu_name)} (loratop estimate)"
+    )
 
 
 def summarise(config: RunConfig, path: Path) -> str:
@@ -141,6 +181,8 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         return _report(exc)
     from tui.launcher import launch
 
+    if args.no_tui:
+        print(preflight_line(config))
     run = launch(config, path)
     if args.no_tui:
         from tui.headless import follow_launched
@@ -197,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return cmd_check(args)
+    if args.command == "estimate":
+        return cmd_estimate(args)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "demo":

@@ -178,6 +178,11 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         print(f"detached; the run goes on (pid {run.process.pid}). Its events: {run.run_dir / EVENTS}", file=out)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Our reader went away (`loratop run ... | head`): stop printing, leave the run going.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
         os.close(run.events_fd)

@@ -1,0 +1,444 @@
+"""The pre-flight estimate (``loratop estimate``): figures checked by hand, no torch.
+
+The fixtures under ``tests/data/configs/`` are the public ``config.json`` files of
+LLaMA-2-7B, Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct and Gemma-3-4B-it (multimodal,
+with a sparse ``text_config``), each in a folder that stands in for a local model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer import estimate as est_mod
+from trainer.config import RunConfig, load_config
+from trainer.estimate import (
+    GB,
+    NO_GPU,
+    EstimateError,
+    ModelShape,
+    activation_bytes,
+    adapter_param_count,
+    count_parameters,
+    estimate,
+    fit_label,
+    format_estimate,
+    load_model_shape,
+    optimizer_state_bytes,
+    quant_constant_bytes,
+    shape_from_config,
+    visible_gpu_total,
+)
+from tui.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "tests" / "data" / "configs"
+LLAMA_7B = str(CONFIGS / "llama-7b")
+QWEN_7B = str(CONFIGS / "qwen2.5-7b")
+LLAMA_31_8B = str(CONFIGS / "llama-3.1-8b")
+GEMMA_3_4B = str(CONFIGS / "gemma-3-4b-it")
+DEMO = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
+ALL_SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def qlora_config(**training: Any) -> RunConfig:
+    """The usual QLoRA recipe: NF4 + double quant, bf16 compute, r 16 on all seven, paged 8-bit AdamW."""
+    settings = {
+        "per_device_train_batch_size": 1,
+        "max_seq_length": 512,
+        "gradient_checkpointing": True,
+        "optim": "paged_adamw_8bit",
+        **training,
+    }
+    return RunConfig.model_validate(
+        {
+            "quantization": {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": True,
+                "bnb_4bit_compute_dtype": "bfloat16",
+            },
+            "lora": {"r": 16, "target_modules": ALL_SEVEN},
+            "training": settings,
+        }
+    )
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sees no NVIDIA GPU, whatever machine the tests run on."""
+    monkeypatch.setattr(est_mod, "visible_gpu_total", lambda: (None, NO_GPU))
+
+
+# ---------------------------------------------------------------- parameter counts
+
+
+def test_llama_7b_has_6_738_415_616_parameters() -> None:
+    # per layer: q, k, v, o 4 × 4096² = 67,108,864; gate, up, down 3 × 4096 × 11008 = 135,266,304;
+    # two norms 8,192 → 202,383,360; × 32 = 6,476,267,520
+    # embeddings + untied head 2 × 32000 × 4096 = 262,144,000; final norm 4,096
+    assert count_parameters(load_model_shape(LLAMA_7B)).total == 6_738_415_616
+
+
+def test_qwen2_5_7b_counts_its_qkv_biases() -> None:
+    params = count_parameters(load_model_shape(QWEN_7B))
+
+    # q, k, v biases per layer: 3584 + 512 + 512 = 4,608; × 28 layers
+    assert params.biases == 28 * 4_608
+    assert params.total == 7_615_616_512
+
+
+def test_llama_3_1_8b_has_8_030_261_248_parameters() -> None:
+    assert count_parameters(load_model_shape(LLAMA_31_8B)).total == 8_030_261_248
+
+
+def test_gemma_3_counts_only_the_language_model_and_fills_in_class_defaults() -> None:
+    shape = load_model_shape(GEMMA_3_4B)
+
+    # text_config states only hidden, intermediate and layers; the rest are Gemma3TextConfig defaults
+    assert (shape.num_attention_heads, shape.num_key_value_heads, shape.head_dim) == (8, 4, 256)
+    assert shape.vocab_size == 262_208 and shape.tie_word_embeddings
+    # per layer: q 2560×2048, k and v 2560×1024, o 2048×2560, gate/up/down 2560×10240: 94,371,840;
+    # four norms 4×2560 + q/k norms 2×256 = 10,752 → 94,382,592 × 34 = 3,209,008,128
+    # tied embeddings 262,208 × 2560 = 671,252,480; final norm 2,560
+    assert count_parameters(shape).total == 3_880_263_168
+    assert any("vision tower" in note for note in shape.notes)
+
+
+def test_tiny_model_shape_needs_no_files() -> None:
+    shape = load_model_shape("tiny")
+
+    # per layer: q 128×128, k and v 128×64, o 128×128, three MLP 128×256, two norms: 147,712 × 2
+    # embeddings + untied head 2 × 1024 × 128 = 262,144; final norm 128
+    assert count_parameters(shape).total == 557_696
+
+
+# ---------------------------------------------------------------- formulas
+
+
+def test_quant_constants_per_block_of_64() -> None:
+    numel = 64 * 256 * 3  # 768 blocks
+    assert quant_constant_bytes(numel, double_quant=False) == 768 * 4
+    assert quant_constant_bytes(numel, double_quant=True) == 768 * 1 + 3 * 4
+
+
+def test_8bit_optimizer_keeps_small_tensors_in_32_bit() -> None:
+    big, small = (16, 4096), (8, 128)  # 65,536 and 1,024 elements
+    assert optimizer_state_bytes([big], "paged_adamw_8bit") == 65_536 * 2
+    assert optimizer_state_bytes([small], "paged_adamw_8bit") == 1_024 * 8
+    assert optimizer_state_bytes([big, small], "adamw_torch") == (65_536 + 1_024) * 8
+
+
+def test_activations_without_checkpointing_hold_every_layer() -> None:
+    shape = load_model_shape(LLAMA_7B)
+
+    assert activation_bytes(shape, 2, 1024, gradient_checkpointing=False) == 32 * 34 * 2 * 1024 * 4096
+    assert activation_bytes(shape, 2, 1024, gradient_checkpointing=True) == (32 * 2 + 34) * 2 * 1024 * 4096
+
+
+# ---------------------------------------------------------------- the estimate, by hand
+
+
+def test_full_fine_tune_of_llama_7b_is_16_bytes_per_parameter() -> None:
+    full = estimate(load_model_shape(LLAMA_7B), qlora_config(), None).row("full")
+
+    assert full.model_state == 16 * 6_738_415_616 == 107_814_649_856
+    assert full.breakdown["weights"] == full.breakdown["gradients"] == 4 * 6_738_415_616
+    assert full.breakdown["optimizer"] == 8 * 6_738_415_616
+
+
+def test_qlora_llama_7b_batch_1_at_512_tokens_by_hand() -> None:
+    # 4-bit linear weights: per layer q, k, v, o 4 × 4096 × 4096 = 67,108,864
+    #                       gate, up, down 3 × 4096 × 11008 = 135,266,304 → 202,375,168
+    quantized = 32 * 202_375_168  # 6,476,005,376 params
+    packed = quantized // 2  # 0.5 B/param: 3,238,002,688
+    # double quant: one 8-bit absmax per 64 weights + one fp32 per 256 blocks (every tensor divides evenly)
+    blocks = quantized // 64  # 101,187,584
+    constants = blocks * 1 + (blocks // 256) * 4  # 101,187,584 + 1,581,056 = 102,768,640
+    # embeddings, untied head, 2 norms × 32 layers, final norm: fp32 after prepare_model_for_kbit_training
+    other = 2 * 32_000 * 4096 + 32 * 2 * 4096 + 4096  # 262,410,240 params
+    other_bytes = other * 4  # 1,049,640,960
+    # adapters: r × (in + out) per linear: q, k, v, o 4 × 8192; gate, up, down 3 × (4096 + 11008)
+    adapter_params = 32 * 16 * (4 * 8192 + 3 * 15_104)  # 32 × 16 × 78,080 = 39,976,960
+    adapters = adapter_params * 4  # fp32 weights: 159,907,840
+    gradients = adapter_params * 4  # fp32 gradients: 159,907,840
+    optimizer = adapter_params * 2  # 8-bit m and v, every tensor ≥ 4096 elements: 79,953,920
+    # checkpointing: one bf16 hidden state per layer + one layer recomputed (34 B × b × s × h)
+    activations = 32 * 1 * 512 * 4096 * 2 + 34 * 1 * 512 * 4096  # 134,217,728 + 71,303,168
+    logits = 1 * 512 * 32_000 * 4 * 2  # fp32 logits and their gradient: 131,072,000
+    overhead = 500_000_000
+    expected = packed + constants + other_bytes + adapters + gradients + optimizer + activations + logits + overhead
+    assert expected == 5_626_774_784
+
+    qlora = estimate(load_model_shape(LLAMA_7B), qlora_config(), None).row("qlora")
+
+    assert qlora.breakdown == {
+        "weights": packed + other_bytes,
+        "quant_constants": constants,
+        "adapters": adapters,
+        "gradients": gradients,
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "overhead": overhead,
+    }
+    assert qlora.total == expected
+    assert 3 * GB < qlora.total < 10 * GB
+
+
+def test_qlora_qwen2_5_7b_weights_and_adapters_by_hand() -> None:
+    # h 3584, 28 heads × 128, 4 kv heads × 128 = 512, i 18944, 28 layers
+    # per layer: q, o 2 × 3584² = 25,690,112; k, v 2 × 3584 × 512 = 3,670,016; MLP 3 × 3584 × 18944 = 203,685,888
+    quantized = 28 * (25_690_112 + 3_670_016 + 203_685_888)  # 6,525,288,448
+    packed = quantized // 2
+    # second-level constants per tensor: q, o 784 each; k, v 112 each; gate, up, down 4,144 each
+    blocks = quantized // 64
+    constants = blocks + 28 * (2 * 784 + 2 * 112 + 3 * 4_144) * 4
+    # embeddings + untied head 2 × 152064 × 3584; norms 28 × 2 × 3584 + 3584; q/k/v biases 28 × 4608
+    other = 2 * 152_064 * 3584 + 28 * 2 * 3584 + 3584 + 28 * 4_608  # 1,090,328,064
+    # adapters: q, o 2 × 7168; k, v 2 × (3584 + 512); gate, up, down 3 × (3584 + 18944)
+    adapter_params = 28 * 16 * (2 * 7168 + 2 * 4096 + 3 * 22_528)  # 40,370,176
+
+    shape = load_model_shape(QWEN_7B)
+    qlora = estimate(shape, qlora_config(), None).row("qlora")
+
+    assert quantized + other == 7_615_616_512
+    assert adapter_param_count(shape, ALL_SEVEN, 16) == adapter_params == 40_370_176
+    assert qlora.breakdown["weights"] == packed + other * 4
+    assert qlora.breakdown["quant_constants"] == constants == 103_550_720
+    assert qlora.breakdown["adapters"] == qlora.breakdown["gradients"] == adapter_params * 4
+    assert qlora.breakdown["optimizer"] == adapter_params * 2
+    assert qlora.breakdown["logits"] == 512 * 152_064 * 8
+
+
+def test_lora_base_is_two_bytes_per_parameter_in_bf16() -> None:
+    lora = estimate(load_model_shape(LLAMA_31_8B), qlora_config(), None).row("lora")
+
+    assert lora.breakdown["weights"] == 2 * 8_030_261_248
+    assert lora.breakdown["quant_constants"] == 0
+
+
+def test_all_linear_targets_the_seven_projections() -> None:
+    shape = load_model_shape(LLAMA_7B)
+
+    assert adapter_param_count(shape, ["all-linear"], 16) == adapter_param_count(shape, ALL_SEVEN, 16) == 39_976_960
+
+
+def test_fit_against_the_gpu() -> None:
+    result = estimate(load_model_shape(LLAMA_7B), qlora_config(), 24 * GB, "NVIDIA L4")
+
+    qlora, full = result.row("qlora"), result.row("full")
+    assert qlora.fits and qlora.headroom == 24 * GB - 5_626_774_784
+    assert fit_label(qlora) == "fits (18.4 GB spare)"
+    assert not full.fits
+    assert fit_label(full) == f"does not fit ({(full.total - 24 * GB) / GB:.1f} GB over)"
+
+
+def test_no_gpu_is_said_not_zeroed() -> None:
+    result = estimate(load_model_shape(LLAMA_7B), qlora_config(), None)
+
+    assert all(row.fits is None and row.headroom is None for row in result.rows)
+    assert fit_label(result.row("qlora")) == "no NVIDIA GPU"
+    assert "GPU      no NVIDIA GPU" in format_estimate(result)
+
+
+# ---------------------------------------------------------------- reading config.json
+
+
+def test_hub_id_offline_and_not_cached_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+
+    with pytest.raises(EstimateError) as caught:
+        load_model_shape("someorg/some-model")
+
+    assert str(caught.value) == (
+        "cannot read config.json for someorg/some-model: not local, not cached, hub unreachable (HF_HUB_OFFLINE is set)"
+    )
+
+
+def test_unreachable_hub_fails_fast_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(est_mod.socket, "create_connection", refuse)
+
+    with pytest.raises(EstimateError) as caught:
+        load_model_shape("someorg/some-model")
+
+    assert str(caught.value) == (
+        "cannot read config.json for someorg/some-model: not local, not cached, hub unreachable "
+        "(cannot connect to huggingface.co: Name or service not known)"
+    )
+
+
+def test_hub_id_is_read_from_the_hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    repo = tmp_path / "models--meta-llama--Llama-2-7b-hf"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "config.json").write_text((CONFIGS / "llama-7b" / "config.json").read_text())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+
+    shape = load_model_shape("meta-llama/Llama-2-7b-hf")
+
+    assert shape.source == "the Hugging Face cache"
+    assert count_parameters(shape).total == 6_738_415_616
+
+
+def test_mixture_of_experts_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = json.loads((CONFIGS / "llama-7b" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mixtral", "num_local_experts": 8}))
+
+    with pytest.raises(EstimateError, match="mixture-of-experts"):
+        load_model_shape(str(tmp_path))
+
+
+def test_missing_key_names_it(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+
+    with pytest.raises(EstimateError, match="num_attention_heads missing"):
+        load_model_shape(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the GPU
+
+
+def test_no_driver_reads_as_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("pynvml")
+
+    class NVMLError_LibraryNotFound(Exception):  # noqa: N801 - pynvml's own name
+        pass
+
+    def init() -> None:
+        raise NVMLError_LibraryNotFound("NVML Shared Library Not Found")
+
+    fake.nvmlInit = init  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    assert visible_gpu_total() == (None, NO_GPU)
+
+
+def test_without_pynvml_reads_as_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+
+    assert visible_gpu_total() == (None, NO_GPU)
+
+
+def test_real_nvml_never_raises() -> None:
+    total, name = visible_gpu_total()
+
+    assert (total is None) == (name == NO_GPU or name.startswith("NVML failed"))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_llama_7b_prints_the_table(no_gpu: None, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--set", f"model.name_or_path={LLAMA_7B}", "--set", "training.per_device_train_batch_size=1"]
+    args += ["--set", "training.max_seq_length=512", "--set", "lora.r=16", str(DEMO)]
+
+    assert main(["estimate", *args]) == 0
+
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "  full fine-tune, AdamW         107.8 GB  108.7 GB  no NVIDIA GPU" in lines
+    assert "* QLoRA, NF4 + double quant       4.8 GB    5.6 GB  no NVIDIA GPU" in lines
+    assert "  total" + " " * 64 + "5.63 GB" in lines
+
+
+def test_cli_tiny_demo_works_offline(
+    no_gpu: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    assert main(["estimate", "tiny-cpu-demo"]) == 0
+
+    out = capsys.readouterr().out
+    assert "QLoRA, NF4 + double quant: breakdown" in out
+    assert "tiny: llama, 557,696 parameters" in out
+
+
+def test_cli_bad_knob_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", str(DEMO), "--set", "lora.r=0"]) == 2
+
+    err = capsys.readouterr().err
+    assert "--set lora.r: lora.r = 0" in err
+
+
+def test_cli_missing_config_json_is_one_line_without_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "estimate", str(DEMO), "--set", f"model.name_or_path={empty}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"loratop: cannot read config.json for {empty}: the folder {empty} has no config.json"
+    ]
+
+
+@pytest.mark.parametrize("model", ["tiny", LLAMA_7B, QWEN_7B, LLAMA_31_8B, GEMMA_3_4B])
+@pytest.mark.parametrize("gpu", [None, 150_754_820_096])
+def test_every_line_fits_80_columns(model: str, gpu: int | None) -> None:
+    config = load_config(DEMO, {"model.name_or_path": model, "lora.target_modules": ["all-linear"]}, check_files=False)
+    shape = load_model_shape(model)
+
+    text = format_estimate(estimate(shape, config, gpu, "NVIDIA H200" if gpu else NO_GPU))
+
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_estimate_module_is_standard_library_only() -> None:
+    script = "import trainer.estimate, sys, json; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    modules = json.loads(result.stdout.splitlines()[-1])
+    banned = ("torch", "transformers", "huggingface_hub", "pynvml", "pydantic", "textual")
+    assert [m for m in modules if m.split(".")[0] in banned] == []
+
+
+def test_shape_defaults_head_dim_to_hidden_over_heads() -> None:
+    shape = ModelShape(
+        vocab_size=10,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        tie_word_embeddings=True,
+        model_type="llama",
+    )
+    read = shape_from_config(
+        {
+            "model_type": "llama",
+            "vocab_size": 10,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "tie_word_embeddings": True,
+        }
+    )
+    assert read == shape

@@ -143,3 +143,17 @@ def test_oom_risk_and_paged_labels() -> None:
     assert "OOM risk WATCH: peak 10.0 GiB of 11.0 GiB" in text
     assert "paged: 3.0 GiB in 448 tensors; 20 MiB kept on GPU" in text
     assert panels.oom_text(_state(_started("cuda"))) == "OOM risk: forecast after 3 steps"
+
+
+def test_spikes_listed_and_an_active_one_in_the_header() -> None:
+    state = _state(
+        _started(),
+        *[_step(i, 2.0, 1000.0 + i, i) for i in range(1, 31)],
+        {"type": ev.SPIKE, "step": 12, "loss": 9.0, "severity": "warn", "kind": "loss_spike"},
+        {"type": ev.SPIKE, "step": 25, "loss": 9.0, "severity": "severe", "kind": "loss_spike"},
+    )
+    assert "spikes 2: step 25 (severe), 12 (warn)" in panels.events_text(state)
+    assert panels.header_lines(state, now=1031.0)[0].endswith("· SPIKE SEVERE @25")
+    state.apply({"v": 1, "seq": 99, "t": 1100.0, **_step(60, 2.0, 1100.0, 60)})
+    assert "SPIKE" not in panels.header_lines(state, now=1100.0)[0], "an old spike leaves the header"
+    assert panels.events_text(_state(_started(), _step(1, 2.0, 1001.0, 1))).startswith("spikes: none")

@@ -41,6 +41,7 @@ def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]
     max_steps = started[0]["max_steps"]
     steps = of_type(events, ev.STEP)
     assert [s["step"] for s in steps] == list(range(1, max_steps + 1)), "one step event per optimizer step"
+    assert of_type(events, ev.SPIKE) == [], "a healthy demo run raises no spike"
     assert all(isinstance(s["loss"], float) and math.isfinite(s["loss"]) for s in steps)
     assert all(s["lr"] is not None and s["grad_norm"] is not None for s in steps)
     tokens = [s["tokens"] for s in steps]
@@ -167,20 +168,24 @@ def test_signals_checkpoint_then_graceful_stop(tmp_path: Path) -> None:
     assert status_of(run.run_dir)["status"] == ev.STOPPED
 
 
-def test_reader_killed_mid_run_training_goes_on(tmp_path: Path) -> None:
-    """SIGKILL the watching CLI (the pipe's reader): the run completes, the file has every event."""
-    run_dir = tmp_path / "run"
+def _headless_cli_at_first_step(run_dir: Path, max_steps: int) -> subprocess.Popen[str]:
+    """``loratop run DEMO --no-tui`` in a subprocess, returned once it printed a step line."""
     cli = subprocess.Popen(
         [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
-         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=120"],
+         "--set", f"output_dir={run_dir}", "--set", f"training.max_steps={max_steps}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert cli.stdout is not None
     for line in cli.stdout:
         if line.startswith("step "):
-            break
-    else:
-        raise AssertionError("the CLI never printed a step line")
+            return cli
+    raise AssertionError("the CLI never printed a step line")
+
+
+def test_reader_killed_mid_run_training_goes_on(tmp_path: Path) -> None:
+    """SIGKILL the watching CLI (the pipe's reader): the run completes, the file has every event."""
+    run_dir = tmp_path / "run"
+    cli = _headless_cli_at_first_step(run_dir, max_steps=120)
     cli.kill()
     cli.wait()
     pid = status_of(run_dir)["pid"]
@@ -194,16 +199,9 @@ def test_reader_killed_mid_run_training_goes_on(tmp_path: Path) -> None:
 
 def test_ctrl_c_in_headless_mode_stops_and_exits_130(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
-         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=2000"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert cli.stdout is not None
-    for line in cli.stdout:
-        if line.startswith("step "):
-            break
+    cli = _headless_cli_at_first_step(run_dir, max_steps=2000)
     cli.send_signal(signal.SIGINT)
+    assert cli.stdout is not None
     rest = cli.stdout.read()
     assert cli.wait(timeout=120) == 130
     assert "run stopped" in rest
@@ -268,6 +266,10 @@ def test_lr_too_high_sample_really_diverges(tmp_path: Path) -> None:
     low = min(losses[:60])
     assert losses[0] - low > 0.5, "it must first learn"
     assert max(losses[60:]) - low > 0.5, f"no divergence: low {low:.2f}, later max {max(losses[60:]):.2f}"
+    spikes = of_type(read_events(run_dir), ev.SPIKE)
+    assert spikes, "the detector must flag the divergence"
+    assert any(s["kind"] == "loss_spike" and 55 <= s["step"] <= 120 for s in spikes)
+    assert "SPIKE" in result.stdout, "headless mode prints spikes"
 
 
 def test_gpu_check_script_runs_its_cpu_safe_parts(tmp_path: Path) -> None:
@@ -279,3 +281,33 @@ def test_gpu_check_script_runs_its_cpu_safe_parts(tmp_path: Path) -> None:
     out = result.stdout
     assert "NVML: no_nvidia_gpu" in out and "run status: completed" in out
     assert '"spill_method": "n/a"' in out and "OOM risk at step -: n/a" in out
+
+
+@pytest.mark.parametrize(
+    ("action", "severity", "stops", "saves"),
+    [("stop", "severe", True, True), ("checkpoint", "fatal", False, True), ("stop", "warn", False, False),
+     ("warn", "fatal", False, False)],
+)  # fmt: skip
+def test_on_spike_acts_on_severe_spikes_only(
+    tmp_path: Path, action: str, severity: str, stops: bool, saves: bool
+) -> None:
+    """``monitor.on_spike``: what the trainer's spike hook does to the HF Trainer's control."""
+    from transformers import TrainerControl
+
+    from trainer.config import parse_overrides
+    from trainer.event_sink import EventSink
+    from trainer.spikes import Spike
+    from trainer.train import Run
+
+    config = load_config(DEMO_CONFIG, parse_overrides([f"monitor.on_spike={action}"]), check_files=False)
+    sink = EventSink(tmp_path / "events.jsonl")
+    run = Run(config, tmp_path, sink)
+    control = TrainerControl()
+    spike = Spike(step=7, loss=9.0, baseline=3.0, score=3.0, severity=severity, kind="loss_spike", reason="jump")  # type: ignore[arg-type]
+    run.on_spike(spike, control)
+    sink.close()
+    assert control.should_training_stop is stops and control.should_save is saves
+    assert run.stop_requested == ("spike" if stops else None)
+    (event,) = of_type(read_events(tmp_path), ev.SPIKE)
+    assert event["step"] == 7 and event["severity"] == severity
+    assert event["action"] == (action if saves else "warn")

@@ -194,6 +194,10 @@ class MonitorSection(_Section):
     spike_sensitivity: Float = Field(default=1.0, gt=0, le=10)
     """How readily the loss-spike detector fires: 2.0 fires on smaller jumps, 0.5
     only on larger ones."""
+    on_spike: Literal["warn", "checkpoint", "stop"] = "warn"
+    """What a severe or fatal spike does: ``warn`` only reports it; ``checkpoint`` also
+    saves the adapter at that step; ``stop`` ends the run gracefully with the adapter
+    saved, so you can lower the learning rate and rerun."""
 
 
 class RunConfig(_Section):

@@ -66,6 +66,9 @@ class Run:
         self.watch: Any = None
         """The run's MemoryWatch, once the trainer is built."""
         self._sampler = MemorySampler(sink.emit, config.monitor.memory_sample_hz)
+        from trainer.spikes import SpikeDetector
+
+        self.spikes = SpikeDetector(sensitivity=config.monitor.spike_sensitivity)
 
     # -- signals ----------------------------------------------------------------
 
@@ -127,6 +130,23 @@ class Run:
         write_status(self.run_dir, state="finished", status=status, exit_code=code, ended_at=now())
         self.sink.close()
         return code
+
+    def on_spike(self, spike: Any, control: Any) -> None:
+        """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
+
+        Called from ``on_log``, before the Trainer checks ``should_save`` and
+        ``should_training_stop`` for this step, so both act on the spike's own step.
+        """
+        action = self.config.monitor.on_spike
+        acts = spike.severity in ("severe", "fatal") and action != "warn"
+        self.sink.emit(ev.SPIKE, **spike.as_event(), action=action if acts else "warn")
+        if not acts:
+            return
+        control.should_save = True
+        if action == "stop" and self.stop_requested is None:
+            self.stop_requested = "spike"
+            control.should_training_stop = True
+            self.sink.emit(ev.LOG, level="warning", message=f"{spike.severity} spike at step {spike.step}: stopping")
 
     def _oom_post_mortem(self) -> dict[str, Any]:
         """What was going on when memory ran out, and what to try."""
@@ -411,17 +431,22 @@ def _event_callback(run: Run) -> Any:
                 return  # the end-of-training summary has no per-step loss
             current = time.monotonic()
             run._last_step = state.global_step
+            loss = _float_or_none(logs.get("loss"))
+            grad_norm = _float_or_none(logs.get("grad_norm"))
             run.sink.emit(
                 ev.STEP,
                 step=state.global_step,
-                loss=_float_or_none(logs.get("loss")),
+                loss=loss,
                 lr=_float_or_none(logs.get("learning_rate")),
-                grad_norm=_float_or_none(logs.get("grad_norm")),
+                grad_norm=grad_norm,
                 tokens=int(state.num_input_tokens_seen or 0),
                 epoch=_float_or_none(logs.get("epoch", state.epoch)),
                 step_time_s=round(current - self.last_step_time, 6),
             )
             self.last_step_time = current
+            spike = run.spikes.update(state.global_step, loss, grad_norm)
+            if spike is not None:
+                run.on_spike(spike, control)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             run.watch.step_end(state.global_step, kwargs.get("optimizer"))

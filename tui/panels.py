@@ -57,6 +57,9 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     if device.get("kind") == "cpu":
         where = "CPU"
     first = f"{state.run_name} · {model} · {where} · {state.status.upper()}"
+    alert = active_spike(state)
+    if alert:
+        first += f" · {alert}"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
     tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
@@ -65,6 +68,21 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
         f"elapsed {fmt_duration(state.elapsed(now))} · ETA {fmt_duration(state.eta())} · {tok_s}"
     )
     return first, second
+
+
+ACTIVE_SPIKE_STEPS = 20
+"""A spike stays in the header for this many steps after it fired."""
+
+
+def active_spike(state: RunState) -> str | None:
+    """``SPIKE SEVERE @67`` while the latest spike is recent; a fatal one stays."""
+    if not state.spikes:
+        return None
+    last = state.spikes[-1]
+    severity = str(last.get("severity", "?"))
+    if severity != "fatal" and state.last_step - int(last.get("step") or 0) > ACTIVE_SPIKE_STEPS:
+        return None
+    return f"SPIKE {severity.upper()} @{last.get('step')}"
 
 
 def lr_text(state: RunState) -> str:
@@ -97,13 +115,11 @@ def params_text(state: RunState) -> str:
 def events_text(state: RunState) -> str:
     """Spikes and spills, with honest labels where nothing is measured."""
     if state.spikes:
-        last = state.spikes[-1]
-        spikes = (
-            f"spikes {len(state.spikes)}  last: step {last.get('step')} loss {fmt_loss(last.get('loss'))}"
-            f" ({last.get('severity', '?')})"
-        )
+        recent = ", ".join(f"{s.get('step')} ({s.get('severity', '?')})" for s in reversed(state.spikes[-3:]))
+        more = ", …" if len(state.spikes) > 3 else ""
+        spikes = f"spikes {len(state.spikes)}: step {recent}{more}"
     else:
-        spikes = "spikes: detector not built yet"
+        spikes = "spikes: none" if state.steps else "spikes –"
     method = (state.paged or {}).get("spill_method")
     if state.spills:
         total = sum(int(s.get("bytes") or 0) for s in state.spills)

@@ -214,6 +214,19 @@ def test_detach_while_live_and_the_help_screen(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+def test_a_notice_is_shown_on_opening(tmp_path: Path) -> None:
+    """The pre-flight estimate reaches the dashboard as a toast."""
+    run_dir = _recorded_run(tmp_path)
+    app = LoratopApp(run_dir, notice="pre-flight estimate (QLoRA): 5.4 GB peak")
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await pilot.pause(0.2)
+            assert [n.message for n in app._notifications] == ["pre-flight estimate (QLoRA): 5.4 GB peak"]
+
+    asyncio.run(drive())
+
+
 def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
     _recorded_run(tmp_path)
     app = LoratopApp(runs_root=tmp_path)

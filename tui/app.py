@@ -438,18 +438,25 @@ class LoratopApp(App[str]):
         run_dir: Path | None = None,
         pipe_fd: int | None = None,
         runs_root: Path = DEFAULT_ROOT,
+        notice: str | None = None,
     ) -> None:
-        """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or the home screen."""
+        """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or the home screen.
+
+        ``notice`` (e.g. the pre-flight memory estimate) is shown as a toast on opening.
+        """
         super().__init__()
         self._run_dir = run_dir
         self._pipe_fd = pipe_fd
         self.runs_root = runs_root
+        self._notice = notice
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
             self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd))
         else:
             self.push_screen(HomeScreen(self.runs_root))
+        if self._notice:
+            self.notify(self._notice, timeout=10)
 
     def launch_and_watch(self, config_path: Path) -> None:
         """Validate a config, launch it, and open its monitor (errors become a notification)."""

@@ -181,21 +181,24 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         return _report(exc)
     from tui.launcher import launch
 
+    preflight = preflight_line(config)
     if args.no_tui:
-        print(preflight_line(config))
+        print(preflight)
     run = launch(config, path)
     if args.no_tui:
         from tui.headless import follow_launched
 
         return follow_launched(run)
-    return _dashboard(run.run_dir, run.events_fd)
+    return _dashboard(run.run_dir, run.events_fd, notice=preflight)
 
 
-def _dashboard(run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT) -> int:
+def _dashboard(
+    run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT, notice: str | None = None
+) -> int:
     """Run the Textual app; say how to come back when the user detached."""
     from tui.app import DETACHED, LoratopApp
 
-    outcome = LoratopApp(run_dir, pipe_fd, runs_root).run()
+    outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice).run()
     if outcome == DETACHED and run_dir is not None:
         print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
     return 0

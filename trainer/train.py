@@ -28,6 +28,7 @@ from trainer.config import ConfigError, RunConfig, dump_config, load_config
 from trainer.event_sink import EventSink
 from trainer.memory_sampler import MemorySampler
 from trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, write_status
+from trainer.spikes import SpikeDetector
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -66,9 +67,8 @@ class Run:
         self.watch: Any = None
         """The run's MemoryWatch, once the trainer is built."""
         self._sampler = MemorySampler(sink.emit, config.monitor.memory_sample_hz)
-        from trainer.spikes import SpikeDetector
-
         self.spikes = SpikeDetector(sensitivity=config.monitor.spike_sensitivity)
+        """Fed every step's loss and grad norm (see :meth:`on_spike`)."""
 
     # -- signals ----------------------------------------------------------------
 

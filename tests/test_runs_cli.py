@@ -63,3 +63,14 @@ def test_find_run_by_name_path_or_latest(tmp_path: Path) -> None:
     assert find_run("done-run", tmp_path) == tmp_path / "done-run"
     assert find_run(str(tmp_path / "live-run"), tmp_path) == tmp_path / "live-run"
     assert find_run(None, tmp_path) == tmp_path / "dead-run"  # the newest start
+
+
+def test_trainer_alive_from_status() -> None:
+    import time
+
+    from trainer.run_dir import trainer_alive
+
+    assert trainer_alive({"pid": os.getpid()})
+    assert not trainer_alive({"pid": 2**22 + 12345})
+    assert trainer_alive({"launched_at": time.time() - 5}), "launched, trainer not started yet"
+    assert not trainer_alive({"launched_at": time.time() - 3600}), "launched an hour ago and never started"

@@ -41,14 +41,15 @@ class BatchRecorder:
         return getattr(self._collator, name)
 
 
-def paged_tensors() -> list[Any]:
-    """bitsandbytes' paged buffers (``cudaMallocManaged`` memory), or ``[]``."""
+def paged_tensors() -> list[Any] | None:
+    """bitsandbytes' paged buffers (``cudaMallocManaged`` memory); ``None`` if it has no
+    ``GlobalPageManager`` (an older or newer bitsandbytes: say so, do not guess)."""
     try:
         from bitsandbytes.functional import GlobalPageManager
 
         return list(GlobalPageManager.get_instance().paged_tensors)
     except Exception:
-        return []
+        return None
 
 
 def paged_state(optimizer: Any) -> dict[str, Any]:
@@ -57,11 +58,8 @@ def paged_state(optimizer: Any) -> dict[str, Any]:
     Paged buffers are listed by bitsandbytes' ``GlobalPageManager``; torch's allocator
     never counts them. State of parameters under 1e5 elements is ordinary memory.
     """
-    try:
-        from bitsandbytes.functional import GlobalPageManager
-
-        paged = list(GlobalPageManager.get_instance().paged_tensors)
-    except Exception:  # an older or newer bitsandbytes without it: say so, do not guess
+    paged = paged_tensors()
+    if paged is None:
         return {"available": False, "note": "bitsandbytes GlobalPageManager not found"}
     paged_ids = {id(t) for t in paged}
     paged_bytes = sum(t.numel() * t.element_size() for t in paged)
@@ -175,7 +173,7 @@ class MemoryWatch:
         self.spills = make_spill_counter(
             "cuda" if self._cuda else "cpu",
             int(self.paged.get("paged_bytes") or 0),
-            paged_ranges(paged_tensors()) if self._cuda else [],
+            paged_ranges(paged_tensors() or []) if self._cuda else [],
             paged_optimizer=self._paged_optimizer,
         )
         self._emit(

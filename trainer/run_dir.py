@@ -58,6 +58,19 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+LAUNCH_GRACE_S = 60.0
+"""A run launched without a pid yet (the trainer still starting) counts as alive this long."""
+
+
+def trainer_alive(status: dict[str, Any]) -> bool:
+    """Whether the trainer behind a ``status.json`` may still be running."""
+    pid = status.get("pid")
+    if isinstance(pid, int):
+        return pid_alive(pid)
+    launched = status.get("launched_at") or status.get("started_at") or 0
+    return time.time() - float(launched) < LAUNCH_GRACE_S
+
+
 def now() -> float:
     """Unix time, for status fields."""
     return time.time()

@@ -23,7 +23,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
-from trainer.run_dir import EVENTS, LOG, pid_alive, read_status
+from trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
 from tui import panels
 from tui.event_stream import FileFollower, PipeStream
 from tui.messages import EventsArrived, TrainerGone
@@ -228,12 +228,7 @@ class MonitorScreen(Screen[str]):
             time.sleep(0.2)
 
     def _trainer_alive(self) -> bool:
-        status = read_status(self.run_dir) or {}
-        pid = status.get("pid")
-        if isinstance(pid, int):
-            return pid_alive(pid)
-        # Launched but not started yet: give it a minute before calling it gone.
-        return time.time() - float(status.get("launched_at") or 0) < 60
+        return trainer_alive(read_status(self.run_dir) or {})
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:

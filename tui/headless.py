@@ -120,15 +120,14 @@ class HeadlessPrinter:
         self._last_print = now
         self._step_printed = True
         total = f"/{self.max_steps}" if self.max_steps else ""
-        lr = event.get("lr")
-        grad = event.get("grad_norm")
-        memory = fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet"
-        self._print(
-            f"step {step}{total}  loss {fmt_loss(event.get('loss'))}  "
-            f"lr {lr:.2e}  grad {fmt_loss(grad) if grad is not None else '?'}  {memory}"
-            if isinstance(lr, float)
-            else f"step {step}{total}  loss {fmt_loss(event.get('loss'))}  {memory}"
-        )
+        lr, grad = event.get("lr"), event.get("grad_norm")
+        parts = [f"step {step}{total}", f"loss {fmt_loss(event.get('loss'))}"]
+        if isinstance(lr, float):
+            parts.append(f"lr {lr:.2e}")
+        if isinstance(grad, float):
+            parts.append(f"grad {fmt_loss(grad)}")
+        parts.append(fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet")
+        self._print("  ".join(parts))
 
     def _finished(self, event: dict[str, Any]) -> None:
         self.finished = event

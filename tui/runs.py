@@ -6,14 +6,12 @@ so runs launched from any terminal show up.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trainer import events as ev
-from trainer.run_dir import EVENTS, pid_alive, read_status
+from trainer.run_dir import EVENTS, read_status, trainer_alive
+from tui.run_state import RunState
 
 DEFAULT_ROOT = Path("runs")
 
@@ -45,46 +43,24 @@ class RunSummary:
 
 
 def summarise_run(run_dir: Path) -> RunSummary:
-    """Read a run folder's status and events into a summary."""
+    """Read a run folder's status and events into a summary (the dashboard's own model)."""
     events, _ = ev.read_events(str(run_dir / EVENTS)) if (run_dir / EVENTS).exists() else ([], 0)
-    step, last_loss, max_steps, device = 0, None, None, None
-    peak: int | None = None
-    spikes = spills = 0
-    finished: dict[str, Any] | None = None
-    started = False
-    for event in events:
-        kind = event["type"]
-        if kind == ev.STEP:
-            step = event.get("step", step)
-            loss = event.get("loss")
-            last_loss = float(loss) if isinstance(loss, (int, float)) else math.nan
-        elif kind == ev.MEMORY:
-            for gpu in event.get("gpus") or []:
-                if isinstance(gpu.get("used"), int):
-                    peak = max(peak or 0, gpu["used"])
-        elif kind == ev.RUN_STARTED:
-            started = True
-            max_steps = event.get("max_steps")
-            device = event.get("device", {}).get("kind")
-        elif kind == ev.SPIKE:
-            spikes += 1
-        elif kind == ev.SPILL:
-            spills += 1
-        elif kind == ev.RUN_FINISHED:
-            finished = event
+    state = RunState(run_dir)
+    state.apply_all(events)
     status_file = read_status(run_dir) or {}
-    if finished is not None:
-        status = str(finished.get("status"))
-    else:
-        pid = status_file.get("pid")
-        alive = isinstance(pid, int) and pid_alive(pid)
-        launched = status_file.get("launched_at") or status_file.get("started_at") or 0
-        if alive or (pid is None and time.time() - launched < 60):
-            status = "running" if started else "starting"
-        else:
-            status = "exited without report"
-    started_at = status_file.get("started_at") or (events[0]["t"] if events else None)
-    return RunSummary(run_dir, status, step, max_steps, last_loss, peak, spikes, spills, started_at, device)
+    state.trainer_gone = state.finished is None and not trainer_alive(status_file)
+    return RunSummary(
+        run_dir,
+        state.status,
+        state.last_step,
+        state.max_steps,
+        state.last_loss,
+        state.peak_gpu_used,
+        len(state.spikes),
+        len(state.spills),
+        status_file.get("started_at") or state.first_t,
+        state.device_kind,
+    )
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:

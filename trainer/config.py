@@ -212,6 +212,10 @@ class RunConfig(_Section):
     output_dir: str | None = None
     """The run directory. Unset: ``runs/<config name>-<date>-<time>`` under the
     current folder. It must not already hold a run."""
+    parent: str | None = None
+    """What this run was tweaked from, set by loratop's knob editor: the parent run's
+    folder (a rerun with changes) or the config file the edit started from. ``null``
+    for a run launched straight from a file."""
 
 
 class ConfigError(Exception):

@@ -56,6 +56,7 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         state="starting",
         launched_at=now(),
         config_source=str(config_source.resolve()) if config_source else None,
+        parent=config.parent,
     )
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")

@@ -36,6 +36,18 @@ def test_protocol_and_config_load_no_ml_stack_and_no_textual() -> None:
     assert _heavy(modules, (*ML_STACK, "textual")) == []
 
 
+def test_advisor_loads_no_ml_stack_and_no_textual() -> None:
+    modules = _modules_after(
+        "from trainer.advisor import advise, gather_facts\n"
+        "from trainer.config import load_config\n"
+        f"config = load_config({str(DEMO)!r}, check_files=False)\n"
+        "advise(config, gather_facts(config))"
+    )
+
+    assert "trainer.advisor" in modules
+    assert _heavy(modules, (*ML_STACK, "textual")) == []
+
+
 def test_cli_modules_load_no_ml_stack() -> None:
     modules = _modules_after(
         "import trainer.events, trainer.config, trainer.data_files, trainer.run_dir\n"

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 
-from tests.conftest import loratop
-from tui.runs import find_run, list_runs, summarise_run
+import pytest
+
+from tests.conftest import loratop, of_type
+from tests.conftest import read_events as read_fixture_events
+from tui import cli
+from tui.runs import (
+    SORT_KEYS,
+    RunSummary,
+    find_run,
+    knob_label,
+    list_runs,
+    parent_label,
+    resolve_parent,
+    sort_runs,
+    summarise_run,
+)
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
+FIXTURE_RUNS = Path(__file__).parent / "data" / "runs"
 
 
 def _make_runs(root: Path) -> None:
@@ -44,9 +61,12 @@ def test_ls_prints_the_table(tmp_path: Path) -> None:
     result = loratop("ls", "--runs-dir", str(tmp_path))
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "STATUS", "STEP", "LAST", "LOSS", "PEAK", "VRAM", "SPIKES", "SPILLS", "STARTED"]
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT"
+    ]  # fmt: skip
     assert lines[3].startswith("done-run") and "completed" in lines[3] and "60/60" in lines[3] and "6.0403" in lines[3]
     assert "n/a (CPU)" in lines[3]
+    assert "r8 α16 lr2e-3 b8×1 all7" in lines[3]  # no config.yaml: the knobs come from run_started
 
 
 def test_attach_to_an_unknown_run_is_one_clear_line(tmp_path: Path) -> None:
@@ -74,3 +94,182 @@ def test_trainer_alive_from_status() -> None:
     assert not trainer_alive({"pid": 2**22 + 12345})
     assert trainer_alive({"launched_at": time.time() - 5}), "launched, trainer not started yet"
     assert not trainer_alive({"launched_at": time.time() - 3600}), "launched an hour ago and never started"
+
+
+# -- run history: ls columns, knobs, parents, sorting --------------------------
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """The three fixture runs, copied (tests never write into tests/data)."""
+    root = tmp_path / "runs"
+    shutil.copytree(FIXTURE_RUNS, root)
+    return root
+
+
+def _ls(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, str]]:
+    """``loratop ls`` in-process, each row as a dict by column header."""
+    assert cli.main(["ls", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = re.split(r"\s{2,}", lines[0])
+    return [dict(zip(header, re.split(r"\s{2,}", line), strict=True)) for line in lines[1:]]
+
+
+def _move_parents(runs: Path, gone: Path) -> None:
+    """Point the copies' recorded parents at a folder that surely does not exist."""
+    for path in [*runs.glob("*/config.yaml"), *runs.glob("*/status.json")]:
+        path.write_text(path.read_text().replace("/tmp/fx/", f"{gone}/"))
+
+
+def test_ls_shows_each_runs_knobs_outcome_and_parent(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _move_parents(runs, tmp_path / "gone")
+
+    rows = {row["RUN"]: row for row in _ls(capsys, "--runs-dir", str(runs))}
+
+    assert {name: row["KNOBS"] for name, row in rows.items()} == {
+        "tiny-r8": "r8 α16 lr2e-3 b8×1 all7",
+        "tiny-r16": "r16 α32 lr1e-3 b8×1 all7",
+        "tiny-lr-high": "r8 α16 lr3e-2 b8×1 all7",
+    }
+    # tiny-r16 and tiny-lr-high name a tiny-r8 folder that is gone: found as a sibling by name.
+    assert {name: row["PARENT"] for name, row in rows.items()} == {
+        "tiny-r8": "–",
+        "tiny-r16": "tiny-r8",
+        "tiny-lr-high": "tiny-r8",
+    }
+    assert {row["PEAK VRAM"] for row in rows.values()} == {"n/a (CPU)"}
+    assert {row["SPILLS"] for row in rows.values()} == {"n/a"}
+    assert rows["tiny-lr-high"]["SPIKES"] == "2" and rows["tiny-r8"]["SPIKES"] == "0"
+    assert rows["tiny-lr-high"]["STEP"] == "120/120"
+    assert rows["tiny-lr-high"]["TIME"] == "20s"
+
+
+def _final_loss(run: str) -> float:
+    return float(of_type(read_fixture_events(FIXTURE_RUNS / run), "step")[-1]["loss"])
+
+
+def test_ls_sort_loss_puts_the_lowest_final_loss_first(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _ls(capsys, "--runs-dir", str(runs), "--sort", "loss")
+
+    expected = sorted(["tiny-r8", "tiny-r16", "tiny-lr-high"], key=_final_loss)
+    assert [row["RUN"] for row in rows] == expected == ["tiny-r8", "tiny-r16", "tiny-lr-high"]
+    assert [row["FINAL LOSS"] for row in rows] == [f"{_final_loss(name):.4f}" for name in expected]
+
+
+def test_ls_sort_by_name_and_spikes(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert [r["RUN"] for r in _ls(capsys, "--runs-dir", str(runs), "--sort", "name")] == [
+        "tiny-lr-high", "tiny-r16", "tiny-r8"
+    ]  # fmt: skip
+    assert _ls(capsys, "--runs-dir", str(runs), "--sort", "spikes")[0]["RUN"] == "tiny-lr-high"
+
+
+def test_ls_rejects_an_unknown_sort_key(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ls", "--runs-dir", str(runs), "--sort", "colour"])
+
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'colour'" in capsys.readouterr().err
+
+
+def test_ls_cuts_long_run_names_in_the_middle(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long_name = "llama-3.1-8b-instruct-r64-alpha128-lr2e-4-seq4096"
+    shutil.copytree(runs / "tiny-r8", runs / long_name)
+
+    names = [row["RUN"] for row in _ls(capsys, "--runs-dir", str(runs), "--sort", "name")]
+
+    cut = next(name for name in names if "…" in name)
+    assert len(cut) == 28
+    head, tail = cut.split("…")
+    assert long_name.startswith(head) and long_name.endswith(tail) and len(head) >= 13 and len(tail) >= 13
+
+
+def test_summary_reads_config_min_loss_duration_rate_and_parent(runs: Path) -> None:
+    events = read_fixture_events(FIXTURE_RUNS / "tiny-r16")
+    steps = of_type(events, "step")
+
+    run = summarise_run(runs / "tiny-r16")
+
+    assert run.config is not None and run.config["lora"]["r"] == 16
+    assert run.min_loss == min(s["loss"] for s in steps)
+    assert run.duration == of_type(events, "run_finished")[0]["t"] - events[0]["t"]
+    assert run.tokens_per_s == (steps[-1]["tokens"] - steps[0]["tokens"]) / (steps[-1]["t"] - steps[0]["t"])
+    assert run.parent == "/tmp/fx/tiny-r8"
+
+
+def test_summary_falls_back_to_the_run_started_config(runs: Path) -> None:
+    (runs / "tiny-r16" / "config.yaml").unlink()
+
+    run = summarise_run(runs / "tiny-r16")
+
+    started = of_type(read_fixture_events(FIXTURE_RUNS / "tiny-r16"), "run_started")[0]
+    assert run.config == started["config"]
+    assert run.parent == "/tmp/fx/tiny-r8"
+    assert knob_label(run.config) == "r16 α32 lr1e-3 b8×1 all7"
+
+
+def test_resolve_parent_prefers_the_recorded_path_then_a_sibling(runs: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "tiny-r8"
+    shutil.copytree(runs / "tiny-r8", elsewhere)
+
+    assert resolve_parent(runs / "tiny-r16", str(elsewhere)) == elsewhere  # still there: that one
+    gone = tmp_path / "gone"
+    assert resolve_parent(runs / "tiny-r16", str(gone / "tiny-r8")) == runs / "tiny-r8"  # gone: the sibling
+    assert resolve_parent(runs / "tiny-r16", str(gone / "no-such-run")) is None
+    assert resolve_parent(runs / "tiny-r16", str(gone / "tiny-r16")) is None  # never the run itself
+    assert resolve_parent(runs / "tiny-r16", None) is None
+
+
+def test_parent_label_names_a_run_a_config_file_or_nothing(runs: Path) -> None:
+    assert parent_label(runs / "tiny-r16", str(runs.parent / "gone" / "tiny-r8")) == "tiny-r8"
+    assert parent_label(runs / "tiny-r16", "/work/sample_configs/tiny-cpu-demo.yaml") == "tiny-cpu-demo.yaml"
+    assert parent_label(runs / "tiny-r16", str(runs.parent / "gone" / "no-such-run")) == "no-such-run (gone)"
+    assert parent_label(runs / "tiny-r16", None) == "–"
+
+
+@pytest.mark.parametrize(
+    ("targets", "label"),
+    [
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "all7"),
+        (["o_proj", "v_proj", "k_proj", "q_proj"], "attn"),
+        (["gate_proj", "up_proj", "down_proj"], "mlp"),
+        (["all-linear"], "all-linear"),
+        ("all-linear", "all-linear"),
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"], "5mod"),
+    ],
+)
+def test_knob_label_summarises_the_targets(targets: object, label: str) -> None:
+    config = {
+        "lora": {"r": 64, "lora_alpha": 128, "target_modules": targets},
+        "training": {"learning_rate": 1e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8},
+    }
+
+    assert knob_label(config) == f"r64 α128 lr1e-4 b4×8 {label}"
+
+
+def test_knob_label_without_a_config() -> None:
+    assert knob_label(None) == "?"
+    assert knob_label({"lora": {"r": 8}}) == "r8 α? lr? b?×? ?"
+
+
+def _summary(name: str, loss: float | None, vram: int | None, started: float, status: str = "completed") -> RunSummary:
+    return RunSummary(Path(name), status, 10, 10, loss, vram, 0, 0, started, "cuda", duration=started)
+
+
+def test_sort_runs_puts_unknown_values_last() -> None:
+    runs = [
+        _summary("nan", math.nan, None, 1.0),
+        _summary("none", None, 5, 2.0),
+        _summary("high", 3.0, 10, 3.0),
+        _summary("low", 1.0, 1, 4.0, status="running"),
+    ]
+
+    assert [r.name for r in sort_runs(runs, "loss")] == ["low", "high", "none", "nan"]
+    assert [r.name for r in sort_runs(runs, "vram")] == ["high", "none", "low", "nan"]
+    assert [r.name for r in sort_runs(runs, "started")] == ["low", "high", "none", "nan"]
+    assert [r.name for r in sort_runs(runs, "duration")] == ["low", "high", "none", "nan"]
+    assert sort_runs(runs, "status")[0].name == "low"
+    assert set(SORT_KEYS) == {"started", "name", "status", "loss", "vram", "duration", "spikes"}
+    with pytest.raises(ValueError, match="unknown sort key"):
+        sort_runs(runs, "colour")

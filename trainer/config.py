@@ -260,12 +260,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _problem_lines(err: ValidationError, source_of: dict[str, str], default_source: str) -> list[str]:
-    lines = []
+def _problems_by_field(err: ValidationError) -> list[tuple[str, str]]:
+    """``(dotted field, "field = value: what is accepted")`` for each validation error."""
+    problems = []
     for item in err.errors():
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc)
-        source = source_of.get(path, default_source)
         kind = item["type"]
         if kind == "extra_forbidden":
             section = _section_at(loc)
@@ -274,7 +274,7 @@ def _problem_lines(err: ValidationError, source_of: dict[str, str], default_sour
             if not close and _SYNONYMS.get(str(loc[-1])) in known:
                 close = [_SYNONYMS[str(loc[-1])]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            lines.append(f"{source}: {path}: unknown key{hint}; accepted here: {', '.join(known)}")
+            problems.append((path, f"{path}: unknown key{hint}; accepted here: {', '.join(known)}"))
             continue
         message = item["msg"]
         message = re.sub(r"^Value error, ", "", message)
@@ -282,8 +282,29 @@ def _problem_lines(err: ValidationError, source_of: dict[str, str], default_sour
         message = message.replace("Input should ", "must ")
         if kind == "model_type" or kind == "dict_type":
             message = "must be a mapping of keys to values (a YAML section)"
-        lines.append(f"{source}: {path} = {_short(item.get('input'))}: {message}")
-    return lines
+        problems.append((path, f"{path} = {_short(item.get('input'))}: {message}"))
+    return problems
+
+
+def _problem_lines(err: ValidationError, source_of: dict[str, str], default_source: str) -> list[str]:
+    return [f"{source_of.get(path, default_source)}: {text}" for path, text in _problems_by_field(err)]
+
+
+def validate_tree(tree: dict[str, Any]) -> tuple[RunConfig | None, dict[str, str]]:
+    """Validate a config tree field by field (the knob editor's live check).
+
+    Returns:
+        The config, or ``None`` and one problem per dotted field path
+        (``{"lora.r": "lora.r = 0: must be greater than 0"}``). Checks outside the
+        tree (data file, output folder) are :func:`check_outside`'s job.
+    """
+    try:
+        return RunConfig.model_validate(tree), {}
+    except ValidationError as err:
+        problems: dict[str, str] = {}
+        for path, text in _problems_by_field(err):
+            problems.setdefault(path, text)
+        return None, problems
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:

@@ -6,7 +6,11 @@
     loratop estimate CONFIG [--set section.key=value ...]   will it fit? (reads config.json only)
     loratop demo [--no-tui]
     loratop attach [RUN]         replay a run's events, then follow it live
-    loratop ls                   list runs
+    loratop ls [--sort KEY]      run history: knobs, outcome, parent of each run
+    loratop compare RUN_A RUN_B [RUN ...] [--x steps|tokens] [--no-tui]
+                                 what changed between runs and what came of it
+    loratop export RUN [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
+    loratop edit CONFIG|RUN      the knob editor: change knobs, save and/or launch
 
 A mistake in the config ends in one line per problem and exit code 2, before
 anything is launched.
@@ -15,15 +19,17 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
-import time
 from pathlib import Path
 
+from trainer.advisor import advise, field_value, format_value, gather_facts
 from trainer.architectures import model_type_of
-from trainer.config import ConfigError, RunConfig, load_config, parse_overrides
+from trainer.config import ConfigError, RunConfig, load_config, parse_overrides, read_yaml
 from trainer.data_files import DataProblem, inspect_data
+from trainer.run_dir import CONFIG
 from tui import samples
-from tui.runs import DEFAULT_ROOT, RunNotFound, find_run, list_runs
+from tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
 
 EXIT_USAGE = 2
 
@@ -61,12 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     demo.add_argument("--no-tui", action="store_true", help="print lines instead of the dashboard")
 
+    edit = commands.add_parser("edit", help="the knob editor on a config or a run (rerun with changes)")
+    edit.add_argument("target", help="a YAML config, a sample's name (tiny-cpu-demo), or a run's name or folder")
+    edit.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+
     attach = commands.add_parser("attach", help="replay a run's events, then follow it live")
     attach.add_argument("run", nargs="?", help="a run's name (under --runs-dir) or folder; default: the latest")
     attach.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
 
-    ls = commands.add_parser("ls", help="list runs: running ones first, then newest first")
+    ls = commands.add_parser("ls", help="list runs with their knobs, outcome and parent")
     ls.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    ls.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="started",
+        help="order: started (running first, then newest; default), name, status, loss (lowest first), "
+        "vram, duration, spikes (highest first)",
+    )
+
+    compare = commands.add_parser("compare", help="compare runs: config diff, outcomes, loss curves")
+    compare.add_argument("run_a", metavar="RUN_A", help="the base run: a name under --runs-dir, or a folder")
+    compare.add_argument("run_b", metavar="RUN_B", help="a run to compare with the base")
+    compare.add_argument("more_runs", nargs="*", default=[], metavar="RUN", help="more runs to compare")
+    compare.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    compare.add_argument(
+        "--x", choices=("steps", "tokens"), default="steps", help="x axis of the loss curves (default: steps)"
+    )
+    compare.add_argument("--no-tui", action="store_true", help="print the comparison as text instead")
+
+    export = commands.add_parser("export", help="write a run's metrics (CSV) and events (JSONL) to files")
+    export.add_argument("run", help="a run's name (under --runs-dir) or folder")
+    export.add_argument("-o", "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)")
+    export.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
     return parser
 
@@ -85,12 +117,18 @@ def _report(exc: ConfigError) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate and summarise a config."""
+    """Validate and summarise a config, then warn about knobs likely to waste the run (still exit 0)."""
     try:
         config, path = _load(args.config, args.overrides)
     except ConfigError as exc:
         return _report(exc)
     print(summarise(config, path))
+    advice = advise(config, gather_facts(config))
+    for item in advice:
+        print(f"warning: {item.field} = {format_value(field_value(config, item.field))}: {item.message}")
+    if advice:
+        count = len(advice)
+        print(f"{count} warning{'s' if count != 1 else ''} (advice only: the config is valid)")
     return 0
 
 
@@ -204,6 +242,37 @@ def _dashboard(
     return 0
 
 
+def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: Path = DEFAULT_ROOT) -> int:
+    """Open the compare screen on finished (or running) runs."""
+    from tui.app import LoratopApp
+
+    LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis).run()
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    """Open the knob editor on a run (rerun with changes) or a config file."""
+    from tui.app import LoratopApp
+
+    try:
+        target = find_run(args.target, args.runs_dir)
+    except RunNotFound:
+        target = samples.resolve_config_path(args.target)
+        if not target.is_file():
+            print(
+                f"loratop: {args.target!r} is neither a config file, a sample ({', '.join(samples.sample_names())}) "
+                f"nor a run under {args.runs_dir}/",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    try:
+        read_yaml(target / CONFIG if target.is_dir() else target)
+    except ConfigError as exc:
+        return _report(exc)
+    LoratopApp(None, runs_root=args.runs_dir, edit=target).run()
+    return 0
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     """Open the monitor of an existing run (replay, then follow)."""
     try:
@@ -214,25 +283,96 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return _dashboard(run_dir)
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    """Print the runs table."""
-    from tui.panels import fmt_bytes, fmt_loss
+NAME_WIDTH = 28
+"""Run names longer than this are cut in the middle in ``loratop ls``."""
 
-    runs = list_runs(args.runs_dir)
+
+def _middle_cut(text: str, width: int) -> str:
+    """``a-very-long…run-name``: keep both ends, which is where run names differ."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2 + (width - 1) % 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print the run history: knobs, outcome and parent of each run."""
+    from tui.panels import fmt_bytes, fmt_duration, fmt_loss
+    from tui.runs import knob_label, parent_label, sort_runs
+
+    runs = sort_runs(list_runs(args.runs_dir), args.sort)
     if not runs:
         print(f"no runs under {args.runs_dir}/ (start one with: loratop demo)")
         return 0
-    rows = [("RUN", "STATUS", "STEP", "LAST LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "STARTED")]
+    header = ("RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT")
+    rows = [header]
     for run in runs:
-        vram = fmt_bytes(run.peak_vram) if run.peak_vram is not None else ("n/a (CPU)" if run.device == "cpu" else "–")
-        started = time.strftime("%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
+        on_cpu = run.device == "cpu"
+        vram = fmt_bytes(run.peak_vram) if run.peak_vram is not None else ("n/a (CPU)" if on_cpu else "–")
+        spills = "n/a" if on_cpu and not run.spills else str(run.spills)  # nothing is paged on CPU
         step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
         rows.append(
-            (run.name, run.status, step, fmt_loss(run.last_loss), vram, str(run.spikes), str(run.spills), started)
+            (
+                _middle_cut(run.name, NAME_WIDTH),
+                run.status,
+                knob_label(run.config),
+                step,
+                fmt_loss(run.last_loss),
+                vram,
+                str(run.spikes),
+                spills,
+                fmt_duration(run.duration),
+                _middle_cut(parent_label(run.run_dir, run.parent), NAME_WIDTH),
+            )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare runs: text with ``--no-tui``, else the compare screen."""
+    from tui.compare import format_compare, load_compared
+
+    names = [args.run_a, args.run_b, *args.more_runs]
+    run_dirs: list[Path] = []
+    for name in names:
+        try:
+            run_dir = find_run(name, args.runs_dir)
+        except RunNotFound as exc:
+            print(f"loratop: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        same = next((names[i] for i, seen in enumerate(run_dirs) if seen.resolve() == run_dir.resolve()), None)
+        if same is not None:
+            twice = f"{name!r} is given twice" if same == name else f"{same!r} and {name!r} are the same run"
+            print(f"loratop: {twice}; compare needs different runs", file=sys.stderr)
+            return EXIT_USAGE
+        run_dirs.append(run_dir)
+    if args.no_tui:
+        width = shutil.get_terminal_size((80, 24)).columns
+        print(format_compare([load_compared(d) for d in run_dirs], width=width, x=args.x))
+        return 0
+    return _compare_dashboard(run_dirs, args.x, args.runs_dir)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's metrics CSV and events JSONL; say where and how many rows."""
+    from tui.export import export_files
+
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+    except RunNotFound as exc:
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        written = export_files(run_dir, args.out)
+    except OSError as exc:
+        print(f"loratop: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for path, rows in written:
+        kind = "steps" if path.suffix == ".csv" else "events"
+        print(f"{path}  ({rows:,} {kind})")
     return 0
 
 
@@ -248,10 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "demo":
         return cmd_run(args, config_arg=samples.DEMO)
+    if args.command == "edit":
+        return cmd_edit(args)
     if args.command == "attach":
         return cmd_attach(args)
     if args.command == "ls":
         return cmd_ls(args)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "export":
+        return cmd_export(args)
     return _dashboard(None, runs_root=args.runs_dir)
 
 

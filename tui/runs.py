@@ -6,11 +6,17 @@ so runs launched from any terminal show up.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from trainer import events as ev
-from trainer.run_dir import EVENTS, read_status, trainer_alive
+from trainer.run_dir import CONFIG, EVENTS, read_status, trainer_alive
 from tui.run_state import RunState
 
 DEFAULT_ROOT = Path("runs")
@@ -32,6 +38,16 @@ class RunSummary:
     spills: int
     started_at: float | None
     device: str | None
+    config: dict[str, Any] | None = None
+    """The resolved config: ``config.yaml``, else the one ``run_started`` carried; ``None`` if neither."""
+    min_loss: float | None = None
+    """Lowest finite step loss; ``None`` when no step had a finite loss."""
+    duration: float | None = None
+    """Seconds from the trainer's first event to its end (or to now while it runs)."""
+    tokens_per_s: float | None = None
+    """Tokens trained per second between the first and the last step event."""
+    parent: str | None = None
+    """What the run was tweaked from, as written: a run folder or a config file path."""
 
     @property
     def name(self) -> str:
@@ -42,14 +58,35 @@ class RunSummary:
         return self.status in ("running", "starting")
 
 
-def summarise_run(run_dir: Path) -> RunSummary:
-    """Read a run folder's status and events into a summary (the dashboard's own model)."""
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """A run folder's ``config.yaml`` as a dict, or ``None`` when missing or unreadable."""
+    try:
+        data = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSummary]:
+    """Fold a run folder's events into a :class:`RunState` and summarise it.
+
+    Args:
+        run_dir: The run folder.
+        now: Unix time for a running run's duration; the clock when omitted.
+
+    Returns:
+        The state (every event folded in) and its summary.
+    """
     events, _ = ev.read_events(str(run_dir / EVENTS)) if (run_dir / EVENTS).exists() else ([], 0)
     state = RunState(run_dir)
     state.apply_all(events)
     status_file = read_status(run_dir) or {}
     state.trainer_gone = state.finished is None and not trainer_alive(status_file)
-    return RunSummary(
+    config = read_config(run_dir)
+    if config is None and state.started and isinstance(state.started.get("config"), dict):
+        config = state.started["config"]
+    parent = (config or {}).get("parent") or status_file.get("parent")
+    summary = RunSummary(
         run_dir,
         state.status,
         state.last_step,
@@ -60,7 +97,34 @@ def summarise_run(run_dir: Path) -> RunSummary:
         len(state.spills),
         status_file.get("started_at") or state.first_t,
         state.device_kind,
+        config=config,
+        min_loss=min((x for x in state.loss if math.isfinite(x)), default=None),
+        duration=_duration(state, time.time() if now is None else now),
+        tokens_per_s=_tokens_per_s(state),
+        parent=str(parent) if parent is not None else None,
     )
+    return state, summary
+
+
+def _duration(state: RunState, now: float) -> float | None:
+    if state.trainer_gone and state.first_t is not None and state.last_t is not None:
+        return state.last_t - state.first_t  # died without a report: its last sign of life, not now
+    return state.elapsed(now)
+
+
+def _tokens_per_s(state: RunState) -> float | None:
+    # The first step's tokens were trained before its event, so count from there on.
+    if len(state.step_t) < 2:
+        return None
+    dt = state.step_t[-1] - state.step_t[0]
+    if not dt > 0:
+        return None
+    return (state.tokens[-1] - state.tokens[0]) / dt
+
+
+def summarise_run(run_dir: Path) -> RunSummary:
+    """Read a run folder's status and events into a summary (the dashboard's own model)."""
+    return read_run(run_dir)[1]
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:
@@ -68,7 +132,156 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:
     if not root.is_dir():
         return []
     runs = [summarise_run(p) for p in root.iterdir() if (p / EVENTS).is_file()]
-    return sorted(runs, key=lambda r: (not r.is_running, -(r.started_at or 0)))
+    return sort_runs(runs, "started")
+
+
+# -- history: sorting, parents, knobs -----------------------------------------
+
+_STATUS_ORDER = ("running", "starting", "exited without report", "failed", "oom", "stopped", "completed")
+
+
+def _newest(run: RunSummary) -> float:
+    return -(run.started_at or 0)
+
+
+def _unknown_last(value: float | None) -> tuple[bool, float]:
+    """Sort key: known finite values first (ascending), then NaN/inf/unknown."""
+    known = value is not None and math.isfinite(value)
+    return (not known, value if known and value is not None else 0.0)
+
+
+_SORTS: dict[str, Callable[[RunSummary], tuple[Any, ...]]] = {
+    "started": lambda r: (not r.is_running, _newest(r)),
+    "name": lambda r: (r.name.casefold(), r.name),
+    "status": lambda r: (
+        _STATUS_ORDER.index(r.status) if r.status in _STATUS_ORDER else len(_STATUS_ORDER),
+        _newest(r),
+    ),
+    "loss": lambda r: (*_unknown_last(r.last_loss), _newest(r)),
+    "vram": lambda r: (*_unknown_last(-r.peak_vram if r.peak_vram is not None else None), _newest(r)),
+    "duration": lambda r: (*_unknown_last(-r.duration if r.duration is not None else None), _newest(r)),
+    "spikes": lambda r: (-r.spikes, _newest(r)),
+}
+
+SORT_KEYS: tuple[str, ...] = tuple(_SORTS)
+"""Orders ``loratop ls --sort`` accepts: ``started`` (running first, then newest), ``name``,
+``status`` (running, then failures, then finished), ``loss`` (final loss, lowest first),
+``vram`` (peak, highest first), ``duration`` (longest first), ``spikes`` (most first).
+Unknown values sort last; ties go newest first."""
+
+
+def sort_runs(runs: list[RunSummary], key: str = "started") -> list[RunSummary]:
+    """The runs in the order ``key`` names (one of :data:`SORT_KEYS`)."""
+    if key not in _SORTS:
+        raise ValueError(f"unknown sort key {key!r}; expected one of {', '.join(SORT_KEYS)}")
+    return sorted(runs, key=_SORTS[key])
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run folder (it holds an ``events.jsonl``)."""
+    return (path / EVENTS).is_file()
+
+
+def resolve_parent(run_dir: Path, parent: str | None) -> Path | None:
+    """The parent run's folder, if it is still around.
+
+    A parent recorded as an absolute path survives a move of the whole runs folder
+    (or a copy to another machine) when a sibling of ``run_dir`` has the same name.
+
+    Args:
+        run_dir: The child run's folder.
+        parent: The child's recorded ``parent`` (a run folder or a config file), or ``None``.
+
+    Returns:
+        The parent path if it is a run folder, else a same-named sibling of ``run_dir``
+        that is a run folder, else ``None`` (no parent, a config file, or gone).
+    """
+    if not parent:
+        return None
+    path = Path(parent)
+    if is_run_dir(path):
+        return path
+    sibling = run_dir.parent / path.name
+    if path.name and is_run_dir(sibling) and sibling.resolve() != run_dir.resolve():
+        return sibling
+    return None
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def parent_label(run_dir: Path, parent: str | None) -> str:
+    """Short name of a run's parent.
+
+    Returns:
+        The parent run's folder name; a config file's name; ``<name> (gone)`` for a
+        parent run that is nowhere to be found; ``–`` when there is no parent.
+    """
+    if not parent:
+        return "–"
+    resolved = resolve_parent(run_dir, parent)
+    if resolved is not None:
+        return resolved.name
+    path = Path(parent)
+    if path.suffix in CONFIG_SUFFIXES or path.is_file():
+        return path.name
+    return f"{path.name or parent} (gone)"
+
+
+ATTENTION = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
+MLP = frozenset({"gate_proj", "up_proj", "down_proj"})
+
+
+def targets_label(targets: Any) -> str:
+    """``all7``, ``attn``, ``mlp``, ``all-linear``, or how many modules (``5mod``)."""
+    if isinstance(targets, str):
+        return targets
+    if not isinstance(targets, list) or not targets:
+        return "?"
+    names = frozenset(str(t) for t in targets)
+    if names == {"all-linear"}:
+        return "all-linear"
+    if names == ATTENTION | MLP:
+        return "all7"
+    if names == ATTENTION:
+        return "attn"
+    if names == MLP:
+        return "mlp"
+    return f"{len(names)}mod"
+
+
+def sci(value: float) -> str:
+    """A number in short scientific form: ``2e-3``, ``2.5e-4``, ``1e+0`` → ``1``."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    power = int(exponent)
+    return mantissa if power == 0 else f"{mantissa}e{power}"
+
+
+def knob_label(config: dict[str, Any] | None) -> str:
+    """The key knobs in a dozen characters: ``r8 α16 lr2e-3 b8×1 all7``; ``?`` without a config."""
+    if config is None:
+        return "?"
+    lora = config.get("lora") or {}
+    training = config.get("training") or {}
+
+    def num(value: Any, style: Callable[[float], str] = lambda v: f"{v:g}") -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return style(float(value))
+        return "?"
+
+    batch = f"{num(training.get('per_device_train_batch_size'))}×{num(training.get('gradient_accumulation_steps'))}"
+    return " ".join(
+        [
+            f"r{num(lora.get('r'))}",
+            f"α{num(lora.get('lora_alpha'))}",
+            f"lr{num(training.get('learning_rate'), sci)}",
+            f"b{batch}",
+            targets_label(lora.get("target_modules")),
+        ]
+    )
 
 
 class RunNotFound(Exception):

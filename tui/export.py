@@ -1,0 +1,169 @@
+"""Export a run's metrics and events for a notebook or a spreadsheet (``loratop export``).
+
+Reads only the run folder's ``events.jsonl``; writes plain files, nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from trainer import events as ev
+from trainer.run_dir import EVENTS
+
+METRICS_HEADER = (
+    "step",
+    "time_s",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "epoch",
+    "spike",
+    "gpu_used_bytes",
+    "host_rss_bytes",
+)
+"""Columns of the metrics CSV, one row per ``step`` event."""
+
+_SEVERITY_RANK = {"warn": 1, "severe": 2, "fatal": 3}
+
+
+def load_events(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's valid events, one per ``seq`` (the first copy wins), in ``seq`` order."""
+    path = run_dir / EVENTS
+    if not path.is_file():
+        return []
+    events, _ = ev.read_events(str(path))
+    by_seq: dict[int, dict[str, Any]] = {}
+    for event in events:
+        by_seq.setdefault(event["seq"], event)
+    return [by_seq[seq] for seq in sorted(by_seq)]
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: empty when missing, ``nan``/``inf`` spelled out, floats exact."""
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value)  # exact round-trip; "inf" and "-inf" for infinities
+    if isinstance(value, int):
+        return str(value)
+    return ""  # not a number: say nothing rather than something wrong
+
+
+def _gpu_used(memory: dict[str, Any] | None) -> int | None:
+    """The fullest GPU's NVML used bytes in a memory sample (what runs out first)."""
+    if memory is None:
+        return None
+    used = [g.get("used") for g in memory.get("gpus") or [] if isinstance(g.get("used"), int)]
+    return max(used) if used else None
+
+
+def _host_rss(memory: dict[str, Any] | None) -> int | None:
+    rss = (memory or {}).get("host", {}).get("rss")
+    return rss if isinstance(rss, int) else None
+
+
+def export_metrics_csv(run_dir: Path, out: Path) -> int:
+    """Write one CSV row per step: loss, lr, grad norm, tokens, epoch, spike, memory.
+
+    ``time_s`` counts from the run's first event; ``spike`` holds the severity of a
+    spike flagged at that step (the worst, if several), else nothing; the memory
+    columns hold the latest sample at or before the step event, empty when there was
+    none (on a CPU run the GPU column stays empty: nothing was measured).
+
+    Args:
+        run_dir: The run folder.
+        out: The CSV file to write (replaced if it exists).
+
+    Returns:
+        How many rows were written (the header not counted).
+    """
+    events = load_events(run_dir)
+    spikes: dict[Any, str] = {}
+    for event in events:
+        if event["type"] == ev.SPIKE:
+            severity = str(event.get("severity", "?"))
+            step = event.get("step")
+            if step not in spikes or _SEVERITY_RANK.get(severity, 0) >= _SEVERITY_RANK.get(spikes[step], 0):
+                spikes[step] = severity
+    first_t = events[0]["t"] if events else 0.0
+    memory: dict[str, Any] | None = None
+    rows = 0
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(METRICS_HEADER)
+        for event in events:
+            if event["type"] == ev.MEMORY:
+                memory = event
+            elif event["type"] == ev.STEP:
+                step = event.get("step")
+                writer.writerow(
+                    [
+                        _cell(step),
+                        f"{event['t'] - first_t:.3f}",
+                        _cell(event.get("loss")),
+                        _cell(event.get("lr")),
+                        _cell(event.get("grad_norm")),
+                        _cell(event.get("tokens")),
+                        _cell(event.get("epoch")),
+                        spikes.get(step, ""),
+                        _cell(_gpu_used(memory)),
+                        _cell(_host_rss(memory)),
+                    ]
+                )
+                rows += 1
+    return rows
+
+
+def _protocol_json(value: Any) -> Any:
+    """Non-finite floats spelled as the protocol writes them (``"NaN"``, ``"Infinity"``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _protocol_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_protocol_json(v) for v in value]
+    return value
+
+
+def export_events_jsonl(run_dir: Path, out: Path) -> int:
+    """Write the run's valid events, de-duplicated by ``seq``, in ``seq`` order.
+
+    Broken lines are dropped; every line written decodes with :func:`trainer.events.decode_line`.
+
+    Args:
+        run_dir: The run folder.
+        out: The JSONL file to write (replaced if it exists).
+
+    Returns:
+        How many events were written.
+    """
+    events = load_events(run_dir)
+    with open(out, "w") as fh:
+        for event in events:
+            fh.write(json.dumps(_protocol_json(event), separators=(",", ":"), allow_nan=False) + "\n")
+    return len(events)
+
+
+def export_files(run_dir: Path, out_dir: Path) -> list[tuple[Path, int]]:
+    """Write ``<run>-metrics.csv`` and ``<run>-events.jsonl`` into ``out_dir`` (created if needed).
+
+    Returns:
+        Each file written with its row count.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = run_dir.resolve().name
+    metrics = out_dir / f"{name}-metrics.csv"
+    events = out_dir / f"{name}-events.jsonl"
+    return [(metrics, export_metrics_csv(run_dir, metrics)), (events, export_events_jsonl(run_dir, events))]
+
+
+def export_run(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Write a run's metrics CSV and events JSONL into ``out_dir``; the paths written."""
+    return [path for path, _ in export_files(run_dir, out_dir)]

@@ -238,7 +238,8 @@ def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
             table = app.screen.query_one(DataTable)
             assert table.row_count == 1
             row = [str(c) for c in table.get_row_at(0)]
-            assert row[0] == "recorded_run" and row[1] == "completed" and row[2] == "60/60"
+            assert row[0] == "recorded_run" and row[1] == "completed" and row[3] == "60/60"
+            assert row[2].startswith("r") and " lr" in row[2]  # key knobs, from run_started's config
             await pilot.press("enter")
             await pilot.pause(0.3)
             assert isinstance(app.screen, MonitorScreen)

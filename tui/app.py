@@ -23,15 +23,19 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
+from trainer.config import RunConfig
 from trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
 from tui import panels
+from tui.compare_screen import CompareScreen
 from tui.event_stream import FileFollower, PipeStream
 from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
-from tui.runs import DEFAULT_ROOT, list_runs
+from tui.runs import DEFAULT_ROOT, SORT_KEYS, knob_label, list_runs, parent_label, sort_runs
 from widgets import LossChart, MemoryPanel
 from widgets.downsample import RunningEma
 
+EXPORT_DIR = Path("loratop-exports")
+"""Where the dashboard's exports go (metrics CSV, events JSONL, screen SVG), under the current folder."""
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
 REFRESH_HZ = 4
@@ -106,8 +110,14 @@ HELP = """\
   q   quit (asks stop or detach while the run trains)
   l   loss chart: log scale on/off
   g   show/hide the trainer's log (trainer.log)
+  e   rerun with changes: the knob editor on this run's config
+  x   export: metrics CSV, events JSONL and this screen as SVG
   ?   this help
   ctrl+p  command palette: every action by name
+
+Home screen: enter opens a run · e edits one · space marks runs and c
+compares them (or a run with its parent) · o changes the sort · n starts
+from a sample.
 
 The trainer runs in its own session: closing this terminal or losing the SSH
 link never stops it.  [dim]esc closes this help[/dim]"""
@@ -130,6 +140,8 @@ class MonitorScreen(Screen[str]):
         Binding("q", "quit_run", "quit"),
         Binding("l", "log_scale", "log y"),
         Binding("g", "toggle_log", "log pane"),
+        Binding("e", "edit", "rerun w/ changes"),
+        Binding("x", "export", "export"),
         Binding("question_mark", "help", "help"),
     ]
 
@@ -357,72 +369,177 @@ class MonitorScreen(Screen[str]):
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
 
+    def action_edit(self) -> None:
+        """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""
+        self.app.open_editor(self.run_dir)  # type: ignore[attr-defined]
+
+    def action_export(self) -> None:
+        """Write this run's metrics (CSV) and events (JSONL), and this screen (SVG), to loratop-exports/."""
+        self.app.export_run(self.run_dir)  # type: ignore[attr-defined]
+
 
 class HomeScreen(Screen[None]):
-    """Runs under the runs folder, running ones first; open one, or start a sample."""
+    """Run history: every run under the runs folder with its key knobs and outcome; sortable.
+
+    Open one, edit one (rerun with changes), mark several and compare them, or start
+    from a sample config.
+    """
 
     BINDINGS = [
         Binding("enter", "open", "open"),
-        Binding("n", "new", "new from sample"),
+        Binding("e", "edit", "edit/rerun"),
+        Binding("space", "mark", "mark"),
+        Binding("c", "compare", "compare"),
+        Binding("o", "sort", "sort"),
+        Binding("n", "new", "new"),
+        Binding("x", "export", "export"),
         Binding("r", "reload", "refresh"),
         Binding("q", "app.quit", "quit"),
     ]
 
+    COLUMNS = (
+        ("run", "name"),
+        ("status", "status"),
+        ("knobs", None),
+        ("step", None),
+        ("final loss", "loss"),
+        ("peak VRAM", "vram"),
+        ("spikes", "spikes"),
+        ("spills", None),
+        ("time", "duration"),
+        ("parent", None),
+    )
+    """Column titles and the sort key a click on each title applies (``None``: not sortable)."""
+
     def __init__(self, root: Path) -> None:
         super().__init__()
         self.root = root
+        self.sort_key = "started"
+        self.marked: list[Path] = []
+        """Runs marked for comparison (space), in the order they were marked."""
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Static("enter opens a run · n starts one from a sample config", id="home-hint")
+        yield Static(id="home-hint")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("run", "status", "step", "last loss", "peak VRAM", "spikes", "spills", "started")
+        for title, _ in self.COLUMNS:
+            table.add_column(title, key=title)
+        self.action_reload()
+
+    def on_screen_resume(self) -> None:
         self.action_reload()
 
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
+        cursor = table.cursor_row
         table.clear()
-        for run in list_runs(self.root):
+        runs = sort_runs(list_runs(self.root), self.sort_key)
+        for run in runs:
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
             vram = panels.fmt_bytes(run.peak_vram) if run.peak_vram is not None else None
             vram = vram or ("n/a (CPU)" if run.device == "cpu" else "–")
-            started = time.strftime("%m-%d %H:%M", time.localtime(run.started_at)) if run.started_at else "–"
+            mark = "● " if run.run_dir in self.marked else ""
+            # Nothing is paged on a CPU, so "0 spills" there would claim a measurement that never ran.
+            spills = "n/a (CPU)" if run.device == "cpu" and not run.spills else str(run.spills)
             table.add_row(
-                run.name, run.status, steps, panels.fmt_loss(run.last_loss), vram, str(run.spikes),
-                str(run.spills), started, key=str(run.run_dir),
+                mark + run.name, run.status, knob_label(run.config), steps, panels.fmt_loss(run.last_loss), vram,
+                str(run.spikes), spills, panels.fmt_duration(run.duration) if run.duration else "–",
+                parent_label(run.run_dir, run.parent), key=str(run.run_dir),
             )  # fmt: skip
-        if not table.row_count:
-            self.query_one("#home-hint", Static).update(f"no runs under {self.root}/ yet · n starts one from a sample")
+        if runs:
+            table.move_cursor(row=min(cursor, len(runs) - 1))
+        hint = self.query_one("#home-hint", Static)
+        if not runs:
+            hint.update(f"no runs under {self.root}/ yet · n starts one from a sample config")
+        else:
+            marked = f" · {len(self.marked)} marked" if self.marked else ""
+            hint.update(
+                f"sorted by {self.sort_key}{marked} · enter opens · e edits/reruns · space marks · "
+                "c compares (marked, or a run with its parent)"
+            )
 
-    def action_open(self) -> None:
+    def selected(self) -> Path | None:
+        """The run under the cursor."""
         table = self.query_one(DataTable)
         if not table.row_count:
-            return
+            return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        if key:
-            self.app.push_screen(MonitorScreen(Path(key)))
+        return Path(key) if key else None
+
+    def action_open(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.push_screen(MonitorScreen(run_dir))
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
             self.app.push_screen(MonitorScreen(Path(event.row_key.value)))
 
+    @on(DataTable.HeaderSelected)
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = dict(self.COLUMNS).get(str(event.column_key.value))
+        if key:
+            self.sort_key = key
+            self.action_reload()
+
+    def action_sort(self) -> None:
+        """Cycle the sort: newest first, name, status, final loss, peak VRAM, duration, spikes."""
+        keys = list(SORT_KEYS)
+        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)] if self.sort_key in keys else keys[0]
+        self.action_reload()
+
+    def action_mark(self) -> None:
+        """Mark or unmark the run under the cursor for comparison."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        if run_dir in self.marked:
+            self.marked.remove(run_dir)
+        else:
+            self.marked.append(run_dir)
+        self.action_reload()
+
+    def action_compare(self) -> None:
+        """Compare the marked runs; with none marked, the run under the cursor and its parent."""
+        from tui.runs import resolve_parent, summarise_run
+
+        runs = list(self.marked)
+        if len(runs) < 2:
+            current = self.selected()
+            parent = resolve_parent(current, summarise_run(current).parent) if current else None
+            if current is None or parent is None:
+                self.notify("mark two or more runs with space first (this run has no parent run)", severity="warning")
+                return
+            runs = [parent, current]
+        self.app.push_screen(CompareScreen(runs))
+
+    def action_edit(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.open_editor(run_dir)  # type: ignore[attr-defined]
+
+    def action_export(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.export_run(run_dir, screen=False)  # type: ignore[attr-defined]
+
     def action_new(self) -> None:
         from tui.sample_picker import SamplePicker
 
         def picked(config: Path | None) -> None:
             if config is not None:
-                self.app.call_later(self.app.launch_and_watch, config)  # type: ignore[attr-defined]
+                self.app.open_editor(config)  # type: ignore[attr-defined]
 
         self.app.push_screen(SamplePicker(), picked)
 
 
 class LoratopApp(App[str]):
-    """The dashboard: a home screen of runs, or one run's monitor."""
+    """The dashboard: the run history (home), one run's monitor, the knob editor or the compare screen."""
 
     CSS_PATH = "app.tcss"
     TITLE = "loratop"
@@ -434,41 +551,101 @@ class LoratopApp(App[str]):
         pipe_fd: int | None = None,
         runs_root: Path = DEFAULT_ROOT,
         notice: str | None = None,
+        *,
+        compare: list[Path] | None = None,
+        compare_x: str = "steps",
+        edit: Path | None = None,
     ) -> None:
-        """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or the home screen.
+        """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or another first screen.
 
-        ``notice`` (e.g. the pre-flight memory estimate) is shown as a toast on opening.
+        Args:
+            run_dir: A run to watch.
+            pipe_fd: The read end of its events pipe, when this process launched it.
+            runs_root: Where runs live (the home screen's history; the editor's new runs).
+            notice: Shown as a toast on opening (e.g. the pre-flight memory estimate).
+            compare: Open the compare screen on these runs instead.
+            compare_x: The compare chart's x axis: ``steps`` or ``tokens``.
+            edit: Open the knob editor on this config file or run folder instead.
         """
         super().__init__()
         self._run_dir = run_dir
         self._pipe_fd = pipe_fd
         self.runs_root = runs_root
         self._notice = notice
+        self._compare = compare
+        self._compare_x = compare_x
+        self._edit = edit
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
             self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd))
+        elif self._compare:
+            self.push_screen(CompareScreen(self._compare, self._compare_x))
+        elif self._edit is not None:
+            self.push_screen(HomeScreen(self.runs_root))
+            self.open_editor(self._edit)
         else:
             self.push_screen(HomeScreen(self.runs_root))
         if self._notice:
             self.notify(self._notice, timeout=10)
 
-    def launch_and_watch(self, config_path: Path) -> None:
-        """Validate a config, launch it, and open its monitor (errors become a notification)."""
-        from trainer.config import ConfigError, load_config
-        from tui.launcher import launch
+    def open_editor(self, target: Path) -> None:
+        """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes)."""
+        from trainer.config import ConfigError
+        from tui.knob_editor import editor_for_config, editor_for_run
 
         try:
-            config = load_config(config_path)
+            if target.is_dir():
+                editor = editor_for_run(target, self.runs_root)
+            else:
+                editor = editor_for_config(target, self.runs_root)
         except ConfigError as exc:
-            self.notify("\n".join(exc.problems), title="config problem", severity="error", timeout=10)
+            self.notify("\n".join(exc.problems), title="cannot edit", severity="error", timeout=10)
             return
-        run = launch(config, config_path)
-        self.push_screen(MonitorScreen(run.run_dir, run.events_fd))
+        self.push_screen(editor)
+
+    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path:
+        """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor."""
+        from tui.launcher import launch
+
+        run = launch(config, source)
+        monitor = MonitorScreen(run.run_dir, run.events_fd)
+        if replace is not None and self.screen is replace:
+            self.switch_screen(monitor)
+        else:
+            self.push_screen(monitor)
+        self.notify(
+            f"launched {run.run_dir.name}" + (f" (parent: {Path(config.parent).name})" if config.parent else "")
+        )
+        return run.run_dir
+
+    def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
+        """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``."""
+        from tui.export import export_run
+
+        try:
+            written = export_run(run_dir, EXPORT_DIR)
+            if screen:
+                written.append(Path(self.save_screenshot(filename=f"{run_dir.name}.svg", path=str(EXPORT_DIR))))
+        except OSError as exc:
+            self.notify(f"export failed: {exc}", severity="error")
+            return []
+        self.notify("exported " + ", ".join(str(p) for p in written), timeout=8)
+        return written
+
+    def action_export_screen(self) -> None:
+        """Save the current screen as SVG in ``loratop-exports/``."""
+        try:
+            path = self.save_screenshot(path=str(EXPORT_DIR))
+        except OSError as exc:
+            self.notify(f"export failed: {exc}", severity="error")
+            return
+        self.notify(f"saved {path}")
 
     def get_system_commands(self, screen: Screen[Any]) -> Any:
         """Every key's action is also in the command palette (ctrl+p)."""
         yield from super().get_system_commands(screen)
+        yield SystemCommand("Save screen as SVG", "into loratop-exports/", self.action_export_screen)
         if isinstance(screen, MonitorScreen):
             for title, help_text, action in (
                 ("Stop training", "stop gracefully at the next step and save the adapter", screen.action_stop),
@@ -477,6 +654,16 @@ class LoratopApp(App[str]):
                 ("Quit", "asks stop or detach while training", screen.action_quit_run),
                 ("Toggle log scale", "loss chart y axis", screen.action_log_scale),
                 ("Toggle trainer log", "show or hide trainer.log", screen.action_toggle_log),
+                ("Rerun with changes", "the knob editor on this run's config", screen.action_edit),
+                ("Export run", "metrics CSV, events JSONL, screen SVG", screen.action_export),
                 ("Help", "keys and what they do", screen.action_help),
+            ):
+                yield SystemCommand(title, help_text, action)
+        if isinstance(screen, HomeScreen):
+            for title, help_text, action in (
+                ("Edit / rerun with changes", "the knob editor on the selected run", screen.action_edit),
+                ("Compare", "marked runs, or the selected run with its parent", screen.action_compare),
+                ("Change sort", "cycle the history's sort order", screen.action_sort),
+                ("New run from a sample", "pick a sample config, then edit it", screen.action_new),
             ):
                 yield SystemCommand(title, help_text, action)

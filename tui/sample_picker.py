@@ -16,14 +16,14 @@ from tui import samples
 
 
 class SamplePicker(ModalScreen[Path | None]):
-    """A list of ``sample_configs/*.yaml``; enter launches the highlighted one."""
+    """A list of ``sample_configs/*.yaml``; enter opens the highlighted one in the knob editor."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "cancel")]
 
     def compose(self) -> ComposeResult:
         folder = samples.samples_dir()
         with Vertical(classes="dialog"):
-            yield Static("Start a run from a sample config (enter) · esc cancels")
+            yield Static("Start from a sample config: enter opens it in the knob editor · esc cancels")
             names = samples.sample_names() if folder else []
             options = [Option(name, id=str(folder / f"{name}.yaml")) for name in names] if folder else []
             yield OptionList(*options, id="samples")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from widgets.compare_chart import CompareChart, Series
 from widgets.loss_chart import LossChart
 from widgets.memory_panel import MemoryPanel
 
-__all__ = ["LossChart", "MemoryPanel"]
+__all__ = ["CompareChart", "LossChart", "MemoryPanel", "Series"]

@@ -1,0 +1,166 @@
+"""Run history (home screen), the compare screen and exports, driven with the Pilot.
+
+Fed by three short real runs of the tiny model recorded in tests/data/runs (copied, never
+written to): tiny-r8, tiny-r16 (its child: r 8 → 16, α 16 → 32, lr 2e-3 → 1e-3) and
+tiny-lr-high (lr 3e-2, two spikes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from tests.conftest import of_type, read_events
+from trainer import events as ev
+from tui.app import LoratopApp, MonitorScreen
+from tui.compare_screen import CompareScreen
+from widgets import CompareChart
+
+RUNS = Path(__file__).parent / "data" / "runs"
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    shutil.copytree(RUNS, root)
+    return root
+
+
+def _column(table: DataTable[Any], title: str) -> list[str]:
+    return [str(table.get_cell(row, title)) for row in table.rows]
+
+
+def _names(table: DataTable[Any]) -> list[str]:
+    return [name.removeprefix("● ") for name in _column(table, "run")]
+
+
+def test_history_lists_runs_with_knobs_outcomes_and_parent(runs: Path) -> None:
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            names = _names(table)
+            assert sorted(names) == ["tiny-lr-high", "tiny-r16", "tiny-r8"]
+            row = dict(zip(names, range(len(names)), strict=True))
+            knobs = _column(table, "knobs")
+            assert "r16" in knobs[row["tiny-r16"]] and "lr1e-3" in knobs[row["tiny-r16"]]
+            assert _column(table, "parent")[row["tiny-r16"]] == "tiny-r8"
+            assert _column(table, "peak VRAM")[row["tiny-r8"]] == "n/a (CPU)"
+            assert _column(table, "spikes")[row["tiny-lr-high"]] == "2"
+            last_loss = of_type(read_events(runs / "tiny-r8"), ev.STEP)[-1]["loss"]
+            assert _column(table, "final loss")[row["tiny-r8"]] == f"{last_loss:.4f}"
+
+            app.screen.sort_key = "loss"
+            app.screen.action_reload()
+            await pilot.pause()
+            losses = [float(v) for v in _column(table, "final loss")]
+            assert losses == sorted(losses)
+            await pilot.press("o")  # cycles to the next sort
+            assert app.screen.sort_key != "loss"
+
+    asyncio.run(drive())
+
+
+def test_marking_two_runs_and_c_opens_the_compare_screen(runs: Path) -> None:
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            home = app.screen
+            home.sort_key = "name"
+            home.action_reload()
+            await pilot.pause()
+            table = home.query_one(DataTable)
+            assert _names(table) == ["tiny-lr-high", "tiny-r16", "tiny-r8"]
+            table.move_cursor(row=2)
+            await pilot.press("space")
+            table.move_cursor(row=0)
+            await pilot.press("space")
+            assert [p.name for p in home.marked] == ["tiny-r8", "tiny-lr-high"]
+            await pilot.press("c")
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, CompareScreen)
+            assert [run.name for run in screen.runs] == ["tiny-r8", "tiny-lr-high"]
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is home
+
+            # With nothing marked, c compares the run under the cursor with its parent.
+            home.marked.clear()
+            table.move_cursor(row=1)  # tiny-r16, whose parent is tiny-r8
+            await pilot.press("c")
+            await pilot.pause()
+            assert [run.name for run in app.screen.runs] == ["tiny-r8", "tiny-r16"]
+
+    asyncio.run(drive())
+
+
+def test_compare_screen_overlays_both_curves_and_names_the_changed_knobs(runs: Path) -> None:
+    app = LoratopApp(None, compare=[runs / "tiny-r8", runs / "tiny-r16", runs / "tiny-lr-high"])
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, CompareScreen)
+            chart = screen.query_one(CompareChart)
+            steps = [len(of_type(read_events(runs / n), ev.STEP)) for n in ("tiny-r8", "tiny-r16")]
+            assert chart.plotted[0] > 0 and chart.plotted[1] > 0 and chart.plotted[2] > 2
+            assert chart.plotted[0] <= 2 * steps[0]
+            legend = str(screen.query_one("#compare-legend", Static).render())
+            assert "tiny-r16: r 8 → 16, lora_alpha 16 → 32, learning_rate 2e-3 → 1e-3" in legend
+            assert "2 spikes" in legend
+            series = screen.series()
+            assert len(series[2].spikes) == 2  # tiny-lr-high's spikes are marked
+
+            table = screen.query_one(DataTable)
+            knobs = _column(table, "what")
+            assert {"lora.r", "lora.lora_alpha", "training.learning_rate"} <= set(knobs)
+            assert "final loss" in knobs and "peak VRAM" in knobs
+            r_row = knobs.index("lora.r")
+            assert [str(table.get_cell_at((r_row, i))) for i in (1, 2, 3)] == ["8", "16", "8"]
+
+            x_steps = series[0].x[-1]
+            await pilot.press("x")  # tokens seen
+            tokens = of_type(read_events(runs / "tiny-r8"), ev.STEP)[-1]["tokens"]
+            assert screen.series()[0].x[-1] == tokens != x_steps
+            await pilot.press("m")  # raw per-step loss
+            raw = of_type(read_events(runs / "tiny-r8"), ev.STEP)
+            assert screen.series()[0].y == [e["loss"] for e in raw]
+
+    asyncio.run(drive())
+
+
+def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = LoratopApp(runs / "tiny-lr-high")
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert isinstance(app.screen, MonitorScreen)
+            for _ in range(50):
+                if app.screen.state.finished is not None:
+                    break
+                await pilot.pause(0.1)
+            await pilot.press("x")
+            await pilot.pause()
+
+    asyncio.run(drive())
+    out = tmp_path / "loratop-exports"
+    steps = of_type(read_events(runs / "tiny-lr-high"), ev.STEP)
+    with (out / "tiny-lr-high-metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(steps) and rows[-1]["step"] == str(steps[-1]["step"])
+    assert len((out / "tiny-lr-high-events.jsonl").read_text().splitlines()) == len(read_events(runs / "tiny-lr-high"))
+    svg = (out / "tiny-lr-high.svg").read_text()
+    assert svg.startswith("<svg") and "tiny-lr-high" in svg

@@ -1,0 +1,146 @@
+"""The compare screen: two or more runs' loss curves overlaid, and what differs between them.
+
+Each run gets a letter and a colour (A is the base); the legend labels B, C, ... by what
+changed from A ("r 8 → 16, learning_rate 2e-3 → 1e-3"). Under the chart, one table holds
+the config diff and the outcomes. The analysis is ``tui.compare`` (no Textual); this
+module draws it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui import compare
+from widgets import CompareChart, Series
+from widgets.compare_chart import PALETTE
+from widgets.downsample import ema
+
+X_AXES = ("steps", "tokens")
+
+
+class CompareScreen(Screen[None]):
+    """Runs side by side: overlaid curves (steps or tokens), config diff, outcomes."""
+
+    BINDINGS = [
+        Binding("escape,q", "back", "back"),
+        Binding("x", "x_axis", "steps/tokens"),
+        Binding("m", "smooth", "raw/smoothed"),
+        Binding("l", "log_scale", "log y"),
+        Binding("p", "app.export_screen", "save SVG"),
+    ]
+
+    def __init__(self, run_dirs: list[Path], x_axis: str = "steps") -> None:
+        super().__init__()
+        self.runs = [compare.load_compared(run_dir) for run_dir in run_dirs]
+        self.x_axis = x_axis if x_axis in X_AXES else "steps"
+        self.smoothed = True
+        """Draw each run's EMA-smoothed loss (raw per-step losses of several runs overlap into noise)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="compare-legend")
+        yield CompareChart(id="compare-chart")
+        yield DataTable(id="compare-table", zebra_stripes=True, cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#compare-legend", Static).update(self.legend())
+        self._fill_table()
+        self.redraw()
+
+    def legend(self) -> str:
+        """One line per run: its letter in its colour, its name, and what differs from A."""
+        base = self.runs[0].config or {}
+        lines = []
+        for i, run in enumerate(self.runs):
+            style = PALETTE[i % len(PALETTE)]
+            what = "base" if i == 0 else compare.change_label(base, run.config or {})
+            spikes = len(run.state.spikes)
+            marks = f" · {spikes} spike{'s' if spikes != 1 else ''} (x)" if spikes else ""
+            lines.append(f"[bold ansi_{style}]━ {compare.run_letter(i)}[/] {_escape(run.name)}: {_escape(what)}{marks}")
+        kind = "EMA-smoothed loss" if self.smoothed else "per-step loss"
+        lines.append(f"[dim]{kind} over {'tokens seen' if self.x_axis == 'tokens' else 'optimizer steps'}[/dim]")
+        return "\n".join(lines)
+
+    def series(self) -> list[Series]:
+        """Each run's line and spike marks, on the chosen x axis."""
+        result = []
+        for i, run in enumerate(self.runs):
+            state = run.state
+            xs: list[float] = (
+                [float(t) for t in state.tokens] if self.x_axis == "tokens" else list(map(float, state.steps))
+            )
+            ys = list(state.loss)
+            if self.smoothed and ys:
+                ys = ema(ys, _alpha(len(ys)))
+            at = {step: index for index, step in enumerate(state.steps)}
+            spikes = []
+            for spike in state.spikes:
+                index = at.get(int(spike.get("step", -1)))
+                if index is not None:
+                    spikes.append((xs[index], float(spike.get("loss") or math.nan)))
+            result.append(Series(run.name, xs, ys, PALETTE[i % len(PALETTE)], spikes))
+        return result
+
+    def redraw(self) -> None:
+        self.query_one(CompareChart).update(self.series(), "tokens seen" if self.x_axis == "tokens" else "step")
+
+    def _fill_table(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("", key="what")
+        for i, run in enumerate(self.runs):
+            table.add_column(f"{compare.run_letter(i)} {run.name}"[:24], key=f"run{i}")
+        diff = compare.config_diff([run.config or {} for run in self.runs])
+        if not diff:
+            table.add_row("config", *["same" for _ in self.runs])
+        for path, values in diff:
+            table.add_row(path, *[_cell(v) for v in values])
+        for name, cells in compare.outcome_rows(self.runs):
+            table.add_row(name, *cells)
+
+    def action_x_axis(self) -> None:
+        """Plot over optimizer steps or over tokens seen."""
+        self.x_axis = "tokens" if self.x_axis == "steps" else "steps"
+        self.query_one("#compare-legend", Static).update(self.legend())
+        self.redraw()
+
+    def action_smooth(self) -> None:
+        self.smoothed = not self.smoothed
+        self.query_one("#compare-legend", Static).update(self.legend())
+        self.redraw()
+
+    def action_log_scale(self) -> None:
+        chart = self.query_one(CompareChart)
+        chart.log_scale = not chart.log_scale
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.dismiss(None)
+        else:
+            self.app.exit()
+
+
+def _alpha(n: int) -> float:
+    window = max(3, n // 50)
+    return 2 / (window + 1)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        from tui.knob_form import format_value
+
+        return format_value(value)
+    return str(value)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")

@@ -1,0 +1,408 @@
+"""The knob editor: change the LoRA and training knobs of a config or a run, then save and/or launch.
+
+Opened on a sample config (home screen ``n``), on any run (``e`` on the home screen or in a
+run's monitor: "rerun with changes") or from the command line (``loratop edit``). Each field
+is checked as it is typed, with the same schema as ``loratop check``: a problem shows beside
+its field in red and the config cannot be saved or launched until it is fixed. The knob
+advisor's warnings show beside their fields in yellow; they never block anything.
+
+The model (which knobs, how text becomes values, what they add up to) is ``tui.knob_form``;
+this module only draws it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
+
+from trainer.advisor import Advice, Facts, advise
+from trainer.config import ALL_PROJECTIONS, ConfigError, RunConfig, check_outside, dump_config, read_yaml, validate_tree
+from trainer.run_dir import CONFIG
+from tui import knob_form as form
+from tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
+
+
+def _widget_id(path: str) -> str:
+    return "knob-" + path.replace(".", "-")
+
+
+def _note_id(path: str) -> str:
+    return "note-" + path.replace(".", "-")
+
+
+class KnobEditor(Screen[None]):
+    """A form of the knobs that matter, checked live, with their effective values."""
+
+    BINDINGS = [
+        Binding("escape", "back", "back"),
+        Binding("ctrl+r", "launch", "launch"),
+        Binding("ctrl+s", "save", "save as"),
+        Binding("ctrl+b", "save_and_launch", "save+launch"),
+    ]
+
+    def __init__(
+        self,
+        tree: dict[str, Any],
+        *,
+        origin: str,
+        parent: str | None,
+        base_name: str,
+        runs_root: Path,
+        source_path: Path | None = None,
+    ) -> None:
+        """Edit ``tree`` (a config as read from YAML).
+
+        Args:
+            tree: The starting config; knobs not on the form are carried over as they are.
+            origin: Where it came from, for the title ("sample tiny-cpu-demo", "run r8-…").
+            parent: Recorded as the new run's ``parent`` (a run folder or a config file).
+            base_name: The new run's folder name starts with this (its time stamp is added).
+            runs_root: Where new runs are created.
+            source_path: The YAML it came from, recorded as the run's config source.
+        """
+        super().__init__()
+        tree = dict(tree)
+        tree.pop("output_dir", None)  # every launch gets a fresh folder under runs_root
+        tree.pop("parent", None)
+        self.base_tree = tree
+        self.origin = origin
+        self.parent_ref = parent
+        self.base_name = base_name
+        self.runs_root = runs_root
+        self.source_path = source_path
+        self.saved_path: Path | None = None
+        self.config: RunConfig | None = None
+        """The form's config when every field is valid, else ``None``."""
+        self.errors: dict[str, str] = {}
+        """Problems by dotted field path (``lora.r``); the form cannot be launched while any exist."""
+        self.advice: list[Advice] = []
+        self.dataset_rows: int | None = None
+        self._facts_note = "reading the model's shape and the dataset…"
+        self._shape: Any = None
+        self._gpu: tuple[int | None, str] = (None, "")
+        self._extra_targets = [t for t in form.get_path(tree, TARGETS) if t not in ALL_PROJECTIONS]
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]edit knobs[/b] · from {self.origin}", id="editor-title")
+        with VerticalScroll(id="knob-form"):
+            for title, knobs in SECTIONS:
+                yield Static(f"[b]{title}[/b]", classes="form-section")
+                for knob in knobs:
+                    with Horizontal(classes="knob-row"):
+                        yield Label(knob.label, classes="knob-label")
+                        yield self._field(knob)
+                        yield Static(knob.hint, id=_note_id(knob.path), classes="knob-note")
+                if title.startswith("LoRA"):
+                    yield from self._targets()
+        yield Static(id="effective")
+        yield Static(id="editor-problems")
+        with Horizontal(id="editor-actions"):
+            yield Input(self._default_save_path(), id="save-path", compact=True)
+            yield Button("Save", id="save", compact=True)
+            yield Button("Launch", id="launch", variant="primary", compact=True)
+            yield Button("Save+launch", id="save-launch", compact=True)
+        yield Footer()
+
+    def _field(self, knob: Knob) -> Any:
+        value = form.get_path(self.base_tree, knob.path)
+        if knob.kind == "bool":
+            return Checkbox("", bool(value), id=_widget_id(knob.path), compact=True)
+        if knob.kind == "choice":
+            options = [(choice, choice) for choice in knob.choices]
+            if value in knob.choices:
+                return Select(options, value=value, allow_blank=False, id=_widget_id(knob.path), compact=True)
+            return Select(options, id=_widget_id(knob.path), compact=True)
+        return Input(form.format_value(value), id=_widget_id(knob.path), compact=True, select_on_focus=False)
+
+    def _targets(self) -> ComposeResult:
+        chosen = set(form.get_path(self.base_tree, TARGETS))
+        with Horizontal(classes="knob-row"):
+            yield Label("target_modules", classes="knob-label")
+            yield Button("attention", id="preset-attention", compact=True)
+            yield Button("MLP", id="preset-mlp", compact=True)
+            yield Button("all 7", id="preset-all", compact=True)
+            yield Static("presets", id=_note_id(TARGETS), classes="knob-note")
+        with Vertical(id="targets"):
+            for name in ALL_PROJECTIONS:
+                yield Checkbox(name, name in chosen or "all-linear" in chosen, id=f"target-{name}", compact=True)
+        if self._extra_targets:
+            yield Static(f"also kept: {', '.join(self._extra_targets)}", classes="knob-extra")
+
+    def _default_save_path(self) -> str:
+        stem = form._STAMP.sub("", self.base_name) or "run"
+        candidate, n = Path(f"{stem}-edited.yaml"), 2
+        while candidate.exists():
+            candidate, n = Path(f"{stem}-edited-{n}.yaml"), n + 1
+        return str(candidate)
+
+    def on_mount(self) -> None:
+        self.revalidate()
+        self.load_facts()
+
+    # -- facts that take I/O (a worker) ---------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="editor-facts", exit_on_error=False)
+    def load_facts(self) -> None:
+        """Dataset rows, the model's shape and the GPU: for the effective values and the advice."""
+        from trainer.data_files import DataProblem, inspect_data
+        from trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
+
+        data_path = form.get_path(self.base_tree, "data.path")
+        data_format = form.get_path(self.base_tree, "data.format")
+        try:
+            rows = inspect_data(str(data_path), str(data_format)).rows
+        except DataProblem:
+            rows = None
+        max_rows = form.get_path(self.base_tree, "data.max_rows")
+        if rows is not None and isinstance(max_rows, int) and max_rows > 0:
+            rows = min(rows, max_rows)
+        note = ""
+        try:
+            shape = load_model_shape(str(form.get_path(self.base_tree, "model.name_or_path")))
+        except EstimateError as exc:
+            shape, note = None, f"n/a ({exc})"
+        gpu = visible_gpu_total()
+        self.app.call_from_thread(self._facts_loaded, rows, shape, note, gpu)
+
+    def _facts_loaded(self, rows: int | None, shape: Any, note: str, gpu: tuple[int | None, str]) -> None:
+        self.dataset_rows, self._shape, self._facts_note, self._gpu = rows, shape, note, gpu
+        self.revalidate()
+
+    # -- live validation ----------------------------------------------------------------------
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _changed(self, event: Any) -> None:
+        if getattr(event, "input", None) is not None and event.input.id == "save-path":
+            return
+        self.revalidate()
+
+    def read_form(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The typed values by path, and a problem for each field that could not be read."""
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for path, knob in KNOBS.items():
+            widget = self.query_one(f"#{_widget_id(path)}")
+            if isinstance(widget, Checkbox):
+                values[path] = widget.value
+            elif isinstance(widget, Select):
+                if widget.value == Select.NULL:
+                    errors[path] = f"{path}: pick one of {', '.join(knob.choices)}"
+                else:
+                    values[path] = widget.value
+            else:
+                value, problem = form.parse_text(knob, self.query_one(f"#{_widget_id(path)}", Input).value)
+                if problem:
+                    errors[path] = problem
+                else:
+                    values[path] = value
+        targets = [n for n in ALL_PROJECTIONS if self.query_one(f"#target-{n}", Checkbox).value]
+        targets += [t for t in self._extra_targets if t != "all-linear"]
+        if targets:
+            values[TARGETS] = targets
+        else:
+            errors[TARGETS] = f"{TARGETS}: pick at least one module to adapt"
+        return values, errors
+
+    def revalidate(self) -> None:
+        """Check every field, show each problem or piece of advice at its field, update the totals."""
+        values, errors = self.read_form()
+        config, problems = validate_tree(form.with_values(self.base_tree, values))
+        for path, text in problems.items():
+            errors.setdefault(path, text)
+        self.errors = errors
+        self.config = config if not errors else None
+        self.advice = advise(self.config, self._facts()) if self.config is not None else []
+        advice_at: dict[str, list[str]] = {}
+        for item in self.advice:
+            advice_at.setdefault(item.field, []).append(item.message)
+        for path in [*KNOBS, TARGETS]:
+            note = self.query_one(f"#{_note_id(path)}", Static)
+            if path in errors:
+                note.update(f"[b]✗[/b] {_escape(errors[path])}")
+                note.set_classes("knob-note error")
+            elif path in advice_at:
+                note.update("⚠ " + _escape(" ".join(advice_at[path])))
+                note.set_classes("knob-note advice")
+            else:
+                note.update(KNOBS[path].hint if path in KNOBS else "presets")
+                note.set_classes("knob-note")
+        # Advice on knobs that are not on the form (lora.bias, ...) and problems elsewhere in the file.
+        elsewhere = [f"✗ {_escape(t)}" for p, t in errors.items() if p not in KNOBS and p != TARGETS]
+        elsewhere += [f"⚠ {i.field}: {_escape(i.message)}" for i in self.advice if i.field not in [*KNOBS, TARGETS]]
+        self._show_problems(elsewhere)
+        self.query_one("#effective", Static).update(self._effective_text())
+        for button in ("#launch", "#save", "#save-launch"):
+            self.query_one(button, Button).disabled = self.config is None
+
+    def _show_problems(self, lines: list[str]) -> None:
+        box = self.query_one("#editor-problems", Static)
+        box.update("\n".join(lines))
+        box.display = bool(lines)
+
+    def _facts(self) -> Facts:
+        peak, total = self._peak(), self._gpu[0]
+        return Facts(dataset_rows=self.dataset_rows, peak_bytes=peak if total else None, gpu_total_bytes=total)
+
+    def _peak(self) -> int | None:
+        if self.config is None or self._shape is None:
+            return None
+        from trainer.estimate import estimate
+
+        est = estimate(self._shape, self.config, self._gpu[0], self._gpu[1] or "no NVIDIA GPU")
+        return est.row(est.selected).total
+
+    def _effective_text(self) -> str:
+        config = self.config
+        if config is None:
+            count = len(self.errors)
+            return f"[b]{count} problem{'s' if count != 1 else ''}[/b] marked ✗: fix them to save or launch"
+        lines = [f"{form.scale_text(config)} · {form.batch_text(config, self.dataset_rows)}"]
+        if self._shape is None:
+            lines.append(f"trainable params, pre-flight estimate: {self._facts_note}")
+        else:
+            from trainer.estimate import adapter_param_count, count_parameters, estimate, fit_label, fmt_size
+
+            shape = self._shape
+            trainable = adapter_param_count(shape, config.lora.target_modules, config.lora.r)
+            total = count_parameters(shape).total + trainable
+            lines.append(
+                f"trainable {trainable:,} adapter params ({trainable / total:.2%} of {total:,}), "
+                f"{len(config.lora.target_modules)} modules × {shape.num_hidden_layers} layers"
+            )
+            est = estimate(shape, config, self._gpu[0], self._gpu[1] or "no NVIDIA GPU")
+            row = est.row(est.selected)
+            fit = fit_label(row, est.gpu_name)
+            fit = f"n/a ({fit})" if row.fits is None else fit
+            method = row.name.split(",")[0]
+            lines.append(f"pre-flight estimate: {method} peak {fmt_size(row.total)} · {fit}")
+        warnings = len(self.advice)
+        lines.append(
+            f"[yellow]{warnings} warning{'s' if warnings != 1 else ''} (⚠, advice only)[/yellow]"
+            if warnings
+            else "no advice"
+        )
+        return "\n".join(lines)
+
+    # -- actions --------------------------------------------------------------------------------
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        button = event.button.id or ""
+        if button.startswith("preset-"):
+            self.apply_preset(button.removeprefix("preset-"))
+        elif button == "save":
+            self.action_save()
+        elif button == "launch":
+            self.action_launch()
+        elif button == "save-launch":
+            self.action_save_and_launch()
+
+    def apply_preset(self, name: str) -> None:
+        """Check exactly the preset's projections: ``attention``, ``mlp`` or ``all``."""
+        chosen = PRESETS[name]
+        for module in ALL_PROJECTIONS:
+            self.query_one(f"#target-{module}", Checkbox).value = module in chosen
+
+    def _ready(self) -> RunConfig | None:
+        self.revalidate()
+        if self.config is None:
+            self.notify("fix the fields marked ✗ first", severity="error")
+            return None
+        return self.config
+
+    def action_save(self) -> Path | None:
+        """Write the form as a new YAML (never over an existing file)."""
+        config = self._ready()
+        if config is None:
+            return None
+        text = self.query_one("#save-path", Input).value.strip()
+        if not text:
+            self.notify("type a file name to save to", severity="error")
+            return None
+        path = Path(text).expanduser()
+        if path.exists():
+            self.notify(f"{path} already exists; choose a new name (nothing was overwritten)", severity="error")
+            return None
+        to_save = config.model_copy(deep=True)
+        to_save.output_dir, to_save.parent = None, self.parent_ref
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"# saved by loratop's knob editor from {self.origin}\n" + dump_config(to_save))
+        except OSError as exc:
+            self.notify(f"cannot save {path}: {exc.strerror or exc}", severity="error")
+            return None
+        self.saved_path = path
+        self.notify(f"saved {path} · run it with: loratop run {path}")
+        return path
+
+    def action_launch(self) -> None:
+        """Launch the form's config as a new run under the runs folder, recording its parent."""
+        config = self._ready()
+        if config is None:
+            return
+        run = config.model_copy(deep=True)
+        run.output_dir = str(form.new_run_dir(self.runs_root, self.base_name))
+        run.parent = self.parent_ref
+        problems = check_outside(run, source="editor")
+        if problems:
+            self._show_problems([f"✗ {_escape(p)}" for p in problems])
+            self.notify("\n".join(problems), title="cannot launch", severity="error", timeout=10)
+            return
+        self.app.launch_config(run, self.saved_path or self.source_path, replace=self)  # type: ignore[attr-defined]
+
+    def action_save_and_launch(self) -> None:
+        if self.action_save() is not None:
+            self.action_launch()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def editor_for_config(path: Path, runs_root: Path) -> KnobEditor:
+    """The editor on a YAML config (a sample or the user's own).
+
+    Raises:
+        ConfigError: the file is missing or not YAML.
+    """
+    return KnobEditor(
+        read_yaml(path),
+        origin=f"config {path.name}",
+        parent=str(path.resolve()),
+        base_name=path.stem,
+        runs_root=runs_root,
+        source_path=path,
+    )
+
+
+def editor_for_run(run_dir: Path, runs_root: Path) -> KnobEditor:
+    """The editor on a run's recorded config: "rerun with changes".
+
+    Raises:
+        ConfigError: the run has no readable ``config.yaml``.
+    """
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ConfigError([f"{run_dir}: no {CONFIG} in this run folder, so there is nothing to edit"])
+    return KnobEditor(
+        read_yaml(path),
+        origin=f"run {run_dir.name}",
+        parent=str(run_dir.resolve()),
+        base_name=run_dir.name,
+        runs_root=runs_root,
+        source_path=None,
+    )

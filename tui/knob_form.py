@@ -1,0 +1,206 @@
+"""The knob editor's model: which knobs it shows, how typed text becomes values, what they add up to.
+
+No Textual here, so every rule is unit-tested with plain data; ``tui.knob_editor`` draws it.
+A form edits a config *tree* (the YAML's dict): the knobs it shows are replaced, everything
+else (model, data, monitor, ...) is carried over untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig
+
+Kind = Literal["int", "float", "choice", "bool"]
+
+TARGETS = "lora.target_modules"
+"""The knob drawn as seven checkboxes rather than a text field."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One field of the form."""
+
+    path: str
+    """Dotted path in the config, e.g. ``lora.r``."""
+    kind: Kind
+    hint: str
+    """Shown beside the field while it has no error or advice."""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+SECTIONS: tuple[tuple[str, tuple[Knob, ...]], ...] = (
+    (
+        "LoRA adapters",
+        (
+            Knob("lora.r", "int", "rank of each adapter pair"),
+            Knob("lora.lora_alpha", "float", "updates scale by α/r"),
+            Knob("lora.lora_dropout", "float", "adapter input dropout, [0, 1)"),
+        ),
+    ),
+    (
+        "Training",
+        (
+            Knob("training.learning_rate", "float", "peak; QLoRA usually 2e-4"),
+            Knob("training.lr_scheduler_type", "choice", "schedule after warm-up", SCHEDULERS),
+            Knob("training.warmup_steps", "float", "≥ 1 steps, < 1 fraction of run"),
+            Knob("training.per_device_train_batch_size", "int", "sequences per forward pass"),
+            Knob("training.gradient_accumulation_steps", "int", "forward passes per optimizer step"),
+            Knob("training.max_seq_length", "int", "longer rows are truncated"),
+            Knob("training.max_steps", "int", "-1: use num_train_epochs"),
+            Knob("training.num_train_epochs", "float", "used when max_steps is -1"),
+            Knob("training.optim", "choice", "paged_* can spill to host RAM", OPTIMIZERS),
+            Knob("training.gradient_checkpointing", "bool", "less memory, ~30% more compute"),
+        ),
+    ),
+    (
+        "Quantization",
+        (
+            Knob("quantization.bnb_4bit_quant_type", "choice", "4-bit data type", ("nf4", "fp4")),
+            Knob("quantization.bnb_4bit_use_double_quant", "bool", "quantize the constants too"),
+        ),
+    ),
+)
+
+KNOBS: dict[str, Knob] = {knob.path: knob for _, knobs in SECTIONS for knob in knobs}
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all": tuple(ALL_PROJECTIONS),
+}
+"""The target presets: attention-only, MLP-only, all seven projections."""
+
+
+# -- reading and writing a tree ------------------------------------------------------------
+
+
+def get_path(tree: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path, or the schema's default when the tree leaves it out."""
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _default(path)
+        node = node[part]
+    return node
+
+
+def _default(path: str) -> Any:
+    node: Any = RunConfig()
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``tree`` with each dotted path set (sections created as needed)."""
+    result = copy.deepcopy(tree)
+    for path, value in values.items():
+        node = result
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+# -- text <-> values -----------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A value as the form shows it: ``2e-4`` rather than ``0.0002``, ``16`` rather than ``16.0``."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else ""
+    if isinstance(value, float):
+        if value == int(value) and abs(value) < 1e6:
+            return str(int(value))
+        if abs(value) < 1e-2:
+            mantissa, exponent = f"{value:.6e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:g}"
+    return str(value)
+
+
+def parse_text(knob: Knob, text: str) -> tuple[Any, str | None]:
+    """Turn what was typed into a value of the knob's kind.
+
+    Returns:
+        ``(value, None)``, or ``(None, problem)`` naming the field and what it accepts.
+        Range checks (``r > 0``) are the schema's: see :func:`trainer.config.validate_tree`.
+    """
+    raw = text.strip()
+    if knob.kind == "int":
+        if re.fullmatch(r"[+-]?\d+", raw.replace("_", "").replace(",", "")):
+            return int(raw.replace("_", "").replace(",", "")), None
+        return None, f"{knob.path} = {raw!r}: must be a whole number"
+    if knob.kind == "float":
+        try:
+            value = float(raw)
+        except ValueError:
+            return None, f"{knob.path} = {raw!r}: must be a number, e.g. 2e-4"
+        if value != value or value in (float("inf"), float("-inf")):
+            return None, f"{knob.path} = {raw!r}: must be a finite number"
+        return value, None
+    if knob.kind == "choice":
+        if raw in knob.choices:
+            return raw, None
+        return None, f"{knob.path} = {raw!r}: not one of {', '.join(knob.choices)}"
+    return raw.lower() in ("true", "yes", "1", "on"), None
+
+
+# -- effective values ----------------------------------------------------------------------
+
+
+def scale_text(config: RunConfig) -> str:
+    lora = config.lora
+    return f"α/r = {format_value(lora.lora_alpha)}/{lora.r} = {lora.lora_alpha / lora.r:.3g}"
+
+
+def batch_text(config: RunConfig, dataset_rows: int | None = None) -> str:
+    """Effective batch, and the run's length in optimizer steps when it can be told."""
+    t = config.training
+    effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    text = (
+        f"batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps} = {effective} "
+        f"(≤ {effective * t.max_seq_length:,} tokens/step)"
+    )
+    if t.max_steps > 0:
+        return f"{text} · {t.max_steps:,} steps"
+    rows = min(dataset_rows, config.data.max_rows or dataset_rows) if dataset_rows else None
+    if rows:
+        steps = -(-rows // effective) * t.num_train_epochs
+        return f"{text} · ≈{steps:,.0f} steps ({format_value(t.num_train_epochs)} epoch of {rows:,} rows)"
+    return f"{text} · {format_value(t.num_train_epochs)} epoch(s)"
+
+
+# -- where a new run goes ------------------------------------------------------------------
+
+_STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
+
+
+def new_run_dir(runs_root: Path, base_name: str, now: _dt.datetime | None = None) -> Path:
+    """``<runs_root>/<base>-<YYYYmmdd-HHMMSS>``, a folder that does not exist yet.
+
+    ``base_name`` may be a sample's stem or a parent run's folder name; a parent's own
+    time stamp is dropped, so a chain of reruns stays ``demo-<time>``, not ``demo-<t1>-<t2>``.
+    """
+    base = _STAMP.sub("", base_name) or "run"
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    candidate = runs_root / f"{base}-{stamp}"
+    n = 2
+    while candidate.exists():
+        candidate = runs_root / f"{base}-{stamp}-{n}"
+        n += 1
+    return candidate

@@ -1,0 +1,133 @@
+"""Several runs' loss curves overlaid on one axis, each in its own colour, spikes marked.
+
+Like :class:`~widgets.loss_chart.LossChart`, every line is reduced to the plot's width in
+cells before it is drawn, so long runs cost one O(n) pass per redraw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from textual.app import ComposeResult
+from textual.events import Resize
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+from textual_plot import PlotWidget
+
+from widgets.downsample import downsample
+from widgets.loss_chart import _add_line, _finite_points, _log10_points, _set_limits
+
+__all__ = ["PALETTE", "CompareChart", "Series"]
+
+PALETTE = ("bright_cyan", "bright_magenta", "bright_yellow", "bright_green", "bright_red", "bright_blue")
+"""Run colours, in legend order (A, B, C, ...)."""
+
+_FALLBACK_BUCKETS = 200
+_MIN_BUCKETS = 10
+
+
+@dataclass
+class Series:
+    """One run's line."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    style: str
+    spikes: Sequence[tuple[float, float]] = field(default_factory=tuple)
+    """``(x, y)`` of each flagged spike, drawn as an ``x`` in the run's colour."""
+
+
+class _StaticPlot(PlotWidget, can_focus=False):
+    """A PlotWidget that never takes focus, so the screen keeps its keys."""
+
+
+class CompareChart(Widget):
+    """Overlaid loss curves; feed it with :meth:`update`."""
+
+    DEFAULT_CSS = """
+    CompareChart {
+        height: 1fr;
+        min-height: 8;
+    }
+    CompareChart > #compare-chart-empty {
+        width: 1fr;
+        height: 1fr;
+        content-align: center middle;
+        color: $text-muted;
+    }
+    CompareChart > PlotWidget { display: none; }
+    CompareChart.-has-data > #compare-chart-empty { display: none; }
+    CompareChart.-has-data > PlotWidget { display: block; }
+    """
+
+    log_scale: reactive[bool] = reactive(False)
+    """Plot log10(loss); non-positive losses are left out."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._series: list[Series] = []
+        self._x_label = "step"
+        self._y_label = "loss"
+        self.plotted: list[int] = []
+        """Points drawn per series by the last redraw (lines and spike markers)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("no steps in these runs yet", id="compare-chart-empty")
+        yield _StaticPlot(id="compare-chart-plot", allow_pan_and_zoom=False)
+
+    def on_mount(self) -> None:
+        self._redraw()
+
+    def on_resize(self, event: Resize) -> None:
+        self._redraw()
+
+    def watch_log_scale(self) -> None:
+        self._redraw()
+
+    def update(self, series: list[Series], x_label: str = "step", y_label: str = "loss") -> None:
+        """Draw these series (kept by reference; redrawn on resize)."""
+        self._series, self._x_label, self._y_label = series, x_label, y_label
+        self._redraw()
+
+    def _buckets(self) -> int:
+        width = self.content_size.width
+        if width <= 0:
+            return _FALLBACK_BUCKETS
+        return max(_MIN_BUCKETS, width - self.query_one(PlotWidget).margin_left - 2)
+
+    def _redraw(self) -> None:
+        if not self.is_mounted:
+            return
+        buckets = self._buckets()
+        lines: list[tuple[list[float], list[float], str]] = []
+        marks: list[tuple[list[float], list[float], str]] = []
+        for s in self._series:
+            xs, ys = downsample(s.x, s.y, buckets)
+            sx = [float(x) for x, _ in s.spikes]
+            sy = [float(y) for _, y in s.spikes]
+            if self.log_scale:
+                xs, ys = _log10_points(xs, ys)
+                sx, sy = _log10_points(sx, sy)
+            else:
+                xs, ys = _finite_points(xs, ys)
+                sx, sy = _finite_points(sx, sy)
+            lines.append((xs, ys, s.style))
+            marks.append((sx, sy, s.style))
+        self.plotted = [len(x) + len(m[0]) for (x, _, _), m in zip(lines, marks, strict=True)]
+        has_data = any(x for x, _, _ in lines)
+        self.set_class(has_data, "-has-data")
+        plot = self.query_one(PlotWidget)
+        plot.clear()
+        if not has_data:
+            return
+        _set_limits(plot, [x for x, _, _ in lines + marks], [y for _, y, _ in lines + marks], buckets)
+        plot.set_xlabel(self._x_label)
+        plot.set_ylabel(f"log10 {self._y_label}" if self.log_scale else self._y_label)
+        for xs, ys, style in lines:
+            _add_line(plot, xs, ys, style)
+        for xs, ys, style in marks:
+            if xs:
+                plot.scatter(xs, ys, marker="x", marker_style=f"bold {style}", hires_mode=None)

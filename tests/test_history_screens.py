@@ -115,8 +115,9 @@ def test_compare_screen_overlays_both_curves_and_names_the_changed_knobs(runs: P
             assert isinstance(screen, CompareScreen)
             chart = screen.query_one(CompareChart)
             steps = [len(of_type(read_events(runs / n), ev.STEP)) for n in ("tiny-r8", "tiny-r16")]
-            assert chart.plotted[0] > 0 and chart.plotted[1] > 0 and chart.plotted[2] > 2
-            assert chart.plotted[0] <= 2 * steps[0]
+            drawn = chart.plotted[::-1]  # the base (A) is drawn last, on top
+            assert drawn[0] > 0 and drawn[1] > 0 and drawn[2] > 2
+            assert drawn[0] <= 2 * steps[0]
             legend = str(screen.query_one("#compare-legend", Static).render())
             assert "tiny-r16: r 8 → 16, lora_alpha 16 → 32, learning_rate 2e-3 → 1e-3" in legend
             assert "2 spikes" in legend
@@ -129,6 +130,8 @@ def test_compare_screen_overlays_both_curves_and_names_the_changed_knobs(runs: P
             assert "final loss" in knobs and "peak VRAM" in knobs
             r_row = knobs.index("lora.r")
             assert [str(table.get_cell_at((r_row, i))) for i in (1, 2, 3)] == ["8", "16", "8"]
+            lr_row = knobs.index("training.learning_rate")
+            assert [str(table.get_cell_at((lr_row, i))) for i in (1, 2, 3)] == ["2e-3", "1e-3", "3e-2"]
 
             x_steps = series[0].x[-1]
             await pilot.press("x")  # tokens seen

@@ -304,3 +304,27 @@ def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -
     broken.write_text("lora: [r: 8\n")
     assert main(["edit", str(broken), "--runs-dir", str(tmp_path)]) == 2
     assert "malformed YAML" in capsys.readouterr().err
+
+
+def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_path: Path) -> None:
+    import os
+
+    from tui.knob_editor import editor_for_run
+
+    runs = tmp_path / "runs"
+    shutil.copytree(RUNS, runs)
+    assert not editor_for_run(runs / "tiny-r8", runs).parent_still_training  # finished
+    status = json.loads((runs / "tiny-r8" / "status.json").read_text())
+    for key in ("status", "exit_code", "ended_at"):
+        status.pop(key)
+    status["pid"] = os.getpid()  # a live process stands in for the trainer
+    (runs / "tiny-r8" / "status.json").write_text(json.dumps(status))
+    app = LoratopApp(None, runs_root=runs, edit=runs / "tiny-r8")
+
+    async def drive() -> str:
+        async with app.run_test(size=(100, 40)) as pilot:
+            screen = await _editor(pilot, app)
+            assert screen.parent_still_training
+            return str(screen.query_one("#effective", Static).render())
+
+    assert "run tiny-r8 is still training: a launch runs alongside it" in asyncio.run(drive())

@@ -88,7 +88,10 @@ class CompareScreen(Screen[None]):
         return result
 
     def redraw(self) -> None:
-        self.query_one(CompareChart).update(self.series(), "tokens seen" if self.x_axis == "tokens" else "step")
+        # Where curves share a terminal cell only one colour can show: draw the base (A) last,
+        # on top, as the reference the others are read against.
+        series = self.series()[::-1]
+        self.query_one(CompareChart).update(series, "tokens seen" if self.x_axis == "tokens" else "step")
 
     def _fill_table(self) -> None:
         table = self.query_one(DataTable)
@@ -99,7 +102,7 @@ class CompareScreen(Screen[None]):
         if not diff:
             table.add_row("config", *["same" for _ in self.runs])
         for path, values in diff:
-            table.add_row(path, *[_cell(v) for v in values])
+            table.add_row(path, *compare.format_values(values))
         for name, cells in compare.outcome_rows(self.runs):
             table.add_row(name, *cells)
 
@@ -128,18 +131,6 @@ class CompareScreen(Screen[None]):
 def _alpha(n: int) -> float:
     window = max(3, n // 50)
     return 2 / (window + 1)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float):
-        from tui.knob_form import format_value
-
-        return format_value(value)
-    return str(value)
 
 
 def _escape(text: str) -> str:

@@ -24,7 +24,7 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Stat
 
 from trainer.advisor import Advice, Facts, advise
 from trainer.config import ALL_PROJECTIONS, ConfigError, RunConfig, check_outside, dump_config, read_yaml, validate_tree
-from trainer.run_dir import CONFIG
+from trainer.run_dir import CONFIG, read_status, trainer_alive
 from tui import knob_form as form
 from tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
 
@@ -77,6 +77,8 @@ class KnobEditor(Screen[None]):
         self.base_name = base_name
         self.runs_root = runs_root
         self.source_path = source_path
+        self.parent_still_training = False
+        """The run this edit started from is still training (a launch would run alongside it)."""
         self.saved_path: Path | None = None
         self.config: RunConfig | None = None
         """The form's config when every field is valid, else ``None``."""
@@ -286,6 +288,11 @@ class KnobEditor(Screen[None]):
             fit = f"n/a ({fit})" if row.fits is None else fit
             method = row.name.split(",")[0]
             lines.append(f"pre-flight estimate: {method} peak {fmt_size(row.total)} · {fit}")
+        if self.parent_still_training:
+            lines.append(
+                f"[yellow]⚠ {_escape(self.origin)} is still training: a launch runs alongside it, "
+                "sharing its CPU/GPU[/yellow]"
+            )
         warnings = len(self.advice)
         lines.append(
             f"[yellow]{warnings} warning{'s' if warnings != 1 else ''} (⚠, advice only)[/yellow]"
@@ -398,7 +405,7 @@ def editor_for_run(run_dir: Path, runs_root: Path) -> KnobEditor:
     path = run_dir / CONFIG
     if not path.is_file():
         raise ConfigError([f"{run_dir}: no {CONFIG} in this run folder, so there is nothing to edit"])
-    return KnobEditor(
+    editor = KnobEditor(
         read_yaml(path),
         origin=f"run {run_dir.name}",
         parent=str(run_dir.resolve()),
@@ -406,3 +413,6 @@ def editor_for_run(run_dir: Path, runs_root: Path) -> KnobEditor:
         runs_root=runs_root,
         source_path=None,
     )
+    status = read_status(run_dir) or {}
+    editor.parent_still_training = status.get("status") is None and trainer_alive(status)
+    return editor

@@ -13,7 +13,7 @@ import select
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -23,7 +23,6 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
-from trainer.config import RunConfig
 from trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
 from tui import panels
 from tui.compare_screen import CompareScreen
@@ -33,6 +32,9 @@ from tui.run_state import RunState
 from tui.runs import DEFAULT_ROOT, SORT_KEYS, knob_label, list_runs, parent_label, sort_runs
 from widgets import LossChart, MemoryPanel
 from widgets.downsample import RunningEma
+
+if TYPE_CHECKING:
+    from trainer.config import RunConfig
 
 EXPORT_DIR = Path("loratop-exports")
 """Where the dashboard's exports go (metrics CSV, events JSONL, screen SVG), under the current folder."""

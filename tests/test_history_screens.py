@@ -95,6 +95,15 @@ def test_marking_two_runs_and_c_opens_the_compare_screen(runs: Path) -> None:
             await pilot.pause()
             assert app.screen is home
 
+            # One marked run compares with the run under the cursor.
+            home.marked[:] = [home.marked[1]]  # tiny-lr-high
+            table.move_cursor(row=1)  # tiny-r16
+            await pilot.press("c")
+            await pilot.pause()
+            assert [run.name for run in app.screen.runs] == ["tiny-lr-high", "tiny-r16"]
+            await pilot.press("escape")
+            await pilot.pause()
+
             # With nothing marked, c compares the run under the cursor with its parent.
             home.marked.clear()
             table.move_cursor(row=1)  # tiny-r16, whose parent is tiny-r8

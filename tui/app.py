@@ -507,12 +507,14 @@ class HomeScreen(Screen[None]):
         self.action_reload()
 
     def action_compare(self) -> None:
-        """Compare the marked runs; with none marked, the run under the cursor and its parent."""
+        """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
         from tui.runs import resolve_parent, summarise_run
 
         runs = list(self.marked)
-        if len(runs) < 2:
-            current = self.selected()
+        current = self.selected()
+        if len(runs) == 1 and current is not None and current != runs[0]:
+            runs.append(current)
+        elif len(runs) < 2:
             parent = resolve_parent(current, summarise_run(current).parent) if current else None
             if current is None or parent is None:
                 self.notify("mark two or more runs with space first (this run has no parent run)", severity="warning")

@@ -152,6 +152,8 @@ def test_an_invalid_value_shows_at_its_field_and_cannot_be_launched(tmp_path: Pa
             assert isinstance(app.screen, KnobEditor)
             assert "2 problems" in str(screen.query_one("#effective", Static).render())
             await _type(pilot, screen, "lora.r", "16")
+            await pilot.press("enter")  # on to the next field
+            assert app.focused is screen.query_one("#knob-lora-lora_alpha", Input)
             await _type(pilot, screen, "training.learning_rate", "1e-3")
             assert screen.errors == {} and not screen.query_one("#launch", Button).disabled
             assert not _note(screen, "lora.r").has_class("error")

@@ -189,6 +189,14 @@ class KnobEditor(Screen[None]):
             return
         self.revalidate()
 
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        """Enter moves to the next field, as in a form; in the file name it saves."""
+        if event.input.id == "save-path":
+            self.action_save()
+        else:
+            self.focus_next()
+
     def read_form(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The typed values by path, and a problem for each field that could not be read."""
         values: dict[str, Any] = {}

@@ -343,14 +343,6 @@ def gather_facts(config: RunConfig) -> Facts:
     return Facts(dataset_rows=rows, peak_bytes=peak, gpu_total_bytes=gpu_total)
 
 
-def field_value(config: RunConfig, field: str) -> Any:
-    """The value of a dotted field, e.g. ``field_value(config, "lora.r")`` → ``16``."""
-    value: Any = config
-    for part in field.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def format_value(value: Any) -> str:
     """A knob's value as a YAML config spells it: ``true``, ``2e-4``, ``[q_proj, v_proj]``."""
     if isinstance(value, bool):

@@ -479,6 +479,14 @@ def _looks_local(name: str) -> bool:
     return Path(name).exists()
 
 
+def field_value(config: RunConfig, field: str) -> Any:
+    """The value of a dotted field, e.g. ``field_value(config, "lora.r")`` → ``16``."""
+    value: Any = config
+    for part in field.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML, in schema order, for the run folder's ``config.yaml``."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

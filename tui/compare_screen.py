@@ -13,6 +13,7 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -62,7 +63,7 @@ class CompareScreen(Screen[None]):
             what = "base" if i == 0 else compare.change_label(base, run.config or {})
             spikes = len(run.state.spikes)
             marks = f" · {spikes} spike{'s' if spikes != 1 else ''} (x)" if spikes else ""
-            lines.append(f"[bold ansi_{style}]━ {compare.run_letter(i)}[/] {_escape(run.name)}: {_escape(what)}{marks}")
+            lines.append(f"[bold ansi_{style}]━ {compare.run_letter(i)}[/] {escape(run.name)}: {escape(what)}{marks}")
         kind = "EMA-smoothed loss" if self.smoothed else "per-step loss"
         lines.append(f"[dim]{kind} over {'tokens seen' if self.x_axis == 'tokens' else 'optimizer steps'}[/dim]")
         return "\n".join(lines)
@@ -131,7 +132,3 @@ class CompareScreen(Screen[None]):
 def _alpha(n: int) -> float:
     window = max(3, n // 50)
     return 2 / (window + 1)
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")

@@ -19,6 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
@@ -140,7 +141,7 @@ class KnobEditor(Screen[None]):
             yield Static(f"also kept: {', '.join(self._extra_targets)}", classes="knob-extra")
 
     def _default_save_path(self) -> str:
-        stem = form._STAMP.sub("", self.base_name) or "run"
+        stem = form.base_name(self.base_name)
         candidate, n = Path(f"{stem}-edited.yaml"), 2
         while candidate.exists():
             candidate, n = Path(f"{stem}-edited-{n}.yaml"), n + 1
@@ -239,17 +240,17 @@ class KnobEditor(Screen[None]):
         for path in [*KNOBS, TARGETS]:
             note = self.query_one(f"#{_note_id(path)}", Static)
             if path in errors:
-                note.update(f"[b]✗[/b] {_escape(errors[path])}")
+                note.update(f"[b]✗[/b] {escape(errors[path])}")
                 note.set_classes("knob-note error")
             elif path in advice_at:
-                note.update("⚠ " + _escape(" ".join(advice_at[path])))
+                note.update("⚠ " + escape(" ".join(advice_at[path])))
                 note.set_classes("knob-note advice")
             else:
                 note.update(KNOBS[path].hint if path in KNOBS else "presets")
                 note.set_classes("knob-note")
         # Advice on knobs that are not on the form (lora.bias, ...) and problems elsewhere in the file.
-        elsewhere = [f"✗ {_escape(t)}" for p, t in errors.items() if p not in KNOBS and p != TARGETS]
-        elsewhere += [f"⚠ {i.field}: {_escape(i.message)}" for i in self.advice if i.field not in [*KNOBS, TARGETS]]
+        elsewhere = [f"✗ {escape(t)}" for p, t in errors.items() if p not in KNOBS and p != TARGETS]
+        elsewhere += [f"⚠ {i.field}: {escape(i.message)}" for i in self.advice if i.field not in [*KNOBS, TARGETS]]
         self._show_problems(elsewhere)
         self.query_one("#effective", Static).update(self._effective_text())
         for button in ("#launch", "#save", "#save-launch"):
@@ -298,7 +299,7 @@ class KnobEditor(Screen[None]):
             lines.append(f"pre-flight estimate: {method} peak {fmt_size(row.total)} · {fit}")
         if self.parent_still_training:
             lines.append(
-                f"[yellow]⚠ {_escape(self.origin)} is still training: a launch runs alongside it, "
+                f"[yellow]⚠ {escape(self.origin)} is still training: a launch runs alongside it, "
                 "sharing its CPU/GPU[/yellow]"
             )
         warnings = len(self.advice)
@@ -371,7 +372,7 @@ class KnobEditor(Screen[None]):
         run.parent = self.parent_ref
         problems = check_outside(run, source="editor")
         if problems:
-            self._show_problems([f"✗ {_escape(p)}" for p in problems])
+            self._show_problems([f"✗ {escape(p)}" for p in problems])
             self.notify("\n".join(problems), title="cannot launch", severity="error", timeout=10)
             return
         self.app.launch_config(run, self.saved_path or self.source_path, replace=self)  # type: ignore[attr-defined]
@@ -382,10 +383,6 @@ class KnobEditor(Screen[None]):
 
     def action_back(self) -> None:
         self.dismiss(None)
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
 
 
 def editor_for_config(path: Path, runs_root: Path) -> KnobEditor:

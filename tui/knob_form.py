@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig
+from trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value
+from tui.runs import sci
 
 Kind = Literal["int", "float", "choice", "bool"]
 
@@ -89,15 +90,8 @@ def get_path(tree: dict[str, Any], path: str) -> Any:
     node: Any = tree
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _default(path)
+            return field_value(RunConfig(), path)
         node = node[part]
-    return node
-
-
-def _default(path: str) -> Any:
-    node: Any = RunConfig()
-    for part in path.split("."):
-        node = getattr(node, part)
     return node
 
 
@@ -126,10 +120,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         if value == int(value) and abs(value) < 1e6:
             return str(int(value))
-        if abs(value) < 1e-2:
-            mantissa, exponent = f"{value:.6e}".split("e")
-            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        return f"{value:g}"
+        return sci(value) if abs(value) < 1e-2 else f"{value:g}"
     return str(value)
 
 
@@ -190,13 +181,18 @@ def batch_text(config: RunConfig, dataset_rows: int | None = None) -> str:
 _STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
 
 
-def new_run_dir(runs_root: Path, base_name: str, now: _dt.datetime | None = None) -> Path:
+def base_name(name: str) -> str:
+    """A run's or config's name without loratop's ``-<YYYYmmdd-HHMMSS>`` stamp."""
+    return _STAMP.sub("", name) or "run"
+
+
+def new_run_dir(runs_root: Path, name: str, now: _dt.datetime | None = None) -> Path:
     """``<runs_root>/<base>-<YYYYmmdd-HHMMSS>``, a folder that does not exist yet.
 
-    ``base_name`` may be a sample's stem or a parent run's folder name; a parent's own
+    ``name`` may be a sample's stem or a parent run's folder name; a parent's own
     time stamp is dropped, so a chain of reruns stays ``demo-<time>``, not ``demo-<t1>-<t2>``.
     """
-    base = _STAMP.sub("", base_name) or "run"
+    base = base_name(name)
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     candidate = runs_root / f"{base}-{stamp}"
     n = 2

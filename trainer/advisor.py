@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from trainer.config import RunConfig
-from trainer.data_files import DataProblem, inspect_data
+from trainer.data_files import usable_rows
 from trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
 
 RULES = (
@@ -322,13 +322,7 @@ def gather_facts(config: RunConfig) -> Facts:
 
     Never raises for a user's mistake: what cannot be found is ``None``.
     """
-    rows: int | None
-    try:
-        rows = inspect_data(config.data.path, config.data.format).rows
-    except DataProblem:
-        rows = None
-    if rows is not None and config.data.max_rows is not None:
-        rows = min(rows, config.data.max_rows)
+    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows)
 
     gpu_total, gpu_name = visible_gpu_total()
     peak: int | None = None

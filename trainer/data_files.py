@@ -173,3 +173,18 @@ def load_rows(file: Path) -> list[dict[str, Any]]:
     """Every row of a local data file (the trainer's loader for local files)."""
     rows, _ = _read_rows(file, None)
     return rows
+
+
+def usable_rows(path: str, fmt: str = "auto", max_rows: int | None = None) -> int | None:
+    """The rows a run would train on (capped by ``data.max_rows``), or ``None`` when unknown.
+
+    ``None`` for a hub dataset (not fetched here) or a data file with a problem; the
+    config check reports the problem, callers that only want the count need not.
+    """
+    try:
+        rows = inspect_data(path, fmt).rows
+    except DataProblem:
+        return None
+    if rows is not None and max_rows is not None and max_rows > 0:
+        rows = min(rows, max_rows)
+    return rows

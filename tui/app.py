@@ -31,7 +31,7 @@ from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
 from tui.runs import DEFAULT_ROOT, SORT_KEYS, knob_label, list_runs, parent_label, sort_runs
 from widgets import LossChart, MemoryPanel
-from widgets.downsample import RunningEma
+from widgets.downsample import RunningEma, smoothing_alpha
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig
@@ -41,17 +41,6 @@ EXPORT_DIR = Path("loratop-exports")
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
 REFRESH_HZ = 4
-
-
-def smoothing_alpha(n_steps: int) -> float:
-    """EMA weight for the smoothed loss: a window of ~2% of the run (at least 3 steps).
-
-    A fixed weight lags a short run by many steps and barely smooths a long one.
-    ``n_steps`` is the run's planned length, so the weight is fixed for the whole run
-    and the smoothed line is extended incrementally rather than recomputed.
-    """
-    window = max(3, n_steps // 50)
-    return 2 / (window + 1)
 
 
 # How a dashboard session ended, returned by App.run().

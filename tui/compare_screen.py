@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Static
 from tui import compare
 from widgets import CompareChart, Series
 from widgets.compare_chart import PALETTE
-from widgets.downsample import ema
+from widgets.downsample import ema, smoothing_alpha
 
 X_AXES = ("steps", "tokens")
 
@@ -78,7 +78,7 @@ class CompareScreen(Screen[None]):
             )
             ys = list(state.loss)
             if self.smoothed and ys:
-                ys = ema(ys, _alpha(len(ys)))
+                ys = ema(ys, smoothing_alpha(len(ys)))  # as the monitor smooths
             at = {step: index for index, step in enumerate(state.steps)}
             spikes = []
             for spike in state.spikes:
@@ -127,8 +127,3 @@ class CompareScreen(Screen[None]):
             self.dismiss(None)
         else:
             self.app.exit()
-
-
-def _alpha(n: int) -> float:
-    window = max(3, n // 50)
-    return 2 / (window + 1)

@@ -25,6 +25,7 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Stat
 
 from trainer.advisor import Advice, Facts, advise
 from trainer.config import ALL_PROJECTIONS, ConfigError, RunConfig, check_outside, dump_config, read_yaml, validate_tree
+from trainer.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
 from trainer.run_dir import CONFIG, read_status, trainer_alive
 from tui import knob_form as form
 from tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
@@ -88,7 +89,8 @@ class KnobEditor(Screen[None]):
         self.advice: list[Advice] = []
         self.dataset_rows: int | None = None
         self._facts_note = "reading the model's shape and the dataset…"
-        self._shape: Any = None
+        self._shape: ModelShape | None = None
+        self._estimate: Estimate | None = None
         self._gpu: tuple[int | None, str] = (None, "")
         self._extra_targets = [t for t in form.get_path(tree, TARGETS) if t not in ALL_PROJECTIONS]
 
@@ -156,18 +158,15 @@ class KnobEditor(Screen[None]):
     @work(thread=True, exclusive=True, group="editor-facts", exit_on_error=False)
     def load_facts(self) -> None:
         """Dataset rows, the model's shape and the GPU: for the effective values and the advice."""
-        from trainer.data_files import DataProblem, inspect_data
+        from trainer.data_files import usable_rows
         from trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
 
-        data_path = form.get_path(self.base_tree, "data.path")
-        data_format = form.get_path(self.base_tree, "data.format")
-        try:
-            rows = inspect_data(str(data_path), str(data_format)).rows
-        except DataProblem:
-            rows = None
         max_rows = form.get_path(self.base_tree, "data.max_rows")
-        if rows is not None and isinstance(max_rows, int) and max_rows > 0:
-            rows = min(rows, max_rows)
+        rows = usable_rows(
+            str(form.get_path(self.base_tree, "data.path")),
+            str(form.get_path(self.base_tree, "data.format")),
+            max_rows if isinstance(max_rows, int) else None,
+        )
         note = ""
         try:
             shape = load_model_shape(str(form.get_path(self.base_tree, "model.name_or_path")))
@@ -176,7 +175,7 @@ class KnobEditor(Screen[None]):
         gpu = visible_gpu_total()
         self.app.call_from_thread(self._facts_loaded, rows, shape, note, gpu)
 
-    def _facts_loaded(self, rows: int | None, shape: Any, note: str, gpu: tuple[int | None, str]) -> None:
+    def _facts_loaded(self, rows: int | None, shape: ModelShape | None, note: str, gpu: tuple[int | None, str]) -> None:
         self.dataset_rows, self._shape, self._facts_note, self._gpu = rows, shape, note, gpu
         self.revalidate()
 
@@ -233,6 +232,7 @@ class KnobEditor(Screen[None]):
             errors.setdefault(path, text)
         self.errors = errors
         self.config = config if not errors else None
+        self._estimate = self._estimate_for(self.config)
         self.advice = advise(self.config, self._facts()) if self.config is not None else []
         advice_at: dict[str, list[str]] = {}
         for item in self.advice:
@@ -261,17 +261,16 @@ class KnobEditor(Screen[None]):
         box.update("\n".join(lines))
         box.display = bool(lines)
 
-    def _facts(self) -> Facts:
-        peak, total = self._peak(), self._gpu[0]
-        return Facts(dataset_rows=self.dataset_rows, peak_bytes=peak if total else None, gpu_total_bytes=total)
-
-    def _peak(self) -> int | None:
-        if self.config is None or self._shape is None:
+    def _estimate_for(self, config: RunConfig | None) -> Estimate | None:
+        """The pre-flight estimate of the form's config, once the model's shape is known."""
+        if config is None or self._shape is None:
             return None
-        from trainer.estimate import estimate
+        return estimate(self._shape, config, self._gpu[0], self._gpu[1] or NO_GPU)
 
-        est = estimate(self._shape, self.config, self._gpu[0], self._gpu[1] or "no NVIDIA GPU")
-        return est.row(est.selected).total
+    def _facts(self) -> Facts:
+        total = self._gpu[0]
+        peak = self._estimate.row(self._estimate.selected).total if self._estimate and total else None
+        return Facts(dataset_rows=self.dataset_rows, peak_bytes=peak, gpu_total_bytes=total)
 
     def _effective_text(self) -> str:
         config = self.config
@@ -279,19 +278,16 @@ class KnobEditor(Screen[None]):
             count = len(self.errors)
             return f"[b]{count} problem{'s' if count != 1 else ''}[/b] marked ✗: fix them to save or launch"
         lines = [f"{form.scale_text(config)} · {form.batch_text(config, self.dataset_rows)}"]
-        if self._shape is None:
+        est = self._estimate
+        if est is None:
             lines.append(f"trainable params, pre-flight estimate: {self._facts_note}")
         else:
-            from trainer.estimate import adapter_param_count, count_parameters, estimate, fit_label, fmt_size
-
-            shape = self._shape
-            trainable = adapter_param_count(shape, config.lora.target_modules, config.lora.r)
-            total = count_parameters(shape).total + trainable
+            trainable = adapter_param_count(est.shape, config.lora.target_modules, config.lora.r)
+            total = est.params.total + trainable
             lines.append(
                 f"trainable {trainable:,} adapter params ({trainable / total:.2%} of {total:,}), "
-                f"{len(config.lora.target_modules)} modules × {shape.num_hidden_layers} layers"
+                f"{len(config.lora.target_modules)} modules × {est.shape.num_hidden_layers} layers"
             )
-            est = estimate(shape, config, self._gpu[0], self._gpu[1] or "no NVIDIA GPU")
             row = est.row(est.selected)
             fit = fit_label(row, est.gpu_name)
             fit = f"n/a ({fit})" if row.fits is None else fit

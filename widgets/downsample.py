@@ -88,6 +88,17 @@ def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[
     return out_x, out_y
 
 
+def smoothing_alpha(n_steps: int) -> float:
+    """EMA weight for a smoothed loss: a window of ~2% of the run (at least 3 steps).
+
+    A fixed weight lags a short run by many steps and barely smooths a long one.
+    ``n_steps`` is the run's planned length, so the weight is fixed for the whole run
+    and a live smoothed line is extended incrementally rather than recomputed.
+    """
+    window = max(3, n_steps // 50)
+    return 2 / (window + 1)
+
+
 def ema(values: Sequence[float], alpha: float) -> list[float]:
     """Exponential moving average that steps over NaN and inf.
 

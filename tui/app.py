@@ -29,7 +29,7 @@ from tui.compare_screen import CompareScreen
 from tui.event_stream import FileFollower, PipeStream
 from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
-from tui.runs import DEFAULT_ROOT, SORT_KEYS, knob_label, list_runs, parent_label, sort_runs
+from tui.runs import DEFAULT_ROOT, SORT_KEYS, list_runs, sort_runs
 from widgets import LossChart, MemoryPanel
 from widgets.downsample import RunningEma, smoothing_alpha
 
@@ -388,19 +388,15 @@ class HomeScreen(Screen[None]):
         Binding("q", "app.quit", "quit"),
     ]
 
-    COLUMNS = (
-        ("run", "name"),
-        ("status", "status"),
-        ("knobs", None),
-        ("step", None),
-        ("final loss", "loss"),
-        ("peak VRAM", "vram"),
-        ("spikes", "spikes"),
-        ("spills", None),
-        ("time", "duration"),
-        ("parent", None),
-    )
-    """Column titles and the sort key a click on each title applies (``None``: not sortable)."""
+    SORT_BY_COLUMN = {
+        "run": "name",
+        "status": "status",
+        "final loss": "loss",
+        "peak VRAM": "vram",
+        "spikes": "spikes",
+        "time": "duration",
+    }
+    """The sort a click on a column's title applies (the other columns do not sort)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -408,6 +404,8 @@ class HomeScreen(Screen[None]):
         self.sort_key = "started"
         self.marked: list[Path] = []
         """Runs marked for comparison (space), in the order they were marked."""
+        self._parents: dict[Path, str | None] = {}
+        """Each listed run's recorded parent, from the last reload."""
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
@@ -417,7 +415,7 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for title, _ in self.COLUMNS:
+        for title in panels.HISTORY_COLUMNS:
             table.add_column(title, key=title)
         self.action_reload()
 
@@ -429,18 +427,11 @@ class HomeScreen(Screen[None]):
         cursor = table.cursor_row
         table.clear()
         runs = sort_runs(list_runs(self.root), self.sort_key)
+        self._parents = {run.run_dir: run.parent for run in runs}
         for run in runs:
-            steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            vram = panels.fmt_bytes(run.peak_vram) if run.peak_vram is not None else None
-            vram = vram or ("n/a (CPU)" if run.device == "cpu" else "–")
+            name, *cells = panels.history_row(run)
             mark = "● " if run.run_dir in self.marked else ""
-            # Nothing is paged on a CPU, so "0 spills" there would claim a measurement that never ran.
-            spills = "n/a (CPU)" if run.device == "cpu" and not run.spills else str(run.spills)
-            table.add_row(
-                mark + run.name, run.status, knob_label(run.config), steps, panels.fmt_loss(run.last_loss), vram,
-                str(run.spikes), spills, panels.fmt_duration(run.duration) if run.duration else "–",
-                parent_label(run.run_dir, run.parent), key=str(run.run_dir),
-            )  # fmt: skip
+            table.add_row(mark + name, *cells, key=str(run.run_dir))
         if runs:
             table.move_cursor(row=min(cursor, len(runs) - 1))
         hint = self.query_one("#home-hint", Static)
@@ -473,7 +464,7 @@ class HomeScreen(Screen[None]):
 
     @on(DataTable.HeaderSelected)
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
-        key = dict(self.COLUMNS).get(str(event.column_key.value))
+        key = self.SORT_BY_COLUMN.get(str(event.column_key.value))
         if key:
             self.sort_key = key
             self.action_reload()
@@ -497,14 +488,14 @@ class HomeScreen(Screen[None]):
 
     def action_compare(self) -> None:
         """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
-        from tui.runs import resolve_parent, summarise_run
+        from tui.runs import resolve_parent
 
         runs = list(self.marked)
         current = self.selected()
         if len(runs) == 1 and current is not None and current != runs[0]:
             runs.append(current)
         elif len(runs) < 2:
-            parent = resolve_parent(current, summarise_run(current).parent) if current else None
+            parent = resolve_parent(current, self._parents.get(current)) if current else None
             if current is None or parent is None:
                 self.notify("mark two or more runs with space first (this run has no parent run)", severity="warning")
                 return

@@ -297,34 +297,18 @@ def _middle_cut(text: str, width: int) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the run history: knobs, outcome and parent of each run."""
-    from tui.panels import fmt_bytes, fmt_duration, fmt_loss
-    from tui.runs import knob_label, parent_label, sort_runs
+    from tui.panels import HISTORY_COLUMNS, history_row
+    from tui.runs import sort_runs
 
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
     if not runs:
         print(f"no runs under {args.runs_dir}/ (start one with: loratop demo)")
         return 0
-    header = ("RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT")
+    header = tuple(title.upper() for title in HISTORY_COLUMNS)
     rows = [header]
     for run in runs:
-        on_cpu = run.device == "cpu"
-        vram = fmt_bytes(run.peak_vram) if run.peak_vram is not None else ("n/a (CPU)" if on_cpu else "–")
-        spills = "n/a" if on_cpu and not run.spills else str(run.spills)  # nothing is paged on CPU
-        step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-        rows.append(
-            (
-                _middle_cut(run.name, NAME_WIDTH),
-                run.status,
-                knob_label(run.config),
-                step,
-                fmt_loss(run.last_loss),
-                vram,
-                str(run.spikes),
-                spills,
-                fmt_duration(run.duration),
-                _middle_cut(parent_label(run.run_dir, run.parent), NAME_WIDTH),
-            )
-        )
+        name, *cells, parent = history_row(run, spills_cpu_text="n/a")  # a narrow column
+        rows.append((_middle_cut(name, NAME_WIDTH), *cells, _middle_cut(parent, NAME_WIDTH)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

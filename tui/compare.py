@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tui.panels import fmt_bytes, fmt_duration, fmt_loss
+from tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
 from tui.run_state import RunState
 from tui.runs import RunSummary, read_run, sci
 
@@ -183,26 +183,10 @@ def change_label(base: dict[str, Any], other: dict[str, Any]) -> str:
 # -- outcomes -------------------------------------------------------------------
 
 
-def _on_cpu(run: ComparedRun) -> bool:
-    return run.summary.device == "cpu"
-
-
-def _vram(run: ComparedRun) -> str:
-    if run.summary.peak_vram is not None:
-        return fmt_bytes(run.summary.peak_vram)
-    return "n/a (CPU)" if _on_cpu(run) else NO_VALUE
-
-
 def _spills(run: ComparedRun) -> str:
-    # Nothing is paged on CPU, so "0 spills" there would claim a measurement that never ran.
-    if not run.summary.spills and _on_cpu(run):
-        return "n/a (CPU)"
-    return str(run.summary.spills) if run.state.started is not None else NO_VALUE
-
-
-def _steps(run: ComparedRun) -> str:
-    s = run.summary
-    return f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step)
+    if run.state.started is None and run.summary.device != "cpu":
+        return NO_VALUE
+    return spills_label(run.summary.spills, run.summary.device)
 
 
 def _rate(value: float | None) -> str:
@@ -219,11 +203,11 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     return [
         ("final loss", [fmt_loss(r.summary.last_loss) for r in runs]),
         ("min loss", [fmt_loss(r.summary.min_loss) for r in runs]),
-        ("peak VRAM", [_vram(r) for r in runs]),
+        ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
         ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),
         ("spikes", [str(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
         ("spills", [_spills(r) for r in runs]),
-        ("steps", [_steps(r) for r in runs]),
+        ("steps", [steps_label(r.summary.step, r.summary.max_steps) for r in runs]),
         ("duration", [fmt_duration(r.summary.duration) for r in runs]),
         ("status", [r.summary.status for r in runs]),
     ]

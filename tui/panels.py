@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from tui.run_state import LOST, RunState
+
+if TYPE_CHECKING:
+    from tui.runs import RunSummary
 
 GIB = 1024**3
 
@@ -202,3 +206,44 @@ def status_line(state: RunState) -> str:
     if state.messages and (state.started is None or state.messages[-1].startswith(("warning", "error", "SIG"))):
         parts.append(state.messages[-1])  # loading phases; later only what needs attention
     return " · ".join(parts)
+
+
+# -- run history (loratop ls, the home screen, compare) ----------------------------------------
+
+HISTORY_COLUMNS = ("run", "status", "knobs", "step", "final loss", "peak VRAM", "spikes", "spills", "time", "parent")
+"""The run history's columns, as the home screen titles them (``loratop ls`` in capitals)."""
+
+
+def steps_label(step: int, max_steps: int | None) -> str:
+    """``120/300``, or just the step when the run's length is unknown."""
+    return f"{step}/{max_steps}" if max_steps else str(step)
+
+
+def peak_vram_label(peak: int | None, device: str | None) -> str:
+    """Peak VRAM; ``n/a (CPU)`` for a CPU run; ``–`` when nothing was measured."""
+    if peak is not None:
+        return fmt_bytes(peak)
+    return "n/a (CPU)" if device == "cpu" else "–"
+
+
+def spills_label(spills: int, device: str | None, cpu_text: str = "n/a (CPU)") -> str:
+    """The spill count; on a CPU nothing is paged, so "0" would claim a measurement that never ran."""
+    return cpu_text if device == "cpu" and not spills else str(spills)
+
+
+def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[str, ...]:
+    """One run's cells under :data:`HISTORY_COLUMNS`."""
+    from tui.runs import knob_label, parent_label
+
+    return (
+        run.name,
+        run.status,
+        knob_label(run.config),
+        steps_label(run.step, run.max_steps),
+        fmt_loss(run.last_loss),
+        peak_vram_label(run.peak_vram, run.device),
+        str(run.spikes),
+        spills_label(run.spills, run.device, spills_cpu_text),
+        fmt_duration(run.duration),
+        parent_label(run.run_dir, run.parent),
+    )

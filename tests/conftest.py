@@ -15,6 +15,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
+RECORDED_RUNS = REPO / "tests" / "data" / "runs"
+"""Three short real runs of the tiny model: tiny-r8, tiny-r16 (its child: r 8 → 16, α 16 → 32,
+lr 2e-3 → 1e-3) and tiny-lr-high (lr 3e-2, two spikes). Read them; copy before writing."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,6 +33,16 @@ def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("LORATOP_CACHE", None)
     else:
         os.environ["LORATOP_CACHE"] = previous
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """The recorded runs, copied into a runs folder of their own (tests never write into tests/data)."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(RECORDED_RUNS, root)
+    return root
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

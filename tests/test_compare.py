@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 from trainer import events as ev
 from tui import cli
@@ -23,16 +23,6 @@ from tui.compare import (
 )
 from tui.panels import fmt_bytes, fmt_duration, fmt_loss
 from tui.runs import read_config
-
-RUNS = Path(__file__).parent / "data" / "runs"
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Path:
-    """The three fixture runs, copied (tests never write into tests/data)."""
-    root = tmp_path / "runs"
-    shutil.copytree(RUNS, root)
-    return root
 
 
 def _config(name: str) -> dict[str, Any]:

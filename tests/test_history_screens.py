@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from textual.widgets import DataTable, Static
 
 from tests.conftest import of_type, read_events
@@ -21,15 +19,6 @@ from trainer import events as ev
 from tui.app import LoratopApp, MonitorScreen
 from tui.compare_screen import CompareScreen
 from widgets import CompareChart
-
-RUNS = Path(__file__).parent / "data" / "runs"
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(RUNS, root)
-    return root
 
 
 def _column(table: DataTable[Any], title: str) -> list[str]:

@@ -18,14 +18,12 @@ import yaml
 from textual.widgets import Button, Checkbox, Input, Static
 
 from tests.conftest import DEMO_CONFIG, of_type, read_events, wait_for_exit
+from tests.conftest import RECORDED_RUNS as RUNS
 from trainer import events as ev
 from trainer.config import load_config
 from tui import knob_form as form
 from tui.app import LoratopApp, MonitorScreen
 from tui.knob_editor import KnobEditor
-
-RUNS = Path(__file__).parent / "data" / "runs"
-
 
 # -- the pure model ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import RECORDED_RUNS as FIXTURE_RUNS
 from tests.conftest import loratop, of_type
 from tests.conftest import read_events as read_fixture_events
 from tui import cli
@@ -27,7 +28,6 @@ from tui.runs import (
 )
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
-FIXTURE_RUNS = Path(__file__).parent / "data" / "runs"
 
 
 def _make_runs(root: Path) -> None:
@@ -97,14 +97,6 @@ def test_trainer_alive_from_status() -> None:
 
 
 # -- run history: ls columns, knobs, parents, sorting --------------------------
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Path:
-    """The three fixture runs, copied (tests never write into tests/data)."""
-    root = tmp_path / "runs"
-    shutil.copytree(FIXTURE_RUNS, root)
-    return root
 
 
 def _ls(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, str]]:

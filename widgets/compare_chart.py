@@ -17,15 +17,12 @@ from textual.widgets import Static
 from textual_plot import PlotWidget
 
 from widgets.downsample import downsample
-from widgets.loss_chart import _add_line, _finite_points, _log10_points, _set_limits
+from widgets.loss_chart import _add_line, _finite_points, _log10_points, _plot_cells, _set_limits, _StaticPlot
 
 __all__ = ["PALETTE", "CompareChart", "Series"]
 
 PALETTE = ("bright_cyan", "bright_magenta", "bright_yellow", "bright_green", "bright_red", "bright_blue")
 """Run colours, in legend order (A, B, C, ...)."""
-
-_FALLBACK_BUCKETS = 200
-_MIN_BUCKETS = 10
 
 
 @dataclass
@@ -38,10 +35,6 @@ class Series:
     style: str
     spikes: Sequence[tuple[float, float]] = field(default_factory=tuple)
     """``(x, y)`` of each flagged spike, drawn as an ``x`` in the run's colour."""
-
-
-class _StaticPlot(PlotWidget, can_focus=False):
-    """A PlotWidget that never takes focus, so the screen keeps its keys."""
 
 
 class CompareChart(Widget):
@@ -92,16 +85,10 @@ class CompareChart(Widget):
         self._series, self._x_label, self._y_label = series, x_label, y_label
         self._redraw()
 
-    def _buckets(self) -> int:
-        width = self.content_size.width
-        if width <= 0:
-            return _FALLBACK_BUCKETS
-        return max(_MIN_BUCKETS, width - self.query_one(PlotWidget).margin_left - 2)
-
     def _redraw(self) -> None:
         if not self.is_mounted:
             return
-        buckets = self._buckets()
+        buckets = _plot_cells(self)
         lines: list[tuple[list[float], list[float], str]] = []
         marks: list[tuple[list[float], list[float], str]] = []
         for s in self._series:

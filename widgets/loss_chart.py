@@ -144,13 +144,7 @@ class LossChart(Widget):
         self._redraw()
 
     def _buckets(self) -> int:
-        """Cells across the plot's data area: the x resolution each line is reduced to."""
-        width = self.content_size.width
-        if width <= 0:
-            return _FALLBACK_BUCKETS
-        plot = self.query_one(PlotWidget)
-        # The plot area is the widget minus the y-tick margin and the two box-drawing borders.
-        return max(_MIN_BUCKETS, width - plot.margin_left - 2)
+        return _plot_cells(self)
 
     def _data_key(self, buckets: int) -> tuple[object, ...]:
         """A cheap fingerprint of what would be drawn: lengths and last values, not the data."""
@@ -220,6 +214,16 @@ class LossChart(Widget):
         if spike_x:
             # hires_mode=None draws the marker character itself, one per cell, over the lines.
             plot.scatter(spike_x, spike_y, marker=self.SPIKE_MARKER, marker_style=self.SPIKE_STYLE, hires_mode=None)
+
+
+def _plot_cells(chart: Widget) -> int:
+    """Cells across a chart's plot area: the x resolution each line is reduced to."""
+    width = chart.content_size.width
+    if width <= 0:
+        return _FALLBACK_BUCKETS  # before the first layout; a resize redraws at the real width
+    plot = chart.query_one(PlotWidget)
+    # The plot area is the widget minus the y-tick margin and the two box-drawing borders.
+    return max(_MIN_BUCKETS, width - plot.margin_left - 2)
 
 
 def _set_limits(plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int) -> None:

@@ -46,7 +46,7 @@ OOM = "oom"
 FINISH_STATUSES: frozenset[str] = frozenset({COMPLETED, STOPPED, FAILED, OOM})
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Make a value JSON-safe without losing what it means.
 
     NaN and infinities are not valid JSON; they are written as the strings
@@ -60,9 +60,9 @@ def _jsonable(value: Any) -> Any:
             return "Infinity" if value > 0 else "-Infinity"
         return value
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -95,7 +95,7 @@ def encode(seq: int, type_: str, fields: dict[str, Any], t: float | None = None)
         "t": time.time() if t is None else t,
         "type": type_,
     }
-    obj.update(_jsonable(fields))
+    obj.update(jsonable(fields))
     return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 

@@ -121,17 +121,6 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
     return rows
 
 
-def _protocol_json(value: Any) -> Any:
-    """Non-finite floats spelled as the protocol writes them (``"NaN"``, ``"Infinity"``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _protocol_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_protocol_json(v) for v in value]
-    return value
-
-
 def export_events_jsonl(run_dir: Path, out: Path) -> int:
     """Write the run's valid events, de-duplicated by ``seq``, in ``seq`` order.
 
@@ -147,7 +136,7 @@ def export_events_jsonl(run_dir: Path, out: Path) -> int:
     events = load_events(run_dir)
     with open(out, "w") as fh:
         for event in events:
-            fh.write(json.dumps(_protocol_json(event), separators=(",", ":"), allow_nan=False) + "\n")
+            fh.write(json.dumps(ev.jsonable(event), separators=(",", ":"), allow_nan=False) + "\n")
     return len(events)
 
 

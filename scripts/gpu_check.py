@@ -1,46 +1,247 @@
-"""Check loratop's memory truth on a real NVIDIA GPU (and its CPU-safe parts anywhere).
+"""Check loratop's GPU truth on a real NVIDIA GPU (and its CPU-safe parts anywhere).
 
-    python scripts/gpu_check.py [--steps 40] [--ballast-at 15] [--out DIR]
+    python scripts/gpu_check.py [--steps 40] [--ballast-at 15] [--oom-at 35]
+                                [--pairs 3] [--pair-steps 30] [--layers 22] [--out DIR]
 
-On a GPU it runs a short QLoRA on a random-init Llama big enough that some optimizer
-state is paged (r=64 LoRA matrices on a 2048-wide model: 131,072 elements ≥ 1e5),
-then, mid-run, fills the GPU with a ballast tensor so the paged state must be evicted,
-and prints: NVML vs torch figures, paged bytes, spill events and bytes by method, and
-the OOM-risk levels, all read back from the run's events.jsonl.
+On a GPU, three parts, each read back from the runs' own ``events.jsonl``:
+
+1. **throughput**: the same QLoRA run (a ~1B random-init Llama, r=64 on all seven
+   projections) with loratop's callbacks and memory sampler, and as a plain SFTTrainer run
+   with neither, interleaved ``--pairs`` times; tokens/s after a warm-up. Target ≥ 0.99×.
+2. **memory truth**: one run with everything on; after step ``--ballast-at`` a ballast
+   fills the GPU so the paged optimizer state must be evicted; after ``--oom-at`` (0: never)
+   the ballast takes the rest, so the next step runs out of memory. It shows NVML used next
+   to torch reserved/allocated and the paged bytes, the spill events and their method, the
+   OOM-risk levels, and the OOM post-mortem.
+3. **verdict**: one ``CHECK name: PASS|FAIL|n/a — why`` line per criterion of issue 10;
+   the exit code is 1 if any check failed.
 
 Without a GPU it runs the same pipeline on the embedded tiny model for a few steps and
-prints the honest CPU states ("no NVIDIA GPU", spills n/a, OOM risk n/a).
-Record what it prints on a GPU box in docs/gpu-check.md.
+prints the honest CPU states ("no NVIDIA GPU", spills n/a, OOM risk n/a); the GPU checks
+say ``n/a``. ``scripts/gpu_check.sh`` wraps this for an offline machine (docs/gpu-check.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
+import statistics
 import sys
 import tempfile
+import time
+import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from trainer import events as ev  # noqa: E402
-from trainer.config import load_config, parse_overrides  # noqa: E402
-from trainer.event_sink import EventSink  # noqa: E402
-from trainer.memory_sampler import NvmlReader  # noqa: E402
 
 GIB = 1024**3
+MIB = 1024**2
+PASS, FAIL, NA = "PASS", "FAIL", "n/a"
+THROUGHPUT_TARGET = 0.99
+"""loratop's tokens/s over a bare SFTTrainer's, median of the interleaved runs (issue 10)."""
+WARMUP_STEPS = 5
+"""Steps left out of a throughput figure: the first ones compile kernels and fill caches."""
+CHUNK = 256 * MIB
+
+
+# -- verdicts: pure functions of a run's events (tests/test_gpu_check.py runs them on CPU) --
+
+
+@dataclass
+class Check:
+    """One line of the verdict."""
+
+    name: str
+    result: str
+    why: str
+
+    def line(self) -> str:
+        return f"CHECK {self.name}: {self.result} — {self.why}"
+
+
+def _gib(n: float | None) -> str:
+    return "?" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def _of(events: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == kind]
+
+
+def check_nvml_vs_torch(events: list[dict[str, Any]], ballast_step: int | None = None) -> Check:
+    """NVML used ≥ torch reserved in every GPU sample, and what the difference is made of
+    (explained on the last sample before the ballast arrived: steady training)."""
+    samples = [(m, g) for m in _of(events, ev.MEMORY) for g in m.get("gpus") or [] if g.get("torch")]
+    if not samples:
+        states = {str(m.get("gpu_state")) for m in _of(events, ev.MEMORY)}
+        if states and states <= {"no_nvidia_gpu"}:
+            return Check("nvml-vs-torch", NA, "no NVIDIA GPU: memory samples carry host RSS only")
+        return Check("nvml-vs-torch", FAIL, f"no GPU sample with torch figures (gpu_state {sorted(states)})")
+    bad = [(m, g) for m, g in samples if g["used"] < g["torch"]["reserved"]]
+    if bad:
+        m, g = bad[0]
+        return Check(
+            "nvml-vs-torch",
+            FAIL,
+            f"{len(bad)}/{len(samples)} samples have NVML used < torch reserved (first: seq {m.get('seq')},"
+            f" {_gib(g['used'])} < {_gib(g['torch']['reserved'])})",
+        )
+    before = next((e["seq"] for e in _of(events, ev.STEP) if ballast_step and e.get("step") == ballast_step + 1), None)
+    steady = [g for m, g in samples if before is None or m["seq"] < before]
+    gpu = (steady or [samples[-1][1]])[-1]
+    paged = next(iter(_of(events, ev.PAGED_STATE)), {})
+    paged_bytes = int(paged.get("paged_bytes") or 0)
+    reserved = gpu["torch"]["reserved"]
+    rest = gpu["used"] - reserved
+    why = (
+        f"{len(samples)} samples; steady: NVML used {_gib(gpu['used'])} ≥ torch reserved {_gib(reserved)}"
+        f" (allocated {_gib(gpu['torch'].get('allocated'))}); NVML − reserved = {_gib(rest)}: paged state"
+        f" ≤ {_gib(paged_bytes)}, so ≥ {_gib(rest - paged_bytes)} is the CUDA context and other processes"
+    )
+    if "process_used" in gpu:
+        why += f"; NVML counts {_gib(gpu['process_used'])} for this process"
+    return Check("nvml-vs-torch", PASS, why)
+
+
+def check_spills(events: list[dict[str, Any]]) -> Check:
+    """Spill events > 0, counted by the exact (CUPTI) method."""
+    paged = next(iter(_of(events, ev.PAGED_STATE)), None)
+    if paged is None:
+        return Check("spills-exact", FAIL, "no paged_state event: the first step never ended")
+    method = paged.get("spill_method")
+    if method == "n/a":
+        return Check("spills-exact", NA, f"{paged.get('spill_reason')}")
+    spills = _of(events, ev.SPILL)
+    total = sum(int(s.get("bytes") or 0) for s in spills)
+    if method != "exact":
+        return Check("spills-exact", FAIL, f"spills counted by method {method!r}: {paged.get('spill_reason')}")
+    if not spills:
+        return Check("spills-exact", FAIL, f"method exact, but no spill event ({_gib(paged.get('paged_bytes'))} paged)")
+    return Check("spills-exact", PASS, f"{len(spills)} spill events, {_gib(total)} evicted, method exact (CUPTI)")
+
+
+def check_risk_before_oom(events: list[dict[str, Any]], ballast_step: int | None) -> Check:
+    """The OOM-risk level rose (to watch or danger) after the ballast, before any OOM."""
+    risks = _of(events, ev.OOM_RISK)
+    if risks and all(r.get("level") == "n/a" for r in risks):
+        return Check("oom-risk-rises", NA, str(risks[0].get("reason")))
+    finished = next(iter(_of(events, ev.RUN_FINISHED)), {})
+    oom_seq = finished.get("seq") if finished.get("status") == ev.OOM else None
+    raised = [
+        r
+        for r in risks
+        if r.get("level") in ("watch", "danger")
+        and (ballast_step is None or (r.get("step") or 0) >= ballast_step)
+        and (oom_seq is None or r["seq"] < oom_seq)
+    ]
+    levels = " → ".join(f"{r.get('level')}@{r.get('step', '-')}" for r in risks) or "none"
+    if not raised:
+        return Check(
+            "oom-risk-rises",
+            FAIL,
+            f"levels {levels}; none rose after the ballast" + (" before the OOM" if oom_seq else ""),
+        )
+    first = raised[0]
+    return Check(
+        "oom-risk-rises",
+        PASS,
+        f"levels {levels}; {first.get('level')} at step {first.get('step')}"
+        f" (predicted {_gib(first.get('predicted_peak'))} of {_gib(first.get('available'))})"
+        + (", before the OOM" if oom_seq else ""),
+    )
+
+
+def check_post_mortem(events: list[dict[str, Any]], skipped: int, forced: bool) -> Check:
+    """A forced OOM ends as status ``oom`` with its post-mortem, and every line is intact."""
+    finished = _of(events, ev.RUN_FINISHED)
+    seqs = [e["seq"] for e in events]
+    gaps = [b for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1]
+    intact = f"{len(events)} events, {skipped} garbled, {len(gaps)} seq gaps"
+    if not forced:
+        return Check("oom-post-mortem", NA, f"no OOM forced; {intact}")
+    if len(finished) != 1:
+        return Check("oom-post-mortem", FAIL, f"{len(finished)} run_finished events; {intact}")
+    end = finished[0]
+    error = end.get("error") or {}
+    missing = [k for k in ("step", "batch_tokens", "last_memory", "suggestions") if k not in error]
+    if end.get("status") != ev.OOM or missing or skipped or gaps:
+        return Check(
+            "oom-post-mortem",
+            FAIL,
+            f"status {end.get('status')!r}, post-mortem fields missing {missing}; {intact}: {error.get('message', '')}",
+        )
+    return Check(
+        "oom-post-mortem",
+        PASS,
+        f"status oom at step {error['step']} (batch {error['batch_tokens']} tokens), {len(error['suggestions'])}"
+        f" suggestions; {intact}",
+    )
+
+
+@dataclass
+class Throughput:
+    """Tokens per second of one timed run."""
+
+    arm: str
+    """``loratop`` (callbacks and sampler on) or ``bare`` (a plain SFTTrainer run)."""
+    tokens_per_s: float
+    steps: int
+
+
+@dataclass
+class ThroughputVerdict:
+    runs: list[Throughput] = field(default_factory=list)
+
+    def median(self, arm: str) -> float | None:
+        values = [r.tokens_per_s for r in self.runs if r.arm == arm]
+        return statistics.median(values) if values else None
+
+    def check(self, on_gpu: bool, pairs: int) -> Check:
+        ours, bare = self.median("loratop"), self.median("bare")
+        if ours is None or bare is None or bare <= 0:
+            return Check("throughput", FAIL, "no timed runs")
+        ratio = ours / bare
+        why = (
+            f"median {ours:,.0f} vs {bare:,.0f} tokens/s = {ratio:.3f}× over {pairs} interleaved pairs"
+            f" (target ≥ {THROUGHPUT_TARGET}×)"
+        )
+        if not on_gpu:
+            return Check("throughput", NA, f"CPU rehearsal, not a measurement: {why}")
+        if pairs < 3:
+            return Check("throughput", FAIL, f"{why}; needs at least 3 pairs")
+        return Check("throughput", PASS if ratio >= THROUGHPUT_TARGET else FAIL, why)
+
+
+def tokens_per_s(marks: list[tuple[float, int]], warmup: int = WARMUP_STEPS) -> float:
+    """Tokens/s between the end of step ``warmup`` and the last step, from (time, tokens seen) marks."""
+    if len(marks) <= warmup + 1:
+        warmup = 0
+    (t0, n0), (t1, n1) = marks[warmup], marks[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+# -- the GPU side: model, ballast, runs ---------------------------------------------------
 
 
 def _section(title: str) -> None:
-    print(f"\n== {title}")
+    print(f"\n== {title}", flush=True)
 
 
-def _build_paging_model(folder: Path) -> Path:
-    """A random-init Llama wide enough that r=64 LoRA matrices are paged (≥ 1e5 elements)."""
+def build_model(folder: Path, layers: int) -> Path:
+    """A random-init Llama of TinyLlama's shape (~1B at 22 layers), saved in bf16; no download.
+
+    Every projection has ≥ 2048 × 64 = 131,072 elements of LoRA at r=64, over bitsandbytes'
+    1e5 paging threshold, so that state is paged.
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -52,8 +253,8 @@ def _build_paging_model(folder: Path) -> Path:
         vocab_size=len(tokenizer),
         hidden_size=2048,
         intermediate_size=5632,
-        num_hidden_layers=4,
-        num_attention_heads=16,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
         num_key_value_heads=4,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
@@ -61,114 +262,267 @@ def _build_paging_model(folder: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    print(f"built a random-init Llama: {layers} layers, {params / 1e9:.2f} B parameters, at {folder}", flush=True)
     return folder
 
 
-def _ballast_callback(at_step: int, keep_free: int) -> Any:
-    """Fill the GPU at ``at_step`` so the paged optimizer state has to leave it."""
-    import torch
+class Ballast:
+    """Tensors that crowd the trainer out of the GPU, as another job on a shared box would."""
+
+    def __init__(self) -> None:
+        self.tensors: list[Any] = []
+
+    def fill(self, keep_free: int, push: int = 0) -> int:
+        """Allocate until ``keep_free`` bytes are left, then ``push`` bytes more (which only
+        fit once the driver evicts managed memory: the paged optimizer state). Returns bytes held."""
+        import torch
+
+        while True:
+            free, _ = torch.cuda.mem_get_info()
+            if free - CHUNK < keep_free:
+                break
+            if not self._grab(CHUNK):
+                break
+        pushed = 0
+        for size in (CHUNK, 64 * MIB, 16 * MIB, 4 * MIB):
+            while pushed + size <= push and self._grab(size):
+                pushed += size
+        return self.held
+
+    def take_the_rest(self) -> int:
+        """Empty torch's cache and take every byte left: the next step must run out of memory."""
+        import torch
+
+        torch.cuda.empty_cache()
+        for size in (CHUNK, 64 * MIB, 16 * MIB, 4 * MIB, MIB):
+            while self._grab(size):
+                pass
+        return self.held
+
+    def _grab(self, size: int) -> bool:
+        import torch
+
+        try:
+            self.tensors.append(torch.empty(size, dtype=torch.uint8, device="cuda"))
+        except torch.OutOfMemoryError:
+            return False
+        return True
+
+    @property
+    def held(self) -> int:
+        return sum(t.numel() for t in self.tensors)
+
+    def release(self) -> None:
+        self.tensors.clear()
+
+
+def _callback(on_step_end: Callable[[Any], None]) -> Any:
     from transformers import TrainerCallback
 
-    class Ballast(TrainerCallback):
-        tensors: list[Any] = []
-
+    class Hook(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step != at_step:
-                return
-            chunk = 256 * 1024**2
-            while True:
-                free, _ = torch.cuda.mem_get_info()
-                if free - chunk < keep_free:
-                    break
-                try:
-                    self.tensors.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
-                except torch.OutOfMemoryError:
-                    break
-            print(f"ballast at step {at_step}: {len(self.tensors) * chunk / GIB:.1f} GiB", flush=True)
+            on_step_end(state)
 
-    return Ballast()
+    return Hook()
 
 
-def run_check(steps: int, ballast_at: int, out: Path) -> Path:
-    """Run the trainer in this process (so the ballast shares its GPU) and return the run folder."""
+def _config(model: Path | None, run_dir: Path, steps: int) -> Any:
+    from trainer.config import load_config, parse_overrides
+
+    sets = [f"output_dir={run_dir}", f"training.max_steps={steps}", "training.save_steps=0"]
+    if model is not None:
+        sets += [f"model.name_or_path={model}", "lora.r=64", "lora.lora_alpha=64", "training.learning_rate=2e-4"]
+    else:
+        sets += ["data.max_rows=400"]  # CPU rehearsal: keep tokenising short
+    return load_config(REPO / "sample_configs/tiny-cpu-demo.yaml", parse_overrides(sets), check_files=False)
+
+
+def _release_gpu() -> None:
+    """Free what a finished run left: its paged buffers stay listed in bitsandbytes' page manager."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from bitsandbytes.functional import GlobalPageManager
+
+            GlobalPageManager.get_instance().paged_tensors.clear()
+            gc.collect()
+            torch.cuda.empty_cache()
+    except Exception as exc:  # an older bitsandbytes: say so, go on
+        print(f"(could not clear bitsandbytes' page manager: {exc})")
+
+
+def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throughput:
+    """One throughput run: ``loratop`` is :meth:`Run.execute` as the trainer subprocess runs it;
+    ``bare`` builds the same SFTTrainer and trains it with no event callback, memory sampler,
+    batch recorder or spill counter."""
     import torch
 
+    from trainer.event_sink import EventSink
+    from trainer.train import Run
+
+    marks: list[tuple[float, int]] = []
+    cuda = torch.cuda.is_available()
+
+    def mark(state: Any) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+        marks.append((time.perf_counter(), int(state.num_input_tokens_seen or 0)))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(_config(model, run_dir, steps), run_dir, EventSink(run_dir / "events.jsonl"))
+    if arm == "loratop":
+        setup = run.setup
+
+        def setup_with_timer() -> Any:
+            trainer = setup()
+            trainer.add_callback(_callback(mark))
+            return trainer
+
+        run.setup = setup_with_timer  # type: ignore[method-assign]
+        code = run.execute()
+        if code != 0:
+            raise RuntimeError(f"the loratop run ended with exit code {code}; see {run_dir}/events.jsonl")
+    else:
+        trainer = run.setup()
+        for callback in list(trainer.callback_handler.callbacks):
+            if type(callback).__name__ == "EventCallback":
+                trainer.remove_callback(callback)
+        trainer.data_collator = run.watch.recorder._collator  # undo the BatchRecorder
+        trainer.add_callback(_callback(mark))
+        trainer.train()
+        run.sink.close()
+        del trainer
+    del run
+    _release_gpu()
+    return Throughput(arm, tokens_per_s(marks), len(marks))
+
+
+def throughput(model: Path | None, out: Path, pairs: int, steps: int) -> ThroughputVerdict:
+    """Interleave the two arms (ABBA...) so drift in clocks or caches hits both alike."""
+    verdict = ThroughputVerdict()
+    for i in range(pairs):
+        for arm in ("loratop", "bare") if i % 2 == 0 else ("bare", "loratop"):
+            result = timed_run(model, out / f"throughput-{i}-{arm}", steps, arm)
+            verdict.runs.append(result)
+            print(
+                f"pair {i + 1}/{pairs} {arm:7s}: {result.tokens_per_s:10,.0f} tokens/s over {result.steps} steps",
+                flush=True,
+            )
+    return verdict
+
+
+def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, oom_at: int) -> int:
+    """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code."""
+    import torch
+
+    from trainer.event_sink import EventSink
     from trainer.train import Run
 
     cuda = torch.cuda.is_available()
-    sets = [f"output_dir={out / 'run'}", f"training.max_steps={steps}", "training.save_steps=0"]
-    if cuda:
-        model = _build_paging_model(out / "model")
-        sets += [f"model.name_or_path={model}", "lora.r=64", "lora.lora_alpha=64", "training.learning_rate=2e-4"]
-    config = load_config("sample_configs/tiny-cpu-demo.yaml", parse_overrides(sets), check_files=False)
-    run_dir = Path(config.output_dir or out / "run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(config, run_dir, EventSink(run_dir / "events.jsonl"))
+    run = Run(_config(model, run_dir, steps), run_dir, EventSink(run_dir / "events.jsonl"))
+    ballast = Ballast()
+
+    def crowd(state: Any) -> None:
+        if state.global_step == ballast_at:
+            paged = run.watch.paged or {}
+            held = ballast.fill(keep_free=512 * MIB, push=int(paged.get("paged_bytes") or 0))
+            print(
+                f"ballast after step {ballast_at}: {_gib(held)} held; {_gib(torch.cuda.mem_get_info()[0])} free",
+                flush=True,
+            )
+        if oom_at and state.global_step == oom_at:
+            held = ballast.take_the_rest()
+            print(f"ballast after step {oom_at}: takes the rest, {_gib(held)} held: the next step must OOM", flush=True)
+
     setup = run.setup
 
     def setup_with_ballast() -> Any:
         trainer = setup()
         if cuda:
-            trainer.add_callback(_ballast_callback(ballast_at, keep_free=512 * 1024**2))
+            trainer.add_callback(_callback(crowd))
         return trainer
 
     run.setup = setup_with_ballast  # type: ignore[method-assign]
     code = run.execute()
-    print(f"trainer finished with exit code {code}")
-    return run_dir
+    ballast.release()
+    _release_gpu()
+    print(f"trainer finished with exit code {code}", flush=True)
+    return code
 
 
-def report(run_dir: Path) -> None:
-    """Print what the run's events say about memory."""
+def report(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """Print what the run's events say about memory; return them and the garbled-line count."""
     events, skipped = ev.read_events(str(run_dir / "events.jsonl"))
-    by_type = Counter(e["type"] for e in events)
-    print(f"events: {dict(by_type)} (skipped lines: {skipped})")
+    print(f"events: {dict(Counter(e['type'] for e in events))} (skipped lines: {skipped})")
     finished = next((e for e in events if e["type"] == ev.RUN_FINISHED), {})
-    print(f"run status: {finished.get('status')} {finished.get('error', {}).get('message', '')}")
-    memory = [e for e in events if e["type"] == ev.MEMORY]
+    print(f"run status: {finished.get('status')} {(finished.get('error') or {}).get('message', '')}")
+    memory = _of(events, ev.MEMORY)
     if memory:
         last = memory[-1]
         print(f"last memory sample: gpu_state={last.get('gpu_state')} note={last.get('gpu_note', '')!r}")
         print(f"  host rss {last['host']['rss'] / GIB:.2f} GiB")
-        for gpu in last.get("gpus", []):
-            figures = gpu.get("torch", {})
-            reserved = figures.get("reserved", 0)
-            print(
-                f"  gpu{gpu['index']} {gpu['name']}: NVML used {gpu['used'] / GIB:.2f} / {gpu['total'] / GIB:.2f} GiB;"
-                f" torch allocated {figures.get('allocated', 0) / GIB:.2f} reserved {reserved / GIB:.2f}"
-                f" peak {figures.get('peak', 0) / GIB:.2f} GiB; NVML − reserved ="
-                f" {(gpu['used'] - reserved) / GIB:.2f} GiB (context, paged state, others)"
-            )
-    for paged in (e for e in events if e["type"] == ev.PAGED_STATE):
-        shown = {k: v for k, v in paged.items() if k not in ("v", "seq", "t", "type")}
-        print(f"paged state: {json.dumps(shown)}")
-    spills = [e for e in events if e["type"] == ev.SPILL]
+        shown = [*memory[:: max(1, len(memory) // 8)], last]  # ~9 samples across the run
+        for sample in shown:
+            for gpu in sample.get("gpus", []):
+                figures = gpu.get("torch", {})
+                reserved = figures.get("reserved", 0)
+                print(
+                    f"  seq {sample['seq']:5d} gpu{gpu['index']} {gpu['name']}: NVML used {_gib(gpu['used'])}"
+                    f" / {_gib(gpu['total'])}; torch allocated {_gib(figures.get('allocated'))} reserved"
+                    f" {_gib(reserved)} peak {_gib(figures.get('peak'))};"
+                    f" NVML − reserved = {_gib(gpu['used'] - reserved)}"
+                )
+    for paged in _of(events, ev.PAGED_STATE):
+        shown_fields = {k: v for k, v in paged.items() if k not in ("v", "seq", "t", "type")}
+        print(f"paged state: {json.dumps(shown_fields)}")
+    spills = _of(events, ev.SPILL)
     by_method: dict[str, list[int]] = {}
     for spill in spills:
         by_method.setdefault(str(spill.get("method")), []).append(int(spill.get("bytes") or 0))
-    if spills:
-        for method, sizes in by_method.items():
-            print(f"spills ({method}): {len(sizes)} events, {sum(sizes) / GIB:.3f} GiB evicted")
-    else:
+    for method, sizes in by_method.items():
+        print(f"spills ({method}): {len(sizes)} events, {sum(sizes) / GIB:.3f} GiB evicted")
+    if not spills:
         print("spills: no spill events")
-    for risk in (e for e in events if e["type"] == ev.OOM_RISK):
+    for risk in _of(events, ev.OOM_RISK):
         print(f"OOM risk at step {risk.get('step', '-')}: {risk.get('level')} — {risk.get('reason')}")
+    error = finished.get("error") or {}
+    if finished.get("status") == ev.OOM:
+        print(f"OOM post-mortem: step {error.get('step')}, batch {error.get('batch_tokens')} tokens")
+        for line in error.get("suggestions", []):
+            print(f"  try: {line}")
+    return events, skipped
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--ballast-at", type=int, default=15, help="step after which the GPU is filled")
-    parser.add_argument("--out", type=Path, default=None, help="where the run goes (default: a temp folder)")
+    parser.add_argument("--steps", type=int, default=40, help="steps of the memory-truth run")
+    parser.add_argument("--ballast-at", type=int, default=15, help="step after which the ballast fills the GPU")
+    parser.add_argument("--oom-at", type=int, default=0, help="step after which the ballast takes the rest (0: never)")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved throughput pairs (loratop vs bare)")
+    parser.add_argument("--pair-steps", type=int, default=30, help="steps per throughput run")
+    parser.add_argument("--layers", type=int, default=22, help="decoder layers of the random-init Llama (22: ~1B)")
+    parser.add_argument("--out", type=Path, default=None, help="where runs and the model go (default: a temp folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="loratop-gpu-check-"))
+    out.mkdir(parents=True, exist_ok=True)
 
     _section("machine")
     import torch
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
+    from trainer.memory_sampler import NvmlReader
+
+    cuda = torch.cuda.is_available()
+    print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")
     reader = NvmlReader()
     print(f"NVML: {reader.state} {reader.note}")
     for gpu in reader.read() if reader.state == "ok" else []:
@@ -180,12 +534,53 @@ def main() -> int:
     except ImportError as exc:
         print(f"cupti-python: not importable ({exc}); spills will be estimated on a GPU")
 
-    _section("run" + ("" if torch.cuda.is_available() else " (no NVIDIA GPU: tiny model on CPU, no ballast)"))
-    run_dir = run_check(args.steps if torch.cuda.is_available() else min(args.steps, 5), args.ballast_at, out)
+    model: Path | None = None
+    if cuda:
+        _section("model")
+        model = build_model(out / "model", args.layers)
+        steps, pair_steps, ballast_at, oom_at = args.steps, args.pair_steps, args.ballast_at, args.oom_at
+    else:
+        print("no NVIDIA GPU: the tiny model on CPU, a few steps, no ballast")
+        steps, pair_steps, ballast_at, oom_at = min(args.steps, 5), min(args.pair_steps, 8), 0, 0
 
-    _section("what the events say")
-    report(run_dir)
-    return 0
+    checks: list[Check] = []
+    _section(f"throughput: loratop vs a bare SFTTrainer, {args.pairs} interleaved pairs of {pair_steps} steps")
+    try:
+        verdict = throughput(model, out, args.pairs, pair_steps)
+        checks.append(verdict.check(cuda, args.pairs))
+    except Exception:
+        traceback.print_exc()
+        checks.append(Check("throughput", FAIL, "the timed runs raised (traceback above)"))
+
+    _section(
+        "memory truth"
+        + (f": ballast after step {ballast_at}" if cuda else "")
+        + (f", OOM forced after {oom_at}" if oom_at else "")
+    )
+    run_dir = out / "run"
+    try:
+        memory_run(model, run_dir, steps, ballast_at, oom_at)
+        _section("what the events say")
+        events, skipped = report(run_dir)
+        checks += [
+            check_nvml_vs_torch(events, ballast_at if cuda else None),
+            check_spills(events),
+            check_risk_before_oom(events, ballast_at if cuda else None),
+            check_post_mortem(events, skipped, forced=bool(oom_at)),
+        ]
+    except Exception:
+        traceback.print_exc()
+        checks.append(Check("memory-run", FAIL, "the memory-truth run raised (traceback above)"))
+
+    _section("verdict")
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if c.result == FAIL]
+    print(
+        f"{len(checks) - len(failed)} of {len(checks)} checks passed or n/a"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -273,14 +273,25 @@ def test_lr_too_high_sample_really_diverges(tmp_path: Path) -> None:
 
 
 def test_gpu_check_script_runs_its_cpu_safe_parts(tmp_path: Path) -> None:
+    """scripts/gpu_check.py end to end on CPU: both throughput arms, the memory run, a verdict."""
     result = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--steps", "3", "--out", str(tmp_path)],
+        [sys.executable, "scripts/gpu_check.py", "--steps", "3", "--pairs", "1", "--pair-steps", "3",
+         "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     assert "NVML: no_nvidia_gpu" in out and "run status: completed" in out
     assert '"spill_method": "n/a"' in out and "OOM risk at step -: n/a" in out
+    assert "pair 1/1 loratop:" in out and "pair 1/1 bare   :" in out
+    # Honest verdicts on CPU: n/a with the reason, never a PASS for a GPU criterion.
+    for name in ("throughput", "nvml-vs-torch", "spills-exact", "oom-risk-rises", "oom-post-mortem"):
+        assert f"CHECK {name}: n/a" in out, out[-3000:]
+    assert "CPU rehearsal, not a measurement" in out and "5 of 5 checks passed or n/a" in out
+    # Both throughput arms are real runs: the loratop arm wrote events, the bare one only setup logs.
+    loratop_events = read_events(tmp_path / "throughput-0-loratop")
+    bare_events = read_events(tmp_path / "throughput-0-bare")
+    assert of_type(loratop_events, ev.STEP) and not of_type(bare_events, ev.STEP)
 
 
 @pytest.mark.parametrize(

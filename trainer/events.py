@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import time
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 PROTOCOL_VERSION = 1
 
@@ -46,6 +48,259 @@ OOM = "oom"
 FINISH_STATUSES: frozenset[str] = frozenset({COMPLETED, STOPPED, FAILED, OOM})
 
 
+# -- payloads ---------------------------------------------------------------------------
+# Each event's own fields, defined once. ``total=False``: a field may be absent (an older
+# trainer, a GPU-only figure on CPU); where present it has the type written here, or the
+# decoder skips the line as garbled. Fields not listed are allowed (a newer trainer).
+# Nested rows (a GPU's memory, torch's figures) are TypedDicts of their own.
+
+
+class Envelope(TypedDict):
+    """What every event carries."""
+
+    v: int
+    seq: int
+    t: float
+    type: str
+
+
+class LogEvent(Envelope, total=False):
+    message: str
+    level: str
+
+
+class HostMemory(TypedDict, total=False):
+    rss: int
+    total: int
+    available: int
+
+
+class TorchMemory(TypedDict, total=False):
+    allocated: int
+    reserved: int
+    peak: int
+    """Since the current step began."""
+    inactive_split: int
+    num_alloc_retries: int
+    num_ooms: int
+
+
+class GpuMemory(TypedDict, total=False):
+    index: int
+    name: str
+    used: int
+    total: int
+    free: int
+    util_pct: float | None
+    temp_c: float | None
+    power_w: float | None
+    process_used: int
+    process_used_note: str
+    torch: TorchMemory
+
+
+class MemoryEvent(Envelope, total=False):
+    host: HostMemory
+    gpu_state: str
+    """``ok``, ``no_nvidia_gpu`` or ``nvml_error``."""
+    gpu_note: str
+    gpus: list[GpuMemory]
+
+
+class PagedStateEvent(Envelope, total=False):
+    step: int
+    available: bool
+    paged_bytes: int
+    paged_tensors: int
+    unpaged_bytes: int
+    unpaged_tensors: int
+    params_below_page_threshold: int
+    spill_method: str
+    spill_reason: str
+    note: str
+
+
+class SpillEvent(Envelope, total=False):
+    step: int | None
+    bytes: int
+    refill_bytes: int | None
+    records: int | None
+    start_ns: int
+    end_ns: int
+    method: str
+    total_events: int | None
+    total_bytes: int | None
+
+
+class OomRiskEvent(Envelope, total=False):
+    step: int
+    level: str
+    """``ok``, ``watch``, ``danger`` or ``n/a``."""
+    predicted_peak: int | None
+    available: int | None
+    headroom: int | None
+    reason: str
+
+
+class Params(TypedDict, total=False):
+    trainable: int
+    total: int
+    fraction: float
+    groups: dict[str, Any]
+    unexpected: list[Any]
+    base_frozen: bool
+    lora_b_nonzero: list[Any]
+    lora_b_zero: bool
+
+
+class RunStartedEvent(Envelope, total=False):
+    run_name: str
+    run_dir: str
+    pid: int
+    config: dict[str, Any]
+    model: dict[str, Any]
+    device: dict[str, Any]
+    data: dict[str, Any]
+    max_steps: int
+    versions: dict[str, str]
+    params: Params
+
+
+class StepEvent(Envelope, total=False):
+    step: int
+    loss: float | None
+    """This step's own loss, not a window average; NaN shows."""
+    lr: float | None
+    grad_norm: float | None
+    tokens: int
+    """Non-padding tokens seen so far."""
+    epoch: float | None
+    step_time_s: float
+
+
+class SpikeEvent(Envelope, total=False):
+    step: int
+    loss: float | None
+    baseline: float | None
+    score: float | None
+    severity: str
+    kind: str
+    reason: str
+    grad_norm: float | None
+    action: str
+
+
+class CheckpointEvent(Envelope, total=False):
+    step: int
+    path: str
+    final: bool
+
+
+class RunFinishedEvent(Envelope, total=False):
+    status: str
+    """One of :data:`FINISH_STATUSES`."""
+    duration_s: float
+    stopped_by: str
+    error: dict[str, Any] | None
+
+
+PAYLOADS: dict[str, type] = {
+    LOG: LogEvent,
+    MEMORY: MemoryEvent,
+    PAGED_STATE: PagedStateEvent,
+    SPILL: SpillEvent,
+    OOM_RISK: OomRiskEvent,
+    RUN_STARTED: RunStartedEvent,
+    STEP: StepEvent,
+    SPIKE: SpikeEvent,
+    CHECKPOINT: CheckpointEvent,
+    RUN_FINISHED: RunFinishedEvent,
+}
+"""The payload of every event type (the envelope ``v``, ``seq``, ``t``, ``type`` aside)."""
+
+Check = Callable[[Any], bool]
+
+
+_SCALARS: dict[Any, frozenset[type]] = {
+    type(None): frozenset({type(None)}),
+    bool: frozenset({bool}),
+    int: frozenset({int}),  # exact types: json.loads makes no subclasses, and True is not a step
+    float: frozenset({int, float}),  # JSON writes 2.0 as 2
+    str: frozenset({str}),
+}
+
+
+def _scalar_types(hint: Any) -> frozenset[type] | None:
+    """The exact types a scalar annotation (or a union of them) admits; ``None`` if not scalar."""
+    if hint in _SCALARS:
+        return _SCALARS[hint]
+    if get_origin(hint) in (Union, types.UnionType):
+        parts = [_scalar_types(arg) for arg in get_args(hint)]
+        if all(part is not None for part in parts):
+            return frozenset().union(*(part for part in parts if part is not None))
+    return None
+
+
+def _checker(hint: Any) -> Check:
+    """A fast predicate for one annotation (built once per field at import): decoding a long
+    run's file calls these millions of times."""
+    scalars = _scalar_types(hint)
+    if scalars is not None:
+        return lambda value: type(value) in scalars
+    if hint is Any:
+        return lambda value: True
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [_checker(arg) for arg in args]
+        return lambda value: any(option(value) for option in options)
+    if origin is Literal:
+        allowed = frozenset(args)
+        return lambda value: value in allowed
+    if origin is list:
+        item = _checker(args[0]) if args else _checker(Any)
+        return lambda value: type(value) is list and all(item(v) for v in value)
+    if origin is dict:
+        of_value = _checker(args[1]) if args else _checker(Any)
+        return lambda value: type(value) is dict and all(of_value(v) for v in value.values())
+    if is_typeddict(hint):
+        fields = _field_checkers(hint)
+        return lambda value: type(value) is dict and _fields_conform(value, fields)
+    raise TypeError(f"no checker for annotation {hint!r}")
+
+
+def _fields_conform(obj: dict[str, Any], checks: dict[str, Check]) -> bool:
+    for key, value in obj.items():
+        check = checks.get(key)
+        if check is not None and not check(value):
+            return False
+    return True
+
+
+def _field_checkers(payload: Any) -> dict[str, Check]:
+    envelope = get_type_hints(Envelope) if payload is not Envelope else {}
+    return {name: _checker(hint) for name, hint in get_type_hints(payload).items() if name not in envelope}
+
+
+def _float_fields(payload: Any) -> frozenset[str]:
+    """Top-level fields that may hold a float, so a ``"NaN"`` there means the number."""
+    out = set()
+    for name, hint in get_type_hints(payload).items():
+        if hint is float or float in get_args(hint):
+            out.add(name)
+    return frozenset(out)
+
+
+_CHECKS: dict[str, dict[str, Check]] = {kind: _field_checkers(payload) for kind, payload in PAYLOADS.items()}
+_FLOATS: dict[str, frozenset[str]] = {kind: _float_fields(payload) for kind, payload in PAYLOADS.items()}
+
+
+def conforms(event: dict[str, Any]) -> bool:
+    """Whether a decoded event's known fields have their protocol types (the envelope is
+    :func:`decode_line`'s to check)."""
+    checks = _CHECKS.get(str(event.get("type")))
+    return checks is not None and _fields_conform(event, checks)
+
+
 def jsonable(value: Any) -> Any:
     """Make a value JSON-safe without losing what it means.
 
@@ -67,9 +322,6 @@ def jsonable(value: Any) -> Any:
 
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-# Fields whose values are numbers; their non-finite spellings are turned back into floats.
-_FLOAT_FIELDS = frozenset({"loss", "grad_norm", "lr", "learning_rate", "baseline", "score"})
 
 
 def encode(seq: int, type_: str, fields: dict[str, Any], t: float | None = None) -> bytes:
@@ -103,8 +355,8 @@ def decode_line(line: bytes | str) -> dict[str, Any] | None:
     """Decode one line into an event dict, or ``None`` if it is not a valid event.
 
     A valid event is a JSON object with an integer ``seq`` ≥ 0, a numeric ``t``, a
-    known ``type`` and an integer ``v``. Non-finite numbers written by :func:`encode`
-    come back as floats.
+    known ``type`` and an integer ``v``, whose known fields have the types of its payload
+    (:data:`PAYLOADS`). Non-finite numbers written by :func:`encode` come back as floats.
     """
     try:
         if isinstance(line, bytes):
@@ -121,11 +373,11 @@ def decode_line(line: bytes | str) -> dict[str, Any] | None:
         return None
     if not isinstance(v, int) or type_ not in EVENT_TYPES:
         return None
-    for key in _FLOAT_FIELDS & obj.keys():
+    for key in _FLOATS[type_] & obj.keys():
         value = obj[key]
         if isinstance(value, str) and value in _NON_FINITE:
             obj[key] = _NON_FINITE[value]
-    return obj
+    return obj if conforms(obj) else None
 
 
 @dataclass
@@ -137,7 +389,8 @@ class Decoder:
     """
 
     skipped: int = 0
-    """Lines that were not valid events (broken JSON, unknown type, bad envelope)."""
+    """Lines that were not valid events (broken JSON, unknown type, bad envelope, a field
+    of the wrong type)."""
     max_line: int = 16 * 1024 * 1024
     """A partial line longer than this is dropped as garbage rather than kept forever."""
     _buffer: bytes = field(default=b"", repr=False)

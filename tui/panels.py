@@ -124,7 +124,7 @@ def events_text(state: RunState) -> str:
         spikes = f"spikes {len(state.spikes)}: step {recent}{more}"
     else:
         spikes = "spikes: none" if state.steps else "spikes –"
-    method = (state.paged or {}).get("spill_method")
+    method = state.paged.get("spill_method") if state.paged else None
     if state.spills:
         total = sum(int(s.get("bytes") or 0) for s in state.spills)
         methods = sorted({str(s.get("method")) for s in state.spills})

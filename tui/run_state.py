@@ -12,7 +12,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from trainer import events as ev
 
@@ -37,9 +37,9 @@ class RunState:
     """Non-padding tokens seen so far, at each step."""
     step_t: array[float] = field(default_factory=lambda: array("d"))
     """Unix time of each step event."""
-    started: dict[str, Any] | None = None
-    finished: dict[str, Any] | None = None
-    memory: dict[str, Any] | None = None
+    started: ev.RunStartedEvent | None = None
+    finished: ev.RunFinishedEvent | None = None
+    memory: ev.MemoryEvent | None = None
     """The latest memory sample."""
     peak_gpu_used: int | None = None
     """Highest NVML used bytes on any GPU so far; ``None`` without a GPU reading."""
@@ -49,12 +49,12 @@ class RunState:
     when there is no GPU reading (see :attr:`mem_series_kind`)."""
     mem_series_kind: str | None = None
     """``gpu`` or ``host``: what :attr:`mem_series` holds."""
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    spikes: list[dict[str, Any]] = field(default_factory=list)
-    spills: list[dict[str, Any]] = field(default_factory=list)
-    oom_risk: dict[str, Any] | None = None
+    checkpoints: list[ev.CheckpointEvent] = field(default_factory=list)
+    spikes: list[ev.SpikeEvent] = field(default_factory=list)
+    spills: list[ev.SpillEvent] = field(default_factory=list)
+    oom_risk: ev.OomRiskEvent | None = None
     """The latest OOM-risk level (sent when it changes)."""
-    paged: dict[str, Any] | None = None
+    paged: ev.PagedStateEvent | None = None
     """Paged optimizer state, accounted at the first step."""
     messages: deque[str] = field(default_factory=lambda: deque(maxlen=50))
     """The trainer's phase messages (``log`` events), newest last."""
@@ -91,19 +91,19 @@ class RunState:
         elif kind == ev.MEMORY:
             self._memory(event)
         elif kind == ev.RUN_STARTED:
-            self.started = event
+            self.started = cast(ev.RunStartedEvent, event)
         elif kind == ev.RUN_FINISHED:
-            self.finished = event
+            self.finished = cast(ev.RunFinishedEvent, event)
         elif kind == ev.CHECKPOINT:
-            self.checkpoints.append(event)
+            self.checkpoints.append(cast(ev.CheckpointEvent, event))
         elif kind == ev.SPIKE:
-            self.spikes.append(event)
+            self.spikes.append(cast(ev.SpikeEvent, event))
         elif kind == ev.SPILL:
-            self.spills.append(event)
+            self.spills.append(cast(ev.SpillEvent, event))
         elif kind == ev.OOM_RISK:
-            self.oom_risk = event
+            self.oom_risk = cast(ev.OomRiskEvent, event)
         elif kind == ev.PAGED_STATE:
-            self.paged = event
+            self.paged = cast(ev.PagedStateEvent, event)
         elif kind == ev.LOG:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
@@ -114,7 +114,7 @@ class RunState:
             self.apply(event)
 
     def _memory(self, event: dict[str, Any]) -> None:
-        self.memory = event
+        self.memory = cast(ev.MemoryEvent, event)
         rss = event.get("host", {}).get("rss")
         if isinstance(rss, int):
             self.peak_rss = max(self.peak_rss or 0, rss)

@@ -77,9 +77,10 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
     Returns:
         The state (every event folded in) and its summary.
     """
-    events, _ = ev.read_events(str(run_dir / EVENTS)) if (run_dir / EVENTS).exists() else ([], 0)
+    events, skipped = ev.read_events(str(run_dir / EVENTS)) if (run_dir / EVENTS).exists() else ([], 0)
     state = RunState(run_dir)
     state.apply_all(events)
+    state.garbage = skipped
     status_file = read_status(run_dir) or {}
     state.trainer_gone = state.finished is None and not trainer_alive(status_file)
     config = read_config(run_dir)

@@ -22,7 +22,8 @@ RECORDED = REPO / "tests" / "data" / "recorded_run"
 FIRST_FRAME = f"""
 import asyncio, shutil, tempfile, time
 from pathlib import Path
-from tui.app import LoratopApp, MonitorScreen
+from tui.app import LoratopApp
+from tui.screens.monitor_screen import MonitorScreen
 run = Path(tempfile.mkdtemp()) / "rec"
 shutil.copytree({str(RECORDED)!r}, run)
 async def main():

@@ -18,7 +18,7 @@ from pathlib import Path
 from textual.widgets import Input
 
 from tui.app import LoratopApp
-from tui.knob_editor import KnobEditor
+from tui.screens.knob_editor_screen import KnobEditor
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "tests" / "data" / "runs"

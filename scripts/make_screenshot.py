@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 
 from trainer.config import load_config, parse_overrides
-from tui.app import LoratopApp, MonitorScreen
+from tui.app import LoratopApp
 from tui.launcher import launch
 from tui.samples import resolve_config_path
+from tui.screens.monitor_screen import MonitorScreen
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,10 @@ from textual.widgets import Static
 from tests.conftest import DEMO_CONFIG, of_type, read_events
 from trainer import events as ev
 from trainer.config import load_config, parse_overrides
-from tui.app import DETACHED, QUIT, LoratopApp, MonitorScreen, QuitScreen
+from tui.app import LoratopApp
 from tui.launcher import launch
+from tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
+from tui.screens.quit_screen import QuitScreen
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 

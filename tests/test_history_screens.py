@@ -16,8 +16,9 @@ from textual.widgets import DataTable, Static
 
 from tests.conftest import of_type, read_events
 from trainer import events as ev
-from tui.app import LoratopApp, MonitorScreen
-from tui.compare_screen import CompareScreen
+from tui.app import LoratopApp
+from tui.screens.compare_screen import CompareScreen
+from tui.screens.monitor_screen import MonitorScreen
 from widgets import CompareChart
 
 

@@ -22,8 +22,9 @@ from tests.conftest import RECORDED_RUNS as RUNS
 from trainer import events as ev
 from trainer.config import load_config
 from tui import knob_form as form
-from tui.app import LoratopApp, MonitorScreen
-from tui.knob_editor import KnobEditor
+from tui.app import LoratopApp
+from tui.screens.knob_editor_screen import KnobEditor
+from tui.screens.monitor_screen import MonitorScreen
 
 # -- the pure model ---------------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -
 def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_path: Path) -> None:
     import os
 
-    from tui.knob_editor import editor_for_run
+    from tui.screens.knob_editor_screen import editor_for_run
 
     runs = tmp_path / "runs"
     shutil.copytree(RUNS, runs)

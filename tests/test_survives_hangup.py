@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, wait_for_exit
 from trainer import events as ev
-from tui.app import LoratopApp, MonitorScreen
+from tui.app import LoratopApp
+from tui.screens.monitor_screen import MonitorScreen
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,9 @@ def _drain(fd: int) -> None:
 
 
 def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path) -> None:
+    # An ignored SIGHUP is inherited across exec: the dashboard would then survive the
+    # hang-up for the wrong reason, and this test would prove nothing.
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL, "an earlier test left SIGHUP ignored"
     run_dir = tmp_path / "run"
     master, slave = pty.openpty()
     dashboard = subprocess.Popen(

@@ -234,7 +234,8 @@ def _dashboard(
     run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT, notice: str | None = None
 ) -> int:
     """Run the Textual app; say how to come back when the user detached."""
-    from tui.app import DETACHED, LoratopApp
+    from tui.app import LoratopApp
+    from tui.screens.monitor_screen import DETACHED
 
     outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice).run()
     if outcome == DETACHED and run_dir is not None:

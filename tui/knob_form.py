@@ -1,6 +1,6 @@
 """The knob editor's model: which knobs it shows, how typed text becomes values, what they add up to.
 
-No Textual here, so every rule is unit-tested with plain data; ``tui.knob_editor`` draws it.
+No Textual here, so every rule is unit-tested with plain data; ``tui.screens.knob_editor_screen`` draws it.
 A form edits a config *tree* (the YAML's dict): the knobs it shows are replaced, everything
 else (model, data, monitor, ...) is carried over untouched.
 """

@@ -1,0 +1,169 @@
+"""Run history: every run under the runs folder with its key knobs and outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui import panels
+from tui.runs import SORT_KEYS, list_runs, sort_runs
+from tui.screens.compare_screen import CompareScreen
+from tui.screens.monitor_screen import MonitorScreen
+
+
+class HomeScreen(Screen[None]):
+    """Run history: every run under the runs folder with its key knobs and outcome; sortable.
+
+    Open one, edit one (rerun with changes), mark several and compare them, or start
+    from a sample config.
+    """
+
+    BINDINGS = [
+        Binding("enter", "open", "open"),
+        Binding("e", "edit", "edit/rerun"),
+        Binding("space", "mark", "mark"),
+        Binding("c", "compare", "compare"),
+        Binding("o", "sort", "sort"),
+        Binding("n", "new", "new"),
+        Binding("x", "export", "export"),
+        Binding("r", "reload", "refresh"),
+        Binding("q", "app.quit", "quit"),
+    ]
+
+    SORT_BY_COLUMN = {
+        "run": "name",
+        "status": "status",
+        "final loss": "loss",
+        "peak VRAM": "vram",
+        "spikes": "spikes",
+        "time": "duration",
+    }
+    """The sort a click on a column's title applies (the other columns do not sort)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.sort_key = "started"
+        self.marked: list[Path] = []
+        """Runs marked for comparison (space), in the order they were marked."""
+        self._parents: dict[Path, str | None] = {}
+        """Each listed run's recorded parent, from the last reload."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="home-hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for title in panels.HISTORY_COLUMNS:
+            table.add_column(title, key=title)
+        self.action_reload()
+
+    def on_screen_resume(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        runs = sort_runs(list_runs(self.root), self.sort_key)
+        self._parents = {run.run_dir: run.parent for run in runs}
+        for run in runs:
+            name, *cells = panels.history_row(run)
+            mark = "● " if run.run_dir in self.marked else ""
+            table.add_row(mark + name, *cells, key=str(run.run_dir))
+        if runs:
+            table.move_cursor(row=min(cursor, len(runs) - 1))
+        hint = self.query_one("#home-hint", Static)
+        if not runs:
+            hint.update(f"no runs under {self.root}/ yet · n starts one from a sample config")
+        else:
+            marked = f" · {len(self.marked)} marked" if self.marked else ""
+            hint.update(
+                f"sorted by {self.sort_key}{marked} · enter opens · e edits/reruns · space marks · "
+                "c compares (marked, or a run with its parent)"
+            )
+
+    def selected(self) -> Path | None:
+        """The run under the cursor."""
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return Path(key) if key else None
+
+    def action_open(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.push_screen(MonitorScreen(run_dir))
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.app.push_screen(MonitorScreen(Path(event.row_key.value)))
+
+    @on(DataTable.HeaderSelected)
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = self.SORT_BY_COLUMN.get(str(event.column_key.value))
+        if key:
+            self.sort_key = key
+            self.action_reload()
+
+    def action_sort(self) -> None:
+        """Cycle the sort: newest first, name, status, final loss, peak VRAM, duration, spikes."""
+        keys = list(SORT_KEYS)
+        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)] if self.sort_key in keys else keys[0]
+        self.action_reload()
+
+    def action_mark(self) -> None:
+        """Mark or unmark the run under the cursor for comparison."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        if run_dir in self.marked:
+            self.marked.remove(run_dir)
+        else:
+            self.marked.append(run_dir)
+        self.action_reload()
+
+    def action_compare(self) -> None:
+        """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
+        from tui.runs import resolve_parent
+
+        runs = list(self.marked)
+        current = self.selected()
+        if len(runs) == 1 and current is not None and current != runs[0]:
+            runs.append(current)
+        elif len(runs) < 2:
+            parent = resolve_parent(current, self._parents.get(current)) if current else None
+            if current is None or parent is None:
+                self.notify("mark two or more runs with space first (this run has no parent run)", severity="warning")
+                return
+            runs = [parent, current]
+        self.app.push_screen(CompareScreen(runs))
+
+    def action_edit(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.open_editor(run_dir)  # type: ignore[attr-defined]
+
+    def action_export(self) -> None:
+        run_dir = self.selected()
+        if run_dir is not None:
+            self.app.export_run(run_dir, screen=False)  # type: ignore[attr-defined]
+
+    def action_new(self) -> None:
+        from tui.screens.sample_picker_screen import SamplePicker
+
+        def picked(config: Path | None) -> None:
+            if config is not None:
+                self.app.open_editor(config)  # type: ignore[attr-defined]
+
+        self.app.push_screen(SamplePicker(), picked)

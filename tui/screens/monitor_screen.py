@@ -1,0 +1,292 @@
+"""One run, live: the loss chart, LR, parameters, memory, events, the trainer's log and the outcome.
+
+One worker thread reads events (the trainer's pipe, or ``events.jsonl`` followed live)
+and posts them as messages; handlers fold them into a plain :class:`RunState`; a 4 Hz
+timer pushes what changed to the widgets. The data rate never sets the redraw rate.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Log, Sparkline, Static
+from textual.worker import get_current_worker
+
+from trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
+from tui import panels
+from tui.event_stream import FileFollower, PipeStream
+from tui.messages import EventsArrived, TrainerGone
+from tui.run_state import RunState
+from tui.screens.confirm_screen import ConfirmScreen
+from tui.screens.help_screen import HelpScreen
+from tui.screens.quit_screen import QuitScreen
+from widgets import LossChart, MemoryPanel
+from widgets.downsample import RunningEma, smoothing_alpha
+
+NARROW = 100
+"""Below this many columns the side panels stack under the chart."""
+REFRESH_HZ = 4
+
+
+# How a dashboard session ended, returned by App.run().
+DETACHED = "detached"
+STOPPED = "stopped"
+QUIT = "quit"
+
+
+class MonitorScreen(Screen[str]):
+    """One run, live: header, loss chart, panels, log pane, outcome."""
+
+    BINDINGS = [
+        Binding("s", "stop", "stop"),
+        Binding("c", "checkpoint", "ckpt"),
+        Binding("d", "detach", "detach"),
+        Binding("q", "quit_run", "quit"),
+        Binding("l", "log_scale", "log y"),
+        Binding("g", "toggle_log", "log pane"),
+        Binding("e", "edit", "rerun w/ changes"),
+        Binding("x", "export", "export"),
+        Binding("question_mark", "help", "help"),
+    ]
+
+    def __init__(self, run_dir: Path, pipe_fd: int | None = None, clock: Any = time.time) -> None:
+        """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file."""
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = RunState(run_dir)
+        self._pipe_fd = pipe_fd
+        self._clock = clock
+        self._drawn_version = -1
+        self._log_offset = 0
+        self._smoothed: RunningEma | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-header")
+        with Container(id="body"):
+            yield LossChart(id="loss-chart")
+            with Container(id="side"):
+                with Vertical(classes="panel", id="lr-panel"):
+                    yield Static(id="lr-text")
+                    yield Sparkline([], id="lr-spark")
+                yield Static(classes="panel", id="params")
+                with Vertical(classes="panel", id="memory-panel"):
+                    yield MemoryPanel(id="memory")
+                    yield Sparkline([], id="mem-spark")
+                yield Static(classes="panel", id="events-panel")
+        yield Static(id="outcome")
+        yield Log(id="trainer-log", max_lines=2000)
+        yield Static(id="status-line")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._apply_layout(self.app.size.width)
+        self.read_events()
+        self.set_interval(1 / REFRESH_HZ, self.refresh_view)
+        self.set_interval(0.5, self._tail_trainer_log)
+        self.refresh_view()
+
+    def on_resize(self, event: Any) -> None:
+        self._apply_layout(event.size.width)
+
+    def _apply_layout(self, width: int) -> None:
+        self.set_class(width < NARROW, "narrow")
+
+    # -- reading events (worker thread) ---------------------------------------
+
+    @work(thread=True, exclusive=True, group="events", exit_on_error=False)
+    def read_events(self) -> None:
+        """Read the pipe (then the file's rest), or follow the file; post batches."""
+        worker = get_current_worker()
+        path = self.run_dir / EVENTS
+        if self._pipe_fd is not None:
+            stream = PipeStream(self._pipe_fd, path)
+            try:
+                while not worker.is_cancelled:
+                    ready, _, _ = select.select([self._pipe_fd], [], [], 0.25)
+                    if not ready:
+                        continue
+                    batch = stream.read()
+                    if batch is None:
+                        break
+                    if batch:
+                        self.post_message(EventsArrived(batch, stream.skipped, stream.filled_from_file))
+                rest = stream.rest_from_file()
+                self.post_message(EventsArrived(rest, stream.skipped, stream.filled_from_file))
+            finally:
+                os.close(self._pipe_fd)
+                self._pipe_fd = None
+            skip_to = stream.next_seq
+        else:
+            skip_to = 0
+        self._follow_file(path, skip_to, worker)
+
+    def _follow_file(self, path: Path, skip_to: int, worker: Any) -> None:
+        follower = FileFollower(path)
+        finished = False
+        last_alive_check = 0.0
+        while not worker.is_cancelled:
+            batch = [e for e in follower.poll() if e["seq"] >= skip_to]
+            if batch:
+                finished = finished or any(e["type"] == "run_finished" for e in batch)
+                self.post_message(EventsArrived(batch, follower.skipped, 0))
+            if finished:
+                return
+            now = time.monotonic()
+            if now - last_alive_check > 1.0:
+                last_alive_check = now
+                if not self._trainer_alive():
+                    final = [e for e in follower.poll() if e["seq"] >= skip_to]
+                    if final:
+                        self.post_message(EventsArrived(final, follower.skipped, 0))
+                    if not any(e["type"] == "run_finished" for e in final):
+                        self.post_message(TrainerGone())
+                    return
+            time.sleep(0.2)
+
+    def _trainer_alive(self) -> bool:
+        return trainer_alive(read_status(self.run_dir) or {})
+
+    @on(EventsArrived)
+    def _events_arrived(self, message: EventsArrived) -> None:
+        self.state.apply_all(message.events)
+        self.state.garbage = message.garbage
+        self.state.filled_from_file = max(self.state.filled_from_file, message.filled_from_file)
+        self.state.version += 1
+
+    @on(TrainerGone)
+    def _trainer_gone(self, message: TrainerGone) -> None:
+        self.state.trainer_gone = True
+        self.state.version += 1
+
+    # -- drawing (timer) --------------------------------------------------------
+
+    def refresh_view(self) -> None:
+        """Push what changed to the widgets (the header's clock ticks regardless)."""
+        state = self.state
+        first, second = panels.header_lines(state, self._clock())
+        self.query_one("#run-header", Static).update(f"[b]{first}[/b]\n{second}")
+        if state.version == self._drawn_version:
+            return
+        self._drawn_version = state.version
+        steps = state.steps
+        if steps:
+            spikes = [(float(s.get("step", 0)), float(s.get("loss") or 0)) for s in state.spikes]
+            if self._smoothed is None:
+                self._smoothed = RunningEma(smoothing_alpha(state.max_steps or 1000))
+            smoothed = self._smoothed.extend(state.loss)
+            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes)
+            self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
+        self.query_one("#lr-text", Static).update(panels.lr_text(state))
+        self.query_one("#params", Static).update(panels.params_text(state))
+        self.query_one(MemoryPanel).update(state.memory)
+        spark = self.query_one("#mem-spark", Sparkline)
+        spark.data = list(state.mem_series[-240:])
+        spark.tooltip = ("VRAM" if state.mem_series_kind == "gpu" else "host RSS") + " over the last 2 minutes"
+        self.query_one("#events-panel", Static).update(panels.events_text(state))
+        self.query_one("#status-line", Static).update(panels.status_line(state))
+        outcome = panels.outcome_text(state)
+        box = self.query_one("#outcome", Static)
+        if outcome is not None:
+            box.update(outcome)
+            kind = state.status if state.status in ("completed", "stopped", "failed", "oom") else "lost"
+            box.set_classes(f"shown {kind}")
+
+    def _tail_trainer_log(self) -> None:
+        log_widget = self.query_one("#trainer-log", Log)
+        path = self.run_dir / LOG
+        try:
+            size = path.stat().st_size
+            if self._log_offset == 0 and size > 65536:
+                self._log_offset = size - 65536  # open on the tail of a long log
+            if size <= self._log_offset:
+                return
+            with path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read(1 << 20)
+        except OSError:
+            return
+        self._log_offset += len(chunk)
+        # tqdm-style progress bars redraw with \r; show their latest state only.
+        text = chunk.decode(errors="replace").replace("\r\n", "\n")
+        lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+        log_widget.write_lines(lines[:-1] if text.endswith("\n") else lines)
+
+    # -- actions ----------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        pid = (read_status(self.run_dir) or {}).get("pid")
+        return pid if isinstance(pid, int) and pid_alive(pid) else None
+
+    def _signal(self, sig: signal.Signals) -> bool:
+        pid = self._pid()
+        if pid is None or not self.state.is_live:
+            self.notify("the trainer is not running", severity="warning")
+            return False
+        os.kill(pid, sig)
+        return True
+
+    def action_stop(self) -> None:
+        """Stop training gracefully at the next step boundary, after confirmation."""
+        if not self.state.is_live:
+            self.notify("the run has already ended", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and self._signal(signal.SIGTERM):
+                self.notify("stopping at the next step boundary; the adapter will be saved")
+
+        self.app.push_screen(ConfirmScreen("Stop training? The adapter is saved at the next step.", "Stop"), confirmed)
+
+    def action_checkpoint(self) -> None:
+        """Ask the trainer to save a checkpoint at the next step boundary."""
+        if self._signal(signal.SIGUSR1):
+            self.notify("checkpoint requested: saved at the next step boundary")
+
+    def action_detach(self) -> None:
+        """Leave the run going and quit the dashboard."""
+        self.app.exit(DETACHED if self.state.is_live else QUIT)
+
+    def action_quit_run(self) -> None:
+        """Quit; while the run trains, ask whether to stop it or detach."""
+        if not self.state.is_live:
+            self.app.exit(QUIT)
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "detach":
+                self.app.exit(DETACHED)
+            elif choice == "stop":
+                self._signal(signal.SIGTERM)
+                self.app.exit(STOPPED)
+
+        self.app.push_screen(QuitScreen(), chosen)
+
+    def action_log_scale(self) -> None:
+        """Toggle the loss chart's log scale."""
+        chart = self.query_one(LossChart)
+        chart.log_scale = not chart.log_scale
+
+    def action_toggle_log(self) -> None:
+        """Show or hide the trainer's log pane."""
+        self.query_one("#trainer-log", Log).toggle_class("shown")
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen())
+
+    def action_edit(self) -> None:
+        """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""
+        self.app.open_editor(self.run_dir)  # type: ignore[attr-defined]
+
+    def action_export(self) -> None:
+        """Write this run's metrics (CSV) and events (JSONL), and this screen (SVG), to loratop-exports/."""
+        self.app.export_run(self.run_dir)  # type: ignore[attr-defined]

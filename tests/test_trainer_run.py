@@ -209,6 +209,19 @@ def test_ctrl_c_in_headless_mode_stops_and_exits_130(tmp_path: Path) -> None:
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.fixture
+def restore_signal_handlers() -> Any:
+    """The trainer's ``main()`` installs its handlers (SIGHUP ignored, SIGUSR1 checkpoint) in
+    the process that calls it; put every one back, or a dashboard a later test starts inherits
+    an ignored SIGHUP and the hang-up test proves nothing."""
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
+    saved = {sig: signal.getsignal(sig) for sig in names}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("restore_signal_handlers")
 def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The classic bug: a base weight left trainable. The run refuses and names the tensor."""
     import peft
@@ -225,9 +238,6 @@ def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.M
 
     run_dir = tmp_path / "run"
     code = main([str(DEMO_CONFIG), "--run-dir", str(run_dir)])
-    # main() installed the trainer's signal handlers in this process; put pytest's back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert code == 1
     events = read_events(run_dir)
     finished = of_type(events, ev.RUN_FINISHED)[0]

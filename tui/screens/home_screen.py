@@ -7,16 +7,16 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tui import panels
 from tui.runs import SORT_KEYS, list_runs, sort_runs
 from tui.screens.compare_screen import CompareScreen
+from tui.screens.loratop_screen import LoratopScreen
 from tui.screens.monitor_screen import MonitorScreen
 
 
-class HomeScreen(Screen[None]):
+class HomeScreen(LoratopScreen[None]):
     """Run history: every run under the runs folder with its key knobs and outcome; sortable.
 
     Open one, edit one (rerun with changes), mark several and compare them, or start
@@ -152,18 +152,18 @@ class HomeScreen(Screen[None]):
     def action_edit(self) -> None:
         run_dir = self.selected()
         if run_dir is not None:
-            self.app.open_editor(run_dir)  # type: ignore[attr-defined]
+            self.loratop.open_editor(run_dir)
 
     def action_export(self) -> None:
         run_dir = self.selected()
         if run_dir is not None:
-            self.app.export_run(run_dir, screen=False)  # type: ignore[attr-defined]
+            self.loratop.export_run(run_dir, screen=False)
 
     def action_new(self) -> None:
         from tui.screens.sample_picker_screen import SamplePicker
 
         def picked(config: Path | None) -> None:
             if config is not None:
-                self.app.open_editor(config)  # type: ignore[attr-defined]
+                self.loratop.open_editor(config)
 
         self.app.push_screen(SamplePicker(), picked)

@@ -20,7 +20,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from trainer.advisor import Advice, Facts, advise
@@ -29,6 +28,7 @@ from trainer.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, 
 from trainer.run_dir import CONFIG, read_status, trainer_alive
 from tui import knob_form as form
 from tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
+from tui.screens.loratop_screen import LoratopScreen
 
 
 def _widget_id(path: str) -> str:
@@ -39,7 +39,7 @@ def _note_id(path: str) -> str:
     return "note-" + path.replace(".", "-")
 
 
-class KnobEditor(Screen[None]):
+class KnobEditor(LoratopScreen[None]):
     """A form of the knobs that matter, checked live, with their effective values."""
 
     BINDINGS = [
@@ -371,7 +371,7 @@ class KnobEditor(Screen[None]):
             self._show_problems([f"✗ {escape(p)}" for p in problems])
             self.notify("\n".join(problems), title="cannot launch", severity="error", timeout=10)
             return
-        self.app.launch_config(run, self.saved_path or self.source_path, replace=self)  # type: ignore[attr-defined]
+        self.loratop.launch_config(run, self.saved_path or self.source_path, replace=self)
 
     def action_save_and_launch(self) -> None:
         if self.action_save() is not None:

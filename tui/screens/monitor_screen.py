@@ -18,7 +18,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
@@ -29,6 +28,7 @@ from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
 from tui.screens.confirm_screen import ConfirmScreen
 from tui.screens.help_screen import HelpScreen
+from tui.screens.loratop_screen import LoratopScreen
 from tui.screens.quit_screen import QuitScreen
 from widgets import LossChart, MemoryPanel
 from widgets.downsample import RunningEma, smoothing_alpha
@@ -44,7 +44,7 @@ STOPPED = "stopped"
 QUIT = "quit"
 
 
-class MonitorScreen(Screen[str]):
+class MonitorScreen(LoratopScreen[str]):
     """One run, live: header, loss chart, panels, log pane, outcome."""
 
     BINDINGS = [
@@ -285,8 +285,8 @@ class MonitorScreen(Screen[str]):
 
     def action_edit(self) -> None:
         """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""
-        self.app.open_editor(self.run_dir)  # type: ignore[attr-defined]
+        self.loratop.open_editor(self.run_dir)
 
     def action_export(self) -> None:
         """Write this run's metrics (CSV) and events (JSONL), and this screen (SVG), to loratop-exports/."""
-        self.app.export_run(self.run_dir)  # type: ignore[attr-defined]
+        self.loratop.export_run(self.run_dir)

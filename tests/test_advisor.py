@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from trainer import advisor
-from trainer.advisor import RULES, Advice, Facts, advise, format_value, gather_facts
-from trainer.config import RunConfig, field_value, load_config
+from trainer.advisor import RULES, Advice, Facts, advise, gather_facts
+from trainer.config import RunConfig, field_value, format_value, load_config
 from trainer.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
 from tui.cli import main
 

@@ -13,7 +13,8 @@ from textual.widgets import Static
 
 from widgets import LossChart, MemoryPanel
 from widgets.downsample import ema
-from widgets.memory_panel import format_bytes, memory_lines
+from widgets.memory_panel import memory_lines
+from widgets.units import fmt_bytes as format_bytes
 
 GIB = 1024**3
 MIB = 1024**2
@@ -55,7 +56,11 @@ def test_bytes_are_gib_with_one_decimal_from_one_gib_else_whole_mib() -> None:
     assert format_bytes(int(41.25 * GIB)) == "41.2 GiB"
     assert format_bytes(GIB) == "1.0 GiB"
     assert format_bytes(512 * MIB) == "512 MiB"
-    assert format_bytes(0) == "0 MiB"
+    # One formatter for the panels, the widgets and the headless line (issue 11): below a
+    # MiB it says KiB or B rather than rounding to "0 MiB"; unknown is "?", never 0.
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(256 * 1024) == "256 KiB"
+    assert format_bytes(None) == "?"
 
 
 def test_gpu_sample_shows_bar_figures_torch_and_host() -> None:

@@ -16,13 +16,12 @@ Torch-free: the standard library, pydantic and the project's torch-free modules
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel
 
 from trainer.config import RunConfig
+from trainer.config import short_number as _num
 from trainer.data_files import usable_rows
 from trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
 
@@ -162,12 +161,6 @@ def reference_lr(config: RunConfig) -> float:
 def _at_least(value: float, bound: float) -> bool:
     """``value >= bound``, counting a float that lands a rounding error short as equal."""
     return value >= bound or math.isclose(value, bound, rel_tol=1e-9)
-
-
-def _num(value: float, digits: int = 6) -> str:
-    """A number as a config or a sentence spells it: ``0.03``, ``2e-5``, ``128``."""
-    text = f"{value:.{digits}g}"
-    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], text)
 
 
 def advise(config: RunConfig, facts: Facts = NO_FACTS) -> list[Advice]:
@@ -337,14 +330,3 @@ def gather_facts(config: RunConfig) -> Facts:
     return Facts(dataset_rows=rows, peak_bytes=peak, gpu_total_bytes=gpu_total)
 
 
-def format_value(value: Any) -> str:
-    """A knob's value as a YAML config spells it: ``true``, ``2e-4``, ``[q_proj, v_proj]``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return str(value)

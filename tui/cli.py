@@ -23,9 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainer.advisor import advise, format_value, gather_facts
+from trainer.advisor import advise, gather_facts
 from trainer.architectures import model_type_of
-from trainer.config import ConfigError, RunConfig, field_value, load_config, parse_overrides, read_yaml
+from trainer.config import ConfigError, RunConfig, field_value, format_value, load_config, parse_overrides, read_yaml
 from trainer.data_files import DataProblem, inspect_data
 from trainer.run_dir import CONFIG
 from tui import samples

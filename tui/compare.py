@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.config import format_value as config_value
+from trainer.config import sci
 from tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
 from tui.run_state import RunState
-from tui.runs import RunSummary, read_run, sci
+from tui.runs import RunSummary, read_run
 
 IGNORED_KNOBS = frozenset({"output_dir", "parent"})
 """Top-level config keys that differ between any two runs and say nothing about them."""
@@ -132,23 +134,16 @@ def _list_text(items: list[Any], width: int = 30) -> str:
 
 
 def format_value(value: Any, use_sci: bool = False) -> str:
-    """One config value for display: compact numbers, YAML-style booleans, ``–`` for none."""
-    if value is None:
-        return NO_VALUE
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if _is_number(value):
-        number = float(value)
-        if not math.isfinite(number):
-            return f"{number:g}"
-        if use_sci or _needs_sci(value):
-            return sci(number)
-        return str(int(value)) if number.is_integer() else repr(number)
+    """One config value for display, spelled as :func:`trainer.config.format_value` does
+    (``null``, ``true``, ``2e-3``); lists shortened, dicts folded; ``use_sci`` puts every
+    number of a row in one style."""
+    if use_sci and _is_number(value) and math.isfinite(value):
+        return sci(float(value))
     if isinstance(value, list):
         return _list_text(value)
     if isinstance(value, dict):
         return "{…}" if value else "{}"
-    return str(value)
+    return config_value(value)
 
 
 def format_values(values: list[Any]) -> list[str]:

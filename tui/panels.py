@@ -11,22 +11,11 @@ import time
 from typing import TYPE_CHECKING
 
 from tui.run_state import LOST, RunState
+from widgets.units import fmt_bytes
 
 if TYPE_CHECKING:
     from tui.runs import RunSummary
 
-GIB = 1024**3
-
-
-def fmt_bytes(n: float | None) -> str:
-    """``1.2 GiB``, ``340 MiB``, ``256 KiB``; ``?`` when unknown."""
-    if n is None:
-        return "?"
-    if n >= GIB:
-        return f"{n / GIB:.1f} GiB"
-    if n >= 1024**2:
-        return f"{n / 1024**2:.0f} MiB"
-    return f"{n / 1024:.0f} KiB"
 
 
 def fmt_loss(value: float | None) -> str:

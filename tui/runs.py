@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from trainer import events as ev
+from trainer.config import sci
 from trainer.run_dir import CONFIG, EVENTS, read_status, trainer_alive
 from tui.run_state import RunState
 
@@ -249,16 +250,6 @@ def targets_label(targets: Any) -> str:
     if names == MLP:
         return "mlp"
     return f"{len(names)}mod"
-
-
-def sci(value: float) -> str:
-    """A number in short scientific form: ``2e-3``, ``2.5e-4``, ``1e+0`` → ``1``."""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    mantissa, exponent = f"{value:.6e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    power = int(exponent)
-    return mantissa if power == 0 else f"{mantissa}e{power}"
 
 
 def knob_label(config: dict[str, Any] | None) -> str:

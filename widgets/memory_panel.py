@@ -13,10 +13,10 @@ from rich.console import RenderableType
 from rich.text import Text
 from textual.widget import Widget
 
-__all__ = ["MemoryPanel", "format_bytes", "memory_lines"]
+from widgets.units import GIB, fmt_bytes
 
-GIB = 1024**3
-MIB = 1024**2
+__all__ = ["MemoryPanel", "memory_lines"]
+
 
 MIN_BAR = 10
 """A bar never gets narrower than this many cells."""
@@ -35,25 +35,11 @@ _TORCH_NAMES = (
 )
 
 
-def format_bytes(n: int | float) -> str:
-    """``41.2 GiB`` from 1 GiB up, else ``512 MiB``.
-
-    Args:
-        n: A byte count.
-
-    Returns:
-        The count with its unit.
-    """
-    if n >= GIB:
-        return f"{n / GIB:.1f} GiB"
-    return f"{n / MIB:.0f} MiB"
-
-
 def _format_together(values: list[int | float], separator: str) -> str:
     """``41.2/139.8 GiB`` when every value is in GiB, else each with its own unit."""
     if all(v >= GIB for v in values):
         return separator.join(f"{v / GIB:.1f}" for v in values) + " GiB"
-    return separator.join(format_bytes(v) for v in values)
+    return separator.join(fmt_bytes(v) for v in values)
 
 
 def _number(value: Any) -> int | float | None:
@@ -138,7 +124,7 @@ def _gpu_lines(gpu: Mapping[str, Any], width: int) -> list[Text]:
                 shown = [(names, f"{value / GIB:.1f}") for names, value in parts]
                 unit = " GiB"
             else:
-                shown = [(names, format_bytes(value)) for names, value in parts]
+                shown = [(names, fmt_bytes(value)) for names, value in parts]
                 unit = ""
             roomy, tight, tighter = (
                 separator.join(f"{names[level]} {number}" for names, number in shown)
@@ -157,9 +143,9 @@ def _host_line(host: Any, width: int) -> Text:
         return _fit(Text("host RSS n/a"), width)
     total = _number(host.get("total"))
     if not total:
-        return _fit(Text(f"host RSS {format_bytes(rss)}"), width)
+        return _fit(Text(f"host RSS {fmt_bytes(rss)}"), width)
     return _first_fitting(
-        [f"host RSS {format_bytes(rss)} of {format_bytes(total)}", f"host {_format_together([rss, total], '/')}"],
+        [f"host RSS {fmt_bytes(rss)} of {fmt_bytes(total)}", f"host {_format_together([rss, total], '/')}"],
         width,
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_nvml import FakePynvml, four_gpus, install
 
 from trainer import estimate as est_mod
 from trainer.config import RunConfig, load_config
@@ -337,6 +338,30 @@ def test_without_pynvml_reads_as_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
 
     assert visible_gpu_total() == (None, NO_GPU)
+
+
+@pytest.mark.parametrize(
+    ("visible", "nvml_index"), [(None, 0), ("3", 3), (four_gpus()[2].uuid, 2), ("GPU-1111", 1), ("1,0", 1)]
+)
+def test_the_gpu_compared_is_torchs_first_visible_one(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, nvml_index: int
+) -> None:
+    fake = install(monkeypatch, FakePynvml(four_gpus()), visible)
+
+    assert visible_gpu_total() == (fake.gpus[nvml_index].total, "NVIDIA H200")
+    assert fake.open == 0, "NVML shut down again"
+
+
+def test_no_visible_gpu_reads_as_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakePynvml(four_gpus()), "")
+
+    assert visible_gpu_total() == (None, NO_GPU)
+
+
+def test_an_nvml_failure_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakePynvml(four_gpus(), init_error="NVMLError_GpuIsLost"), None)
+
+    assert visible_gpu_total() == (None, "NVML failed: GPU is lost")
 
 
 def test_real_nvml_never_raises() -> None:

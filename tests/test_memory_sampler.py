@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+from fake_nvml import GIB, FakePynvml, four_gpus, install
+
 from trainer.memory_sampler import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, MemorySampler, NvmlReader
 
 
@@ -66,3 +69,32 @@ def test_the_thread_emits_memory_events_until_stopped() -> None:
     time.sleep(0.1)
     assert count >= 3 and all(e["type"] == "memory" for e in seen)
     assert len(seen) == count, "no samples after stop()"
+
+
+# ---------------------------------------------------------------- CUDA_VISIBLE_DEVICES, through the real adapter
+
+
+@pytest.mark.parametrize(
+    ("visible", "rows"),
+    [
+        (None, [(0, 0), (1, 1), (2, 2), (3, 3)]),
+        ("", []),
+        ("3", [(3, 0)]),
+        (four_gpus()[2].uuid, [(2, 0)]),
+        ("1,0", [(1, 0), (0, 1)]),
+    ],
+)
+def test_memory_rows_are_the_visible_gpus_in_torch_order(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, rows: list[tuple[int, int]]
+) -> None:
+    install(monkeypatch, FakePynvml(four_gpus()), visible)
+    # torch's figures are asked for by torch's ordinal: cuda:0 reserved 10 GiB, cuda:1 20 GiB
+    torch_stats = {0: {"reserved": 10 * GIB}, 1: {"reserved": 20 * GIB}}
+
+    sample = MemorySampler(lambda *a, **k: None, 2.0, torch_stats=torch_stats.get).sample()
+
+    assert [(g["index"], g["cuda_index"]) for g in sample["gpus"]] == rows
+    for gpu in sample["gpus"]:
+        assert gpu["used"] == (gpu["index"] + 1) * GIB, "NVML figures of that GPU"
+        assert gpu.get("torch") == torch_stats.get(gpu["cuda_index"]), "torch figures of that GPU"
+    assert sample["gpu_state"] == (NVML_OK if rows else NO_NVIDIA_GPU)

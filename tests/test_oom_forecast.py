@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+from fake_nvml import FakePynvml, four_gpus, install
+
+from trainer import events as ev
+from trainer.memory_sampler import MemorySampler
+from trainer.memory_watch import BatchRecorder, MemoryWatch
 from trainer.oom_forecast import (
     DANGER,
     EXPANDABLE_SEGMENTS,
@@ -111,3 +117,62 @@ def test_batch_recorder_and_paged_state_on_a_real_bitsandbytes_optimizer() -> No
     assert state["available"] and state["paged_bytes"] == 0 and state["paged_tensors"] == 0
     assert state["params_below_page_threshold"] == 1
     assert state["unpaged_bytes"] >= 2 * 120_000  # two 8-bit Adam states for the big one
+
+
+# ---------------------------------------------------------------- the GPU the forecast reads
+
+
+@pytest.mark.parametrize(
+    ("visible", "nvml_index"), [(None, 0), ("3", 3), (four_gpus()[2].uuid, 2), ("GPU-1111", 1), ("1,0", 1)]
+)
+def test_the_forecast_reads_the_gpu_the_run_trains_on(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, nvml_index: int
+) -> None:
+    """cuda:0 is the first visible GPU, not NVML's GPU 0 (another job's, on a shared box)."""
+    install(monkeypatch, FakePynvml(four_gpus()), visible)
+    sampler = MemorySampler(lambda *a, **k: None, 2.0)  # the real NVML adapter, over the fake
+    recorder = BatchRecorder(lambda rows: rows)
+    # CUDA is hardware CI lacks: torch's allocator counters of cuda:0, 1 GiB reserved
+    stats = {"allocated_bytes.all.peak": 0, "reserved_bytes.all.current": GIB}
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    watch = MemoryWatch(
+        lambda kind, **fields: emitted.append((kind, fields)),
+        sampler,
+        recorder,
+        cuda=True,
+        worst_tokens=4000,
+        batch_size=1,
+        cuda_memory_stats=lambda: stats,
+    )
+    for step, tokens in enumerate((1000, 2000, 3000), start=1):
+        recorder.step_max_tokens = tokens
+        stats["allocated_bytes.all.peak"] = GIB + tokens * 1024**2
+        sampler.last = sampler.sample()
+        watch.step_end(step, optimizer=None)
+
+    ((kind, risk),) = emitted
+    # GPU n: (140 + 10n) GiB total, (n + 1) GiB used of which 1 GiB is torch's -> 140 + 9n GiB available
+    assert kind == ev.OOM_RISK and risk["step"] == 3
+    assert risk["available"] == (140 + 9 * nvml_index) * GIB
+
+
+def test_no_row_for_the_training_gpu_means_no_forecast(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakePynvml(four_gpus()), "")
+    sampler = MemorySampler(lambda *a, **k: None, 2.0)
+    emitted: list[Any] = []
+    stats = {"allocated_bytes.all.peak": GIB, "reserved_bytes.all.current": GIB}
+    watch = MemoryWatch(
+        lambda *a, **k: emitted.append(a),
+        sampler,
+        BatchRecorder(lambda rows: rows),
+        True,
+        4000,
+        1,
+        cuda_memory_stats=lambda: stats,
+    )
+    for step in (1, 2, 3):
+        watch.recorder.step_max_tokens = 1000 * step
+        sampler.last = sampler.sample()
+        watch.step_end(step, optimizer=None)
+
+    assert emitted == []

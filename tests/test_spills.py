@@ -13,8 +13,10 @@ from enum import IntEnum
 from typing import Any
 
 import pytest
+from fake_nvml import FakePynvml, four_gpus, install
 
 from trainer.cupti_spills import CuptiUvmSource, load_cupti
+from trainer.memory_sampler import MemorySampler
 from trainer.spills import (
     COHERENCE,
     DTOH,
@@ -438,6 +440,29 @@ def test_counter_estimates_when_cupti_is_unavailable() -> None:
     assert (event.step, event.bytes, event.method, event.refill_bytes) == (3, 300 * MIB, ESTIMATED, None)
     totals = counter.totals()
     assert (totals.events, totals.bytes, totals.refill_bytes, totals.dropped_records) == (1, 300 * MIB, None, None)
+
+
+@pytest.mark.parametrize(
+    ("visible", "nvml_index"), [(None, 0), ("3", 3), (four_gpus()[2].uuid, 2), ("GPU-1111", 1), ("1,0", 1)]
+)
+def test_the_estimate_reads_the_gpu_the_run_trains_on(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, nvml_index: int
+) -> None:
+    """Memory samples from the real NVML adapter (over a fake NVML); cuda:0 is the first visible GPU."""
+    fake = install(monkeypatch, FakePynvml(four_gpus()), visible)
+    for gpu in fake.gpus:
+        gpu.used = RESERVED + OTHER + PAGED  # every paged byte resident
+    sampler = MemorySampler(lambda *a, **k: None, 2.0, torch_stats={0: {"reserved": RESERVED}}.get)
+    counter = make_spill_counter(
+        "cuda", PAGED, RANGES, cupti_factory=_unavailable, hysteresis_bytes=H, other_bytes=OTHER, clock=Clock()
+    )
+    assert counter.step(1, sampler.sample()) == []
+
+    for index, gpu in enumerate(fake.gpus):
+        gpu.used -= 300 * MIB if index == nvml_index else 600 * MIB  # the other GPUs are other jobs'
+    (event,) = counter.step(2, sampler.sample())
+
+    assert (event.step, event.bytes, event.method) == (2, 300 * MIB, ESTIMATED)
 
 
 def test_counter_estimates_when_start_fails_unexpectedly() -> None:

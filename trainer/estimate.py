@@ -53,7 +53,6 @@ vision tower of a multimodal model, fragmentation beyond the fixed overhead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -67,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.architectures import _cached_hub_config
+from trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig
@@ -866,40 +866,23 @@ def format_estimate(est: Estimate) -> str:
 
 
 def visible_gpu_total() -> tuple[int | None, str]:
-    """Total memory and name of the first visible GPU, via NVML.
+    """Total memory and name of the GPU the run would train on: torch's ``cuda:0``.
 
-    Honours ``CUDA_VISIBLE_DEVICES`` (an index or a ``GPU-`` UUID first in the list).
+    That is the first GPU ``CUDA_VISIBLE_DEVICES`` shows (an index, a ``GPU-`` UUID or
+    its prefix, a ``MIG-`` UUID), read through :class:`trainer.gpu_devices.GpuDevices`.
 
     Returns:
         ``(bytes, name)``, or ``(None, "no NVIDIA GPU")`` when there is no driver,
         no ``pynvml`` or no visible device; ``(None, "NVML failed: ...")`` on other errors.
     """
+    gpus = GpuDevices()
     try:
-        import pynvml
-    except ImportError:
-        return None, NO_GPU
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    first = visible.split(",")[0].strip() if visible is not None else "0"
-    if first == "" or first == "-1":
-        return None, NO_GPU
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # pynvml builds its NVMLError subclasses at run time
-        if type(exc).__name__ in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded", "NVMLError_NoPermission"):
+        if gpus.state == NO_NVIDIA_GPU:
             return None, NO_GPU
-        return None, f"NVML failed: {exc}"
-    try:
-        if first.startswith(("GPU-", "MIG-")):
-            handle = pynvml.nvmlDeviceGetHandleByUUID(first)
-        else:
-            if pynvml.nvmlDeviceGetCount() == 0:
-                return None, NO_GPU
-            handle = pynvml.nvmlDeviceGetHandleByIndex(int(first))
-        total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        name = pynvml.nvmlDeviceGetName(handle)
-        return total, name.decode() if isinstance(name, bytes) else str(name)
-    except Exception as exc:
+        if gpus.state != NVML_OK:
+            return None, gpus.note
+        return gpus.memory(0).total, gpus.name(0)
+    except Exception as exc:  # pynvml builds its NVMLError subclasses at run time
         return None, f"NVML failed: {exc}"
     finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+        gpus.close()

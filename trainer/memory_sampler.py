@@ -8,17 +8,15 @@ paged state, OOM forecast) builds on this.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
 
-NO_NVIDIA_GPU = "no_nvidia_gpu"
-NVML_OK = "ok"
-NVML_ERROR = "nvml_error"
+from trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
+
+__all__ = ["NO_NVIDIA_GPU", "NVML_ERROR", "NVML_OK", "GpuReader", "MemorySampler", "NvmlReader", "TorchStats"]
 
 
 class GpuReader(Protocol):
@@ -30,77 +28,18 @@ class GpuReader(Protocol):
     """Why, in words, when the state is not ``ok``."""
 
     def read(self) -> list[dict[str, Any]]:
-        """One dict per GPU: index, name, used, total, free (bytes)."""
+        """One dict per visible GPU, in torch's order: index (NVML's), cuda_index (torch's),
+        name, used, total, free (bytes)."""
         ...
 
 
-class NvmlReader:
-    """NVML through ``pynvml`` (package nvidia-ml-py)."""
-
-    def __init__(self) -> None:
-        self.state = NVML_OK
-        self.note = ""
-        self._handles: list[Any] = []
-        self._pid = os.getpid()
-        try:
-            import pynvml
-
-            self._nvml = pynvml
-            pynvml.nvmlInit()
-            count = pynvml.nvmlDeviceGetCount()
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-            if count == 0:
-                self.state, self.note = NO_NVIDIA_GPU, "NVML found no GPU"
-        except ImportError:
-            self.state, self.note = NO_NVIDIA_GPU, "pynvml (nvidia-ml-py) is not installed"
-        except Exception as exc:  # pynvml raises NVMLError subclasses built at run time
-            if type(exc).__name__ in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"):
-                self.state, self.note = NO_NVIDIA_GPU, "no NVIDIA driver (libnvidia-ml not found)"
-            else:
-                self.state, self.note = NVML_ERROR, f"NVML failed: {exc}"
-
-    def read(self) -> list[dict[str, Any]]:
-        gpus = []
-        for index, handle in enumerate(self._handles):
-            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            name = self._nvml.nvmlDeviceGetName(handle)
-            gpu: dict[str, Any] = {
-                "index": index,
-                "name": name.decode() if isinstance(name, bytes) else name,
-                "used": int(info.used),
-                "total": int(info.total),
-                "free": int(info.free),
-            }
-            gpu.update(self._extras(handle))
-            gpus.append(gpu)
-        return gpus
-
-    def _extras(self, handle: Any) -> dict[str, Any]:
-        """Utilisation, temperature, power and this process's memory, where NVML reports them."""
-        nvml = self._nvml
-        extras: dict[str, Any] = {}
-        readers = {
-            "util_pct": lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu,
-            "temp_c": lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
-            "power_w": lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-        }
-        for key, read in readers.items():
-            # Not supported on this GPU or driver: leave it out, never 0.
-            with contextlib.suppress(Exception):
-                extras[key] = read()
-        try:
-            mine = [p for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == self._pid]
-            if mine and mine[0].usedGpuMemory is not None:
-                extras["process_used"] = int(mine[0].usedGpuMemory)
-            else:
-                extras["process_used_note"] = "not reported (inside a container NVML often sees no pids)"
-        except Exception as exc:
-            extras["process_used_note"] = f"not reported ({exc})"
-        return extras
+NvmlReader = GpuDevices
+"""The real :class:`GpuReader`: NVML's GPUs as ``CUDA_VISIBLE_DEVICES`` shows them to torch
+(:mod:`trainer.gpu_devices`)."""
 
 
 TorchStats = Callable[[int], "dict[str, int] | None"]
-"""Given a GPU index, torch's allocator figures (allocated, reserved, peak) or ``None``."""
+"""Given torch's ordinal of a GPU, torch's allocator figures (allocated, reserved, peak) or ``None``."""
 
 
 class MemorySampler:
@@ -148,7 +87,7 @@ class MemorySampler:
             return fields
         stats = self.torch_stats
         for gpu in gpus:
-            figures = stats(gpu["index"]) if stats else None
+            figures = stats(cuda_index_of(gpu)) if stats else None
             if figures:
                 gpu["torch"] = figures
         fields["gpus"] = gpus

@@ -8,9 +8,11 @@ level change, and accounts the paged optimizer state once the optimizer exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from trainer import events as ev
+from trainer.gpu_devices import row_for_cuda
 from trainer.memory_sampler import MemorySampler
 from trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
 
@@ -92,6 +94,11 @@ class MemoryWatch:
         cuda: Whether the run is on a GPU.
         worst_tokens: Padded tokens of the worst batch the data can produce.
         batch_size: Rows per micro-batch.
+        paged_optimizer: Whether the optimizer pages its state (else no spill can happen).
+        device: Torch's ordinal of the GPU the run trains on (``cuda:0``: the first GPU
+            ``CUDA_VISIBLE_DEVICES`` shows, whatever NVML numbers it).
+        cuda_memory_stats: Torch's allocator counters of that GPU; ``torch.cuda.memory_stats``
+            by default (tests stand in for CUDA here).
     """
 
     def __init__(
@@ -103,6 +110,8 @@ class MemoryWatch:
         worst_tokens: int,
         batch_size: int,
         paged_optimizer: bool = True,
+        device: int = 0,
+        cuda_memory_stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._emit = emit
         self._sampler = sampler
@@ -111,6 +120,8 @@ class MemoryWatch:
         self.forecaster = OomForecaster(worst_tokens, batch_size)
         self._retries = 0
         self._paged_optimizer = paged_optimizer
+        self._device = device
+        self._cuda_memory_stats = cuda_memory_stats or self._torch_memory_stats
         self.paged: dict[str, Any] | None = None
         self.spills: Any = None
         """The run's SpillCounter, from the first step on."""
@@ -119,7 +130,7 @@ class MemoryWatch:
         """At train begin: on CPU say once that there is nothing to forecast."""
         if not self._cuda:
             self._emit(
-                "oom_risk",
+                ev.OOM_RISK,
                 level=NOT_APPLICABLE,
                 predicted_peak=None,
                 available=None,
@@ -132,7 +143,7 @@ class MemoryWatch:
         if self._cuda:
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self._device)
 
     def step_end(self, step: int, optimizer: Any) -> None:
         """Feed the forecaster; report a new risk level; account paged state once."""
@@ -143,25 +154,22 @@ class MemoryWatch:
                 self._emit_spill(event)
         if not self._cuda:
             return
-        import torch
-
-        stats = torch.cuda.memory_stats()
+        stats = self._cuda_memory_stats()
         peak = int(stats.get("allocated_bytes.all.peak", 0))
         reserved = int(stats.get("reserved_bytes.all.current", 0))
         allocated = int(stats.get("allocated_bytes.all.current", 0))
         retries = int(stats.get("num_alloc_retries", 0))
         self.forecaster.observe(self.recorder.step_max_tokens, peak)
         sample = self._sampler.last or {}
-        gpus = sample.get("gpus") or []
-        if not gpus:
+        gpu = row_for_cuda(sample.get("gpus"), self._device)
+        if gpu is None:
             return
-        gpu = gpus[0]
         note = fragmentation_note(reserved, allocated, retries, self._retries)
         self._retries = retries
         risk = self.forecaster.forecast(gpu["total"], gpu["used"] - reserved, note)
         if self.forecaster.changed(risk):
             assert risk is not None
-            self._emit("oom_risk", step=step, **risk.as_event())
+            self._emit(ev.OOM_RISK, step=step, **risk.as_event())
 
     def _account_paged(self, step: int, optimizer: Any) -> None:
         """Once the optimizer exists: how much is paged, and how spills will be counted."""
@@ -174,15 +182,21 @@ class MemoryWatch:
             "cuda" if self._cuda else "cpu",
             int(self.paged.get("paged_bytes") or 0),
             paged_ranges(paged_tensors() or []) if self._cuda else [],
+            device=self._device,
             paged_optimizer=self._paged_optimizer,
         )
         self._emit(
-            "paged_state", step=step, spill_method=self.spills.method, spill_reason=self.spills.reason, **self.paged
+            ev.PAGED_STATE, step=step, spill_method=self.spills.method, spill_reason=self.spills.reason, **self.paged
         )
 
     def _emit_spill(self, event: Any) -> None:
         totals = self.spills.totals()
-        self._emit("spill", **event.as_event(), total_events=totals.events, total_bytes=totals.bytes)
+        self._emit(ev.SPILL, **event.as_event(), total_events=totals.events, total_bytes=totals.bytes)
+
+    def _torch_memory_stats(self) -> Mapping[str, Any]:
+        import torch
+
+        return torch.cuda.memory_stats(self._device)
 
     def close(self, step: int) -> None:
         """At the end of training: close the last spill cluster."""

@@ -26,6 +26,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from trainer.gpu_devices import row_for_cuda
+
 MIB = 1024 * 1024
 
 EXACT = "exact"
@@ -147,17 +149,22 @@ def paged_ranges(tensors: Iterable[Any], default_device: int = 0) -> list[PagedR
 def reading_from_memory(fields: Mapping[str, Any], device: int) -> MemoryReading | None:
     """Pick one GPU's NVML used and torch reserved out of a ``memory`` event's fields.
 
-    ``None`` when the sample lacks either figure (no NVIDIA GPU, torch stats not yet set).
+    Args:
+        fields: The event's fields.
+        device: Torch's ordinal of the GPU (``cuda:<device>``), matched against each row's
+            ``cuda_index``, not NVML's index: they differ under ``CUDA_VISIBLE_DEVICES``.
+
+    Returns:
+        ``None`` when the sample lacks either figure (no NVIDIA GPU, torch stats not yet set).
     """
-    for gpu in fields.get("gpus") or ():
-        if gpu.get("index") != device:
-            continue
-        torch_figures = gpu.get("torch") or {}
-        used, reserved = gpu.get("used"), torch_figures.get("reserved")
-        if used is None or reserved is None:
-            return None
-        return MemoryReading(int(used), int(reserved))
-    return None
+    gpu = row_for_cuda(fields.get("gpus"), device)
+    if gpu is None:
+        return None
+    torch_figures = gpu.get("torch") or {}
+    used, reserved = gpu.get("used"), torch_figures.get("reserved")
+    if used is None or reserved is None:
+        return None
+    return MemoryReading(int(used), int(reserved))
 
 
 class _Cluster:

@@ -6,6 +6,8 @@ monitor, the knob editor, the compare screen and their dialogs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,9 @@ from textual.screen import Screen
 
 from tui.runs import DEFAULT_ROOT
 from tui.screens.compare_screen import CompareScreen
+from tui.screens.help_screen import HelpScreen
 from tui.screens.home_screen import HomeScreen
+from tui.screens.key_help import key_help
 from tui.screens.monitor_screen import MonitorScreen
 
 if TYPE_CHECKING:
@@ -128,28 +132,14 @@ class LoratopApp(App[str]):
             return
         self.notify(f"saved {path}")
 
-    def get_system_commands(self, screen: Screen[Any]) -> Any:
-        """Every key's action is also in the command palette (ctrl+p)."""
+    def action_help(self) -> None:
+        """The keys: a run's monitor in full, the run history's in brief (``?`` in the monitor)."""
+        self.push_screen(HelpScreen(MonitorScreen.BINDINGS, elsewhere=[("Home screen", HomeScreen.BINDINGS)]))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Every key of the screen under the palette is also in the command palette (ctrl+p), by what it does."""
         yield from super().get_system_commands(screen)
         yield SystemCommand("Save screen as SVG", "into loratop-exports/", self.action_export_screen)
-        if isinstance(screen, MonitorScreen):
-            for title, help_text, action in (
-                ("Stop training", "stop gracefully at the next step and save the adapter", screen.action_stop),
-                ("Save checkpoint now", "SIGUSR1 to the trainer", screen.action_checkpoint),
-                ("Detach", "leave the run going and quit", screen.action_detach),
-                ("Quit", "asks stop or detach while training", screen.action_quit_run),
-                ("Toggle log scale", "loss chart y axis", screen.action_log_scale),
-                ("Toggle trainer log", "show or hide trainer.log", screen.action_toggle_log),
-                ("Rerun with changes", "the knob editor on this run's config", screen.action_edit),
-                ("Export run", "metrics CSV, events JSONL, screen SVG", screen.action_export),
-                ("Help", "keys and what they do", screen.action_help),
-            ):
-                yield SystemCommand(title, help_text, action)
-        if isinstance(screen, HomeScreen):
-            for title, help_text, action in (
-                ("Edit / rerun with changes", "the knob editor on the selected run", screen.action_edit),
-                ("Compare", "marked runs, or the selected run with its parent", screen.action_compare),
-                ("Change sort", "cycle the history's sort order", screen.action_sort),
-                ("New run from a sample", "pick a sample config, then edit it", screen.action_new),
-            ):
-                yield SystemCommand(title, help_text, action)
+        for row in key_help(screen.BINDINGS):
+            title = row.text[:1].upper() + row.text[1:]
+            yield SystemCommand(title, f"key: {row.keys}", partial(screen.run_action, row.action))

@@ -30,10 +30,10 @@ class CompareScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape,q", "back", "back"),
-        Binding("x", "x_axis", "steps/tokens"),
-        Binding("m", "smooth", "raw/smoothed"),
-        Binding("l", "log_scale", "log y"),
-        Binding("p", "app.export_screen", "save SVG"),
+        Binding("x", "x_axis", "steps/tokens", tooltip="plot over optimizer steps or over tokens seen"),
+        Binding("m", "smooth", "raw/smoothed", tooltip="per-step loss or EMA-smoothed loss"),
+        Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
+        Binding("p", "app.export_screen", "save SVG", tooltip="save this screen as SVG in loratop-exports/"),
     ]
 
     def __init__(self, run_dirs: list[Path], x_axis: str = "steps") -> None:

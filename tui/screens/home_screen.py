@@ -24,16 +24,17 @@ class HomeScreen(LoratopScreen[None]):
     """
 
     BINDINGS = [
-        Binding("enter", "open", "open"),
-        Binding("e", "edit", "edit/rerun"),
-        Binding("space", "mark", "mark"),
-        Binding("c", "compare", "compare"),
-        Binding("o", "sort", "sort"),
-        Binding("n", "new", "new"),
-        Binding("x", "export", "export"),
-        Binding("r", "reload", "refresh"),
+        Binding("enter", "open", "open", tooltip="open the run under the cursor"),
+        Binding("e", "edit", "edit/rerun", tooltip="edit it: rerun with changes in the knob editor"),
+        Binding("space", "mark", "mark", tooltip="mark runs to compare"),
+        Binding("c", "compare", "compare", tooltip="compare the marked runs (or a run with its parent)"),
+        Binding("o", "sort", "sort", tooltip="change the sort"),
+        Binding("n", "new", "new", tooltip="start a run from a sample config"),
+        Binding("x", "export", "export", tooltip="export the run's metrics CSV and events JSONL"),
+        Binding("r", "reload", "refresh", tooltip="refresh the list"),
         Binding("q", "app.quit", "quit"),
     ]
+    """The footer shows each description; the help screen and the command palette its tooltip."""
 
     SORT_BY_COLUMN = {
         "run": "name",

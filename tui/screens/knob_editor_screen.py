@@ -43,10 +43,10 @@ class KnobEditor(LoratopScreen[None]):
     """A form of the knobs that matter, checked live, with their effective values."""
 
     BINDINGS = [
-        Binding("escape", "back", "back"),
-        Binding("ctrl+r", "launch", "launch"),
-        Binding("ctrl+s", "save", "save as"),
-        Binding("ctrl+b", "save_and_launch", "save+launch"),
+        Binding("escape", "back", "back", tooltip="back, without saving or launching"),
+        Binding("ctrl+r", "launch", "launch", tooltip="launch the form's config as a new run"),
+        Binding("ctrl+s", "save", "save as", tooltip="save the form as a new YAML file"),
+        Binding("ctrl+b", "save_and_launch", "save+launch", tooltip="save the form as a new YAML file, then launch it"),
     ]
 
     def __init__(

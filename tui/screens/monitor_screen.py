@@ -27,7 +27,6 @@ from tui.event_stream import FileFollower, PipeStream
 from tui.messages import EventsArrived, TrainerGone
 from tui.run_state import RunState
 from tui.screens.confirm_screen import ConfirmScreen
-from tui.screens.help_screen import HelpScreen
 from tui.screens.loratop_screen import LoratopScreen
 from tui.screens.quit_screen import QuitScreen
 from widgets import LossChart, MemoryPanel
@@ -48,16 +47,19 @@ class MonitorScreen(LoratopScreen[str]):
     """One run, live: header, loss chart, panels, log pane, outcome."""
 
     BINDINGS = [
-        Binding("s", "stop", "stop"),
-        Binding("c", "checkpoint", "ckpt"),
-        Binding("d", "detach", "detach"),
-        Binding("q", "quit_run", "quit"),
-        Binding("l", "log_scale", "log y"),
-        Binding("g", "toggle_log", "log pane"),
-        Binding("e", "edit", "rerun w/ changes"),
-        Binding("x", "export", "export"),
-        Binding("question_mark", "help", "help"),
+        Binding("s", "stop", "stop", tooltip="stop training gracefully (asks first; the adapter is saved)"),
+        Binding("c", "checkpoint", "ckpt", tooltip="save a checkpoint now (at the next step boundary)"),
+        Binding(
+            "d", "detach", "detach", tooltip="detach: leave the run going and quit (loratop attach brings it back)"
+        ),
+        Binding("q", "quit_run", "quit", tooltip="quit (asks stop or detach while the run trains)"),
+        Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
+        Binding("g", "toggle_log", "log pane", tooltip="show/hide the trainer's log (trainer.log)"),
+        Binding("e", "edit", "rerun w/ changes", tooltip="rerun with changes: the knob editor on this run's config"),
+        Binding("x", "export", "export", tooltip="export: metrics CSV, events JSONL and this screen as SVG"),
+        Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
+    """The footer shows each description; the help screen and the command palette its tooltip."""
 
     def __init__(self, run_dir: Path, pipe_fd: int | None = None, clock: Any = time.time) -> None:
         """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file."""
@@ -279,9 +281,6 @@ class MonitorScreen(LoratopScreen[str]):
     def action_toggle_log(self) -> None:
         """Show or hide the trainer's log pane."""
         self.query_one("#trainer-log", Log).toggle_class("shown")
-
-    def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
 
     def action_edit(self) -> None:
         """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.widgets import Static
 
 from tests.conftest import DEMO_CONFIG, of_type, read_events
@@ -221,10 +223,16 @@ def test_a_notice_is_shown_on_opening(tmp_path: Path) -> None:
     run_dir = _recorded_run(tmp_path)
     app = LoratopApp(run_dir, notice="pre-flight estimate (QLoRA): 5.4 GB peak")
 
+    toasts: list[Notification] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify):
+            toasts.append(message.notification)
+
     async def drive() -> None:
-        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        async with app.run_test(size=(100, 30), notifications=True, message_hook=hook) as pilot:
             await pilot.pause(0.2)
-            assert [n.message for n in app._notifications] == ["pre-flight estimate (QLoRA): 5.4 GB peak"]
+            assert [n.message for n in toasts] == ["pre-flight estimate (QLoRA): 5.4 GB peak"]
 
     asyncio.run(drive())
 

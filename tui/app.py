@@ -29,7 +29,11 @@ EXPORT_DIR = Path("loratop-exports")
 
 
 class LoratopApp(App[str]):
-    """The dashboard: the run history (home), one run's monitor, the knob editor or the compare screen."""
+    """The dashboard: the run history (home), one run's monitor, the knob editor or the compare screen.
+
+    ``run()`` returns how the session ended: ``DETACHED``, ``STOPPED`` or ``QUIT``
+    (``tui.screens.monitor_screen``), or ``None`` when the App itself quit.
+    """
 
     CSS_PATH = "app.tcss"
     TITLE = "loratop"

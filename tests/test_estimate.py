@@ -19,6 +19,7 @@ import pytest
 from fake_nvml import FakePynvml, four_gpus, install
 
 from trainer import estimate as est_mod
+from trainer import model_config
 from trainer.config import RunConfig, load_config
 from trainer.estimate import (
     GB,
@@ -273,7 +274,7 @@ def test_unreachable_hub_fails_fast_in_one_line(monkeypatch: pytest.MonkeyPatch,
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
         monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(est_mod.socket, "create_connection", refuse)
+    monkeypatch.setattr(model_config.socket, "create_connection", refuse)
 
     with pytest.raises(EstimateError) as caught:
         load_model_shape("someorg/some-model")

@@ -3,8 +3,9 @@
 ``loratop estimate CONFIG`` reads only the model's ``config.json`` (a local folder, the
 Hugging Face cache, or the hub when reachable) and prints what full fine-tuning, LoRA
 on a 16-bit base and QLoRA would need on one GPU, against the visible GPU's memory.
-Standard library only (``huggingface_hub`` and ``pynvml`` are imported lazily, for a
-hub download of ``config.json`` and for the GPU's size).
+Standard library only (``config.json`` is found by :mod:`trainer.model_config`, which
+imports ``huggingface_hub`` for a hub download alone; the GPU's size comes from
+:mod:`trainer.gpu_devices`, which imports ``pynvml`` when it opens NVML).
 
 Every figure is in bytes; the printout uses GB = 10^9 bytes (nvidia-smi shows MiB;
 1 GiB = 1.074 GB). The formulas, each a named function below:
@@ -53,20 +54,14 @@ vision tower of a multimodal model, fragmentation beyond the fixed overhead.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-import socket
 import textwrap
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.architectures import _cached_hub_config
 from trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
+from trainer.model_config import ModelConfigError, read_model_config
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig
@@ -284,119 +279,17 @@ def load_model_shape(name_or_path: str) -> ModelShape:
     Args:
         name_or_path: ``tiny``, a local folder (or a ``config.json`` file), or a hub id.
             A hub model is read from the Hugging Face cache, else its ``config.json``
-            alone is downloaded (not with ``HF_HUB_OFFLINE`` set).
+            alone is downloaded (not with ``HF_HUB_OFFLINE`` set); see
+            :func:`trainer.model_config.read_model_config`.
 
     Raises:
         EstimateError: no readable ``config.json``, or a shape this estimate cannot count.
     """
-    if name_or_path == "tiny":
-        return _tiny_shape()
-    data, source = _read_config_json(name_or_path)
-    return shape_from_config(data, source=source, name=name_or_path)
-
-
-def _tiny_shape() -> ModelShape:
-    from trainer.tiny_model import SPEC
-
-    heads = SPEC["num_attention_heads"]
-    return ModelShape(
-        vocab_size=SPEC["vocab_size"],  # the size the local tokenizer is trained to: 1024
-        hidden_size=SPEC["hidden_size"],
-        intermediate_size=SPEC["intermediate_size"],
-        num_hidden_layers=SPEC["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=SPEC["num_key_value_heads"],
-        head_dim=SPEC["hidden_size"] // heads,
-        tie_word_embeddings=False,
-        model_type="llama",
-        source="the embedded tiny Llama (trainer/tiny_model.py)",
-    )
-
-
-def _read_config_json(name: str) -> tuple[dict[str, Any], str]:
-    path = Path(name).expanduser()
-    if path.is_file():
-        return _parse_json(path, name), str(path)
-    if (path / "config.json").is_file():
-        return _parse_json(path / "config.json", name), str(path / "config.json")
-    prefix = f"cannot read config.json for {name}"
-    if path.is_dir():
-        raise EstimateError(f"{prefix}: the folder {path} has no config.json")
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
-        raise EstimateError(f"{prefix}: no such folder, and not a hub id (org/name)")
-    cached = _cached_hub_config(name)
-    if cached is not None:
-        return _parse_json(cached, name), "the Hugging Face cache"
-    return _parse_json(_download_config(name), name), "the hub (config.json only)"
-
-
-def _download_config(repo_id: str) -> Path:
-    prefix = f"cannot read config.json for {repo_id}: not local, not cached, hub unreachable"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-        raise EstimateError(f"{prefix} (HF_HUB_OFFLINE is set)")
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise EstimateError(f"{prefix} (huggingface_hub is not installed)") from None
-    unreachable = _hub_unreachable()
-    if unreachable:
-        raise EstimateError(f"{prefix} ({unreachable})")
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line error
-    try:
-        return Path(hf_hub_download(repo_id, "config.json"))
-    except Exception as exc:  # huggingface_hub raises many kinds; each becomes one line
-        kind = type(exc).__name__
-        if kind == "GatedRepoError":
-            raise EstimateError(
-                f"cannot read config.json for {repo_id}: gated on the hub; accept its licence "
-                "and run `huggingface-cli login`"
-            ) from None
-        if kind in ("RepositoryNotFoundError", "EntryNotFoundError", "RemoteEntryNotFoundError"):
-            raise EstimateError(
-                f"cannot read config.json for {repo_id}: no such model on the hub (or it is private)"
-            ) from None
-        raise EstimateError(f"{prefix} ({_root_cause(exc)})") from None
-    finally:
-        hub_logger.setLevel(level)
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached, found in seconds rather than after the client's retries.
-
-    Skipped behind a proxy (a direct connection says nothing about the proxied one).
-    """
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return f"cannot connect to {host}: {exc.strerror or exc}"
-    return None
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost exception of a chain, as ``Type: first sentence``."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
-    if len(text) > 100:
-        text = text[:100].rsplit(" ", 1)[0] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _parse_json(path: Path, name: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EstimateError(f"cannot read config.json for {name}: {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise EstimateError(f"cannot read config.json for {name}: {path} is not a JSON object")
-    return data
+        config = read_model_config(name_or_path)
+    except ModelConfigError as exc:
+        raise EstimateError(str(exc)) from None
+    return shape_from_config(config.data, source=config.source, name=name_or_path)
 
 
 def shape_from_config(data: Mapping[str, Any], *, source: str = "", name: str = "model") -> ModelShape:

@@ -16,20 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trainer.data_files import EMBEDDED_DATASETS, load_rows
+from trainer.model_config import TINY_SPEC
 
 BUILDER_VERSION = 1
 """Bump when the builder changes, so old caches are not reused."""
 
-SPEC = {
-    "vocab_size": 1024,
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-}
-"""The tiny Llama's shape: ~0.5M parameters, steps in tens of milliseconds on a CPU."""
+SPEC = TINY_SPEC
+"""The tiny Llama's shape (defined torch-free in :mod:`trainer.model_config`, which the
+estimate reads without importing this builder)."""
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"

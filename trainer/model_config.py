@@ -1,0 +1,175 @@
+"""The one lookup of a model's ``config.json``: the embedded tiny model, a local folder, the
+Hugging Face cache, or the hub (``config.json`` alone, with a timeout).
+
+``loratop check`` (through :func:`trainer.architectures.model_type_of`) asks without
+downloading; ``loratop estimate`` and the advisor (through
+:func:`trainer.estimate.load_model_shape`) may download. Either way no weights are read.
+
+Standard library only: ``huggingface_hub`` is imported for a hub download alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TINY = "tiny"
+"""The name of the embedded model (built by :mod:`trainer.tiny_model`)."""
+
+TINY_SPEC = {
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+"""The tiny Llama's shape: ~0.5M parameters, steps in tens of milliseconds on a CPU."""
+
+TINY_CONFIG: dict[str, Any] = {"model_type": "llama", **TINY_SPEC, "tie_word_embeddings": False}
+"""What the tiny model's ``config.json`` says about its shape, known before it is built."""
+
+TINY_SOURCE = "the embedded tiny Llama (trainer/tiny_model.py)"
+
+HUB_CONNECT_TIMEOUT = 3.0
+"""Seconds to find out whether the hub answers at all, before its client's retries."""
+
+
+class ModelConfigError(Exception):
+    """No readable ``config.json``; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model's parsed ``config.json`` and where it was read from."""
+
+    data: dict[str, Any]
+    source: str
+    """In words: a path, ``the Hugging Face cache``, ``the hub (config.json only)``, or the tiny model."""
+
+
+def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfig:
+    """A model's ``config.json``, never its weights.
+
+    Args:
+        name_or_path: ``tiny``, a local folder (or a ``config.json`` file), or a hub id
+            (``org/name``).
+        download: For a hub id that is not cached, fetch its ``config.json`` alone (not
+            with ``HF_HUB_OFFLINE`` set; a hub that does not answer within
+            :data:`HUB_CONNECT_TIMEOUT` fails at once).
+
+    Raises:
+        ModelConfigError: not found, unreadable, not a JSON object, or not downloadable.
+    """
+    if name_or_path == TINY:
+        return ModelConfig(dict(TINY_CONFIG), TINY_SOURCE)
+    name = name_or_path
+    path = Path(name).expanduser()
+    if path.is_file():
+        return ModelConfig(_parse_json(path, name), str(path))
+    if (path / "config.json").is_file():
+        return ModelConfig(_parse_json(path / "config.json", name), str(path / "config.json"))
+    prefix = f"cannot read config.json for {name}"
+    if path.is_dir():
+        raise ModelConfigError(f"{prefix}: the folder {path} has no config.json")
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
+        raise ModelConfigError(f"{prefix}: no such folder, and not a hub id (org/name)")
+    cached = cached_hub_config(name)
+    if cached is not None:
+        return ModelConfig(_parse_json(cached, name), "the Hugging Face cache")
+    if not download:
+        raise ModelConfigError(f"{prefix}: not local and not in the Hugging Face cache")
+    return ModelConfig(_parse_json(_download_config(name), name), "the hub (config.json only)")
+
+
+def cached_hub_config(repo_id: str) -> Path | None:
+    """The cached ``config.json`` of a hub model, found the way huggingface_hub lays it out."""
+    if repo_id.count("/") != 1:
+        return None
+    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    repo_dir = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    try:
+        revision = ref.read_text().strip()
+    except OSError:
+        return None
+    candidate = repo_dir / "snapshots" / revision / "config.json"
+    return candidate if candidate.is_file() else None
+
+
+def _parse_json(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelConfigError(f"cannot read config.json for {name}: {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"cannot read config.json for {name}: {path} is not a JSON object")
+    return data
+
+
+def _download_config(repo_id: str) -> Path:
+    prefix = f"cannot read config.json for {repo_id}: not local, not cached, hub unreachable"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        raise ModelConfigError(f"{prefix} (HF_HUB_OFFLINE is set)")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ModelConfigError(f"{prefix} (huggingface_hub is not installed)") from None
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise ModelConfigError(f"{prefix} ({unreachable})")
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line error
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as exc:  # huggingface_hub raises many kinds; each becomes one line
+        kind = type(exc).__name__
+        if kind == "GatedRepoError":
+            raise ModelConfigError(
+                f"cannot read config.json for {repo_id}: gated on the hub; accept its licence "
+                "and run `huggingface-cli login`"
+            ) from None
+        if kind in ("RepositoryNotFoundError", "EntryNotFoundError", "RemoteEntryNotFoundError"):
+            raise ModelConfigError(
+                f"cannot read config.json for {repo_id}: no such model on the hub (or it is private)"
+            ) from None
+        raise ModelConfigError(f"{prefix} ({_root_cause(exc)})") from None
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+    """Why the hub cannot be reached, found in seconds rather than after the client's retries.
+
+    Skipped behind a proxy (a direct connection says nothing about the proxied one).
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot connect to {host}: {exc.strerror or exc}"
+    return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception of a chain, as ``Type: first sentence``."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+    if len(text) > 100:
+        text = text[:100].rsplit(" ", 1)[0] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -107,6 +107,10 @@ for name in events.jsonl status.json; do
 done
 
 echo
+echo "== scripts/check_gpu_devices.py (NVML adapter vs torch, per CUDA_VISIBLE_DEVICES)"
+"$python" -u scripts/check_gpu_devices.py || fail "scripts/check_gpu_devices.py exited non-zero"
+
+echo
 echo "== pytest -m gpu"
 "$python" -m pytest -m gpu -rA -p no:cacheprovider tests 2>&1 | tee "$out/pytest-gpu.log"
 code=${PIPESTATUS[0]}

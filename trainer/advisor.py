@@ -328,5 +328,3 @@ def gather_facts(config: RunConfig) -> Facts:
             est = estimate(shape, config, gpu_total, gpu_name)
             peak = est.row(est.selected).total
     return Facts(dataset_rows=rows, peak_bytes=peak, gpu_total_bytes=gpu_total)
-
-

@@ -87,6 +87,11 @@ class TorchMemory(TypedDict, total=False):
 
 class GpuMemory(TypedDict, total=False):
     index: int
+    """NVML's index (what nvidia-smi shows)."""
+    cuda_index: int
+    """Torch's ordinal: the GPU's place in ``CUDA_VISIBLE_DEVICES`` (``cuda:N``)."""
+    mig_index: int
+    """The MIG instance's index on its parent, for a MIG device."""
     name: str
     used: int
     total: int

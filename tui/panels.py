@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from tui.runs import RunSummary
 
 
-
 def fmt_loss(value: float | None) -> str:
     """Four decimals; ``NaN`` and ``inf`` spelled out; ``–`` when there is none yet."""
     if value is None:

@@ -245,7 +245,7 @@ def build_model(folder: Path, layers: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from trainer.tiny_model import tiny_model_dir
+    from trainer.runtime.tiny_model import tiny_model_dir
 
     tiny, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -366,8 +366,8 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     batch recorder or spill counter."""
     import torch
 
-    from trainer.event_sink import EventSink
-    from trainer.train import Run
+    from trainer.runtime.event_sink import EventSink
+    from trainer.runtime.train import Run
 
     marks: list[tuple[float, int]] = []
     cuda = torch.cuda.is_available()
@@ -424,8 +424,8 @@ def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, o
     """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code."""
     import torch
 
-    from trainer.event_sink import EventSink
-    from trainer.train import Run
+    from trainer.runtime.event_sink import EventSink
+    from trainer.runtime.train import Run
 
     cuda = torch.cuda.is_available()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -519,7 +519,7 @@ def main() -> int:
     _section("machine")
     import torch
 
-    from trainer.memory_sampler import NvmlReader
+    from trainer.runtime.memory_sampler import NvmlReader
 
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from trainer import events as ev
-from trainer.event_sink import EventSink
+from trainer.runtime.event_sink import EventSink
 from tui.event_stream import PipeStream
 
 

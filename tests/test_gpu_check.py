@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RECORDED_RUNS, REPO
 from trainer import events as ev
-from trainer.event_sink import EventSink
+from trainer.runtime.event_sink import EventSink
 
 GIB = 1024**3
 

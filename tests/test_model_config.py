@@ -30,7 +30,7 @@ def test_tiny_needs_no_files() -> None:
     config = read_model_config("tiny")
 
     assert config.data == TINY_CONFIG and config.data is not TINY_CONFIG
-    assert config.source == "the embedded tiny Llama (trainer/tiny_model.py)"
+    assert config.source == "the embedded tiny Llama (trainer/runtime/tiny_model.py)"
     assert model_type_of("tiny") == "llama"
 
 
@@ -99,4 +99,4 @@ def test_estimate_loads_neither_the_tiny_model_builder_nor_the_hub_client() -> N
     modules = json.loads(result.stdout.splitlines()[-1])
 
     assert "trainer.model_config" in modules
-    assert [m for m in modules if m in ("trainer.tiny_model", "huggingface_hub", "torch")] == []
+    assert [m for m in modules if m in ("trainer.runtime.tiny_model", "huggingface_hub", "torch")] == []

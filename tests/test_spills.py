@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
 
-from trainer.cupti_spills import CuptiUvmSource, load_cupti
-from trainer.memory_sampler import MemorySampler
+from trainer.runtime.cupti_spills import CuptiUvmSource, load_cupti
+from trainer.runtime.memory_sampler import MemorySampler
 from trainer.spills import (
     COHERENCE,
     DTOH,
@@ -677,7 +677,7 @@ def test_missing_cupti_package_is_an_expected_reason(monkeypatch: pytest.MonkeyP
 def test_importing_the_adapter_does_not_import_cupti() -> None:
     import subprocess
 
-    code = "import sys, trainer.cupti_spills, trainer.spills; print('cupti' in sys.modules)"
+    code = "import sys, trainer.runtime.cupti_spills, trainer.spills; print('cupti' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

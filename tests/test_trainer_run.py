@@ -89,7 +89,7 @@ def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> Non
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from trainer.tiny_model import tiny_model_dir
+    from trainer.runtime.tiny_model import tiny_model_dir
 
     _, run_dir = demo_run
     cfg = load_config(run_dir / "config.yaml", check_files=False)
@@ -234,7 +234,7 @@ def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.M
         return peft_model
 
     monkeypatch.setattr(peft, "get_peft_model", get_peft_model_then_unfreeze)
-    from trainer.train import main
+    from trainer.runtime.train import main
 
     run_dir = tmp_path / "run"
     code = main([str(DEMO_CONFIG), "--run-dir", str(run_dir)])
@@ -316,9 +316,9 @@ def test_on_spike_acts_on_severe_spikes_only(
     from transformers import TrainerControl
 
     from trainer.config import parse_overrides
-    from trainer.event_sink import EventSink
+    from trainer.runtime.event_sink import EventSink
+    from trainer.runtime.train import Run
     from trainer.spikes import Spike
-    from trainer.train import Run
 
     config = load_config(DEMO_CONFIG, parse_overrides([f"monitor.on_spike={action}"]), check_files=False)
     sink = EventSink(tmp_path / "events.jsonl")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 TINY = "tiny"
-"""The name of the embedded model (built by :mod:`trainer.tiny_model`)."""
+"""The name of the embedded model (built by :mod:`trainer.runtime.tiny_model`)."""
 
 TINY_SPEC = {
     "vocab_size": 1024,
@@ -36,7 +36,7 @@ TINY_SPEC = {
 TINY_CONFIG: dict[str, Any] = {"model_type": "llama", **TINY_SPEC, "tie_word_embeddings": False}
 """What the tiny model's ``config.json`` says about its shape, known before it is built."""
 
-TINY_SOURCE = "the embedded tiny Llama (trainer/tiny_model.py)"
+TINY_SOURCE = "the embedded tiny Llama (trainer/runtime/tiny_model.py)"
 
 HUB_CONNECT_TIMEOUT = 3.0
 """Seconds to find out whether the hub answers at all, before its client's retries."""

@@ -6,7 +6,7 @@ bitsandbytes counts none of it. This module turns the evidence into spill events
 one interface, :class:`SpillCounter`, built by :func:`make_spill_counter`:
 
 - *exact*: CUPTI unified-memory counter records (:class:`UvmRecord`, produced by the
-  adapter in :mod:`trainer.cupti_spills`) go through :class:`SpillClassifier`. Only
+  adapter in :mod:`trainer.runtime.cupti_spills`) go through :class:`SpillClassifier`. Only
   device-to-host bytes whose migration cause is eviction and that overlap a paged
   buffer count; records closer together than a gap form one event.
 - *estimated*: without CUPTI, :class:`SpillEstimator` infers the non-resident paged
@@ -554,15 +554,6 @@ def events_from_estimate(
     return [event] if event is not None else []
 
 
-def _default_cupti_factory(device: int) -> Callable[[], SpillSource]:
-    def factory() -> SpillSource:
-        from trainer.cupti_spills import CuptiUvmSource  # lazy: imports nothing heavy until asked
-
-        return CuptiUvmSource(device=device)
-
-    return factory
-
-
 def make_spill_counter(
     device_kind: str,
     paged_bytes: int,
@@ -584,7 +575,8 @@ def make_spill_counter(
         ranges: Their address ranges (see :func:`paged_ranges`).
         device: The GPU that holds them.
         paged_optimizer: ``False`` when the configured optimizer is not a paged one.
-        cupti_factory: Returns the exact source; the real CUPTI adapter by default.
+        cupti_factory: Returns the exact source (the trainer passes the real CUPTI adapter,
+            :class:`trainer.runtime.cupti_spills.CuptiUvmSource`); ``None``: estimate.
         gap_ns: Largest gap between records of one spill event.
         hysteresis_bytes: Dead band of the estimate; see :func:`default_hysteresis`.
         other_bytes: Non-torch, non-paged device memory assumed by the estimate.
@@ -610,9 +602,10 @@ def make_spill_counter(
         "other_bytes": other_bytes,
         "clock": clock,
     }
-    factory = cupti_factory if cupti_factory is not None else _default_cupti_factory(device)
     try:
-        source = factory()
+        if cupti_factory is None:
+            raise SpillSourceUnavailable("no exact source was given")
+        source = cupti_factory()
         source.start(list(ranges))
     except SpillSourceUnavailable as exc:
         why = exc.reason

@@ -25,9 +25,9 @@ from typing import Any
 
 from trainer import events as ev
 from trainer.config import ConfigError, RunConfig, dump_config, load_config
-from trainer.event_sink import EventSink
-from trainer.memory_sampler import MemorySampler
 from trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, write_status
+from trainer.runtime.event_sink import EventSink
+from trainer.runtime.memory_sampler import MemorySampler
 from trainer.spikes import SpikeDetector
 
 EXIT_OK = 0
@@ -176,7 +176,7 @@ class Run:
 
         path = cfg.model.name_or_path
         if path == "tiny":
-            from trainer.tiny_model import tiny_model_dir
+            from trainer.runtime.tiny_model import tiny_model_dir
 
             self.sink.emit(ev.LOG, message="preparing the embedded tiny model")
             folder, built = tiny_model_dir()
@@ -228,14 +228,14 @@ class Run:
             targets = "all-linear"
         lora = LoraConfig(
             r=cfg.lora.r,
-            lora_alpha=cfg.lora.lora_alpha,
+            lora_alpha=cfg.lora.lora_alpha,  # type: ignore[arg-type]  # peft's hint says int; floats work
             lora_dropout=cfg.lora.lora_dropout,
             target_modules=targets,
             bias=cfg.lora.bias,
             task_type="CAUSAL_LM",
         )
         try:
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, lora)  # type: ignore[assignment]  # a PeftModel wraps the base
         except ValueError as exc:
             if "not found in the base model" in str(exc) or "Target module" in str(exc):
                 raise UserFacingError(f"lora.target_modules = {cfg.lora.target_modules}: {exc}") from None
@@ -249,8 +249,8 @@ class Run:
 
     def _watch_memory(self, trainer: Any, cuda: bool) -> None:
         """Record batch sizes and prepare the OOM forecast from the tokenised lengths."""
-        from trainer.memory_watch import BatchRecorder, MemoryWatch
         from trainer.oom_forecast import worst_batch_tokens
+        from trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 
         t = self.config.training
         recorder = BatchRecorder(trainer.data_collator)
@@ -345,7 +345,7 @@ class Run:
         )
 
     def _audit_or_refuse(self, model: Any) -> None:
-        from trainer.audit import audit_parameters
+        from trainer.runtime.audit import audit_parameters
 
         audit = audit_parameters(model, train_biases=self.config.lora.bias != "none")
         self._audit = audit.as_event()

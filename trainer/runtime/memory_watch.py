@@ -13,8 +13,8 @@ from typing import Any
 
 from trainer import events as ev
 from trainer.gpu_devices import row_for_cuda
-from trainer.memory_sampler import MemorySampler
 from trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
+from trainer.runtime.memory_sampler import MemorySampler
 
 PAGE_MIN_ELEMENTS = 100_000
 """bitsandbytes pages optimizer state only for parameters with at least this many
@@ -173,6 +173,7 @@ class MemoryWatch:
 
     def _account_paged(self, step: int, optimizer: Any) -> None:
         """Once the optimizer exists: how much is paged, and how spills will be counted."""
+        from trainer.runtime.cupti_spills import CuptiUvmSource
         from trainer.spills import make_spill_counter, paged_ranges
 
         self.paged = paged_state(optimizer)
@@ -184,6 +185,7 @@ class MemoryWatch:
             paged_ranges(paged_tensors() or []) if self._cuda else [],
             device=self._device,
             paged_optimizer=self._paged_optimizer,
+            cupti_factory=lambda: CuptiUvmSource(device=self._device),
         )
         self._emit(
             ev.PAGED_STATE, step=step, spill_method=self.spills.method, spill_reason=self.spills.reason, **self.paged

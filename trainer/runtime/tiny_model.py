@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from trainer.data_files import EMBEDDED_DATASETS, load_rows
 from trainer.model_config import TINY_SPEC
@@ -105,8 +106,9 @@ def _build(folder: Path, seed: int) -> None:
         model_max_length=SPEC["max_position_embeddings"],
     )
     fast.chat_template = CHAT_TEMPLATE
+    shape: dict[str, Any] = {**SPEC, "vocab_size": len(fast)}
     config = LlamaConfig(
-        **{**SPEC, "vocab_size": len(fast)},
+        **shape,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value
-from tui.runs import sci
+from trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value, format_value
 
 Kind = Literal["int", "float", "choice", "bool"]
 
@@ -111,17 +110,6 @@ def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- text <-> values -----------------------------------------------------------------------
-
-
-def format_value(value: Any) -> str:
-    """A value as the form shows it: ``2e-4`` rather than ``0.0002``, ``16`` rather than ``16.0``."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else ""
-    if isinstance(value, float):
-        if value == int(value) and abs(value) < 1e6:
-            return str(int(value))
-        return sci(value) if abs(value) < 1e-2 else f"{value:g}"
-    return str(value)
 
 
 def parse_text(knob: Knob, text: str) -> tuple[Any, str | None]:

@@ -22,8 +22,8 @@ RECORDED = REPO / "tests" / "data" / "recorded_run"
 FIRST_FRAME = f"""
 import asyncio, shutil, tempfile, time
 from pathlib import Path
-from tui.app import LoratopApp
-from tui.screens.monitor_screen import MonitorScreen
+from loratop.tui.app import LoratopApp
+from loratop.tui.screens.monitor_screen import MonitorScreen
 run = Path(tempfile.mkdtemp()) / "rec"
 shutil.copytree({str(RECORDED)!r}, run)
 async def main():
@@ -46,11 +46,11 @@ def _best_of(code: str, runs: int = 3) -> float:
 
 def main() -> None:
     bare = _best_of("pass")
-    dashboard = _best_of("import tui.app")
+    dashboard = _best_of("import loratop.tui.app")
     frame = _best_of(FIRST_FRAME)
     stack = _best_of("import torch, transformers, peft")
     print(f"python startup (nothing)         {bare:6.2f} s")
-    print(f"import tui.app                   {dashboard:6.2f} s")
+    print(f"import loratop.tui.app                {dashboard:6.2f} s")
     print(f"first monitor frame (80x24)      {frame:6.2f} s")
     print(f"import torch+transformers+peft   {stack:6.2f} s")
     print(f"ratio: training stack / dashboard import   {stack / dashboard:5.1f}x")

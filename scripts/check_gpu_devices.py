@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import json, torch
-from trainer.gpu_devices import GpuDevices
+from loratop.trainer.gpu_devices import GpuDevices
 gpus = GpuDevices()
 torch_side = []
 for i in range(torch.cuda.device_count()):

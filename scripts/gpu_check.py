@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from trainer import events as ev  # noqa: E402
+from loratop.trainer import events as ev  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -243,9 +243,8 @@ def build_model(folder: Path, layers: int) -> Path:
     1e5 paging threshold, so that state is paged.
     """
     import torch
+    from loratop.trainer.runtime.tiny_model import tiny_model_dir
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from trainer.runtime.tiny_model import tiny_model_dir
 
     tiny, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -334,7 +333,7 @@ def _callback(on_step_end: Callable[[Any], None]) -> Any:
 
 
 def _config(model: Path | None, run_dir: Path, steps: int) -> Any:
-    from trainer.config import load_config, parse_overrides
+    from loratop.trainer.config import load_config, parse_overrides
 
     sets = [f"output_dir={run_dir}", f"training.max_steps={steps}", "training.save_steps=0"]
     if model is not None:
@@ -365,9 +364,8 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     ``bare`` builds the same SFTTrainer and trains it with no event callback, memory sampler,
     batch recorder or spill counter."""
     import torch
-
-    from trainer.runtime.event_sink import EventSink
-    from trainer.runtime.train import Run
+    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.runtime.train import Run
 
     marks: list[tuple[float, int]] = []
     cuda = torch.cuda.is_available()
@@ -423,9 +421,8 @@ def throughput(model: Path | None, out: Path, pairs: int, steps: int) -> Through
 def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, oom_at: int) -> int:
     """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code."""
     import torch
-
-    from trainer.runtime.event_sink import EventSink
-    from trainer.runtime.train import Run
+    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.runtime.train import Run
 
     cuda = torch.cuda.is_available()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -518,8 +515,7 @@ def main() -> int:
 
     _section("machine")
     import torch
-
-    from trainer.runtime.memory_sampler import NvmlReader
+    from loratop.trainer.runtime.memory_sampler import NvmlReader
 
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")

@@ -15,10 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from loratop.tui.app import LoratopApp
+from loratop.tui.screens.knob_editor_screen import KnobEditor
 from textual.widgets import Input
-
-from tui.app import LoratopApp
-from tui.screens.knob_editor_screen import KnobEditor
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "tests" / "data" / "runs"

@@ -10,11 +10,11 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from trainer.config import load_config, parse_overrides
-from tui.app import LoratopApp
-from tui.launcher import launch
-from tui.samples import resolve_config_path
-from tui.screens.monitor_screen import MonitorScreen
+from loratop.trainer.config import load_config, parse_overrides
+from loratop.tui.app import LoratopApp
+from loratop.tui.launcher import launch
+from loratop.tui.samples import resolve_config_path
+from loratop.tui.screens.monitor_screen import MonitorScreen
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -47,7 +47,7 @@ def runs(tmp_path: Path) -> Path:
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     """All events of a run, asserting the file holds nothing but valid events."""
-    from trainer.events import read_events as read
+    from loratop.trainer.events import read_events as read
 
     events, skipped = read(str(run_dir / "events.jsonl"))
     assert skipped == 0, f"{skipped} invalid lines in events.jsonl"
@@ -61,7 +61,7 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def loratop(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run the real ``loratop`` CLI in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args],
+        [sys.executable, "-m", "loratop.tui.cli", *args],
         capture_output=True,
         text=True,
         cwd=kwargs.pop("cwd", REPO),
@@ -72,7 +72,7 @@ def loratop(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 def wait_for_exit(pid: int, timeout: float = 300) -> None:
     """Wait for a process that is not our child (the trainer runs in its own session)."""
-    from trainer.run_dir import pid_alive
+    from loratop.trainer.run_dir import pid_alive
 
     deadline = time.monotonic() + timeout
     while pid_alive(pid):

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from trainer import advisor
-from trainer.advisor import RULES, Advice, Facts, advise, gather_facts
-from trainer.config import RunConfig, field_value, format_value, load_config
-from trainer.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
-from tui.cli import main
+from loratop.trainer import advisor
+from loratop.trainer.advisor import RULES, Advice, Facts, advise, gather_facts
+from loratop.trainer.config import RunConfig, field_value, format_value, load_config
+from loratop.trainer.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
+from loratop.tui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_configs"

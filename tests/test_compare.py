@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import RECORDED_RUNS as RUNS
-from tests.conftest import of_type, read_events
-from trainer import events as ev
-from tui import cli
-from tui.compare import (
+from loratop.trainer import events as ev
+from loratop.tui import cli
+from loratop.tui.compare import (
     BLOCKS,
     change_label,
     config_diff,
@@ -21,8 +18,11 @@ from tui.compare import (
     outcome_rows,
     sparklines,
 )
-from tui.panels import fmt_bytes, fmt_duration, fmt_loss
-from tui.runs import read_config
+from loratop.tui.panels import fmt_bytes, fmt_duration, fmt_loss
+from loratop.tui.runs import read_config
+
+from tests.conftest import RECORDED_RUNS as RUNS
+from tests.conftest import of_type, read_events
 
 
 def _config(name: str) -> dict[str, Any]:

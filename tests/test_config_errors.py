@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from trainer import data_files
-from trainer.config import load_config, parse_overrides
-from tui.cli import main
+from loratop.trainer import data_files
+from loratop.trainer.config import load_config, parse_overrides
+from loratop.tui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
@@ -220,7 +219,7 @@ def _check(tmp_path: Path, yaml_text: str | None, args: list[str]) -> subprocess
     if yaml_text is not MISSING:
         config.write_text(yaml_text)
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", "check", str(config), *args],
+        [sys.executable, "-m", "loratop.tui.cli", "check", str(config), *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -276,7 +275,7 @@ def test_two_problems_give_two_lines(tmp_path: Path) -> None:
 
 def test_shipped_demo_checks_ok(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "check", str(DEMO)],
+        [sys.executable, "-m", "loratop.tui.cli", "check", str(DEMO)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
-
-from trainer.config import (
+from loratop.trainer.config import (
     ALL_PROJECTIONS,
     OPTIMIZERS,
     SCHEDULERS,
@@ -20,6 +18,7 @@ from trainer.config import (
     load_config,
     parse_overrides,
 )
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "sample_configs").glob("*.yaml"))

@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loratop.trainer import events as ev
+from loratop.trainer.config import load_config, parse_overrides
+from loratop.tui.app import LoratopApp
+from loratop.tui.launcher import launch
+from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
+from loratop.tui.screens.quit_screen import QuitScreen
 from textual.message import Message
 from textual.notifications import Notification, Notify
 from textual.widgets import Static
 
 from tests.conftest import DEMO_CONFIG, of_type, read_events
-from trainer import events as ev
-from trainer.config import load_config, parse_overrides
-from tui.app import LoratopApp
-from tui.launcher import launch
-from tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
-from tui.screens.quit_screen import QuitScreen
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -190,7 +190,7 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
 
 
 def _memory_lines(screen: MonitorScreen) -> list[Any]:
-    from widgets.memory_panel import memory_lines
+    from loratop.widgets.memory_panel import memory_lines
 
     return memory_lines(screen.state.memory, 40)
 

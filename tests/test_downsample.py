@@ -7,8 +7,7 @@ import math
 import random
 
 import pytest
-
-from widgets.downsample import downsample, ema
+from loratop.widgets.downsample import downsample, ema
 
 
 def _brute_force(xs: list[float], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
@@ -137,7 +136,7 @@ def test_ema_rejects_an_alpha_outside_zero_to_one() -> None:
 def test_running_ema_matches_ema_however_the_series_grows() -> None:
     import math
 
-    from widgets.downsample import RunningEma, ema
+    from loratop.widgets.downsample import RunningEma, ema
 
     series = [3.0, math.nan, 2.5, 2.0, math.inf, 1.0, 1.5, 0.5]
     running = RunningEma(0.3)

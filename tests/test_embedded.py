@@ -7,8 +7,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+from loratop.trainer.data_files import EMBEDDED_DATASETS, inspect_data
+
 from tests.conftest import REPO
-from trainer.data_files import EMBEDDED_DATASETS, inspect_data
 
 
 def _generator():  # type: ignore[no-untyped-def]
@@ -34,7 +35,7 @@ def test_the_shipped_dataset_is_chat_rows() -> None:
 
 
 def test_tiny_model_is_built_once_then_cached(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from trainer.runtime import tiny_model
+    from loratop.trainer.runtime import tiny_model
 
     monkeypatch.setenv("LORATOP_CACHE", str(tmp_path))
     folder, built = tiny_model.tiny_model_dir()

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
-
-from trainer import estimate as est_mod
-from trainer import model_config
-from trainer.config import RunConfig, load_config
-from trainer.estimate import (
+from loratop.trainer import estimate as est_mod
+from loratop.trainer import model_config
+from loratop.trainer.config import RunConfig, load_config
+from loratop.trainer.estimate import (
     GB,
     NO_GPU,
     EstimateError,
@@ -38,7 +37,7 @@ from trainer.estimate import (
     shape_from_config,
     visible_gpu_total,
 )
-from tui.cli import main
+from loratop.tui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests" / "data" / "configs"
@@ -410,7 +409,7 @@ def test_cli_missing_config_json_is_one_line_without_traceback(tmp_path: Path) -
     empty = tmp_path / "no-model"
     empty.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "estimate", str(DEMO), "--set", f"model.name_or_path={empty}"],
+        [sys.executable, "-m", "loratop.tui.cli", "estimate", str(DEMO), "--set", f"model.name_or_path={empty}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -437,7 +436,7 @@ def test_every_line_fits_80_columns(model: str, gpu: int | None) -> None:
 
 
 def test_estimate_module_is_standard_library_only() -> None:
-    script = "import trainer.estimate, sys, json; print(json.dumps(sorted(sys.modules)))"
+    script = "import loratop.trainer.estimate, sys, json; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     modules = json.loads(result.stdout.splitlines()[-1])
     banned = ("torch", "transformers", "huggingface_hub", "pynvml", "pydantic", "textual")

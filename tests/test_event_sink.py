@@ -6,9 +6,9 @@ import os
 import threading
 from pathlib import Path
 
-from trainer import events as ev
-from trainer.runtime.event_sink import EventSink
-from tui.event_stream import PipeStream
+from loratop.trainer import events as ev
+from loratop.trainer.runtime.event_sink import EventSink
+from loratop.tui.event_stream import PipeStream
 
 
 def _drain(fd: int) -> bytes:

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from trainer.events import (
+from loratop.trainer.events import (
     LOG,
     MEMORY,
     PROTOCOL_VERSION,

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loratop.trainer import events as ev
+from loratop.tui import cli
+from loratop.tui.export import METRICS_HEADER, export_events_jsonl, export_metrics_csv, export_run
 
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
-from trainer import events as ev
-from tui import cli
-from tui.export import METRICS_HEADER, export_events_jsonl, export_metrics_csv, export_run
 
 HEADER = "step,time_s,loss,lr,grad_norm,tokens,epoch,spike,gpu_used_bytes,host_rss_bytes"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loratop.trainer import events as ev
+from loratop.tui import cli
 
 from tests.conftest import RECORDED_RUNS
-from trainer import events as ev
-from tui import cli
 
 # The line from the issue: it crashed `loratop attach`, the home screen, `ls` and `compare`.
 BAD_STEP = b'{"v":1,"seq":254,"t":1795939130,"type":"step","step":"abc","loss":1.0}\n'
@@ -88,7 +88,7 @@ def test_ls_compare_and_export_skip_the_bad_line(tmp_path: Path, capsys: pytest.
 
 
 def test_the_run_summary_counts_the_bad_line_as_garbled(tmp_path: Path) -> None:
-    from tui.runs import read_run
+    from loratop.tui.runs import read_run
 
     runs = _runs_with_bad_line(tmp_path)
     clean, _ = read_run(RECORDED_RUNS / "tiny-r8")

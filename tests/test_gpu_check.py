@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loratop.trainer import events as ev
+from loratop.trainer.runtime.event_sink import EventSink
 
 from tests.conftest import RECORDED_RUNS, REPO
-from trainer import events as ev
-from trainer.runtime.event_sink import EventSink
 
 GIB = 1024**3
 

@@ -30,7 +30,7 @@ def _light_files() -> list[Path]:
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    parts = ["loratop", *path.relative_to(REPO).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -62,22 +62,25 @@ def test_no_module_outside_trainer_runtime_imports_the_ml_stack_even_lazily() ->
         f"{path.relative_to(REPO)} imports {name}"
         for path in _light_files()
         for name in _imported_names(path)
-        if name.split(".")[0] in ML_STACK or name == "trainer.runtime" or name.startswith("trainer.runtime.")
+        if name.split(".")[0] in ML_STACK or name.startswith(("loratop.trainer.runtime", "trainer", "tui", "widgets"))
     ]
     assert offenders == []
 
 
 def test_every_module_outside_trainer_runtime_imports_without_the_ml_stack() -> None:
     names = [_module_name(path) for path in _light_files()]
-    assert "trainer.events" in names and "tui.cli" in names and "widgets.loss_chart" in names
+    assert {"loratop.trainer.events", "loratop.tui.cli", "loratop.widgets.loss_chart"} <= set(names)
     modules = _modules_after("\n".join(f"import {name}" for name in names))
 
     assert set(names) <= set(modules)
     assert _heavy(modules, ML_STACK) == []
+    # Only loratop's own names: a top-level `trainer` would be a second copy (or someone else's).
+    assert [m for m in modules if m.split(".")[0] in ("trainer", "tui", "widgets")] == []
 
 
 def test_the_torch_free_trainer_modules_load_no_textual_either() -> None:
     names = [_module_name(p) for p in _light_files() if p.relative_to(REPO).parts[0] == "trainer"]
+    assert "loratop.trainer.config" in names
     modules = _modules_after("\n".join(f"import {name}" for name in names))
 
     assert _heavy(modules, (*ML_STACK, "textual")) == []
@@ -85,34 +88,40 @@ def test_the_torch_free_trainer_modules_load_no_textual_either() -> None:
 
 def test_advisor_loads_no_ml_stack_and_no_textual() -> None:
     modules = _modules_after(
-        "from trainer.advisor import advise, gather_facts\n"
-        "from trainer.config import load_config\n"
+        "from loratop.trainer.advisor import advise, gather_facts\n"
+        "from loratop.trainer.config import load_config\n"
         f"config = load_config({str(DEMO)!r}, check_files=False)\n"
         "advise(config, gather_facts(config))"
     )
 
-    assert "trainer.advisor" in modules
+    assert "loratop.trainer.advisor" in modules
     assert _heavy(modules, (*ML_STACK, "textual")) == []
 
 
 def test_check_command_loads_no_ml_stack(tmp_path: Path) -> None:
     modules = _modules_after(
-        f"from tui.cli import main\nassert main(['check', {str(DEMO)!r}]) == 0",
+        f"from loratop.tui.cli import main\nassert main(['check', {str(DEMO)!r}]) == 0",
         cwd=tmp_path,
     )
 
-    assert "trainer.data_files" in modules
+    assert "loratop.trainer.data_files" in modules
     assert _heavy(modules, ML_STACK) == []
 
 
 def test_dashboard_and_widgets_load_no_ml_stack() -> None:
-    modules = _modules_after("import tui.app, tui.runs, tui.run_state, tui.panels, widgets")
+    modules = _modules_after(
+        "import loratop.tui.app, loratop.tui.runs, loratop.tui.run_state, loratop.tui.panels, loratop.widgets"
+    )
 
-    assert "tui.app" in modules and "textual" in modules
+    assert "loratop.tui.app" in modules and "textual" in modules
     assert _heavy(modules, ML_STACK) == []
 
 
 def test_widgets_import_neither_the_app_nor_the_trainer() -> None:
-    modules = _modules_after("import widgets, widgets.loss_chart, widgets.memory_panel, widgets.downsample")
+    modules = _modules_after(
+        "import loratop.widgets, loratop.widgets.loss_chart, loratop.widgets.memory_panel, loratop.widgets.downsample"
+    )
 
-    assert [m for m in modules if m.split(".")[0] in ("tui", "trainer")] == []
+    assert [
+        m for m in modules if m.startswith(("loratop.tui", "loratop.trainer")) or m.split(".")[0] in ("tui", "trainer")
+    ] == []

@@ -6,16 +6,16 @@ import asyncio
 import shutil
 from pathlib import Path
 
+from loratop.tui.app import LoratopApp
+from loratop.tui.screens.help_screen import HelpScreen
+from loratop.tui.screens.home_screen import HomeScreen
+from loratop.tui.screens.key_help import KeyHelp, key_help, key_label
+from loratop.tui.screens.monitor_screen import MonitorScreen
+from loratop.widgets import LossChart
 from textual.binding import Binding
 from textual.widgets import Static
 
 from tests.conftest import RECORDED_RUNS
-from tui.app import LoratopApp
-from tui.screens.help_screen import HelpScreen
-from tui.screens.home_screen import HomeScreen
-from tui.screens.key_help import KeyHelp, key_help, key_label
-from tui.screens.monitor_screen import MonitorScreen
-from widgets import LossChart
 
 
 def test_key_labels_read_as_typed() -> None:

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
+from loratop.trainer import events as ev
+from loratop.trainer.config import load_config
+from loratop.tui import knob_form as form
+from loratop.tui.app import LoratopApp
+from loratop.tui.screens.knob_editor_screen import KnobEditor
+from loratop.tui.screens.monitor_screen import MonitorScreen
 from textual.widgets import Button, Checkbox, Input, Static
 
 from tests.conftest import DEMO_CONFIG, of_type, read_events, wait_for_exit
 from tests.conftest import RECORDED_RUNS as RUNS
-from trainer import events as ev
-from trainer.config import load_config
-from tui import knob_form as form
-from tui.app import LoratopApp
-from tui.screens.knob_editor_screen import KnobEditor
-from tui.screens.monitor_screen import MonitorScreen
 
 # -- the pure model ---------------------------------------------------------------------------
 
@@ -282,8 +282,8 @@ def test_edit_launch_then_rerun_with_changes_records_the_chain(tmp_path: Path, c
     assert of_type(read_events(second), ev.RUN_STARTED)[0]["config"]["lora"]["r"] == 32
 
     # The history shows the chain, and the two finished runs compare with their diff named.
-    from tui.cli import main
-    from tui.runs import list_runs, parent_label
+    from loratop.tui.cli import main
+    from loratop.tui.runs import list_runs, parent_label
 
     by_name = {run.name: run for run in list_runs(runs)}
     assert parent_label(second, by_name[second.name].parent) == first.name
@@ -296,7 +296,7 @@ def test_edit_launch_then_rerun_with_changes_records_the_chain(tmp_path: Path, c
 
 
 def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -> None:
-    from tui.cli import main
+    from loratop.tui.cli import main
 
     assert main(["edit", "no-such-thing", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -310,7 +310,7 @@ def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -
 def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_path: Path) -> None:
     import os
 
-    from tui.screens.knob_editor_screen import editor_for_run
+    from loratop.tui.screens.knob_editor_screen import editor_for_run
 
     runs = tmp_path / "runs"
     shutil.copytree(RUNS, runs)

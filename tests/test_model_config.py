@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from trainer.architectures import model_type_of
-from trainer.model_config import TINY_CONFIG, ModelConfigError, read_model_config
+from loratop.trainer.architectures import model_type_of
+from loratop.trainer.model_config import TINY_CONFIG, ModelConfigError, read_model_config
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_7B = REPO / "tests" / "data" / "configs" / "llama-7b"
@@ -91,12 +90,12 @@ def test_check_never_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_estimate_loads_neither_the_tiny_model_builder_nor_the_hub_client() -> None:
     script = (
         "import json, sys\n"
-        "from trainer.estimate import load_model_shape\n"
+        "from loratop.trainer.estimate import load_model_shape\n"
         "load_model_shape('tiny')\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     modules = json.loads(result.stdout.splitlines()[-1])
 
-    assert "trainer.model_config" in modules
-    assert [m for m in modules if m in ("trainer.runtime.tiny_model", "huggingface_hub", "torch")] == []
+    assert "loratop.trainer.model_config" in modules
+    assert [m for m in modules if m in ("loratop.trainer.runtime.tiny_model", "huggingface_hub", "torch")] == []

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
-
-from trainer import events as ev
-from trainer.oom_forecast import (
+from loratop.trainer import events as ev
+from loratop.trainer.oom_forecast import (
     DANGER,
     EXPANDABLE_SEGMENTS,
     GIB,
@@ -19,8 +18,8 @@ from trainer.oom_forecast import (
     fragmentation_note,
     worst_batch_tokens,
 )
-from trainer.runtime.memory_sampler import MemorySampler
-from trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
+from loratop.trainer.runtime.memory_sampler import MemorySampler
+from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 
 
 def test_worst_batch_is_batch_size_rows_at_the_longest_truncated_length() -> None:
@@ -99,8 +98,7 @@ def test_fragmentation_note() -> None:
 def test_batch_recorder_and_paged_state_on_a_real_bitsandbytes_optimizer() -> None:
     import bitsandbytes as bnb
     import torch
-
-    from trainer.runtime.memory_watch import BatchRecorder, paged_state
+    from loratop.trainer.runtime.memory_watch import BatchRecorder, paged_state
 
     recorder = BatchRecorder(lambda rows: {"input_ids": torch.zeros(len(rows), 37, dtype=torch.long)})
     recorder(["a", "b", "c"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from trainer import events as ev
-from tui import panels
-from tui.run_state import LOST, RunState
+from loratop.trainer import events as ev
+from loratop.tui import panels
+from loratop.tui.run_state import LOST, RunState
 
 
 def _state(*events: dict) -> RunState:

@@ -10,12 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import RECORDED_RUNS as FIXTURE_RUNS
-from tests.conftest import loratop, of_type
-from tests.conftest import read_events as read_fixture_events
-from tui import cli
-from tui.runs import (
+from loratop.tui import cli
+from loratop.tui.runs import (
     SORT_KEYS,
     RunSummary,
     find_run,
@@ -26,6 +22,10 @@ from tui.runs import (
     sort_runs,
     summarise_run,
 )
+
+from tests.conftest import RECORDED_RUNS as FIXTURE_RUNS
+from tests.conftest import loratop, of_type
+from tests.conftest import read_events as read_fixture_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -88,7 +88,7 @@ def test_find_run_by_name_path_or_latest(tmp_path: Path) -> None:
 def test_trainer_alive_from_status() -> None:
     import time
 
-    from trainer.run_dir import trainer_alive
+    from loratop.trainer.run_dir import trainer_alive
 
     assert trainer_alive({"pid": os.getpid()})
     assert not trainer_alive({"pid": 2**22 + 12345})

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
-from trainer.events import SPIKE, decode_line, encode, read_events
-from trainer.spikes import COLLAPSE, GRAD_NORM_SPIKE, LOSS_SPIKE, NON_FINITE, Spike, SpikeDetector
+from loratop.trainer.events import SPIKE, decode_line, encode, read_events
+from loratop.trainer.spikes import COLLAPSE, GRAD_NORM_SPIKE, LOSS_SPIKE, NON_FINITE, Spike, SpikeDetector
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loratop.trainer import events as ev
+from loratop.trainer.config import load_config
+from loratop.tui.launcher import launch
 
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, wait_for_exit
-from trainer import events as ev
-from trainer.config import load_config
-from tui.launcher import launch
 
 pytestmark = pytest.mark.slow
 
@@ -86,10 +86,9 @@ def test_demo_run_folder_and_honest_memory(demo_run: tuple[Any, Path]) -> None:
 def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> None:
     """Rebuild the same model here and count with peft's own function."""
     import torch
+    from loratop.trainer.runtime.tiny_model import tiny_model_dir
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from trainer.runtime.tiny_model import tiny_model_dir
 
     _, run_dir = demo_run
     cfg = load_config(run_dir / "config.yaml", check_files=False)
@@ -121,7 +120,7 @@ def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> Non
 
 
 def _launch(tmp_path: Path, *overrides: str) -> Any:
-    from trainer.config import parse_overrides
+    from loratop.trainer.config import parse_overrides
 
     sets = parse_overrides([f"output_dir={tmp_path / 'run'}", *overrides])
     return launch(load_config(DEMO_CONFIG, sets))
@@ -171,7 +170,7 @@ def test_signals_checkpoint_then_graceful_stop(tmp_path: Path) -> None:
 def _headless_cli_at_first_step(run_dir: Path, max_steps: int) -> subprocess.Popen[str]:
     """``loratop run DEMO --no-tui`` in a subprocess, returned once it printed a step line."""
     cli = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
+        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
          "--set", f"output_dir={run_dir}", "--set", f"training.max_steps={max_steps}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -234,7 +233,7 @@ def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.M
         return peft_model
 
     monkeypatch.setattr(peft, "get_peft_model", get_peft_model_then_unfreeze)
-    from trainer.runtime.train import main
+    from loratop.trainer.runtime.train import main
 
     run_dir = tmp_path / "run"
     code = main([str(DEMO_CONFIG), "--run-dir", str(run_dir)])
@@ -313,12 +312,11 @@ def test_on_spike_acts_on_severe_spikes_only(
     tmp_path: Path, action: str, severity: str, stops: bool, saves: bool
 ) -> None:
     """``monitor.on_spike``: what the trainer's spike hook does to the HF Trainer's control."""
+    from loratop.trainer.config import parse_overrides
+    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.runtime.train import Run
+    from loratop.trainer.spikes import Spike
     from transformers import TrainerControl
-
-    from trainer.config import parse_overrides
-    from trainer.runtime.event_sink import EventSink
-    from trainer.runtime.train import Run
-    from trainer.spikes import Spike
 
     config = load_config(DEMO_CONFIG, parse_overrides([f"monitor.on_spike={action}"]), check_files=False)
     sink = EventSink(tmp_path / "events.jsonl")

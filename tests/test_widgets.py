@@ -7,14 +7,13 @@ import math
 import random
 from typing import Any
 
+from loratop.widgets import LossChart, MemoryPanel
+from loratop.widgets.downsample import ema
+from loratop.widgets.memory_panel import memory_lines
+from loratop.widgets.units import fmt_bytes as format_bytes
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import Static
-
-from widgets import LossChart, MemoryPanel
-from widgets.downsample import ema
-from widgets.memory_panel import memory_lines
-from widgets.units import fmt_bytes as format_bytes
 
 GIB = 1024**3
 MIB = 1024**2

@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from loratop.trainer.config import RunConfig
+from loratop.trainer.config import short_number as _num
+from loratop.trainer.data_files import usable_rows
+from loratop.trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
 from pydantic import BaseModel
-
-from trainer.config import RunConfig
-from trainer.config import short_number as _num
-from trainer.data_files import usable_rows
-from trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
 
 RULES = (
     "rank-vs-data",

@@ -6,7 +6,7 @@ architecture does not have, before anything is downloaded or launched.
 
 from __future__ import annotations
 
-from trainer.model_config import ModelConfigError, read_model_config
+from loratop.trainer.model_config import ModelConfigError, read_model_config
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
-
-from trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -454,7 +453,7 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
                     f"{where('lora.target_modules')}: lora.target_modules: {name!r} is not a module of a "
                     f"{model_type} model; {_accepted_message(name, accepted)}"
                 )
-    from trainer.data_files import DataProblem, inspect_data
+    from loratop.trainer.data_files import DataProblem, inspect_data
 
     try:
         inspect_data(config.data.path, config.data.format)

@@ -60,11 +60,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
-from trainer.model_config import ModelConfigError, read_model_config
+from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
+from loratop.trainer.model_config import ModelConfigError, read_model_config
 
 if TYPE_CHECKING:
-    from trainer.config import RunConfig
+    from loratop.trainer.config import RunConfig
 
 GB = 10**9
 """The unit of the printout: a decimal gigabyte."""

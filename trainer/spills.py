@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from trainer.gpu_devices import row_for_cuda
+from loratop.trainer.gpu_devices import row_for_cuda
 
 MIB = 1024 * 1024
 

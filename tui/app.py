@@ -11,18 +11,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loratop.tui.runs import DEFAULT_ROOT
+from loratop.tui.screens.compare_screen import CompareScreen
+from loratop.tui.screens.help_screen import HelpScreen
+from loratop.tui.screens.home_screen import HomeScreen
+from loratop.tui.screens.key_help import key_help
+from loratop.tui.screens.monitor_screen import MonitorScreen
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from tui.runs import DEFAULT_ROOT
-from tui.screens.compare_screen import CompareScreen
-from tui.screens.help_screen import HelpScreen
-from tui.screens.home_screen import HomeScreen
-from tui.screens.key_help import key_help
-from tui.screens.monitor_screen import MonitorScreen
-
 if TYPE_CHECKING:
-    from trainer.config import RunConfig
+    from loratop.trainer.config import RunConfig
 
 EXPORT_DIR = Path("loratop-exports")
 """Where the dashboard's exports go (metrics CSV, events JSONL, screen SVG), under the current folder."""
@@ -85,8 +84,8 @@ class LoratopApp(App[str]):
 
     def open_editor(self, target: Path) -> None:
         """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes)."""
-        from trainer.config import ConfigError
-        from tui.screens.knob_editor_screen import editor_for_config, editor_for_run
+        from loratop.trainer.config import ConfigError
+        from loratop.tui.screens.knob_editor_screen import editor_for_config, editor_for_run
 
         try:
             if target.is_dir():
@@ -100,7 +99,7 @@ class LoratopApp(App[str]):
 
     def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path:
         """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor."""
-        from tui.launcher import launch
+        from loratop.tui.launcher import launch
 
         run = launch(config, source)
         monitor = MonitorScreen(run.run_dir, run.events_fd)
@@ -115,7 +114,7 @@ class LoratopApp(App[str]):
 
     def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
         """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``."""
-        from tui.export import export_run
+        from loratop.tui.export import export_run
 
         try:
             written = export_run(run_dir, EXPORT_DIR)

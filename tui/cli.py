@@ -23,13 +23,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainer.advisor import advise, gather_facts
-from trainer.architectures import model_type_of
-from trainer.config import ConfigError, RunConfig, field_value, format_value, load_config, parse_overrides, read_yaml
-from trainer.data_files import DataProblem, inspect_data
-from trainer.run_dir import CONFIG
-from tui import samples
-from tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
+from loratop.trainer.advisor import advise, gather_facts
+from loratop.trainer.architectures import model_type_of
+from loratop.trainer.config import (
+    ConfigError,
+    RunConfig,
+    field_value,
+    format_value,
+    load_config,
+    parse_overrides,
+    read_yaml,
+)
+from loratop.trainer.data_files import DataProblem, inspect_data
+from loratop.trainer.run_dir import CONFIG
+from loratop.tui import samples
+from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
 
 EXIT_USAGE = 2
 
@@ -134,7 +142,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print the pre-flight memory estimate: full fine-tune, LoRA, QLoRA against the GPU."""
-    from trainer.estimate import EstimateError, estimate, format_estimate, load_model_shape, visible_gpu_total
+    from loratop.trainer.estimate import EstimateError, estimate, format_estimate, load_model_shape, visible_gpu_total
 
     try:
         # The data file and output folder do not matter to an estimate; bad knobs do.
@@ -154,7 +162,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def preflight_line(config: RunConfig) -> str:
     """One line of the pre-flight estimate for the configured method (never fails a launch)."""
-    from trainer.estimate import EstimateError, estimate, fit_label, fmt_size, load_model_shape, visible_gpu_total
+    from loratop.trainer.estimate import (
+        EstimateError,
+        estimate,
+        fit_label,
+        fmt_size,
+        load_model_shape,
+        visible_gpu_total,
+    )
 
     try:
         shape = load_model_shape(config.model.name_or_path)
@@ -217,14 +232,14 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         config, path = _load(config_arg or args.config, args.overrides)
     except ConfigError as exc:
         return _report(exc)
-    from tui.launcher import launch
+    from loratop.tui.launcher import launch
 
     preflight = preflight_line(config)
     if args.no_tui:
         print(preflight)
     run = launch(config, path)
     if args.no_tui:
-        from tui.headless import follow_launched
+        from loratop.tui.headless import follow_launched
 
         return follow_launched(run)
     return _dashboard(run.run_dir, run.events_fd, notice=preflight)
@@ -234,8 +249,8 @@ def _dashboard(
     run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT, notice: str | None = None
 ) -> int:
     """Run the Textual app; say how to come back when the user detached."""
-    from tui.app import LoratopApp
-    from tui.screens.monitor_screen import DETACHED
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.monitor_screen import DETACHED
 
     outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice).run()
     if outcome == DETACHED and run_dir is not None:
@@ -245,7 +260,7 @@ def _dashboard(
 
 def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: Path = DEFAULT_ROOT) -> int:
     """Open the compare screen on finished (or running) runs."""
-    from tui.app import LoratopApp
+    from loratop.tui.app import LoratopApp
 
     LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis).run()
     return 0
@@ -253,7 +268,7 @@ def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: P
 
 def cmd_edit(args: argparse.Namespace) -> int:
     """Open the knob editor on a run (rerun with changes) or a config file."""
-    from tui.app import LoratopApp
+    from loratop.tui.app import LoratopApp
 
     try:
         target = find_run(args.target, args.runs_dir)
@@ -298,8 +313,8 @@ def _middle_cut(text: str, width: int) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the run history: knobs, outcome and parent of each run."""
-    from tui.panels import HISTORY_COLUMNS, history_row
-    from tui.runs import sort_runs
+    from loratop.tui.panels import HISTORY_COLUMNS, history_row
+    from loratop.tui.runs import sort_runs
 
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
     if not runs:
@@ -318,7 +333,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare runs: text with ``--no-tui``, else the compare screen."""
-    from tui.compare import format_compare, load_compared
+    from loratop.tui.compare import format_compare, load_compared
 
     names = [args.run_a, args.run_b, *args.more_runs]
     run_dirs: list[Path] = []
@@ -343,7 +358,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's metrics CSV and events JSONL; say where and how many rows."""
-    from tui.export import export_files
+    from loratop.tui.export import export_files
 
     try:
         run_dir = find_run(args.run, args.runs_dir)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import format_value as config_value
-from trainer.config import sci
-from tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
-from tui.run_state import RunState
-from tui.runs import RunSummary, read_run
+from loratop.trainer.config import format_value as config_value
+from loratop.trainer.config import sci
+from loratop.tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
+from loratop.tui.run_state import RunState
+from loratop.tui.runs import RunSummary, read_run
 
 IGNORED_KNOBS = frozenset({"output_dir", "parent"})
 """Top-level config keys that differ between any two runs and say nothing about them."""

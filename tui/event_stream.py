@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer import events as ev
+from loratop.trainer import events as ev
 
 Event = dict[str, Any]
 

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer import events as ev
-from trainer.run_dir import EVENTS
+from loratop.trainer import events as ev
+from loratop.trainer.run_dir import EVENTS
 
 METRICS_HEADER = (
     "step",

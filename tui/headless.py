@@ -19,11 +19,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from trainer import events as ev
-from trainer.run_dir import EVENTS, LOG
-from tui.event_stream import PipeStream
-from tui.launcher import LaunchedRun
-from tui.panels import fmt_bytes, fmt_loss
+from loratop.trainer import events as ev
+from loratop.trainer.run_dir import EVENTS, LOG
+from loratop.tui.event_stream import PipeStream
+from loratop.tui.launcher import LaunchedRun
+from loratop.tui.panels import fmt_bytes, fmt_loss
 
 EXIT_OK = 0
 EXIT_FAILED = 1

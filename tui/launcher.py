@@ -13,9 +13,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import RunConfig, dump_config
-from trainer.data_files import DataProblem, resolve_path
-from trainer.run_dir import CONFIG, LOG, now, write_status
+from loratop.trainer.config import RunConfig, dump_config
+from loratop.trainer.data_files import DataProblem, resolve_path
+from loratop.trainer.run_dir import CONFIG, LOG, now, write_status
+
+TRAINER_COMMAND = (
+    sys.executable,
+    "-c",
+    # ``python -m loratop.trainer``, minus the working folder on sys.path: a user's
+    # trainer.py, datasets.py or peft.py there must not be imported in place of ours.
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
+    "runpy.run_module('loratop.trainer', run_name='__main__', alter_sys=True)",
+)
+"""How the launcher starts the training subprocess; its arguments follow."""
 
 
 @dataclass
@@ -41,7 +51,7 @@ def resolved_for_run(config: RunConfig) -> RunConfig:
 
 
 def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
-    """Create the run folder, write ``config.yaml`` and spawn ``python -m trainer``.
+    """Create the run folder, write ``config.yaml`` and spawn the trainer (:data:`TRAINER_COMMAND`).
 
     Args:
         config: A config that passed :func:`trainer.config.load_config`.
@@ -64,9 +74,7 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         try:
             process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "trainer",
+                    *TRAINER_COMMAND,
                     str(run_dir / CONFIG),
                     "--run-dir",
                     str(run_dir),

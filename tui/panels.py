@@ -10,11 +10,11 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from tui.run_state import LOST, RunState
-from widgets.units import fmt_bytes
+from loratop.tui.run_state import LOST, RunState
+from loratop.widgets.units import fmt_bytes
 
 if TYPE_CHECKING:
-    from tui.runs import RunSummary
+    from loratop.tui.runs import RunSummary
 
 
 def fmt_loss(value: float | None) -> str:
@@ -221,7 +221,7 @@ def spills_label(spills: int, device: str | None, cpu_text: str = "n/a (CPU)") -
 
 def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[str, ...]:
     """One run's cells under :data:`HISTORY_COLUMNS`."""
-    from tui.runs import knob_label, parent_label
+    from loratop.tui.runs import knob_label, parent_label
 
     return (
         run.name,

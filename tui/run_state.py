@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from trainer import events as ev
+from loratop.trainer import events as ev
 
 # Run phases shown in the header, besides the run_finished statuses.
 STARTING = "starting"

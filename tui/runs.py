@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from trainer import events as ev
-from trainer.config import sci
-from trainer.run_dir import CONFIG, EVENTS, read_status, trainer_alive
-from tui.run_state import RunState
+from loratop.trainer import events as ev
+from loratop.trainer.config import sci
+from loratop.trainer.run_dir import CONFIG, EVENTS, read_status, trainer_alive
+from loratop.tui.run_state import RunState
 
 DEFAULT_ROOT = Path("runs")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trainer
+from loratop import trainer
 
 DEMO = "tiny-cpu-demo"
 
 
 def samples_dir() -> Path | None:
-    """The folder of sample configs, wherever loratop was installed from."""
+    """The folder of sample configs: ``trainer/sample_configs`` (a link to ``sample_configs/`` in a
+    checkout, the folder itself in a wheel)."""
     package = Path(trainer.__file__).parent
     for candidate in (package / "sample_configs", package.parent / "sample_configs"):
         if candidate.is_dir():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from widgets.compare_chart import CompareChart, Series
-from widgets.loss_chart import LossChart
-from widgets.memory_panel import MemoryPanel
+from loratop.widgets.compare_chart import CompareChart, Series
+from loratop.widgets.loss_chart import LossChart
+from loratop.widgets.memory_panel import MemoryPanel
 
 __all__ = ["CompareChart", "LossChart", "MemoryPanel", "Series"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from loratop.widgets.downsample import downsample
 from textual.app import ComposeResult
 from textual.events import Resize
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
-
-from widgets.downsample import downsample
 
 __all__ = ["LossChart"]
 

@@ -1,4 +1,4 @@
-"""The training subprocess (``python -m trainer``): the only part of loratop that imports
+"""The training subprocess (``python -m loratop.trainer``): the only part of loratop that imports
 torch, transformers, peft, bitsandbytes, datasets or TRL.
 
 :mod:`~trainer.runtime.train` (setup → fit, the HF callbacks), :mod:`~trainer.runtime.audit`

@@ -50,7 +50,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trainer.spills import DTOH, HTOD, PagedRange, SpillSourceUnavailable, UvmRecord
+from loratop.trainer.spills import DTOH, HTOD, PagedRange, SpillSourceUnavailable, UvmRecord
 
 COUNTER_KINDS = {
     1: HTOD,

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from trainer.events import encode
+from loratop.trainer.events import encode
 
 
 class EventSink:

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
-
-from trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
+from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
 
 __all__ = ["NO_NVIDIA_GPU", "NVML_ERROR", "NVML_OK", "GpuReader", "MemorySampler", "NvmlReader", "TorchStats"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from trainer import events as ev
-from trainer.gpu_devices import row_for_cuda
-from trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
-from trainer.runtime.memory_sampler import MemorySampler
+from loratop.trainer import events as ev
+from loratop.trainer.gpu_devices import row_for_cuda
+from loratop.trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
+from loratop.trainer.runtime.memory_sampler import MemorySampler
 
 PAGE_MIN_ELEMENTS = 100_000
 """bitsandbytes pages optimizer state only for parameters with at least this many
@@ -173,8 +173,8 @@ class MemoryWatch:
 
     def _account_paged(self, step: int, optimizer: Any) -> None:
         """Once the optimizer exists: how much is paged, and how spills will be counted."""
-        from trainer.runtime.cupti_spills import CuptiUvmSource
-        from trainer.spills import make_spill_counter, paged_ranges
+        from loratop.trainer.runtime.cupti_spills import CuptiUvmSource
+        from loratop.trainer.spills import make_spill_counter, paged_ranges
 
         self.paged = paged_state(optimizer)
         if not self._cuda:

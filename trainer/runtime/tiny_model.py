@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.data_files import EMBEDDED_DATASETS, load_rows
-from trainer.model_config import TINY_SPEC
+from loratop.trainer.data_files import EMBEDDED_DATASETS, load_rows
+from loratop.trainer.model_config import TINY_SPEC
 
 BUILDER_VERSION = 1
 """Bump when the builder changes, so old caches are not reused."""

@@ -1,4 +1,4 @@
-"""The training subprocess: ``python -m trainer CONFIG --run-dir DIR [--events-fd N]``.
+"""The training subprocess: ``python -m loratop.trainer CONFIG --run-dir DIR [--events-fd N]``.
 
 Reads top to bottom: :meth:`Run.setup` loads the 4-bit base, attaches LoRA, audits
 what trains and builds the TRL trainer; :meth:`Run.fit` trains, reporting each
@@ -23,12 +23,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from trainer import events as ev
-from trainer.config import ConfigError, RunConfig, dump_config, load_config
-from trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, write_status
-from trainer.runtime.event_sink import EventSink
-from trainer.runtime.memory_sampler import MemorySampler
-from trainer.spikes import SpikeDetector
+from loratop.trainer import events as ev
+from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
+from loratop.trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, write_status
+from loratop.trainer.runtime.event_sink import EventSink
+from loratop.trainer.runtime.memory_sampler import MemorySampler
+from loratop.trainer.spikes import SpikeDetector
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -150,7 +150,7 @@ class Run:
 
     def _oom_post_mortem(self) -> dict[str, Any]:
         """What was going on when memory ran out, and what to try."""
-        from trainer.oom_forecast import OOM_SUGGESTIONS
+        from loratop.trainer.oom_forecast import OOM_SUGGESTIONS
 
         return {
             "step": self._last_step,
@@ -176,7 +176,7 @@ class Run:
 
         path = cfg.model.name_or_path
         if path == "tiny":
-            from trainer.runtime.tiny_model import tiny_model_dir
+            from loratop.trainer.runtime.tiny_model import tiny_model_dir
 
             self.sink.emit(ev.LOG, message="preparing the embedded tiny model")
             folder, built = tiny_model_dir()
@@ -249,8 +249,8 @@ class Run:
 
     def _watch_memory(self, trainer: Any, cuda: bool) -> None:
         """Record batch sizes and prepare the OOM forecast from the tokenised lengths."""
-        from trainer.oom_forecast import worst_batch_tokens
-        from trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
+        from loratop.trainer.oom_forecast import worst_batch_tokens
+        from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 
         t = self.config.training
         recorder = BatchRecorder(trainer.data_collator)
@@ -273,8 +273,7 @@ class Run:
 
     def _load_dataset(self) -> Any:
         from datasets import Dataset, load_dataset
-
-        from trainer.data_files import DataProblem, inspect_data, load_rows
+        from loratop.trainer.data_files import DataProblem, inspect_data, load_rows
 
         cfg = self.config.data
         self.sink.emit(ev.LOG, message=f"loading data from {cfg.path}")
@@ -345,7 +344,7 @@ class Run:
         )
 
     def _audit_or_refuse(self, model: Any) -> None:
-        from trainer.runtime.audit import audit_parameters
+        from loratop.trainer.runtime.audit import audit_parameters
 
         audit = audit_parameters(model, train_biases=self.config.lora.bias != "none")
         self._audit = audit.as_event()
@@ -518,8 +517,10 @@ def _model_info(model: Any, cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    """``python -m trainer`` arguments."""
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="loratop's QLoRA training subprocess")
+    """``python -m loratop.trainer`` arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loratop.trainer", description="loratop's QLoRA training subprocess"
+    )
     parser.add_argument("config", help="YAML run config (usually the run folder's resolved config.yaml)")
     parser.add_argument("--run-dir", required=True, help="run folder: events.jsonl, status.json, adapters go here")
     parser.add_argument("--events-fd", type=int, default=None, help="write end of the watcher's pipe (inherited fd)")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loratop.tui import panels
+from loratop.tui.runs import SORT_KEYS, list_runs, sort_runs
+from loratop.tui.screens.compare_screen import CompareScreen
+from loratop.tui.screens.loratop_screen import LoratopScreen
+from loratop.tui.screens.monitor_screen import MonitorScreen
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
-
-from tui import panels
-from tui.runs import SORT_KEYS, list_runs, sort_runs
-from tui.screens.compare_screen import CompareScreen
-from tui.screens.loratop_screen import LoratopScreen
-from tui.screens.monitor_screen import MonitorScreen
 
 
 class HomeScreen(LoratopScreen[None]):
@@ -136,7 +135,7 @@ class HomeScreen(LoratopScreen[None]):
 
     def action_compare(self) -> None:
         """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
-        from tui.runs import resolve_parent
+        from loratop.tui.runs import resolve_parent
 
         runs = list(self.marked)
         current = self.selected()
@@ -161,7 +160,7 @@ class HomeScreen(LoratopScreen[None]):
             self.loratop.export_run(run_dir, screen=False)
 
     def action_new(self) -> None:
-        from tui.screens.sample_picker_screen import SamplePicker
+        from loratop.tui.screens.sample_picker_screen import SamplePicker
 
         def picked(config: Path | None) -> None:
             if config is not None:

@@ -15,20 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loratop.trainer.advisor import Advice, Facts, advise
+from loratop.trainer.config import (
+    ALL_PROJECTIONS,
+    ConfigError,
+    RunConfig,
+    check_outside,
+    dump_config,
+    read_yaml,
+    validate_tree,
+)
+from loratop.trainer.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
+from loratop.trainer.run_dir import CONFIG, read_status, trainer_alive
+from loratop.tui import knob_form as form
+from loratop.tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
+from loratop.tui.screens.loratop_screen import LoratopScreen
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
-
-from trainer.advisor import Advice, Facts, advise
-from trainer.config import ALL_PROJECTIONS, ConfigError, RunConfig, check_outside, dump_config, read_yaml, validate_tree
-from trainer.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
-from trainer.run_dir import CONFIG, read_status, trainer_alive
-from tui import knob_form as form
-from tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
-from tui.screens.loratop_screen import LoratopScreen
 
 
 def _widget_id(path: str) -> str:
@@ -158,8 +165,8 @@ class KnobEditor(LoratopScreen[None]):
     @work(thread=True, exclusive=True, group="editor-facts", exit_on_error=False)
     def load_facts(self) -> None:
         """Dataset rows, the model's shape and the GPU: for the effective values and the advice."""
-        from trainer.data_files import usable_rows
-        from trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
+        from loratop.trainer.data_files import usable_rows
+        from loratop.trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
 
         max_rows = form.get_path(self.base_tree, "data.max_rows")
         rows = usable_rows(

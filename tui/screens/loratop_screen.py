@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 from textual.screen import Screen
 
 if TYPE_CHECKING:
-    from tui.app import LoratopApp
+    from loratop.tui.app import LoratopApp
 
 ResultT = TypeVar("ResultT")
 
@@ -22,7 +22,7 @@ class LoratopScreen(Screen[ResultT]):
         Raises:
             TypeError: the screen is mounted in some other App.
         """
-        from tui.app import LoratopApp  # tui.app imports the screens; by the time one runs, it is loaded
+        from loratop.tui.app import LoratopApp  # tui.app imports the screens; by the time one runs, it is loaded
 
         app = self.app
         if not isinstance(app, LoratopApp):

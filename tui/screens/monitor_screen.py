@@ -14,23 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loratop.trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
+from loratop.tui import panels
+from loratop.tui.event_stream import FileFollower, PipeStream
+from loratop.tui.messages import EventsArrived, TrainerGone
+from loratop.tui.run_state import RunState
+from loratop.tui.screens.confirm_screen import ConfirmScreen
+from loratop.tui.screens.loratop_screen import LoratopScreen
+from loratop.tui.screens.quit_screen import QuitScreen
+from loratop.widgets import LossChart, MemoryPanel
+from loratop.widgets.downsample import RunningEma, smoothing_alpha
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.widgets import Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
-
-from trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
-from tui import panels
-from tui.event_stream import FileFollower, PipeStream
-from tui.messages import EventsArrived, TrainerGone
-from tui.run_state import RunState
-from tui.screens.confirm_screen import ConfirmScreen
-from tui.screens.loratop_screen import LoratopScreen
-from tui.screens.quit_screen import QuitScreen
-from widgets import LossChart, MemoryPanel
-from widgets.downsample import RunningEma, smoothing_alpha
 
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""

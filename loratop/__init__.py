@@ -1,0 +1,9 @@
+"""loratop: a terminal dashboard for QLoRA fine-tuning.
+
+Its code imports as ``loratop.tui`` (the CLI and the dashboard), ``loratop.trainer`` (the
+training subprocess and the torch-free modules it shares) and ``loratop.widgets``: names no
+other package installs, so a ``trainer`` or ``tui`` package beside it, or a ``trainer.py``
+in the working folder, changes nothing. The three folders stay at the repository root;
+``loratop/tui``, ``loratop/trainer`` and ``loratop/widgets`` are links to them, so a source
+checkout, an editable install, mypy and the wheel all see one ``loratop`` package.
+"""

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
+
+from loratop.trainer import events as ev
 from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
 
 __all__ = ["NO_NVIDIA_GPU", "NVML_ERROR", "NVML_OK", "GpuReader", "MemorySampler", "NvmlReader", "TorchStats"]
@@ -45,7 +47,7 @@ class MemorySampler:
     """A daemon thread that emits a ``memory`` event every ``1 / hz`` seconds.
 
     Args:
-        emit: Called as ``emit("memory", **fields)`` (the run's :class:`EventSink`).
+        emit: Called as ``emit(ev.MEMORY, **fields)`` (the run's :class:`EventSink`).
         hz: Samples per second.
         gpu_reader: Per-GPU reader; the real NVML one by default.
         torch_stats: Torch allocator figures per GPU, set once torch is loaded.
@@ -104,5 +106,5 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.last = self.sample()
-            self._emit("memory", **self.last)
+            self._emit(ev.MEMORY, **self.last)
             self._stop.wait(self._interval)

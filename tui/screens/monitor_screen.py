@@ -14,6 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.widgets import Footer, Log, Sparkline, Static
+from textual.worker import get_current_worker
+
+from loratop.trainer import events as ev
 from loratop.trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
@@ -24,12 +32,6 @@ from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
 from loratop.widgets import LossChart, MemoryPanel
 from loratop.widgets.downsample import RunningEma, smoothing_alpha
-from textual import on, work
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Container, Vertical
-from textual.widgets import Footer, Log, Sparkline, Static
-from textual.worker import get_current_worker
 
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
@@ -138,7 +140,7 @@ class MonitorScreen(LoratopScreen[str]):
         while not worker.is_cancelled:
             batch = [e for e in follower.poll() if e["seq"] >= skip_to]
             if batch:
-                finished = finished or any(e["type"] == "run_finished" for e in batch)
+                finished = finished or any(e["type"] == ev.RUN_FINISHED for e in batch)
                 self.post_message(EventsArrived(batch, follower.skipped, 0))
             if finished:
                 return
@@ -149,7 +151,7 @@ class MonitorScreen(LoratopScreen[str]):
                     final = [e for e in follower.poll() if e["seq"] >= skip_to]
                     if final:
                         self.post_message(EventsArrived(final, follower.skipped, 0))
-                    if not any(e["type"] == "run_finished" for e in final):
+                    if not any(e["type"] == ev.RUN_FINISHED for e in final):
                         self.post_message(TrainerGone())
                     return
             time.sleep(0.2)

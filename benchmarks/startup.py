@@ -50,7 +50,7 @@ def main() -> None:
     frame = _best_of(FIRST_FRAME)
     stack = _best_of("import torch, transformers, peft")
     print(f"python startup (nothing)         {bare:6.2f} s")
-    print(f"import loratop.tui.app                {dashboard:6.2f} s")
+    print(f"import loratop.tui.app           {dashboard:6.2f} s")
     print(f"first monitor frame (80x24)      {frame:6.2f} s")
     print(f"import torch+transformers+peft   {stack:6.2f} s")
     print(f"ratio: training stack / dashboard import   {stack / dashboard:5.1f}x")

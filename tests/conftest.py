@@ -81,5 +81,14 @@ def wait_for_exit(pid: int, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+def live_status(pid: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A ``status.json`` that proves ``pid`` (this test process by default) is a live trainer:
+    the pid with its host, boot and start time, as the trainer writes them."""
+    from loratop.trainer.run_dir import process_identity
+
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, **process_identity(pid), **fields}
+
+
 def status_of(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "status.json").read_text())

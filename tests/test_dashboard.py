@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.message import Message
+from textual.notifications import Notification, Notify
+from textual.widgets import Static
+
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config, parse_overrides
 from loratop.tui.app import LoratopApp
 from loratop.tui.launcher import launch
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from textual.message import Message
-from textual.notifications import Notification, Notify
-from textual.widgets import Static
-
-from tests.conftest import DEMO_CONFIG, of_type, read_events
+from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -200,7 +201,7 @@ def test_detach_while_live_and_the_help_screen(tmp_path: Path) -> None:
     run_dir = _recorded_run(tmp_path)
     lines = RECORDED.read_bytes().splitlines(keepends=True)
     (run_dir / "events.jsonl").write_bytes(b"".join(lines[:40]))  # still "running"
-    (run_dir / "status.json").write_text(f'{{"pid": {os.getpid()}, "state": "running"}}')
+    (run_dir / "status.json").write_text(json.dumps(live_status(state="running")))
     app = LoratopApp(run_dir)
 
     async def drive() -> None:

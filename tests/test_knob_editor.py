@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
+from textual.widgets import Button, Checkbox, Input, Static
+
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config
 from loratop.tui import knob_form as form
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.knob_editor_screen import KnobEditor
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from textual.widgets import Button, Checkbox, Input, Static
-
-from tests.conftest import DEMO_CONFIG, of_type, read_events, wait_for_exit
+from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, wait_for_exit
 from tests.conftest import RECORDED_RUNS as RUNS
 
 # -- the pure model ---------------------------------------------------------------------------
@@ -308,7 +308,6 @@ def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -
 
 
 def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_path: Path) -> None:
-    import os
 
     from loratop.tui.screens.knob_editor_screen import editor_for_run
 
@@ -318,7 +317,7 @@ def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_pat
     status = json.loads((runs / "tiny-r8" / "status.json").read_text())
     for key in ("status", "exit_code", "ended_at"):
         status.pop(key)
-    status["pid"] = os.getpid()  # a live process stands in for the trainer
+    status.update(live_status())  # a live process stands in for the trainer
     (runs / "tiny-r8" / "status.json").write_text(json.dumps(status))
     app = LoratopApp(None, runs_root=runs, edit=runs / "tiny-r8")
 

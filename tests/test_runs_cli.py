@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from loratop.tui import cli
 from loratop.tui.runs import (
     SORT_KEYS,
@@ -22,9 +23,8 @@ from loratop.tui.runs import (
     sort_runs,
     summarise_run,
 )
-
 from tests.conftest import RECORDED_RUNS as FIXTURE_RUNS
-from tests.conftest import loratop, of_type
+from tests.conftest import live_status, loratop, of_type
 from tests.conftest import read_events as read_fixture_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
@@ -39,7 +39,7 @@ def _make_runs(root: Path) -> None:
     live.mkdir()
     lines = RECORDED.read_text().splitlines(keepends=True)
     (live / "events.jsonl").write_text("".join(lines[:40]))
-    (live / "status.json").write_text(json.dumps({"pid": os.getpid(), "started_at": 50.0}))
+    (live / "status.json").write_text(json.dumps(live_status(started_at=50.0)))
     dead = root / "dead-run"
     dead.mkdir()
     (dead / "events.jsonl").write_text("".join(lines[:40]))
@@ -90,7 +90,9 @@ def test_trainer_alive_from_status() -> None:
 
     from loratop.trainer.run_dir import trainer_alive
 
-    assert trainer_alive({"pid": os.getpid()})
+    assert trainer_alive(live_status())
+    # A bare pid proves nothing (issue 12): it may be reused, or the folder copied from elsewhere.
+    assert not trainer_alive({"pid": os.getpid()})
     assert not trainer_alive({"pid": 2**22 + 12345})
     assert trainer_alive({"launched_at": time.time() - 5}), "launched, trainer not started yet"
     assert not trainer_alive({"launched_at": time.time() - 3600}), "launched an hour ago and never started"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,108 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (and is not a zombie we could reap)."""
+    """Whether a process with this pid exists (and is not a zombie we could reap).
+
+    Says nothing about *which* process it is: a pid is reused once its process is gone.
+    Use :func:`proven_trainer_pid` before signalling anything.
+    """
+    if valid_pid(pid) is None:
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: a probe, nothing is delivered
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # another user's process: it exists
+    return _proc_state(pid) != "Z"
+
+
+PID_MAX = 4_194_304
+"""Linux's highest possible pid (``/proc/sys/kernel/pid_max`` can be at most this)."""
+
+
+def valid_pid(value: Any) -> int | None:
+    """``value`` if it can be one other process's pid: an int in 2..PID_MAX.
+
+    0 and negative numbers name process groups (``kill(-1, …)`` as root signals every
+    process on the machine) and 1 is init: never ours to signal.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 < value <= PID_MAX:
+        return None
+    return value
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (which may hold spaces or parentheses)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (``stat`` field 22): with the boot
+    id, a pid's start time tells a reused pid from the process that first had it."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
     except OSError:
-        return True
+        return None
+
+
+def process_identity(pid: int) -> dict[str, Any]:
+    """What proves later that ``pid`` is still this process: host, boot and start time.
+
+    The trainer writes these into ``status.json`` beside its pid; a field it cannot know
+    (no ``/proc``) is ``None``, and such a status proves nothing.
+    """
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid_start_ticks": _start_ticks(pid)}
+
+
+def why_not_proven(status: dict[str, Any]) -> str | None:
+    """Why ``status.json`` does not prove that its pid is this run's running trainer, in words;
+    ``None`` when it does."""
+    raw = status.get("pid")
+    pid = valid_pid(raw)
+    if pid is None:
+        return f"status.json names no usable trainer pid ({raw!r})"
+    host = status.get("host")
+    if host != socket.gethostname():
+        return f"pid {pid} is recorded on host {host!r}, not this one" if host else f"pid {pid} has no host recorded"
+    boot, ticks = status.get("boot_id"), status.get("pid_start_ticks")
+    if boot is None or ticks is None:
+        return f"pid {pid} has no start time recorded, so it cannot be told from a reused pid"
+    if boot != _boot_id():
+        return f"pid {pid} was recorded before this machine last booted"
+    state = _proc_state(pid)
+    if state is None:
+        return f"the trainer (pid {pid}) is gone"
+    if state == "Z":
+        return f"the trainer (pid {pid}) has exited"
+    if _start_ticks(pid) != ticks:
+        return f"pid {pid} now belongs to another process (it started at another time)"
+    return None
+
+
+def proven_trainer_pid(status: dict[str, Any]) -> int | None:
+    """The pid of this run's trainer if ``status.json`` proves it is still that process
+    (same host, same boot, same start time, not a zombie), else ``None``. The only pid
+    that may be signalled."""
+    return valid_pid(status.get("pid")) if why_not_proven(status) is None else None
 
 
 LAUNCH_GRACE_S = 60.0
@@ -63,12 +154,18 @@ LAUNCH_GRACE_S = 60.0
 
 
 def trainer_alive(status: dict[str, Any]) -> bool:
-    """Whether the trainer behind a ``status.json`` may still be running."""
-    pid = status.get("pid")
-    if isinstance(pid, int):
-        return pid_alive(pid)
+    """Whether the trainer behind a ``status.json`` is provably still running.
+
+    A pid alone proves nothing (it may have been reused, or the folder copied from
+    another machine): see :func:`proven_trainer_pid`.
+    """
+    if "pid" in status:
+        return proven_trainer_pid(status) is not None
     launched = status.get("launched_at") or status.get("started_at") or 0
-    return time.time() - float(launched) < LAUNCH_GRACE_S
+    try:
+        return time.time() - float(launched) < LAUNCH_GRACE_S
+    except (TypeError, ValueError):
+        return False  # a damaged time: not provably starting
 
 
 def now() -> float:

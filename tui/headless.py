@@ -8,7 +8,6 @@ run going.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -155,7 +154,7 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            _send(run.process.pid, signal.SIGTERM)
+            run.process.send_signal(signal.SIGTERM)  # our own child: Popen knows if it has been reaped
             print(
                 "\nstopping at the next step boundary and saving the adapter "
                 "(Ctrl-C again to detach and leave the run going)",
@@ -204,11 +203,6 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     if status == ev.STOPPED:
         return EXIT_INTERRUPTED
     return EXIT_FAILED
-
-
-def _send(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
 def _tail(path: Path, lines: int) -> list[str]:

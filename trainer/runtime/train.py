@@ -25,7 +25,7 @@ from typing import Any
 
 from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
-from loratop.trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, write_status
+from loratop.trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, process_identity, write_status
 from loratop.trainer.runtime.event_sink import EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spikes import SpikeDetector
@@ -97,7 +97,16 @@ class Run:
         Returns:
             The process exit code.
         """
-        write_status(self.run_dir, pid=os.getpid(), state="running", started_at=self.started_at, ended_at=None)
+        # pid + host + boot + start time: what lets a watcher prove later that a live pid is
+        # still this trainer before it signals it (a pid alone may have been reused).
+        write_status(
+            self.run_dir,
+            pid=os.getpid(),
+            **process_identity(os.getpid()),
+            state="running",
+            started_at=self.started_at,
+            ended_at=None,
+        )
         self._sampler.start()
         status, error = ev.COMPLETED, None
         try:
@@ -273,6 +282,7 @@ class Run:
 
     def _load_dataset(self) -> Any:
         from datasets import Dataset, load_dataset
+
         from loratop.trainer.data_files import DataProblem, inspect_data, load_rows
 
         cfg = self.config.data

@@ -7,6 +7,7 @@ timer pushes what changed to the widgets. The data rate never sets the redraw ra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -22,7 +23,7 @@ from textual.widgets import Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS, LOG, pid_alive, read_status, trainer_alive
+from loratop.trainer.run_dir import EVENTS, LOG, proven_trainer_pid, read_status, trainer_alive, why_not_proven
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
 from loratop.tui.messages import EventsArrived, TrainerGone
@@ -226,16 +227,16 @@ class MonitorScreen(LoratopScreen[str]):
 
     # -- actions ----------------------------------------------------------------
 
-    def _pid(self) -> int | None:
-        pid = (read_status(self.run_dir) or {}).get("pid")
-        return pid if isinstance(pid, int) and pid_alive(pid) else None
-
     def _signal(self, sig: signal.Signals) -> bool:
-        pid = self._pid()
+        """Signal this run's trainer, only once status.json proves the pid is still it."""
+        status = read_status(self.run_dir) or {}
+        pid = proven_trainer_pid(status)
         if pid is None or not self.state.is_live:
-            self.notify("the trainer is not running", severity="warning")
+            why = why_not_proven(status) if self.state.is_live else "the run has ended"
+            self.notify(f"not signalling: {why}", severity="warning")
             return False
-        os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):  # it ended this instant
+            os.kill(pid, sig)
         return True
 
     def action_stop(self) -> None:

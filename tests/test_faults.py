@@ -1,0 +1,159 @@
+"""Faults injected on purpose (issue 12): what survives, and that nothing is wrongly signalled.
+
+Marked ``faults``; ``.ci/run`` runs them with everything else. Here: a pid in status.json
+is signalled only when it is proven to be this run's trainer (same host, same boot, same
+process start time). A reused pid, a folder copied from another machine, or a pid ≤ 1 is
+never signalled: with pid -1, ``kill(-1, SIGUSR1)`` as root would end every process on the
+machine. Every test that feeds such a pid to the dashboard replaces ``os.kill`` with a
+recorder first, so a broken guard would fail the test instead of signalling anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loratop.trainer.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
+from loratop.tui import cli
+from loratop.tui.app import LoratopApp
+from loratop.tui.screens.monitor_screen import MonitorScreen
+from tests.conftest import live_status
+
+pytestmark = pytest.mark.faults
+
+RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
+REAL_KILL = os.kill
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not a trainer: what a reused pid points at."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    if process.poll() is None:
+        REAL_KILL(process.pid, signal.SIGKILL)  # the `kills` fixture may have replaced os.kill
+    process.wait()
+
+
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every ``os.kill`` the dashboard makes, recorded instead of sent (probes with signal 0 pass)."""
+    calls: list[tuple[int, int]] = []
+    real = REAL_KILL
+
+    def record(pid: int, sig: int) -> None:
+        if sig == 0 and pid > 1:
+            real(pid, 0)
+            return
+        calls.append((pid, sig))
+
+    monkeypatch.setattr(os, "kill", record)
+    return calls
+
+
+def _live_looking_run(tmp_path: Path, status: dict[str, Any]) -> Path:
+    """A run folder whose events stop mid-run (no run_finished), with the given status.json."""
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    lines = RECORDED.read_bytes().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:40]))
+    (run_dir / "status.json").write_text(json.dumps(status))
+    return run_dir
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1, True, "12", 12.0, None, PID_MAX + 1, 99999999999, -(2**40)])
+def test_a_pid_that_cannot_be_another_process_is_never_usable(pid: Any) -> None:
+    status = {"pid": pid, "state": "running", "host": "x", "boot_id": "y", "pid_start_ticks": 1}
+    assert valid_pid(pid) is None
+    assert proven_trainer_pid(status) is None and not trainer_alive(status)
+    assert "no usable trainer pid" in str(why_not_proven(status))
+
+
+def test_a_reused_pid_or_a_copied_folder_proves_nothing(bystander: subprocess.Popen[bytes]) -> None:
+    mine = live_status(bystander.pid)
+    assert proven_trainer_pid(mine) == bystander.pid  # the real identity: proven
+    reused = {**mine, "pid_start_ticks": mine["pid_start_ticks"] - 1}  # same pid, another process
+    assert proven_trainer_pid(reused) is None and "belongs to another process" in str(why_not_proven(reused))
+    copied = {**mine, "host": "gpu-box-7"}  # a runs/ folder copied from another machine
+    assert proven_trainer_pid(copied) is None and "host 'gpu-box-7'" in str(why_not_proven(copied))
+    rebooted = {**mine, "boot_id": "an-earlier-boot"}
+    assert proven_trainer_pid(rebooted) is None and "booted" in str(why_not_proven(rebooted))
+    bare = {"pid": bystander.pid}  # today's status.json: a pid and nothing to prove it by
+    assert proven_trainer_pid(bare) is None and "no host recorded" in str(why_not_proven(bare))
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1])
+def test_c_and_s_never_signal_a_pid_of_one_or_less(tmp_path: Path, kills: list[Any], pid: int) -> None:
+    run_dir = _live_looking_run(tmp_path, {**live_status(), "pid": pid, "state": "running"})
+    assert _press_c_and_s(run_dir) and kills == []
+
+
+def test_c_and_s_never_signal_a_reused_pid(
+    tmp_path: Path, kills: list[Any], bystander: subprocess.Popen[bytes]
+) -> None:
+    identity = live_status(bystander.pid)
+    run_dir = _live_looking_run(tmp_path, {**identity, "pid_start_ticks": identity["pid_start_ticks"] + 7})
+    notes = _press_c_and_s(run_dir)
+    assert kills == [] and bystander.poll() is None
+    assert any("not signalling" in note for note in notes), notes
+
+
+def test_c_signals_a_proven_trainer(tmp_path: Path, kills: list[Any], bystander: subprocess.Popen[bytes]) -> None:
+    """The counterpart: with a proven identity, ``c`` does send SIGUSR1 (recorded, not sent)."""
+    run_dir = _live_looking_run(tmp_path, {**live_status(bystander.pid), "state": "running"})
+    _press_c_and_s(run_dir, stop=False)
+    assert kills == [(bystander.pid, signal.SIGUSR1)]
+
+
+def _press_c_and_s(run_dir: Path, stop: bool = True) -> list[str]:
+    """Open the run's monitor, press ``c`` (and ``s`` + confirm); the notifications shown."""
+    from textual.notifications import Notify
+
+    app = LoratopApp(run_dir)
+    notes: list[str] = []
+
+    def hook(message: object) -> None:
+        if isinstance(message, Notify):
+            notes.append(message.notification.message)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            for _ in range(50):
+                if screen.state.last_step > 0:
+                    break
+                await pilot.pause(0.1)
+            await pilot.press("c")
+            if stop:
+                await pilot.press("s")
+                await pilot.pause()
+                await pilot.press("y")
+            await pilot.pause()
+            app.exit()
+
+    asyncio.run(drive())
+    return notes
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1, 99999999999, "7"])
+def test_ls_lists_a_run_with_an_impossible_pid_as_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pid: Any
+) -> None:
+    _live_looking_run(tmp_path, {"pid": pid, "state": "running", "started_at": 100.0})
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "tiny-r8", tmp_path / "runs" / "tiny-r8")
+    assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    r1 = next(row for row in rows if row.startswith("r1"))
+    assert "running" not in r1 and "exited without report" in r1
+    assert any(row.startswith("tiny-r8") for row in rows)

@@ -157,3 +157,107 @@ def test_ls_lists_a_run_with_an_impossible_pid_as_not_running(
     r1 = next(row for row in rows if row.startswith("r1"))
     assert "running" not in r1 and "exited without report" in r1
     assert any(row.startswith("tiny-r8") for row in rows)
+
+
+# -- one folder per run, one trainer per folder (item 1) ------------------------------------
+
+
+def test_launches_racing_for_one_stamped_folder_get_one_folder_each(tmp_path: Path) -> None:
+    import threading
+
+    from loratop.trainer.run_dir import claim_run_dir
+
+    path = tmp_path / "runs" / "tiny-cpu-demo-20261201-101500"
+    start = threading.Barrier(8)
+    claimed: list[Path] = []
+
+    def claim() -> None:
+        start.wait()
+        claimed.append(claim_run_dir(path))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(p.name for p in claimed) == sorted([path.name] + [f"{path.name}-{n}" for n in range(2, 9)])
+
+
+def test_a_named_folder_that_holds_a_run_is_refused_not_shared(tmp_path: Path) -> None:
+    from loratop.trainer.run_dir import RunDirTaken, claim_run_dir
+
+    assert claim_run_dir(tmp_path / "my-run") == tmp_path / "my-run"
+    with pytest.raises(RunDirTaken, match="already holds a run"):
+        claim_run_dir(tmp_path / "my-run")
+
+
+def test_a_second_trainer_on_a_held_folder_exits_without_writing(tmp_path: Path) -> None:
+    from loratop.trainer.run_dir import hold_run_dir, run_dir_held
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_bytes(RECORDED.read_bytes())
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert not run_dir_held(run_dir)
+    fd = hold_run_dir(run_dir)  # this test process plays the running trainer
+    try:
+        assert run_dir_held(run_dir)
+        config = Path(__file__).parent.parent / "sample_configs" / "tiny-cpu-demo.yaml"
+        result = subprocess.run(
+            [sys.executable, "-m", "loratop.trainer", str(config), "--run-dir", str(run_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert result.returncode == 2
+    assert f"another trainer (pid {os.getpid()}) is writing into this run folder" in result.stderr
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert {k: v for k, v in after.items() if k != "trainer.lock"} == {
+        k: v for k, v in before.items() if k != "trainer.lock"
+    }
+    assert not run_dir_held(run_dir)
+
+
+@pytest.mark.slow
+def test_eight_launches_at_once_in_one_folder_make_eight_runs(tmp_path: Path) -> None:
+    """The same second, the same time-stamped name: eight folders, each its own config and events."""
+    loratop = Path(sys.executable).parent / "loratop"
+    name = "runs/par-20261201-101500"
+    processes = [
+        subprocess.Popen(
+            [
+                str(loratop),
+                "run",
+                "tiny-cpu-demo",
+                "--no-tui",
+                "--set",
+                "training.max_steps=1",
+                "--set",
+                "data.max_rows=16",
+                "--set",
+                f"training.seed={seed}",
+                "--set",
+                f"output_dir={name}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for seed in range(8)
+    ]
+    outputs = [p.communicate(timeout=900)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 8, outputs
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 8
+    seeds = set()
+    for folder in folders:
+        from loratop.trainer.events import read_events
+
+        events, skipped = read_events(str(folder / "events.jsonl"))
+        assert skipped == 0 and [e["seq"] for e in events] == list(range(len(events)))
+        started = [e for e in events if e["type"] == "run_started"]
+        assert len(started) == 1 and started[0]["run_dir"] == str(folder.resolve())
+        seeds.add(started[0]["config"]["training"]["seed"])
+        assert str(folder.resolve()) in (folder / "config.yaml").read_text()
+        assert (folder / "adapter" / "adapter_config.json").is_file()
+    assert seeds == set(range(8)), "each folder trained its own launch's config"

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
+from loratop.trainer.run_dir import STAMPED
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -460,7 +462,7 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     except DataProblem as exc:
         problems.append(f"{where('data.path')}: data.path = {config.data.path!r}: {exc}")
     out = Path(config.output_dir or ".")
-    if (out / "events.jsonl").exists():
+    if (out / "events.jsonl").exists() and not STAMPED.search(out.name):  # a stamped one gets a suffix
         problems.append(
             f"{where('output_dir')}: output_dir = {str(out)!r}: already holds a run "
             "(events.jsonl); choose a new folder or remove that one"

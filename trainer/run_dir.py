@@ -7,8 +7,11 @@ watch a run from another terminal.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -19,6 +22,78 @@ EVENTS = "events.jsonl"
 LOG = "trainer.log"
 STATUS = "status.json"
 ADAPTER = "adapter"
+LOCK = "trainer.lock"
+"""Held (``flock``) by the trainer for as long as it runs: no second trainer writes here."""
+
+STAMPED = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
+"""A folder name as loratop makes them, ``<name>-YYYYmmdd-HHMMSS``: such a folder that another
+launch claimed first gets a suffix (``-2``, ``-3``, ...)."""
+
+
+class RunDirTaken(Exception):
+    """The run folder already holds a run, or another trainer holds it; the message says which."""
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create a run folder and claim it, atomically: the claim is the exclusive creation of
+    its ``events.jsonl``, so of launches racing for one folder exactly one wins.
+
+    A time-stamped name (:data:`STAMPED`) that is already claimed moves on to ``-2``,
+    ``-3``, ...: parallel launches in the same second get a folder each.
+
+    Returns:
+        The folder claimed (``path``, or ``path`` with a suffix).
+
+    Raises:
+        RunDirTaken: ``path`` is not time-stamped and already holds a run.
+    """
+    candidate, n = path, 2
+    while True:
+        candidate.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(candidate / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return candidate
+        except FileExistsError:
+            if STAMPED.search(path.name) is None or n > 999:
+                raise RunDirTaken(f"{candidate}: already holds a run ({EVENTS}); choose a new folder") from None
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+
+
+def hold_run_dir(run_dir: Path) -> int:
+    """Take the run folder's lock for this process's lifetime (the trainer calls it first).
+
+    Returns:
+        The lock's file descriptor: keep it open; the lock goes when the process does.
+
+    Raises:
+        RunDirTaken: another live process holds it (named by its pid).
+    """
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirTaken(f"{run_dir}: another trainer (pid {holder}) is writing into this run folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def run_dir_held(run_dir: Path) -> bool:
+    """Whether a live trainer holds the folder's lock (a probe: it takes nothing)."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing drops the shared lock if it was granted
+    return False
 
 
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:

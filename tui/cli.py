@@ -35,7 +35,7 @@ from loratop.trainer.config import (
     read_yaml,
 )
 from loratop.trainer.data_files import DataProblem, inspect_data
-from loratop.trainer.run_dir import CONFIG
+from loratop.trainer.run_dir import CONFIG, RunDirTaken
 from loratop.tui import samples
 from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
 
@@ -237,7 +237,10 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
     preflight = preflight_line(config)
     if args.no_tui:
         print(preflight)
-    run = launch(config, path)
+    try:
+        run = launch(config, path)
+    except RunDirTaken as exc:  # another launch claimed the folder between the check and now
+        return _report(ConfigError([f"output_dir: {exc}"]))
     if args.no_tui:
         from loratop.tui.headless import follow_launched
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loratop.trainer.config import RunConfig, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
-from loratop.trainer.run_dir import CONFIG, LOG, now, write_status
+from loratop.trainer.run_dir import CONFIG, LOG, claim_run_dir, now, write_status
 
 TRAINER_COMMAND = (
     sys.executable,
@@ -58,9 +58,10 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         config_source: The YAML it came from, recorded in ``status.json``.
     """
     assert config.output_dir is not None
-    run_dir = Path(config.output_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(dump_config(resolved_for_run(config)))
+    run_dir = claim_run_dir(Path(config.output_dir).resolve())  # atomic; raises RunDirTaken
+    resolved = resolved_for_run(config)
+    resolved.output_dir = str(run_dir)  # with its suffix, if a parallel launch took the name
+    (run_dir / CONFIG).write_text(dump_config(resolved))
     write_status(
         run_dir,
         state="starting",

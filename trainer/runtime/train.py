@@ -25,7 +25,16 @@ from typing import Any
 
 from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
-from loratop.trainer.run_dir import ADAPTER, CONFIG, EVENTS, now, process_identity, write_status
+from loratop.trainer.run_dir import (
+    ADAPTER,
+    CONFIG,
+    EVENTS,
+    RunDirTaken,
+    hold_run_dir,
+    now,
+    process_identity,
+    write_status,
+)
 from loratop.trainer.runtime.event_sink import EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spikes import SpikeDetector
@@ -548,6 +557,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loratop trainer: {line}", file=sys.stderr)
         return EXIT_CONFIG
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Held until this process ends: a second trainer pointed here must not interleave
+        # its events and checkpoints with ours.
+        lock_fd = hold_run_dir(run_dir)
+    except RunDirTaken as exc:
+        print(f"loratop trainer: {exc}; not writing into it", file=sys.stderr)
+        return EXIT_CONFIG
+    os.set_inheritable(lock_fd, False)
     if not (run_dir / CONFIG).exists():
         (run_dir / CONFIG).write_text(dump_config(config))
     if args.events_fd is not None:

@@ -261,3 +261,37 @@ def test_eight_launches_at_once_in_one_folder_make_eight_runs(tmp_path: Path) ->
         assert str(folder.resolve()) in (folder / "config.yaml").read_text()
         assert (folder / "adapter" / "adapter_config.json").is_file()
     assert seeds == set(range(8)), "each folder trained its own launch's config"
+
+
+# -- damaged metadata (item 6) ----------------------------------------------------------------
+
+DAMAGED_STATUS = [
+    '{"started_at": "x"}', '{"launched_at": "yesterday"}', '{"pid": 99999999999}', "[1, 2]", "not json",
+    '{"started_at": null, "pid": "x", "status": 7}', '{"parent": 5, "ended_at": true}', "",
+]  # fmt: skip
+DAMAGED_CONFIG = ["lora: [1", "- 1", "training: 5", "parent: 7", "lora: {r: x}", "\\x00\\xff"]
+
+
+def test_damaged_status_or_config_leaves_every_run_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loratop.tui.runs import list_runs
+
+    runs = tmp_path / "runs"
+    healthy = Path(__file__).parent / "data" / "runs" / "tiny-r8"
+    shutil.copytree(healthy, runs / "healthy")
+    for i, text in enumerate(DAMAGED_STATUS):
+        shutil.copytree(healthy, runs / f"status-{i}")
+        (runs / f"status-{i}" / "status.json").write_text(text)
+    for i, text in enumerate(DAMAGED_CONFIG):
+        shutil.copytree(healthy, runs / f"config-{i}")
+        (runs / f"config-{i}" / "config.yaml").write_text(text)
+    listed = {run.name: run for run in list_runs(runs)}  # what the home screen shows, too
+    assert len(listed) == 1 + len(DAMAGED_STATUS) + len(DAMAGED_CONFIG)
+    assert all(run.status == "completed" and run.step == 60 for run in listed.values())  # from the events
+    assert not listed["healthy"].damaged
+    for name in ("status-0", "status-1", "status-2", "status-3", "status-4", "config-0", "config-2", "config-3"):
+        assert listed[name].damaged, name
+    assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "damaged: status-0: status.json started_at='x'" in out
+    assert "damaged: config-2: config.yaml training: 5" in out
+    assert out.count("completed (damaged)") == sum(1 for run in listed.values() if run.damaged)

@@ -331,6 +331,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for run in runs:
+        if run.damaged:
+            print(f"damaged: {run.name}: {'; '.join(run.damaged)} (shown from its events.jsonl)")
     return 0
 
 

@@ -225,7 +225,7 @@ def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[st
 
     return (
         run.name,
-        run.status,
+        f"{run.status} (damaged)" if run.damaged else run.status,
         knob_label(run.config),
         steps_label(run.step, run.max_steps),
         fmt_loss(run.last_loss),

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from loratop.trainer import events as ev
 from loratop.trainer.config import sci
-from loratop.trainer.run_dir import CONFIG, EVENTS, read_status, trainer_alive
+from loratop.trainer.run_dir import CONFIG, EVENTS, STATUS, read_status, trainer_alive, valid_pid
 from loratop.tui.run_state import RunState
 
 DEFAULT_ROOT = Path("runs")
@@ -48,6 +49,8 @@ class RunSummary:
     """Tokens trained per second between the first and the last step event."""
     parent: str | None = None
     """What the run was tweaked from, as written: a run folder or a config file path."""
+    damaged: tuple[str, ...] = ()
+    """Values of ``status.json`` / ``config.yaml`` that were damaged and left out, in words."""
 
     @property
     def name(self) -> str:
@@ -67,6 +70,49 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+_STATUS_TIMES = ("started_at", "launched_at", "ended_at")
+_CONFIG_SECTIONS = ("model", "quantization", "lora", "training", "data", "monitor")
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def checked_status(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """``status.json`` with every damaged value left out, and what was damaged (in words).
+
+    Any value of any type may be there (a crash mid-write, a hand edit, another tool): one
+    damaged run must not take ``ls`` or the home screen down for the whole folder.
+    """
+    raw = read_status(run_dir)
+    if raw is None:
+        return {}, ([f"{STATUS} unreadable"] if (run_dir / STATUS).exists() else [])
+    status, damaged = dict(raw), []
+    for key in _STATUS_TIMES:
+        if key in status and status[key] is not None and not _is_time(status[key]):
+            damaged.append(f"{STATUS} {key}={status.pop(key)!r}")
+    if "pid" in status and status["pid"] is not None and valid_pid(status["pid"]) is None:
+        damaged.append(f"{STATUS} pid={status['pid']!r} is no usable pid")  # never trusted nor signalled
+    for key in ("parent", "status", "state"):
+        if key in status and status[key] is not None and not isinstance(status[key], str):
+            damaged.append(f"{STATUS} {key}={status.pop(key)!r}")
+    return status, damaged
+
+
+def checked_config(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """``config.yaml`` with damaged sections left out, and what was damaged."""
+    config = read_config(run_dir)
+    if config is None:
+        return None, ([f"{CONFIG} unreadable"] if (run_dir / CONFIG).exists() else [])
+    damaged = []
+    for key in _CONFIG_SECTIONS:
+        if key in config and not isinstance(config[key], dict):
+            damaged.append(f"{CONFIG} {key}: {config.pop(key)!r:.30}")
+    if "parent" in config and config["parent"] is not None and not isinstance(config["parent"], str):
+        damaged.append(f"{CONFIG} parent={config.pop('parent')!r:.30}")
+    return config, damaged
+
+
 def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSummary]:
     """Fold a run folder's events into a :class:`RunState` and summarise it.
 
@@ -81,9 +127,10 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
     state = RunState(run_dir)
     state.apply_all(events)
     state.garbage = skipped
-    status_file = read_status(run_dir) or {}
+    status_file, damaged = checked_status(run_dir)
     state.trainer_gone = state.finished is None and not trainer_alive(status_file)
-    config = read_config(run_dir)
+    config, config_damage = checked_config(run_dir)
+    damaged += config_damage
     if config is None and state.started and isinstance(state.started.get("config"), dict):
         config = state.started["config"]
     parent = (config or {}).get("parent") or status_file.get("parent")
@@ -103,6 +150,7 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
         duration=_duration(state, time.time() if now is None else now),
         tokens_per_s=_tokens_per_s(state),
         parent=str(parent) if parent is not None else None,
+        damaged=tuple(damaged),
     )
     return state, summary
 

@@ -22,10 +22,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from loratop.widgets import LossChart
-from loratop.widgets.downsample import downsample, ema
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
+
+from loratop.widgets import LossChart
+from loratop.widgets.downsample import downsample, ema
 
 LENGTHS = (10_000, 100_000, 1_000_000)
 SIZES = ((80, 24), (160, 48))

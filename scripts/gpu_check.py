@@ -243,8 +243,9 @@ def build_model(folder: Path, layers: int) -> Path:
     1e5 paging threshold, so that state is paged.
     """
     import torch
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from loratop.trainer.runtime.tiny_model import tiny_model_dir
 
     tiny, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -364,6 +365,7 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     ``bare`` builds the same SFTTrainer and trains it with no event callback, memory sampler,
     batch recorder or spill counter."""
     import torch
+
     from loratop.trainer.runtime.event_sink import EventSink
     from loratop.trainer.runtime.train import Run
 
@@ -421,6 +423,7 @@ def throughput(model: Path | None, out: Path, pairs: int, steps: int) -> Through
 def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, oom_at: int) -> int:
     """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code."""
     import torch
+
     from loratop.trainer.runtime.event_sink import EventSink
     from loratop.trainer.runtime.train import Run
 
@@ -515,6 +518,7 @@ def main() -> int:
 
     _section("machine")
     import torch
+
     from loratop.trainer.runtime.memory_sampler import NvmlReader
 
     cuda = torch.cuda.is_available()

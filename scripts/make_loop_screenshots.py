@@ -15,9 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from textual.widgets import Input
+
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.knob_editor_screen import KnobEditor
-from textual.widgets import Input
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "tests" / "data" / "runs"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import advisor
 from loratop.trainer.advisor import RULES, Advice, Facts, advise, gather_facts
 from loratop.trainer.config import RunConfig, field_value, format_value, load_config
@@ -271,7 +272,10 @@ KITCHEN_SINKS: list[tuple[dict[str, Any], Facts]] = [
         },
         Facts(dataset_rows=500, peak_bytes=79 * GB, gpu_total_bytes=80 * GB),
     ),
-    ({"lora.lora_dropout": 0.1, "training.learning_rate": 5e-3}, Facts(dataset_rows=500_000)),
+    (
+        {"lora.lora_dropout": 0.1, "training.learning_rate": 5e-3, "model.trust_remote_code": True},
+        Facts(dataset_rows=500_000),
+    ),
 ]
 """Two configs that between them break every rule."""
 
@@ -507,3 +511,10 @@ def test_check_of_the_demo_prints_no_warnings(
     out, _ = capsys.readouterr()
     assert code == 0
     assert "warning" not in out
+
+
+def test_trust_remote_code_is_named_and_plain_configs_stay_quiet() -> None:
+    advice = advise(config_with({"model.trust_remote_code": True}))
+    (remote,) = [a for a in advice if a.rule == "remote-code"]
+    assert remote.field == "model.trust_remote_code" and "runs the Python code" in remote.message
+    assert "remote-code" not in rules_of(advise(config_with({})))

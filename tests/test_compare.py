@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.tui import cli
 from loratop.tui.compare import (
@@ -20,7 +21,6 @@ from loratop.tui.compare import (
 )
 from loratop.tui.panels import fmt_bytes, fmt_duration, fmt_loss
 from loratop.tui.runs import read_config
-
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 

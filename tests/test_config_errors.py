@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import data_files
 from loratop.trainer.config import load_config, parse_overrides
 from loratop.tui.cli import main

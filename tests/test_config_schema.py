@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
+
 from loratop.trainer.config import (
     ALL_PROJECTIONS,
     OPTIMIZERS,
@@ -18,7 +20,6 @@ from loratop.trainer.config import (
     load_config,
     parse_overrides,
 )
-from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "sample_configs").glob("*.yaml"))

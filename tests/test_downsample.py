@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from loratop.widgets.downsample import downsample, ema
 
 

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from loratop.trainer.data_files import EMBEDDED_DATASETS, inspect_data
-
 from tests.conftest import REPO
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
+
 from loratop.trainer import estimate as est_mod
 from loratop.trainer import model_config
 from loratop.trainer.config import RunConfig, load_config

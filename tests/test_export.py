@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.tui import cli
 from loratop.tui.export import METRICS_HEADER, export_events_jsonl, export_metrics_csv, export_run
-
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 

@@ -295,3 +295,74 @@ def test_damaged_status_or_config_leaves_every_run_listed(tmp_path: Path, capsys
     assert "damaged: status-0: status.json started_at='x'" in out
     assert "damaged: config-2: config.yaml training: 5" in out
     assert out.count("completed (damaged)") == sum(1 for run in listed.values() if run.damaged)
+
+
+# -- the smaller ones (item 8) ----------------------------------------------------------------
+
+DEMO = Path(__file__).parent.parent / "sample_configs" / "tiny-cpu-demo.yaml"
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_non_finite_learning_rate_is_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(DEMO), "--set", f"training.learning_rate={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "training.learning_rate" in err and "finite" in err and "Traceback" not in err
+
+
+def test_an_empty_config_is_named_and_a_huge_one_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n# nothing here\n")
+    assert cli.main(["check", str(empty)]) == 0  # valid (all defaults), but said out loud
+    assert f"warning: {empty} is empty: every value is a default" in capsys.readouterr().err
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("rows:\n" + "  - a fairly long line of data that is not a config\n" * 40_000)  # ~2 MiB
+    assert cli.main(["check", str(huge)]) == 2
+    assert "too big for a run config" in capsys.readouterr().err
+
+
+def test_trust_remote_code_draws_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(DEMO), "--set", "model.trust_remote_code=true"]) == 0
+    assert "warning: model.trust_remote_code = true: trust_remote_code = true runs the Python code" in (
+        capsys.readouterr().out
+    )
+
+
+def test_estimate_into_a_closed_pipe_prints_no_traceback() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head` that has already gone: every write meets EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "loratop.tui.cli", "estimate", str(DEMO)],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+@pytest.mark.slow
+def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(tmp_path: Path) -> None:
+    import time
+
+    from tests.conftest import status_of, wait_for_exit
+
+    run_dir = tmp_path / "run"
+    cli_process = subprocess.Popen(
+        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=400"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert cli_process.stdout is not None
+    for line in cli_process.stdout:
+        if line.startswith("step "):
+            break
+    cli_process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    cli_process.send_signal(signal.SIGINT)
+    rest = cli_process.stdout.read()
+    assert cli_process.wait(timeout=60) == 130
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    assert "stopped watching; the trainer" in rest and "still stops at the next step boundary" in rest
+    wait_for_exit(status_of(run_dir)["pid"], 120)
+    assert status_of(run_dir)["status"] == "stopped"  # what the README says: the stop still happens
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()

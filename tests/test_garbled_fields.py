@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.tui import cli
-
 from tests.conftest import RECORDED_RUNS
 
 # The line from the issue: it crashed `loratop attach`, the home screen, `ls` and `compare`.

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.trainer.runtime.event_sink import EventSink
-
 from tests.conftest import RECORDED_RUNS, REPO
 
 GIB = 1024**3

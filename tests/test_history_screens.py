@@ -12,13 +12,13 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import DataTable, Static
+
 from loratop.trainer import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import CompareChart
-from textual.widgets import DataTable, Static
-
 from tests.conftest import of_type, read_events
 
 

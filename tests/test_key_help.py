@@ -6,15 +6,15 @@ import asyncio
 import shutil
 from pathlib import Path
 
+from textual.binding import Binding
+from textual.widgets import Static
+
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.home_screen import HomeScreen
 from loratop.tui.screens.key_help import KeyHelp, key_help, key_label
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import LossChart
-from textual.binding import Binding
-from textual.widgets import Static
-
 from tests.conftest import RECORDED_RUNS
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fake_nvml import GIB, FakePynvml, four_gpus, install
+
 from loratop.trainer.runtime.memory_sampler import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, MemorySampler, NvmlReader
 
 

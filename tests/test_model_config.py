@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from loratop.trainer.architectures import model_type_of
 from loratop.trainer.model_config import TINY_CONFIG, ModelConfigError, read_model_config
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
+
 from loratop.trainer import events as ev
 from loratop.trainer.oom_forecast import (
     DANGER,
@@ -98,6 +99,7 @@ def test_fragmentation_note() -> None:
 def test_batch_recorder_and_paged_state_on_a_real_bitsandbytes_optimizer() -> None:
     import bitsandbytes as bnb
     import torch
+
     from loratop.trainer.runtime.memory_watch import BatchRecorder, paged_state
 
     recorder = BatchRecorder(lambda rows: {"input_ids": torch.zeros(len(rows), 37, dtype=torch.long)})

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
 from loratop.trainer.events import SPIKE, decode_line, encode, read_events
 from loratop.trainer.spikes import COLLAPSE, GRAD_NORM_SPIKE, LOSS_SPIKE, NON_FINITE, Spike, SpikeDetector
 

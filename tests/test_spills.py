@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
+
 from loratop.trainer.runtime.cupti_spills import CuptiUvmSource, load_cupti
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spills import (

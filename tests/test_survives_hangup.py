@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-
 from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, wait_for_exit
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config
 from loratop.tui.launcher import launch
-
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, wait_for_exit
 
 pytestmark = pytest.mark.slow
@@ -86,9 +86,10 @@ def test_demo_run_folder_and_honest_memory(demo_run: tuple[Any, Path]) -> None:
 def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> None:
     """Rebuild the same model here and count with peft's own function."""
     import torch
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from loratop.trainer.runtime.tiny_model import tiny_model_dir
 
     _, run_dir = demo_run
     cfg = load_config(run_dir / "config.yaml", check_files=False)
@@ -312,11 +313,12 @@ def test_on_spike_acts_on_severe_spikes_only(
     tmp_path: Path, action: str, severity: str, stops: bool, saves: bool
 ) -> None:
     """``monitor.on_spike``: what the trainer's spike hook does to the HF Trainer's control."""
+    from transformers import TrainerControl
+
     from loratop.trainer.config import parse_overrides
     from loratop.trainer.runtime.event_sink import EventSink
     from loratop.trainer.runtime.train import Run
     from loratop.trainer.spikes import Spike
-    from transformers import TrainerControl
 
     config = load_config(DEMO_CONFIG, parse_overrides([f"monitor.on_spike={action}"]), check_files=False)
     sink = EventSink(tmp_path / "events.jsonl")

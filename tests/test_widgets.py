@@ -7,13 +7,14 @@ import math
 import random
 from typing import Any
 
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.widgets import Static
+
 from loratop.widgets import LossChart, MemoryPanel
 from loratop.widgets.downsample import ema
 from loratop.widgets.memory_panel import memory_lines
 from loratop.widgets.units import fmt_bytes as format_bytes
-from rich.text import Text
-from textual.app import App, ComposeResult
-from textual.widgets import Static
 
 GIB = 1024**3
 MIB = 1024**2

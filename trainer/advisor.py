@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from loratop.trainer.config import RunConfig
 from loratop.trainer.config import short_number as _num
 from loratop.trainer.data_files import usable_rows
 from loratop.trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
-from pydantic import BaseModel
 
 RULES = (
     "rank-vs-data",
@@ -35,6 +36,7 @@ RULES = (
     "lr-low",
     "optim-not-paged",
     "no-checkpointing-long-seq",
+    "remote-code",
 )
 """Every rule id :func:`advise` can give."""
 
@@ -298,6 +300,16 @@ def advise(config: RunConfig, facts: Facts = NO_FACTS) -> list[Advice]:
                 f"gradient_checkpointing = false with max_seq_length = {t.max_seq_length}: every layer keeps its "
                 "activations for the backward pass, so memory grows with every layer (checkpointing trades ~30% "
                 "more compute for most of it)",
+            )
+        )
+
+    if config.model.trust_remote_code:
+        advice.append(
+            Advice(
+                "remote-code",
+                "model.trust_remote_code",
+                f"trust_remote_code = true runs the Python code that {config.model.name_or_path!r} ships, with your "
+                "permissions, on this machine: read it (or pin a revision you have read) before training",
             )
         )
 

@@ -76,7 +76,8 @@ Float = Annotated[float, BeforeValidator(_yaml_number)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `learning_rate: .inf` is a typo, not a schedule.
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -350,9 +351,19 @@ def _apply_override(tree: dict[str, Any], dotted: str, value: Any) -> str | None
     return None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A run config is a page of YAML; past 1 MiB it is a data file given by mistake (and YAML
+would parse it for minutes)."""
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with clear errors for a missing file or malformed YAML."""
     try:
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [f"{path}: {size / (1 << 20):.1f} MiB is too big for a run config (at most 1 MiB): is it a data file?"]
+            )
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
@@ -368,7 +379,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}{where}: malformed YAML: {problem}"]) from None
     if data is None:
-        return {}
+        return {}  # empty: every value a default (the CLI says so, see tui.cli._load)
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{path}: must be a YAML mapping of sections (model:, lora:, ...), got {type(data).__name__}"]

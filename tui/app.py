@@ -11,14 +11,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
 from loratop.tui.runs import DEFAULT_ROOT
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.home_screen import HomeScreen
 from loratop.tui.screens.key_help import key_help
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from textual.app import App, SystemCommand
-from textual.screen import Screen
 
 if TYPE_CHECKING:
     from loratop.trainer.config import RunConfig

@@ -19,6 +19,7 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -113,7 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(config_arg: str, overrides: list[str]) -> tuple[RunConfig, Path]:
     path = samples.resolve_config_path(config_arg)
-    return load_config(path, parse_overrides(overrides)), path
+    config = load_config(path, parse_overrides(overrides))
+    if not read_yaml(path):
+        # Almost always a mistake (a failed save, the wrong file): say what it means.
+        print(
+            f"warning: {path} is empty: every value is a default{' (plus --set)' if overrides else ''}; "
+            "a sample to start from: loratop edit tiny-cpu-demo",
+            file=sys.stderr,
+        )
+    return config, path
 
 
 def _report(exc: ConfigError) -> int:
@@ -386,6 +395,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``loratop`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except BrokenPipeError:
+        # `loratop estimate CONFIG | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "check":
         return cmd_check(args)
     if args.command == "estimate":

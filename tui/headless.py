@@ -157,7 +157,7 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
             run.process.send_signal(signal.SIGTERM)  # our own child: Popen knows if it has been reaped
             print(
                 "\nstopping at the next step boundary and saving the adapter "
-                "(Ctrl-C again to detach and leave the run going)",
+                "(Ctrl-C again to stop watching; the stop still happens)",
                 file=out,
                 flush=True,
             )
@@ -174,17 +174,20 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
             for event in batch:
                 printer.handle(event)
     except KeyboardInterrupt:
-        print(f"detached; the run goes on (pid {run.process.pid}). Its events: {run.run_dir / EVENTS}", file=out)
-        return EXIT_INTERRUPTED
+        return _stopped_watching(run, out)
     except BrokenPipeError:
         # Our reader went away (`loratop run ... | head`): stop printing, leave the run going.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, previous)
         os.close(run.events_fd)
-    code = run.process.wait()
+    try:
+        code = run.process.wait()  # the pipe closed: the trainer is finishing
+    except KeyboardInterrupt:  # the second Ctrl-C can land here too: no traceback
+        return _stopped_watching(run, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for event in stream.rest_from_file():
         printer.handle(event)
     if stream.skipped:
@@ -203,6 +206,16 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     if status == ev.STOPPED:
         return EXIT_INTERRUPTED
     return EXIT_FAILED
+
+
+def _stopped_watching(run: LaunchedRun, out: TextIO) -> int:
+    """The second Ctrl-C: stop watching. The stop the first one asked for still happens."""
+    print(
+        f"stopped watching; the trainer (pid {run.process.pid}) still stops at the next step boundary and saves "
+        f"the adapter. Its events: {run.run_dir / EVENTS}",
+        file=out,
+    )
+    return EXIT_INTERRUPTED
 
 
 def _tail(path: Path, lines: int) -> list[str]:

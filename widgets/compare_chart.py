@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from loratop.widgets.downsample import downsample
-from loratop.widgets.loss_chart import _add_line, _finite_points, _log10_points, _plot_cells, _set_limits, _StaticPlot
 from textual.app import ComposeResult
 from textual.events import Resize
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 from textual_plot import PlotWidget
+
+from loratop.widgets.downsample import downsample
+from loratop.widgets.loss_chart import _add_line, _finite_points, _log10_points, _plot_cells, _set_limits, _StaticPlot
 
 __all__ = ["PALETTE", "CompareChart", "Series"]
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from loratop.widgets.downsample import downsample
 from textual.app import ComposeResult
 from textual.events import Resize
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
+
+from loratop.widgets.downsample import downsample
 
 __all__ = ["LossChart"]
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from loratop.widgets.units import GIB, fmt_bytes
 from rich.console import RenderableType
 from rich.text import Text
 from textual.widget import Widget
+
+from loratop.widgets.units import GIB, fmt_bytes
 
 __all__ = ["MemoryPanel", "memory_lines"]
 

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curves import BUMP, SHAPES, SPIKE, Curve, clean_curve, injected_curve  # noqa: E402
+
 from loratop.trainer.spikes import GRAD_NORM_SPIKE, SpikeDetector  # noqa: E402
 
 TOLERANCE = 5

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loratop.tui import compare
-from loratop.widgets import CompareChart, Series
-from loratop.widgets.compare_chart import PALETTE
-from loratop.widgets.downsample import ema, smoothing_alpha
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
+
+from loratop.tui import compare
+from loratop.widgets import CompareChart, Series
+from loratop.widgets.compare_chart import PALETTE
+from loratop.widgets.downsample import ema, smoothing_alpha
 
 X_AXES = ("steps", "tokens")
 

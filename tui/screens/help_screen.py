@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loratop.tui.screens.key_help import key_help, key_label
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,6 +11,8 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from loratop.tui.screens.key_help import key_help, key_label
 
 SESSION_NOTE = "The trainer runs in its own session: closing this terminal or losing the SSH link never stops it."
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Static
+
 from loratop.tui import panels
 from loratop.tui.runs import SORT_KEYS, list_runs, sort_runs
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from textual import on
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static
 
 
 class HomeScreen(LoratopScreen[None]):

@@ -15,6 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
+
 from loratop.trainer.advisor import Advice, Facts, advise
 from loratop.trainer.config import (
     ALL_PROJECTIONS,
@@ -30,12 +37,6 @@ from loratop.trainer.run_dir import CONFIG, read_status, trainer_alive
 from loratop.tui import knob_form as form
 from loratop.tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
 from loratop.tui.screens.loratop_screen import LoratopScreen
-from textual import on, work
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.markup import escape
-from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 
 def _widget_id(path: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loratop.tui import samples
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,6 +11,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
+
+from loratop.tui import samples
 
 
 class SamplePicker(ModalScreen[Path | None]):

@@ -95,3 +95,25 @@ def test_the_run_summary_counts_the_bad_line_as_garbled(tmp_path: Path) -> None:
     state, summary = read_run(runs / "tiny-r8")
     assert (clean.garbage, state.garbage) == (0, 1)
     assert list(state.steps) == list(clean.steps) and summary.step == clean.last_step  # "abc" is not a step
+
+
+def test_a_non_finite_float_inside_a_nested_row_survives_and_reads_as_a_float() -> None:
+    """``jsonable`` writes NaN/Infinity as strings at any depth; the decoder must read them
+    back there too, not drop the whole memory sample as garbled."""
+    line = ev.encode(
+        7,
+        ev.MEMORY,
+        {
+            "host": {"rss": 1},
+            "gpu_state": "ok",
+            "gpus": [{"index": 0, "used": 1, "power_w": float("nan"), "temp_c": float("inf")}],
+        },
+        t=1.0,
+    )
+    event = ev.decode_line(line)
+    assert event is not None
+    gpu = event["gpus"][0]
+    assert isinstance(gpu["power_w"], float) and gpu["power_w"] != gpu["power_w"]
+    assert gpu["temp_c"] == float("inf")
+    started = ev.decode_line(ev.encode(8, ev.RUN_STARTED, {"params": {"fraction": float("nan")}}, t=1.0))
+    assert started is not None and started["params"]["fraction"] != started["params"]["fraction"]

@@ -17,7 +17,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
+from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 PROTOCOL_VERSION = 1
 
@@ -258,9 +258,6 @@ def _checker(hint: Any) -> Check:
     if origin in (Union, types.UnionType):
         options = [_checker(arg) for arg in args]
         return lambda value: any(option(value) for option in options)
-    if origin is Literal:
-        allowed = frozenset(args)
-        return lambda value: value in allowed
     if origin is list:
         item = _checker(args[0]) if args else _checker(Any)
         return lambda value: type(value) is list and all(item(v) for v in value)
@@ -268,12 +265,18 @@ def _checker(hint: Any) -> Check:
         of_value = _checker(args[1]) if args else _checker(Any)
         return lambda value: type(value) is dict and all(of_value(v) for v in value.values())
     if is_typeddict(hint):
-        fields = _field_checkers(hint)
-        return lambda value: type(value) is dict and _fields_conform(value, fields)
+        fields, floats = _field_checkers(hint), _float_fields(hint)
+        return lambda value: type(value) is dict and _fields_conform(value, fields, floats)
     raise TypeError(f"no checker for annotation {hint!r}")
 
 
-def _fields_conform(obj: dict[str, Any], checks: dict[str, Check]) -> bool:
+def _fields_conform(obj: dict[str, Any], checks: dict[str, Check], floats: frozenset[str]) -> bool:
+    """Check ``obj``'s known fields; first turn ``"NaN"``/``"Infinity"`` back into floats
+    where a float belongs (:func:`jsonable` wrote them so), at any depth."""
+    for key in floats & obj.keys():
+        value = obj[key]
+        if type(value) is str and value in _NON_FINITE:
+            obj[key] = _NON_FINITE[value]
     for key, value in obj.items():
         check = checks.get(key)
         if check is not None and not check(value):
@@ -287,7 +290,8 @@ def _field_checkers(payload: Any) -> dict[str, Check]:
 
 
 def _float_fields(payload: Any) -> frozenset[str]:
-    """Top-level fields that may hold a float, so a ``"NaN"`` there means the number."""
+    """The fields of a payload (or a nested row) that may hold a float, so ``"NaN"`` there
+    means the number."""
     out = set()
     for name, hint in get_type_hints(payload).items():
         if hint is float or float in get_args(hint):
@@ -302,8 +306,9 @@ _FLOATS: dict[str, frozenset[str]] = {kind: _float_fields(payload) for kind, pay
 def conforms(event: dict[str, Any]) -> bool:
     """Whether a decoded event's known fields have their protocol types (the envelope is
     :func:`decode_line`'s to check)."""
-    checks = _CHECKS.get(str(event.get("type")))
-    return checks is not None and _fields_conform(event, checks)
+    kind = str(event.get("type"))
+    checks = _CHECKS.get(kind)
+    return checks is not None and _fields_conform(event, checks, _FLOATS[kind])
 
 
 def jsonable(value: Any) -> Any:
@@ -378,10 +383,6 @@ def decode_line(line: bytes | str) -> dict[str, Any] | None:
         return None
     if not isinstance(v, int) or type_ not in EVENT_TYPES:
         return None
-    for key in _FLOATS[type_] & obj.keys():
-        value = obj[key]
-        if isinstance(value, str) and value in _NON_FINITE:
-            obj[key] = _NON_FINITE[value]
     return obj if conforms(obj) else None
 
 

@@ -519,11 +519,11 @@ def main() -> int:
     _section("machine")
     import torch
 
-    from loratop.trainer.runtime.memory_sampler import NvmlReader
+    from loratop.trainer.gpu_devices import GpuDevices
 
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")
-    reader = NvmlReader()
+    reader = GpuDevices()
     print(f"NVML: {reader.state} {reader.note}")
     for gpu in reader.read() if reader.state == "ok" else []:
         print(f"  gpu{gpu['index']} {gpu['name']}: {gpu['used'] / GIB:.2f} / {gpu['total'] / GIB:.2f} GiB used")

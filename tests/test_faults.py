@@ -191,8 +191,22 @@ def test_a_named_folder_that_holds_a_run_is_refused_not_shared(tmp_path: Path) -
         claim_run_dir(tmp_path / "my-run")
 
 
+def run_dir_held(run_dir: Path) -> bool:
+    """Whether some process holds the folder's trainer.lock (a probe: it takes nothing)."""
+    import fcntl
+
+    fd = os.open(run_dir / "trainer.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def test_a_second_trainer_on_a_held_folder_exits_without_writing(tmp_path: Path) -> None:
-    from loratop.trainer.run_dir import hold_run_dir, run_dir_held
+    from loratop.trainer.run_dir import hold_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from fake_nvml import GIB, FakePynvml, four_gpus, install
 
-from loratop.trainer.runtime.memory_sampler import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, MemorySampler, NvmlReader
+from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices
+from loratop.trainer.runtime.memory_sampler import MemorySampler
 
 
 class FakeNvml:
-    """Stands in for NVML (hardware CI lacks) behind the same interface as NvmlReader."""
+    """Stands in for NVML (hardware CI lacks) behind the same interface as GpuDevices."""
 
     def __init__(self, state: str = NVML_OK, gpus: list[dict[str, Any]] | None = None, fail: bool = False) -> None:
         self.state = state
@@ -27,7 +28,7 @@ class FakeNvml:
 
 
 def test_real_nvml_on_a_machine_without_nvidia_says_so() -> None:
-    reader = NvmlReader()
+    reader = GpuDevices()
     # This test runs on CI without a GPU; on a GPU box the state is ok and GPUs are listed.
     if reader.state == NVML_OK:
         assert reader.read(), "NVML ok but no GPU listed"

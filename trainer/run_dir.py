@@ -7,7 +7,6 @@ watch a run from another terminal.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -78,22 +77,6 @@ def hold_run_dir(run_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def run_dir_held(run_dir: Path) -> bool:
-    """Whether a live trainer holds the folder's lock (a probe: it takes nothing)."""
-    try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)  # closing drops the shared lock if it was granted
-    return False
 
 
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:

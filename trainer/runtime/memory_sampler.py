@@ -15,13 +15,12 @@ from typing import Any, Protocol
 import psutil
 
 from loratop.trainer import events as ev
-from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
-
-__all__ = ["NO_NVIDIA_GPU", "NVML_ERROR", "NVML_OK", "GpuReader", "MemorySampler", "NvmlReader", "TorchStats"]
+from loratop.trainer.gpu_devices import NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
 
 
 class GpuReader(Protocol):
-    """Reads per-GPU memory. The real one is :class:`NvmlReader`; tests may fake NVML."""
+    """Reads per-GPU memory. The real one is :class:`~loratop.trainer.gpu_devices.GpuDevices`
+    (NVML's GPUs as ``CUDA_VISIBLE_DEVICES`` shows them to torch); tests may fake NVML."""
 
     state: str
     """``ok``, ``no_nvidia_gpu`` or ``nvml_error``."""
@@ -32,11 +31,6 @@ class GpuReader(Protocol):
         """One dict per visible GPU, in torch's order: index (NVML's), cuda_index (torch's),
         name, used, total, free (bytes)."""
         ...
-
-
-NvmlReader = GpuDevices
-"""The real :class:`GpuReader`: NVML's GPUs as ``CUDA_VISIBLE_DEVICES`` shows them to torch
-(:mod:`trainer.gpu_devices`)."""
 
 
 TorchStats = Callable[[int], "dict[str, int] | None"]
@@ -62,7 +56,7 @@ class MemorySampler:
     ) -> None:
         self._emit = emit
         self._interval = 1.0 / hz
-        self._gpu = gpu_reader if gpu_reader is not None else NvmlReader()
+        self._gpu = gpu_reader if gpu_reader is not None else GpuDevices()
         self.torch_stats = torch_stats
         self._process = psutil.Process()
         self.last: dict[str, Any] | None = None

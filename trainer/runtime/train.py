@@ -560,11 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Held until this process ends: a second trainer pointed here must not interleave
         # its events and checkpoints with ours.
-        lock_fd = hold_run_dir(run_dir)
+        hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
     except RunDirTaken as exc:
         print(f"loratop trainer: {exc}; not writing into it", file=sys.stderr)
         return EXIT_CONFIG
-    os.set_inheritable(lock_fd, False)
     if not (run_dir / CONFIG).exists():
         (run_dir / CONFIG).write_text(dump_config(config))
     if args.events_fd is not None:

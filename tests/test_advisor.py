@@ -11,8 +11,9 @@ import pytest
 
 from loratop.trainer import advisor
 from loratop.trainer.advisor import RULES, Advice, Facts, advise, gather_facts
-from loratop.trainer.config import RunConfig, field_value, format_value, load_config
+from loratop.trainer.config import RunConfig, field_value, load_config
 from loratop.trainer.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
+from loratop.trainer.value_format import format_value
 from loratop.tui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -380,3 +380,19 @@ def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(t
     wait_for_exit(status_of(run_dir)["pid"], 120)
     assert status_of(run_dir)["status"] == "stopped"  # what the README says: the stop still happens
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_the_damage_check_knows_every_config_section() -> None:
+    """tui.runs lists the config's sections by hand (importing the schema would load pydantic
+    into the home screen); keep that list the schema's."""
+    from pydantic import BaseModel
+
+    from loratop.trainer.config import RunConfig
+    from loratop.tui import runs
+
+    sections = {
+        name
+        for name, info in RunConfig.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+    }
+    assert set(runs._CONFIG_SECTIONS) == sections

@@ -115,6 +115,8 @@ def test_dashboard_and_widgets_load_no_ml_stack() -> None:
 
     assert "loratop.tui.app" in modules and "textual" in modules
     assert _heavy(modules, ML_STACK) == []
+    # The config schema (pydantic) is loaded only when a config is read, not to open the dashboard.
+    assert _heavy(modules, ("pydantic", "pydantic_core")) == []
 
 
 def test_widgets_import_neither_the_app_nor_the_trainer() -> None:

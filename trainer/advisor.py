@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from loratop.trainer.config import RunConfig
-from loratop.trainer.config import short_number as _num
 from loratop.trainer.data_files import usable_rows
 from loratop.trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
+from loratop.trainer.value_format import short_number as _num
 
 RULES = (
     "rank-vs-data",

@@ -19,7 +19,6 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -30,13 +29,13 @@ from loratop.trainer.config import (
     ConfigError,
     RunConfig,
     field_value,
-    format_value,
     load_config,
     parse_overrides,
     read_yaml,
 )
 from loratop.trainer.data_files import DataProblem, inspect_data
 from loratop.trainer.run_dir import CONFIG, RunDirTaken
+from loratop.trainer.value_format import format_value
 from loratop.tui import samples
 from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
 
@@ -397,11 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _command(args)
-    except BrokenPipeError:
-        # `loratop estimate CONFIG | head`: the reader has what it wanted. Point stdout at
-        # /dev/null so the interpreter's final flush does not raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    except BrokenPipeError:  # `loratop estimate CONFIG | head`: the reader has what it wanted
+        from loratop.tui.headless import silence_stdout
+
+        silence_stdout()
         return 0
 
 

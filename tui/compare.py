@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratop.trainer.config import format_value as config_value
-from loratop.trainer.config import sci
+from loratop.trainer.value_format import format_value as config_value
+from loratop.trainer.value_format import sci
 from loratop.tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
 from loratop.tui.run_state import RunState
 from loratop.tui.runs import RunSummary, read_run
@@ -134,7 +134,7 @@ def _list_text(items: list[Any], width: int = 30) -> str:
 
 
 def format_value(value: Any, use_sci: bool = False) -> str:
-    """One config value for display, spelled as :func:`trainer.config.format_value` does
+    """One config value for display, spelled as :func:`trainer.value_format.format_value` does
     (``null``, ``true``, ``2e-3``); lists shortened, dicts folded; ``use_sci`` puts every
     number of a row in one style."""
     if use_sci and _is_number(value) and math.isfinite(value):

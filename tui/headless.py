@@ -177,8 +177,7 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         return _stopped_watching(run, out)
     except BrokenPipeError:
         # Our reader went away (`loratop run ... | head`): stop printing, leave the run going.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
         return EXIT_INTERRUPTED
     finally:
         os.close(run.events_fd)
@@ -206,6 +205,14 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     if status == ev.STOPPED:
         return EXIT_INTERRUPTED
     return EXIT_FAILED
+
+
+def silence_stdout() -> None:
+    """After a ``BrokenPipeError`` on stdout (``loratop ... | head``): point it at /dev/null,
+    so neither later prints nor the interpreter's final flush raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _stopped_watching(run: LaunchedRun, out: TextIO) -> int:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loratop.trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value, format_value
+from loratop.trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value
+from loratop.trainer.value_format import format_value
 
 Kind = Literal["int", "float", "choice", "bool"]
 

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from loratop.trainer import events as ev
-from loratop.trainer.config import sci
 from loratop.trainer.run_dir import CONFIG, EVENTS, STATUS, read_status, trainer_alive, valid_pid
+from loratop.trainer.value_format import sci
 from loratop.tui.run_state import RunState
 
 DEFAULT_ROOT = Path("runs")
@@ -72,6 +72,7 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 
 _STATUS_TIMES = ("started_at", "launched_at", "ended_at")
 _CONFIG_SECTIONS = ("model", "quantization", "lora", "training", "data", "monitor")
+"""RunConfig's sections, by hand: the schema (pydantic) stays out of the home screen's import."""
 
 
 def _is_time(value: Any) -> bool:

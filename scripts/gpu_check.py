@@ -43,6 +43,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from loratop.trainer import events as ev  # noqa: E402
+from loratop.trainer import oom_forecast as oom  # noqa: E402
+from loratop.trainer.gpu_devices import NO_NVIDIA_GPU  # noqa: E402
+from loratop.trainer.spills import EXACT as SPILLS_EXACT  # noqa: E402
+from loratop.trainer.spills import NOT_APPLICABLE as SPILLS_NA  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -83,7 +87,7 @@ def check_nvml_vs_torch(events: list[dict[str, Any]], ballast_step: int | None =
     samples = [(m, g) for m in _of(events, ev.MEMORY) for g in m.get("gpus") or [] if g.get("torch")]
     if not samples:
         states = {str(m.get("gpu_state")) for m in _of(events, ev.MEMORY)}
-        if states and states <= {"no_nvidia_gpu"}:
+        if states and states <= {NO_NVIDIA_GPU}:
             return Check("nvml-vs-torch", NA, "no NVIDIA GPU: memory samples carry host RSS only")
         return Check("nvml-vs-torch", FAIL, f"no GPU sample with torch figures (gpu_state {sorted(states)})")
     bad = [(m, g) for m, g in samples if g["used"] < g["torch"]["reserved"]]
@@ -118,11 +122,11 @@ def check_spills(events: list[dict[str, Any]]) -> Check:
     if paged is None:
         return Check("spills-exact", FAIL, "no paged_state event: the first step never ended")
     method = paged.get("spill_method")
-    if method == "n/a":
+    if method == SPILLS_NA:
         return Check("spills-exact", NA, f"{paged.get('spill_reason')}")
     spills = _of(events, ev.SPILL)
     total = sum(int(s.get("bytes") or 0) for s in spills)
-    if method != "exact":
+    if method != SPILLS_EXACT:
         return Check("spills-exact", FAIL, f"spills counted by method {method!r}: {paged.get('spill_reason')}")
     if not spills:
         return Check("spills-exact", FAIL, f"method exact, but no spill event ({_gib(paged.get('paged_bytes'))} paged)")
@@ -132,14 +136,14 @@ def check_spills(events: list[dict[str, Any]]) -> Check:
 def check_risk_before_oom(events: list[dict[str, Any]], ballast_step: int | None) -> Check:
     """The OOM-risk level rose (to watch or danger) after the ballast, before any OOM."""
     risks = _of(events, ev.OOM_RISK)
-    if risks and all(r.get("level") == "n/a" for r in risks):
+    if risks and all(r.get("level") == oom.NOT_APPLICABLE for r in risks):
         return Check("oom-risk-rises", NA, str(risks[0].get("reason")))
     finished = next(iter(_of(events, ev.RUN_FINISHED)), {})
     oom_seq = finished.get("seq") if finished.get("status") == ev.OOM else None
     raised = [
         r
         for r in risks
-        if r.get("level") in ("watch", "danger")
+        if r.get("level") in (oom.WATCH, oom.DANGER)
         and (ballast_step is None or (r.get("step") or 0) >= ballast_step)
         and (oom_seq is None or r["seq"] < oom_seq)
     ]
@@ -396,7 +400,7 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
         for callback in list(trainer.callback_handler.callbacks):
             if type(callback).__name__ == "EventCallback":
                 trainer.remove_callback(callback)
-        trainer.data_collator = run.watch.recorder._collator  # undo the BatchRecorder
+        trainer.data_collator = run.watch.recorder.wrapped  # undo the BatchRecorder
         trainer.add_callback(_callback(mark))
         trainer.train()
         run.sink.close()

@@ -39,6 +39,11 @@ class BatchRecorder:
             self.step_max_tokens = max(self.step_max_tokens, self.last_tokens)
         return batch
 
+    @property
+    def wrapped(self) -> Callable[[Any], Any]:
+        """The collator this one records for."""
+        return self._collator
+
     def __getattr__(self, name: str) -> Any:  # TRL inspects collator attributes
         return getattr(self._collator, name)
 

@@ -396,3 +396,34 @@ def test_the_damage_check_knows_every_config_section() -> None:
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
     }
     assert set(runs._CONFIG_SECTIONS) == sections
+
+
+# -- an output folder that cannot be made or written (item 5, in part) ------------------------
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "name-too-long"])
+def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path: Path, where: str) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "run" if where == "under-a-file" else tmp_path / ("x" * 300)
+    result = subprocess.run(
+        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui", "--set", f"output_dir={out}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("cannot create the run folder" if where == "under-a-file" else "File name too long") in result.stderr
+    assert "nothing was launched" in result.stderr
+
+
+def test_a_launch_that_cannot_write_its_folder_frees_the_name_again(tmp_path: Path) -> None:
+    from loratop.trainer.config import load_config
+    from loratop.trainer.run_dir import RunDirError
+    from loratop.tui.launcher import launch
+
+    run_dir = tmp_path / "run"
+    (run_dir / "config.yaml").mkdir(parents=True)  # where the config must go, something else is
+    config = load_config(DEMO, {"output_dir": str(run_dir)}, check_files=False)
+    with pytest.raises(RunDirError, match="cannot write the run folder"):
+        launch(config)
+    assert not (run_dir / "events.jsonl").exists(), "the failed launch's claim must not block the next one"
+    assert not (run_dir / "status.json").exists()

@@ -472,13 +472,16 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     except DataProblem as exc:
         problems.append(f"{where('data.path')}: data.path = {config.data.path!r}: {exc}")
     out = Path(config.output_dir or ".")
-    if (out / "events.jsonl").exists() and not STAMPED.search(out.name):  # a stamped one gets a suffix
-        problems.append(
-            f"{where('output_dir')}: output_dir = {str(out)!r}: already holds a run "
-            "(events.jsonl); choose a new folder or remove that one"
-        )
-    elif out.exists() and not out.is_dir():
-        problems.append(f"{where('output_dir')}: output_dir = {str(out)!r}: exists and is not a folder")
+    try:
+        if (out / "events.jsonl").exists() and not STAMPED.search(out.name):  # a stamped one gets a suffix
+            problems.append(
+                f"{where('output_dir')}: output_dir = {str(out)!r}: already holds a run "
+                "(events.jsonl); choose a new folder or remove that one"
+            )
+        elif out.exists() and not out.is_dir():
+            problems.append(f"{where('output_dir')}: output_dir = {str(out)!r}: exists and is not a folder")
+    except OSError as exc:  # a name too long for the file system, say
+        problems.append(f"{where('output_dir')}: output_dir = {str(out)[:60]!r}…: unusable: {exc.strerror or exc}")
     return problems
 
 

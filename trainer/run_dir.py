@@ -7,6 +7,7 @@ watch a run from another terminal.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -29,7 +30,11 @@ STAMPED = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
 launch claimed first gets a suffix (``-2``, ``-3``, ...)."""
 
 
-class RunDirTaken(Exception):
+class RunDirError(Exception):
+    """The run folder cannot be used (not creatable, not writable); the message says why."""
+
+
+class RunDirTaken(RunDirError):
     """The run folder already holds a run, or another trainer holds it; the message says which."""
 
 
@@ -48,14 +53,27 @@ def claim_run_dir(path: Path) -> Path:
     """
     candidate, n = path, 2
     while True:
-        candidate.mkdir(parents=True, exist_ok=True)
         try:
+            candidate.mkdir(parents=True, exist_ok=True)
             os.close(os.open(candidate / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             return candidate
         except FileExistsError:
             if STAMPED.search(path.name) is None or n > 999:
                 raise RunDirTaken(f"{candidate}: already holds a run ({EVENTS}); choose a new folder") from None
+        except OSError as exc:  # a file where a folder should be, read-only, name too long, disk full
+            raise RunDirError(f"{candidate}: cannot create the run folder: {exc.strerror or exc}") from None
         candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+
+
+def release_claim(run_dir: Path) -> None:
+    """Undo :func:`claim_run_dir` after a launch failed before the trainer started: remove the
+    files the launch wrote (while ``events.jsonl`` is still empty), so the name is free again."""
+    if (run_dir / EVENTS).is_file() and (run_dir / EVENTS).stat().st_size == 0:
+        for name in (EVENTS, CONFIG, STATUS, LOG):
+            with contextlib.suppress(OSError):
+                (run_dir / name).unlink()
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only if nothing else is there
 
 
 def hold_run_dir(run_dir: Path) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
+from loratop.trainer.run_dir import RunDirError
 from loratop.tui.runs import DEFAULT_ROOT
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.help_screen import HelpScreen
@@ -98,11 +99,19 @@ class LoratopApp(App[str]):
             return
         self.push_screen(editor)
 
-    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path:
-        """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor."""
+    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
+        """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor.
+
+        Returns:
+            The run folder, or ``None`` when the folder could not be made (said in a notice).
+        """
         from loratop.tui.launcher import launch
 
-        run = launch(config, source)
+        try:
+            run = launch(config, source)
+        except RunDirError as exc:
+            self.notify(str(exc), title="cannot launch", severity="error", timeout=10)
+            return None
         monitor = MonitorScreen(run.run_dir, run.events_fd)
         if replace is not None and self.screen is replace:
             self.switch_screen(monitor)

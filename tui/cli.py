@@ -34,7 +34,7 @@ from loratop.trainer.config import (
     read_yaml,
 )
 from loratop.trainer.data_files import DataProblem, inspect_data
-from loratop.trainer.run_dir import CONFIG, RunDirTaken
+from loratop.trainer.run_dir import CONFIG, RunDirError
 from loratop.trainer.value_format import format_value
 from loratop.tui import samples
 from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
@@ -247,7 +247,7 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         print(preflight)
     try:
         run = launch(config, path)
-    except RunDirTaken as exc:  # another launch claimed the folder between the check and now
+    except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
         return _report(ConfigError([f"output_dir: {exc}"]))
     if args.no_tui:
         from loratop.tui.headless import follow_launched

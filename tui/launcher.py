@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loratop.trainer.config import RunConfig, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
-from loratop.trainer.run_dir import CONFIG, LOG, claim_run_dir, now, write_status
+from loratop.trainer.run_dir import CONFIG, LOG, RunDirError, claim_run_dir, now, release_claim, write_status
 
 TRAINER_COMMAND = (
     sys.executable,
@@ -58,20 +58,25 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         config_source: The YAML it came from, recorded in ``status.json``.
     """
     assert config.output_dir is not None
-    run_dir = claim_run_dir(Path(config.output_dir).resolve())  # atomic; raises RunDirTaken
+    run_dir = claim_run_dir(Path(config.output_dir).resolve())  # atomic; raises RunDirError
     resolved = resolved_for_run(config)
     resolved.output_dir = str(run_dir)  # with its suffix, if a parallel launch took the name
-    (run_dir / CONFIG).write_text(dump_config(resolved))
-    write_status(
-        run_dir,
-        state="starting",
-        launched_at=now(),
-        config_source=str(config_source.resolve()) if config_source else None,
-        parent=config.parent,
-    )
+    try:
+        (run_dir / CONFIG).write_text(dump_config(resolved))
+        write_status(
+            run_dir,
+            state="starting",
+            launched_at=now(),
+            config_source=str(config_source.resolve()) if config_source else None,
+            parent=config.parent,
+        )
+        log = open(run_dir / LOG, "ab")  # noqa: SIM115 - closed below, once the child has it
+    except OSError as exc:  # a full disk, a folder made read-only: nothing has started yet
+        release_claim(run_dir)
+        raise RunDirError(f"{run_dir}: cannot write the run folder: {exc.strerror or exc}") from None
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    with open(run_dir / LOG, "ab") as log:
+    with log:
         try:
             process = subprocess.Popen(
                 [
@@ -89,6 +94,9 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
                 start_new_session=True,
                 env=env,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
     return LaunchedRun(process=process, run_dir=run_dir, events_fd=read_fd)

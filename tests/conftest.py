@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -90,5 +91,25 @@ def live_status(pid: int | None = None, **fields: Any) -> dict[str, Any]:
     return {"pid": pid, **process_identity(pid), **fields}
 
 
+def dead_status(**fields: Any) -> dict[str, Any]:
+    """A ``status.json`` as a trainer wrote it, whose process has since ended (and was reaped):
+    proof that the trainer is gone."""
+    process = subprocess.Popen(["sleep", "60"])
+    status = live_status(process.pid, **fields)
+    process.kill()
+    process.wait()
+    return status
+
+
 def status_of(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "status.json").read_text())
+
+
+async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
+    """In a Pilot test: wait for ``predicate()``, failing with ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.2)

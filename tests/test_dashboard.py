@@ -20,22 +20,13 @@ from loratop.tui.app import LoratopApp
 from loratop.tui.launcher import launch
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events
+from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, until
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
 
 def _text(app: LoratopApp, selector: str) -> str:
     return str(app.screen.query_one(selector, Static).render())
-
-
-async def _until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await pilot.pause(0.2)
 
 
 def _recorded_run(tmp_path: Path) -> Path:
@@ -50,13 +41,16 @@ def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path)
     """``loratop run sample_configs/tiny-cpu-demo.yaml`` in-process, with the real trainer subprocess."""
     config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path / 'run'}"]))
     run = launch(config, DEMO_CONFIG)
-    app = LoratopApp(run.run_dir, run.events_fd)
+    app = LoratopApp(run.run_dir, run.events_fd, process=run.process)
 
     async def drive() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.finished is not None, 300, "the run to finish")
+            await until(pilot, lambda: screen.state.finished is not None, 300, "the run to finish")
+            # The dashboard reaps the trainer it launched as soon as it exits: no zombie while it stays open.
+            await until(pilot, lambda: not Path(f"/proc/{run.process.pid}").exists(), 30, "the trainer to be reaped")
+            assert run.process.returncode == 0
             await pilot.pause(0.5)  # one more redraw tick
             events = read_events(run.run_dir)
             steps = of_type(events, ev.STEP)
@@ -85,16 +79,16 @@ def test_keys_checkpoint_quit_dialog_and_stop_on_a_live_run(tmp_path: Path) -> N
         async with app.run_test(size=(100, 30)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.last_step >= 3, 120, "the first steps")
+            await until(pilot, lambda: screen.state.last_step >= 3, 120, "the first steps")
             await pilot.press("c")
-            await _until(pilot, lambda: bool(screen.state.checkpoints), 60, "the checkpoint")
+            await until(pilot, lambda: bool(screen.state.checkpoints), 60, "the checkpoint")
             await pilot.press("q")
             assert isinstance(app.screen, QuitScreen), "quitting a live run must ask"
             await pilot.press("escape")
             assert app.screen is screen
             await pilot.press("s")
             await pilot.press("y")
-            await _until(pilot, lambda: screen.state.finished is not None, 120, "the stop")
+            await until(pilot, lambda: screen.state.finished is not None, 120, "the stop")
             await pilot.pause(0.5)
             assert screen.state.finished["status"] == ev.STOPPED
             assert "stopped" in _text(app, "#outcome")
@@ -121,7 +115,7 @@ def test_garbage_and_a_seq_gap_on_the_pipe(tmp_path: Path) -> None:
             os.close(write_fd)
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.finished is not None, 20, "the recorded run's end")
+            await until(pilot, lambda: screen.state.finished is not None, 20, "the recorded run's end")
             await pilot.pause(0.5)
             recorded = [e for e in map(ev.decode_line, lines) if e]
             assert list(screen.state.steps) == [e["step"] for e in recorded if e["type"] == ev.STEP]
@@ -145,7 +139,7 @@ def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
+            await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
             await pilot.pause(0.5)
             assert screen.state.last_step == 60 and screen.state.garbage == 1
             assert "step 60/60" in _text(app, "#run-header")
@@ -163,7 +157,7 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
         async with app.run_test(size=size) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
+            await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
             await pilot.pause(0.5)
             assert screen.has_class("narrow") == (size[0] < 100)
             panels = [
@@ -208,7 +202,7 @@ def test_detach_while_live_and_the_help_screen(tmp_path: Path) -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await _until(pilot, lambda: screen.state.last_step > 0, 20, "the replay")
+            await until(pilot, lambda: screen.state.last_step > 0, 20, "the replay")
             assert screen.state.is_live
             await pilot.press("question_mark")
             assert "loratop keys" in str(app.screen.query_one(Static).render())

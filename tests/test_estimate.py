@@ -468,3 +468,159 @@ def test_shape_defaults_head_dim_to_hidden_over_heads() -> None:
         }
     )
     assert read == shape
+
+
+# ---------------------------------------------------------------- disk
+
+
+class _FakeDisk:
+    """Stands in for ``shutil.disk_usage``: this much free, and which folders were asked about."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.asked: list[Path] = []
+
+    def __call__(self, path: Any) -> Any:
+        self.asked.append(Path(path))
+        return types.SimpleNamespace(total=10 * self.free + 1, used=0, free=self.free)
+
+
+def demo_config(**overrides: Any) -> RunConfig:
+    return load_config(DEMO, overrides, check_files=False)
+
+
+# The tiny demo by hand: r 8 on all seven linears of hidden 128, kv 64, intermediate 256, 2 layers.
+# Per layer r × (in + out): q 8×256 = 2,048; k, v 8×192 = 1,536 each; o 2,048; gate, up, down
+# 8×384 = 3,072 each → 16,384; × 2 layers = 32,768 adapter parameters.
+TINY_ADAPTER_PARAMS = 32_768
+# paged_adamw_8bit: every tensor is under 4096 elements (the largest, 256 × 8, has 2,048), so
+# m and v stay fp32: 8 B per parameter.
+TINY_OPTIMIZER_BYTES = TINY_ADAPTER_PARAMS * 8
+
+
+def test_disk_need_of_the_tiny_demo_by_hand() -> None:
+    # A real run (max_steps 5, save_steps 2) wrote checkpoint-2, -4 and -5, each with an
+    # adapter_model.safetensors of 69,080 B: 65,536 B of bf16 weights and a 3,536 B header.
+    need = est_mod.disk_need(load_model_shape("tiny"), demo_config(**{"training.save_steps": 50}), rows=3000)
+
+    adapter = TINY_ADAPTER_PARAMS * 2  # QLoRA: TRL saves a 4-bit model's adapters in bf16
+    checkpoint = adapter + TINY_OPTIMIZER_BYTES + 64 * 1024
+    assert (need.adapter, need.checkpoint, need.checkpoints) == (65_536, 393_216, 6) == (adapter, checkpoint, 300 // 50)
+    assert need.total == 65_536 + 6 * 393_216 == 2_424_832
+
+
+def test_a_16_bit_base_saves_its_adapters_in_fp32() -> None:
+    need = est_mod.disk_need(load_model_shape("tiny"), demo_config(**{"quantization.load_in_4bit": False}))
+
+    assert need.adapter == TINY_ADAPTER_PARAMS * 4 == 131_072
+    assert need.checkpoints == 0 and need.total == need.adapter  # save_steps 0: the adapter alone
+
+
+@pytest.mark.parametrize(
+    ("training", "rows", "checkpoints"),
+    [
+        ({"save_steps": 7}, 3000, 43),  # steps 7, 14, ... 294, and the last step, 300
+        ({"save_steps": 500}, 3000, 1),  # only the last step's
+        ({"save_steps": 100, "max_steps": -1}, 3000, 4),  # 1 epoch of ceil(3000 / 8) = 375 steps
+        ({"save_steps": 100, "max_steps": -1, "gradient_accumulation_steps": 3}, 3000, 2),  # 125 steps
+        ({"save_steps": 100, "max_steps": -1, "num_train_epochs": 2.5}, 16, 1),  # 2 batches × 2.5 → 5 steps
+        ({"save_steps": 100, "max_steps": -1}, None, None),  # epochs over a hub dataset: unknown
+    ],
+)
+def test_checkpoints_are_counted_as_the_trainer_saves_them(
+    training: dict[str, Any], rows: int | None, checkpoints: int | None
+) -> None:
+    config = demo_config(**{f"training.{key}": value for key, value in training.items()})
+    need = est_mod.disk_need(load_model_shape("tiny"), config, rows)
+
+    assert need.checkpoints == checkpoints
+    assert need.total == need.adapter + need.checkpoint * (checkpoints or 1)  # unknown: at least the last
+
+
+def test_a_short_disk_is_one_warning_line_naming_the_nearest_existing_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = _FakeDisk(free=1_000_000)
+    monkeypatch.setattr(est_mod.shutil, "disk_usage", disk)
+    need = est_mod.DiskNeed(adapter=65_536, checkpoint=393_216, checkpoints=6)
+
+    line = est_mod.free_space_warning(tmp_path / "runs" / "not-yet", need)
+
+    assert disk.asked == [tmp_path]
+    assert line == (
+        f"warning: {tmp_path}/ has 1.0 MB free; this run writes about 2.4 MB (adapter 65.5 kB + 6 checkpoints "
+        "of 393.2 kB); free some space, or raise training.save_steps for fewer checkpoints"
+    )
+    disk.free = need.total
+    assert est_mod.free_space_warning(tmp_path / "runs" / "not-yet", need) is None
+    unknown = est_mod.DiskNeed(adapter=65_536, checkpoint=393_216, checkpoints=None)
+    disk.free = 1000
+    line = est_mod.free_space_warning(tmp_path, unknown)
+    assert line is not None and "writes at least 458.8 kB (adapter 65.5 kB + a checkpoint of 393.2 kB every " in line
+
+
+SHORT_DISK = "has 1.0 MB free; this run writes about 2.4 MB (adapter 65.5 kB + 6 checkpoints of 393.2 kB)"
+
+
+@pytest.mark.parametrize("free", [1_000_000, 10**12])
+def test_check_warns_only_when_the_output_disk_is_short(
+    free: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = _FakeDisk(free)
+    monkeypatch.setattr(est_mod.shutil, "disk_usage", disk)
+    out_dir = tmp_path / "runs" / "r1"
+
+    assert main(["check", str(DEMO), "--set", "training.save_steps=50", "--set", f"output_dir={out_dir}"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert disk.asked == [tmp_path]
+    if free < 2_424_832:
+        assert [line for line in out if "warning" in line] == [
+            f"warning: {tmp_path}/ {SHORT_DISK}; free some space, or raise training.save_steps for fewer checkpoints",
+            "1 warning (advice only: the config is valid)",
+        ]
+    else:
+        assert not [line for line in out if "warning" in line]
+
+
+@pytest.mark.parametrize("mode", [["--no-tui"], []])
+def test_run_warns_on_stderr_before_it_launches(
+    mode: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.trainer.run_dir import RunDirError
+    from loratop.tui import launcher
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        print("launch called", file=sys.stderr)
+        raise RunDirError("stopped here by the test")  # no trainer, no dashboard
+
+    monkeypatch.setattr(est_mod.shutil, "disk_usage", _FakeDisk(1_000_000))
+    monkeypatch.setattr(launcher, "launch", refuse)
+    argv = ["run", str(DEMO), *mode, "--set", "training.save_steps=50", "--set", f"output_dir={tmp_path / 'r1'}"]
+
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err.splitlines()
+    warning = [i for i, line in enumerate(err) if line.startswith("warning:")]
+    assert len(warning) == 1 and SHORT_DISK in err[warning[0]]
+    assert warning[0] < err.index("launch called")
+
+
+def test_an_unknown_model_shape_draws_no_disk_warning_and_no_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a check must not go to the hub for a disk warning")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(model_config.socket, "create_connection", no_network)
+    monkeypatch.setattr(model_config, "_download_config", no_network)
+    monkeypatch.setattr(est_mod, "visible_gpu_total", lambda: (None, NO_GPU))
+    disk = _FakeDisk(1)
+    monkeypatch.setattr(est_mod.shutil, "disk_usage", disk)
+    args = ["--set", "model.name_or_path=someorg/some-model", "--set", "training.save_steps=50"]
+
+    assert main(["check", str(DEMO), *args, "--set", f"output_dir={tmp_path / 'r1'}"]) == 0
+
+    assert "this run writes" not in capsys.readouterr().out and disk.asked == []

@@ -27,7 +27,7 @@ from loratop.trainer.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, 
 from loratop.tui import cli
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import live_status
+from tests.conftest import live_status, until
 
 pytestmark = pytest.mark.faults
 
@@ -155,7 +155,7 @@ def test_ls_lists_a_run_with_an_impossible_pid_as_not_running(
     assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
     rows = capsys.readouterr().out.splitlines()
     r1 = next(row for row in rows if row.startswith("r1"))
-    assert "running" not in r1 and "exited without report" in r1
+    assert "running" not in r1 and "unknown" in r1
     assert any(row.startswith("tiny-r8") for row in rows)
 
 
@@ -416,14 +416,276 @@ def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path: Path, where: st
 
 
 def test_a_launch_that_cannot_write_its_folder_frees_the_name_again(tmp_path: Path) -> None:
+    import resource
+
     from loratop.trainer.config import load_config
     from loratop.trainer.run_dir import RunDirError
     from loratop.tui.launcher import launch
 
     run_dir = tmp_path / "run"
-    (run_dir / "config.yaml").mkdir(parents=True)  # where the config must go, something else is
     config = load_config(DEMO, {"output_dir": str(run_dir)}, check_files=False)
-    with pytest.raises(RunDirError, match="cannot write the run folder"):
-        launch(config)
+    # The claim (an empty events.jsonl) fits; config.yaml does not: a disk that fills at launch.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, hard))
+    try:
+        with pytest.raises(RunDirError, match="cannot write the run folder"):
+            launch(config)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
     assert not (run_dir / "events.jsonl").exists(), "the failed launch's claim must not block the next one"
     assert not (run_dir / "status.json").exists()
+
+
+# -- an output folder that holds your own files (item 4) --------------------------------------
+
+
+def _users_folder(folder: Path) -> dict[str, bytes]:
+    """A folder of the user's own: a commented config.yaml (a loratop file name) and notes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("# my own settings: keep these comments\nlr: 3e-4  # tuned by hand\n")
+    (folder / "notes.txt").write_text("not loratop's\n")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("how", ["named", "dot"])
+def test_run_into_a_folder_of_your_own_files_is_one_line_and_exit_2(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``loratop run tiny-cpu-demo --no-tui --set output_dir=.`` in a folder holding your config.yaml."""
+    mine = tmp_path / "mine"
+    before = _users_folder(mine)
+    if how == "dot":
+        monkeypatch.chdir(mine)
+    out = "." if how == "dot" else str(mine)
+    # Tiny knobs: a broken guard costs a seconds-long run, not the whole demo.
+    argv = ["run", "tiny-cpu-demo", "--no-tui", "--set", f"output_dir={out}"]
+    argv += ["--set", "training.max_steps=1", "--set", "data.max_rows=16"]
+
+    assert cli.main(argv) == 2
+
+    captured = capsys.readouterr()
+    problems = [line for line in captured.err.splitlines() if "holds files loratop did not make" in line]
+    assert problems == [
+        f"--set output_dir: output_dir = {out!r}: holds files loratop did not make (config.yaml, notes.txt); "
+        "choose a new or empty folder"
+    ], captured.err
+    assert "nothing was launched" in captured.err and "Traceback" not in captured.err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before, "nothing written, nothing replaced"
+
+
+def test_check_names_a_folder_of_your_own_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    _users_folder(mine)
+    for n in range(3):
+        (mine / f".hidden-{n}").write_text("")
+
+    assert cli.main(["check", "tiny-cpu-demo", "--set", f"output_dir={mine}"]) == 2
+
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"--set output_dir: output_dir = {str(mine)!r}: holds files loratop did not make "
+        "(config.yaml, notes.txt, .hidden-0, …); choose a new or empty folder",
+        "loratop: 1 problem in the config; nothing was launched",
+    ]
+
+
+@pytest.mark.parametrize("entries", [[".env"], ["config.yaml"], ["adapter/"], ["a", "b", "c", ".git/"]])
+def test_the_claim_refuses_a_folder_of_your_own_files_without_writing(tmp_path: Path, entries: list[str]) -> None:
+    """The claim is the last guard (a folder filled between check and launch, the dashboard's
+    launch): even a hidden file or one of loratop's own names, with no events.jsonl, is not ours."""
+    from loratop.trainer.run_dir import RunDirNotEmpty, claim_run_dir
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in entries:
+        if name.endswith("/"):
+            (folder / name.rstrip("/")).mkdir()
+        else:
+            (folder / name).write_text("mine")
+    before = sorted(os.listdir(folder))
+
+    with pytest.raises(RunDirNotEmpty) as refused:
+        claim_run_dir(folder)
+
+    shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+    assert str(refused.value) == f"{folder}: holds files loratop did not make ({shown}); choose a new or empty folder"
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_path: Path) -> None:
+    from loratop.trainer.config import load_config
+
+    mine = tmp_path / "mine"
+    before = _users_folder(mine)
+    config = load_config(DEMO, {"output_dir": str(mine)}, check_files=False)  # filled after its check
+    app = LoratopApp(runs_root=tmp_path / "runs")
+    notices: list[tuple[str, str]] = []
+    seen: dict[str, Any] = {}
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)):
+            real_notify = app.notify
+
+            def record(message: str, **kwargs: Any) -> None:
+                notices.append((message, kwargs.get("severity", "information")))
+                real_notify(message, **kwargs)
+
+            app.notify = record  # type: ignore[method-assign]
+            seen["launched"] = app.launch_config(config, None)
+
+    asyncio.run(drive())
+    assert seen["launched"] is None
+    assert notices == [(f"{mine}: holds files loratop did not make (config.yaml, notes.txt); "
+                        "choose a new or empty folder", "error")]  # fmt: skip
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+
+
+def test_an_empty_existing_folder_is_still_claimed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loratop.trainer.run_dir import claim_run_dir
+
+    folder = tmp_path / "made-for-it"
+    folder.mkdir()
+    assert cli.main(["check", "tiny-cpu-demo", "--set", f"output_dir={folder}"]) == 0
+    assert claim_run_dir(folder) == folder
+    assert os.listdir(folder) == ["events.jsonl"]
+
+
+def test_a_stamped_folder_that_holds_your_files_moves_on_to_the_next_suffix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.trainer.run_dir import claim_run_dir
+
+    stamped = tmp_path / "runs" / "tiny-cpu-demo-20261201-101500"
+    before = _users_folder(stamped)
+    assert cli.main(["check", "tiny-cpu-demo", "--set", f"output_dir={stamped}"]) == 0  # it will move on
+
+    assert claim_run_dir(stamped) == stamped.with_name(f"{stamped.name}-2")
+    assert {p.name: p.read_bytes() for p in stamped.iterdir()} == before
+    assert os.listdir(stamped.with_name(f"{stamped.name}-2")) == ["events.jsonl"]
+
+
+# -- a trainer killed without a word (item 3) ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stops(tmp_path: Path) -> None:
+    """The launching dashboard reaps its trainer (no zombie) and names the signal from its exit code."""
+    from textual.widgets import Static
+
+    from loratop.trainer.config import load_config
+    from loratop.tui.launcher import launch
+    from tests.conftest import status_of
+
+    config = load_config(DEMO, {"output_dir": str(tmp_path / "runs" / "k9"), "training": {"max_steps": 3000}})
+    run = launch(config, DEMO)
+    app = LoratopApp(run.run_dir, run.events_fd, process=run.process)
+    seen: dict[str, Any] = {}
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await until(pilot, lambda: screen.state.last_step >= 3, 180, "the first steps")
+            REAL_KILL(run.process.pid, signal.SIGKILL)  # our own child: nothing else can have its pid
+            await until(pilot, lambda: screen.state.trainer_gone, 30, "the dashboard to notice")
+            await pilot.pause(0.6)
+            seen["returncode"] = run.process.returncode  # reaped by the dashboard, while it runs
+            seen["header"] = str(app.screen.query_one("#run-header", Static).render())
+            await pilot.pause(1.5)
+            seen["header_later"] = str(app.screen.query_one("#run-header", Static).render())
+            seen["outcome"] = str(app.screen.query_one("#outcome", Static).render())
+            seen["step"] = screen.state.last_step
+            await pilot.press("q")  # no longer live: quits without asking
+
+    asyncio.run(drive())
+    assert seen["returncode"] == -signal.SIGKILL
+    assert "LOST" in seen["header"] and "ETA –" in seen["header"]
+    assert seen["header_later"] == seen["header"], "the elapsed clock stops when the trainer is gone"
+    assert seen["outcome"].startswith(f"killed by SIGKILL at step {seen['step']}")
+    status = status_of(run.run_dir)
+    assert status["state"] == "lost" and status["lost_cause"] == "killed by SIGKILL"
+    assert status["exit_code"] == -9 and status["last_step"] == seen["step"]
+    assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+
+
+@pytest.mark.slow
+def test_kill_9_under_no_tui_names_the_signal_and_ls_agrees(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import status_of
+
+    run_dir = tmp_path / "runs" / "k9"
+    cli_process = subprocess.Popen(
+        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=3000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert cli_process.stdout is not None
+    for line in cli_process.stdout:
+        if line.startswith("step "):
+            break
+    pid = proven_trainer_pid(status_of(run_dir))
+    assert pid is not None and pid != cli_process.pid
+    REAL_KILL(pid, signal.SIGKILL)
+    rest = cli_process.stdout.read()
+    assert cli_process.wait(timeout=60) == 1
+    assert "error: trainer killed by SIGKILL at step " in rest and "OOM killer" in rest
+    assert "Traceback" not in rest
+    status = status_of(run_dir)
+    assert status["state"] == "lost" and status["lost_cause"] == "killed by SIGKILL" and status["exit_code"] == -9
+    capsys.readouterr()
+    assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("k9"))
+    assert row.split()[1] == "lost"
+
+
+def test_a_trainer_found_gone_later_is_recorded_lost_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nobody watched when it died: the first `ls` or `attach` proves it gone (its pid is free) and records it."""
+    from tests.conftest import dead_status, status_of
+
+    run_dir = _live_looking_run(tmp_path, dead_status(state="running", started_at=100.0))
+    assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("r1"))
+    assert row.split()[1] == "lost"
+    status = status_of(run_dir)
+    assert status["state"] == "lost" and status["lost_cause"] == "trainer gone, no report"
+    ended = status["ended_at"]
+    last_t = json.loads((run_dir / "events.jsonl").read_bytes().splitlines()[-1])["t"]
+    assert ended == last_t, "the end is the trainer's last sign of life, not when somebody looked"
+    assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert status_of(run_dir) == status, "recorded once, not rewritten by every look"
+
+
+def test_attach_to_a_dead_trainer_says_lost_and_stops_the_clock(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from tests.conftest import dead_status, status_of
+
+    run_dir = _live_looking_run(tmp_path, dead_status(state="running", started_at=100.0))
+    app = LoratopApp(run_dir)
+    seen: dict[str, str] = {}
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await until(pilot, lambda: screen.state.trainer_gone, 20, "attach to notice")
+            await pilot.pause(0.6)
+            seen["header"] = str(app.screen.query_one("#run-header", Static).render())
+            seen["outcome"] = str(app.screen.query_one("#outcome", Static).render())
+
+    asyncio.run(drive())
+    assert "LOST" in seen["header"] and "ETA –" in seen["header"]
+    assert seen["outcome"].startswith("trainer gone, no report (last step ")
+    assert status_of(run_dir)["state"] == "lost"
+
+
+def test_a_status_that_proves_nothing_is_not_recorded_lost(tmp_path: Path) -> None:
+    """A pid from another host may still train there: `unknown`, and status.json is left as it is."""
+    from loratop.tui.runs import summarise_run
+
+    status = live_status(host="gpu-box-7", state="running")
+    run_dir = _live_looking_run(tmp_path, status)
+    summary = summarise_run(run_dir)
+    assert summary.status == "unknown"
+    assert json.loads((run_dir / "status.json").read_text()) == status

@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 from loratop.trainer import events as ev
+from loratop.trainer.run_dir import NO_REPORT
 from loratop.tui import panels
-from loratop.tui.run_state import LOST, RunState
+from loratop.tui.run_state import LOST, UNKNOWN, RunState
 
 
 def _state(*events: dict) -> RunState:
@@ -102,8 +103,8 @@ def test_outcomes() -> None:
         "try: halve the batch\ntry: shorter sequences\ntry: checkpointing"
     )
     gone = _state(_started())
-    gone.trainer_gone = True
-    assert gone.status == LOST and "without reporting" in (panels.outcome_text(gone) or "")
+    gone.mark_lost(NO_REPORT)
+    assert gone.status == LOST and "trainer gone, no report (last step 0)" in (panels.outcome_text(gone) or "")
     assert panels.outcome_text(_state(_started())) is None
 
 
@@ -157,3 +158,31 @@ def test_spikes_listed_and_an_active_one_in_the_header() -> None:
     state.apply({"v": 1, "seq": 99, "t": 1100.0, **_step(60, 2.0, 1100.0, 60)})
     assert "SPIKE" not in panels.header_lines(state, now=1100.0)[0], "an old spike leaves the header"
     assert panels.events_text(_state(_started(), _step(1, 2.0, 1001.0, 1))).startswith("spikes: none")
+
+
+def test_a_killed_trainer_stops_the_clock_and_names_the_cause() -> None:
+    steps = [_step(i, 2.0, 1000.0 + i, 100 * i) for i in range(1, 38)]
+    ckpt = {"type": ev.CHECKPOINT, "step": 30, "path": "runs/x/checkpoint-30", "final": False, "t": 1030.5}
+    state = _state(_started(), *steps[:30], ckpt, *steps[30:])
+    running = panels.header_lines(state, now=1100.0)[1]
+    assert "elapsed 1:40" in running and "ETA 1:03" in running  # 63 steps left at 1 step/s
+    state.mark_lost("killed by SIGKILL")
+    first, second = panels.header_lines(state, now=5000.0)
+    assert "LOST" in first
+    assert "elapsed 37s" in second, "the clock stops at the trainer's last sign of life"
+    assert "ETA –" in second
+    assert panels.header_lines(state, now=9000.0) == (first, second)
+    outcome = (panels.outcome_text(state) or "").splitlines()
+    assert outcome[0] == "killed by SIGKILL at step 37"
+    assert "OOM killer" in outcome[1]
+    assert outcome[2].startswith("kept: runs/x/checkpoint-30 (step 30)")
+    assert not state.is_live
+
+
+def test_a_trainer_this_machine_cannot_see_is_unknown_not_running() -> None:
+    state = _state(_started(), _step(1, 2.0, 1001.0, 100))
+    state.not_proven = "pid 4242 is recorded on host 'gpu-box-7', not this one"
+    assert state.status == UNKNOWN and not state.is_live
+    why = "pid 4242 is recorded on host 'gpu-box-7', not this one"
+    assert panels.outcome_text(state) == f"not known to be running: {why}"
+    assert "ETA –" in panels.header_lines(state, now=5000.0)[1]

@@ -24,7 +24,7 @@ from loratop.tui.runs import (
     summarise_run,
 )
 from tests.conftest import RECORDED_RUNS as FIXTURE_RUNS
-from tests.conftest import live_status, loratop, of_type
+from tests.conftest import dead_status, live_status, loratop, of_type, status_of
 from tests.conftest import read_events as read_fixture_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
@@ -43,14 +43,17 @@ def _make_runs(root: Path) -> None:
     dead = root / "dead-run"
     dead.mkdir()
     (dead / "events.jsonl").write_text("".join(lines[:40]))
-    (dead / "status.json").write_text(json.dumps({"pid": 2**22 + 12345, "started_at": 200.0}))
+    (dead / "status.json").write_text(json.dumps(dead_status(state="running", started_at=200.0)))
 
 
 def test_list_runs_puts_running_first_and_tells_dead_from_live(tmp_path: Path) -> None:
     _make_runs(tmp_path)
     runs = list_runs(tmp_path)
     assert [r.name for r in runs] == ["live-run", "dead-run", "done-run"]
-    assert [r.status for r in runs] == ["running", "exited without report", "completed"]
+    assert [r.status for r in runs] == ["running", "lost", "completed"]
+    recorded = status_of(tmp_path / "dead-run")  # whoever notices first records it
+    assert recorded["state"] == recorded["status"] == "lost" and recorded["lost_cause"] == "trainer gone, no report"
+    assert recorded["last_step"] == runs[1].step > 0
     done = summarise_run(tmp_path / "done-run")
     assert done.step == 60 and done.max_steps == 60 and done.peak_vram is None and done.device == "cpu"
     assert done.last_loss is not None and abs(done.last_loss - 6.040285587310791) < 1e-9

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
-from loratop.trainer.run_dir import STAMPED
+from loratop.trainer.run_dir import STAMPED, foreign_files
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -213,7 +213,8 @@ class RunConfig(_Section):
     monitor: MonitorSection = Field(default_factory=MonitorSection)
     output_dir: str | None = None
     """The run directory. Unset: ``runs/<config name>-<date>-<time>`` under the
-    current folder. It must not already hold a run."""
+    current folder. It must be new or empty: a folder that holds a run, or any file of
+    yours, is refused (a time-stamped name moves on to ``-2``, ``-3``, ... instead)."""
     parent: str | None = None
     """What this run was tweaked from, set by loratop's knob editor: the parent run's
     folder (a rerun with changes) or the config file the edit started from. ``null``
@@ -480,6 +481,8 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
             )
         elif out.exists() and not out.is_dir():
             problems.append(f"{where('output_dir')}: output_dir = {str(out)!r}: exists and is not a folder")
+        elif not STAMPED.search(out.name) and (foreign := foreign_files(out)):  # never written into
+            problems.append(f"{where('output_dir')}: output_dir = {str(out)!r}: {foreign}")
     except OSError as exc:  # a name too long for the file system, say
         problems.append(f"{where('output_dir')}: output_dir = {str(out)[:60]!r}…: unusable: {exc.strerror or exc}")
     return problems

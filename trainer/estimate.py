@@ -50,14 +50,24 @@ caching allocator's slack.
 
 Not counted: transient dequantization buffers, the LoRA layers' saved inputs, the
 vision tower of a multimodal model, fragmentation beyond the fixed overhead.
+
+Disk (:func:`disk_need`): the final ``adapter/`` holds the LoRA weights as saved, 2 B/param
+for QLoRA (TRL's ``SFTTrainer`` casts a quantized model's adapters to bf16) and 4 B on a
+16-bit base (peft's fp32); each ``checkpoint-N/`` holds them again, plus the optimizer
+state as above and the Trainer's small files (:data:`CHECKPOINT_EXTRA_BYTES`). The Trainer
+saves every ``training.save_steps`` steps and at the last step. Not counted: the tokenizer
+files each checkpoint also gets (kB to tens of MB, by model), checkpoints asked for by
+``SIGUSR1`` or ``monitor.on_spike = checkpoint``, ``events.jsonl`` and ``trainer.log``.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
@@ -273,7 +283,7 @@ class Estimate:
 # --------------------------------------------------------------------------- config.json
 
 
-def load_model_shape(name_or_path: str) -> ModelShape:
+def load_model_shape(name_or_path: str, *, download: bool = True) -> ModelShape:
     """The model's shape from its ``config.json``, never its weights.
 
     Args:
@@ -281,12 +291,13 @@ def load_model_shape(name_or_path: str) -> ModelShape:
             A hub model is read from the Hugging Face cache, else its ``config.json``
             alone is downloaded (not with ``HF_HUB_OFFLINE`` set); see
             :func:`trainer.model_config.read_model_config`.
+        download: ``False``: a hub model that is not cached is an error, not a download.
 
     Raises:
         EstimateError: no readable ``config.json``, or a shape this estimate cannot count.
     """
     try:
-        config = read_model_config(name_or_path)
+        config = read_model_config(name_or_path, download=download)
     except ModelConfigError as exc:
         raise EstimateError(str(exc)) from None
     return shape_from_config(config.data, source=config.source, name=name_or_path)
@@ -753,6 +764,110 @@ def format_estimate(est: Estimate) -> str:
     for note in est.notes:
         lines += textwrap.wrap(note, width=80, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- disk
+
+QLORA_SAVED_ADAPTER_BYTES = 2
+"""Bytes per adapter parameter on disk for QLoRA: TRL's ``SFTTrainer`` casts a quantized
+model's LoRA weights to bf16 (the QLoRA paper's recipe). On a 16-bit base they stay fp32
+(:data:`ADAPTER_BYTES`), as peft upcasts them."""
+
+CHECKPOINT_EXTRA_BYTES = 64 * 1024
+"""A checkpoint's small files: ``trainer_state.json``, ``rng_state.pth``, ``scheduler.pt``,
+``training_args.bin``, the adapter's ``adapter_config.json`` and ``README.md``."""
+
+
+@dataclass(frozen=True)
+class DiskNeed:
+    """What a run writes into its output folder, in bytes: the adapter and its checkpoints."""
+
+    adapter: int
+    """The final ``adapter/``: the LoRA weights as saved."""
+    checkpoint: int
+    """One ``checkpoint-N/``: the adapter again, the optimizer state and the Trainer's small files."""
+    checkpoints: int | None
+    """How many ``training.save_steps`` makes (0 when it is 0); ``None`` when the number of
+    steps is unknown (epochs over a hub dataset, not fetched before the run)."""
+
+    @property
+    def total(self) -> int:
+        """The adapter and every checkpoint; at least the last step's when their number is unknown."""
+        return self.adapter + self.checkpoint * (1 if self.checkpoints is None else self.checkpoints)
+
+
+def planned_steps(config: RunConfig, rows: int | None) -> int | None:
+    """Optimizer steps the run makes: ``training.max_steps``, or epochs over ``rows`` as the
+    Trainer counts them (``ceil(epochs × ceil(batches / accumulation))``); ``None`` if unknown."""
+    t = config.training
+    if t.max_steps > 0:
+        return t.max_steps
+    if rows is None:
+        return None
+    batches = math.ceil(rows / t.per_device_train_batch_size)
+    return math.ceil(t.num_train_epochs * max(1, math.ceil(batches / t.gradient_accumulation_steps)))
+
+
+def disk_need(shape: ModelShape, config: RunConfig, rows: int | None = None) -> DiskNeed:
+    """Bytes the adapter and the checkpoints of this run take on disk (see the module's notes).
+
+    Args:
+        shape: From :func:`load_model_shape`.
+        config: The adapters (``lora.r``, ``lora.target_modules``), ``quantization.load_in_4bit``,
+            ``training.optim``, ``save_steps`` and the step count.
+        rows: Rows the run trains on (:func:`trainer.data_files.usable_rows`), which count
+            the steps when ``training.max_steps`` is -1.
+    """
+    t = config.training
+    tensors, _ = adapter_tensors(shape, config.lora.target_modules, config.lora.r)
+    width = QLORA_SAVED_ADAPTER_BYTES if config.quantization.load_in_4bit else ADAPTER_BYTES
+    adapter = adapter_param_count(shape, config.lora.target_modules, config.lora.r) * width
+    optimizer = shape.num_hidden_layers * optimizer_state_bytes(tensors, t.optim)
+    steps = planned_steps(config, rows)
+    if t.save_steps == 0:
+        checkpoints: int | None = 0
+    else:  # every save_steps steps, and the last step whatever it is
+        checkpoints = None if steps is None else math.ceil(steps / t.save_steps)
+    return DiskNeed(adapter=adapter, checkpoint=adapter + optimizer + CHECKPOINT_EXTRA_BYTES, checkpoints=checkpoints)
+
+
+def _nearest_folder(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists: where a new folder would be made."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return folder
+    return Path(path.absolute().anchor)
+
+
+def free_space_warning(output_dir: str | Path, need: DiskNeed) -> str | None:
+    """One ``warning: ...`` line when the output folder's disk has less free space than
+    ``need``, else ``None`` (also when the free space cannot be read).
+
+    Args:
+        output_dir: The run folder; it need not exist yet (its nearest existing parent's
+            disk is the one asked).
+        need: From :func:`disk_need`.
+    """
+    try:
+        folder = _nearest_folder(Path(output_dir))
+        free = shutil.disk_usage(folder).free
+    except OSError:  # a name too long, an unreadable mount: the folder check says so
+        return None
+    if free >= need.total:
+        return None
+    name = str(folder) if str(folder).endswith("/") else f"{folder}/"
+    parts = [f"adapter {fmt_size(need.adapter)}"]
+    if need.checkpoints is None:
+        parts.append(f"a checkpoint of {fmt_size(need.checkpoint)} every save_steps, how many unknown")
+    elif need.checkpoints:
+        plural = "s" if need.checkpoints != 1 else ""
+        parts.append(f"{need.checkpoints} checkpoint{plural} of {fmt_size(need.checkpoint)}")
+    amount = "at least" if need.checkpoints is None else "about"
+    fewer = ", or raise training.save_steps for fewer checkpoints" if need.checkpoints != 0 else ""
+    return (
+        f"warning: {name} has {fmt_size(free)} free; this run writes {amount} {fmt_size(need.total)} "
+        f"({' + '.join(parts)}); free some space{fewer}"
+    )
 
 
 # --------------------------------------------------------------------------- the GPU

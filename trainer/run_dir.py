@@ -12,10 +12,14 @@ import fcntl
 import json
 import os
 import re
+import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from loratop.trainer.events import RUN_FINISHED, decode_line
 
 CONFIG = "config.yaml"
 EVENTS = "events.jsonl"
@@ -38,30 +42,72 @@ class RunDirTaken(RunDirError):
     """The run folder already holds a run, or another trainer holds it; the message says which."""
 
 
+class RunDirNotEmpty(RunDirError):
+    """The run folder holds files loratop did not make (and no run); the message names some."""
+
+
+def _entries(folder: Path) -> list[str]:
+    """What ``folder`` holds, hidden names included (after the others), sorted; folders end in ``/``."""
+    with os.scandir(folder) as found:
+        names = [entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "") for entry in found]
+    return sorted(names, key=lambda name: (name.startswith("."), name))
+
+
+def _not_ours(entries: list[str]) -> str:
+    """``holds files loratop did not make (a, b, c, …); ...``: what a refusal says after the folder's name."""
+    shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+    return f"holds files loratop did not make ({shown}); choose a new or empty folder"
+
+
+def foreign_files(folder: Path) -> str | None:
+    """Why ``folder`` cannot become a run folder because of what is in it, in words.
+
+    ``None`` when it is missing, unreadable (the claim says why), empty, or holds a run
+    (``events.jsonl``: that is :class:`RunDirTaken`'s case). For ``loratop check``, which
+    says before a launch what :func:`claim_run_dir` would refuse.
+    """
+    try:
+        entries = _entries(folder)
+    except OSError:
+        return None
+    return _not_ours(entries) if entries and EVENTS not in entries else None
+
+
 def claim_run_dir(path: Path) -> Path:
     """Create a run folder and claim it, atomically: the claim is the exclusive creation of
     its ``events.jsonl``, so of launches racing for one folder exactly one wins.
 
-    A time-stamped name (:data:`STAMPED`) that is already claimed moves on to ``-2``,
-    ``-3``, ...: parallel launches in the same second get a folder each.
+    An existing folder is claimed only when it is empty: one that holds anything else
+    (the user's own ``config.yaml``, notes, a hidden file) is never written into, because
+    the launch would overwrite files of loratop's names. A time-stamped name
+    (:data:`STAMPED`) that is already claimed or not empty moves on to ``-2``, ``-3``,
+    ...: parallel launches in the same second get a folder each.
 
     Returns:
         The folder claimed (``path``, or ``path`` with a suffix).
 
     Raises:
         RunDirTaken: ``path`` is not time-stamped and already holds a run.
+        RunDirNotEmpty: ``path`` is not time-stamped and holds files but no run.
+        RunDirError: the folder cannot be made (a file in its path, read-only, name too long).
     """
+    stamped = STAMPED.search(path.name) is not None
     candidate, n = path, 2
     while True:
         try:
             candidate.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(candidate / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            return candidate
-        except FileExistsError:
-            if STAMPED.search(path.name) is None or n > 999:
-                raise RunDirTaken(f"{candidate}: already holds a run ({EVENTS}); choose a new folder") from None
+            entries = _entries(candidate)
+            if not entries:  # checked first: nothing is ever written into a folder that is not ours
+                os.close(os.open(candidate / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                return candidate
+        except FileExistsError:  # events.jsonl, made by a parallel launch since we looked (or a file at path)
+            entries = [EVENTS]
         except OSError as exc:  # a file where a folder should be, read-only, name too long, disk full
             raise RunDirError(f"{candidate}: cannot create the run folder: {exc.strerror or exc}") from None
+        if not stamped or n > 999:
+            if EVENTS in entries:
+                raise RunDirTaken(f"{candidate}: already holds a run ({EVENTS}); choose a new folder")
+            raise RunDirNotEmpty(f"{candidate}: {_not_ours(entries)}")
         candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
 
 
@@ -196,26 +242,42 @@ def process_identity(pid: int) -> dict[str, Any]:
 def why_not_proven(status: dict[str, Any]) -> str | None:
     """Why ``status.json`` does not prove that its pid is this run's running trainer, in words;
     ``None`` when it does."""
+    return _check_identity(status)[0]
+
+
+def proof_of_death(status: dict[str, Any]) -> str | None:
+    """Why ``status.json`` proves its trainer is gone, in words; ``None`` when it may still run.
+
+    Only this machine can tell: a pid recorded on another host, or without a start time,
+    proves neither life nor death (see :func:`why_not_proven`).
+    """
+    why, dead = _check_identity(status)
+    return why if dead else None
+
+
+def _check_identity(status: dict[str, Any]) -> tuple[str | None, bool]:
+    """(why the pid is not proven to be the trainer, whether that proves the trainer gone)."""
     raw = status.get("pid")
     pid = valid_pid(raw)
     if pid is None:
-        return f"status.json names no usable trainer pid ({raw!r})"
+        return f"status.json names no usable trainer pid ({raw!r})", False
     host = status.get("host")
     if host != socket.gethostname():
-        return f"pid {pid} is recorded on host {host!r}, not this one" if host else f"pid {pid} has no host recorded"
+        where = f"is recorded on host {host!r}, not this one" if host else "has no host recorded"
+        return f"pid {pid} {where}", False
     boot, ticks = status.get("boot_id"), status.get("pid_start_ticks")
     if boot is None or ticks is None:
-        return f"pid {pid} has no start time recorded, so it cannot be told from a reused pid"
+        return f"pid {pid} has no start time recorded, so it cannot be told from a reused pid", False
     if boot != _boot_id():
-        return f"pid {pid} was recorded before this machine last booted"
+        return f"pid {pid} was recorded before this machine last booted", True
     state = _proc_state(pid)
     if state is None:
-        return f"the trainer (pid {pid}) is gone"
+        return f"the trainer (pid {pid}) is gone", True
     if state == "Z":
-        return f"the trainer (pid {pid}) has exited"
+        return f"the trainer (pid {pid}) has exited", True
     if _start_ticks(pid) != ticks:
-        return f"pid {pid} now belongs to another process (it started at another time)"
-    return None
+        return f"pid {pid} now belongs to another process (it started at another time)", True
+    return None, False
 
 
 def proven_trainer_pid(status: dict[str, Any]) -> int | None:
@@ -244,6 +306,132 @@ def trainer_alive(status: dict[str, Any]) -> bool:
         return False  # a damaged time: not provably starting
 
 
+LOST = "lost"
+"""``status.json``'s ``state`` (and ``status``) once the trainer is known to be gone without
+a ``run_finished`` event: killed (``kill -9``, the kernel's OOM killer), or crashed hard."""
+
+NO_REPORT = "trainer gone, no report"
+"""The cause of a loss when nothing says more (no exit code: it was not our child)."""
+
+
+SIGKILL_HINT = "SIGKILL comes from kill -9, or from the kernel's OOM killer when host memory ran out (see dmesg)"
+
+
+def exit_cause(returncode: int | None) -> str:
+    """How a trainer that sent no ``run_finished`` ended, from its exit code, in words."""
+    if returncode is None:
+        return NO_REPORT
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode} without a report"
+
+
+def record_lost(
+    run_dir: Path, cause: str, *, last_step: int | None = None, ended_at: float | None = None, **fields: Any
+) -> dict[str, Any] | None:
+    """Record in ``status.json`` that the trainer is gone without a report (whoever notices first).
+
+    Only call it once the trainer is proven gone (our child's exit, :func:`proof_of_death`).
+    A status that already says how the run ended is left alone, as is a folder that is gone
+    or cannot be written (a read-only copy, a full disk): the caller still shows the loss.
+
+    Returns:
+        The status as written, or ``None`` when nothing was written.
+    """
+    status = read_status(run_dir)
+    if status is None and not (run_dir / EVENTS).is_file():
+        return None  # the folder is gone (or never was a run)
+    if (status or {}).get("state") in ("finished", LOST) or _has_finished(run_dir):
+        return None
+    try:
+        return write_status(
+            run_dir,
+            state=LOST,
+            status=LOST,
+            lost_cause=cause,
+            last_step=last_step,
+            ended_at=ended_at if ended_at is not None else time.time(),
+            **fields,
+        )
+    except OSError:
+        return None
+
+
+def _has_finished(run_dir: Path) -> bool:
+    """Whether ``events.jsonl`` ends with a ``run_finished`` event (its last 64 KiB are read)."""
+    try:
+        with open(run_dir / EVENTS, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+            tail = fh.read()
+    except OSError:
+        return False
+    lines = tail.splitlines()[1:] if len(tail) == 65536 else tail.splitlines()  # the first may be cut
+    return any((event := decode_line(line)) is not None and event["type"] == RUN_FINISHED for line in lines)
+
+
 def now() -> float:
     """Unix time, for status fields."""
     return time.time()
+
+
+# -- a full disk, a removed folder: room kept for the last words, and a place to rescue to ----
+
+RESERVE = ".loratop-reserve"
+"""Room the trainer keeps in its run folder (:data:`RESERVE_BYTES`) and gives back when the disk
+fills, so the last events and ``status.json`` can still be written there."""
+RESERVE_BYTES = 1 << 20
+
+RESCUE_ENV = "LORATOP_RESCUE_DIR"
+"""Where a run's adapter goes first when its own folder has no room (or was removed)."""
+
+
+def make_reserve(run_dir: Path, size: int = RESERVE_BYTES) -> bool:
+    """Set :data:`RESERVE` aside in the run folder. Returns whether there was room for it."""
+    path = run_dir / RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
+    return True
+
+
+def release_reserve(run_dir: Path) -> None:
+    """Give the reserve's room back (the disk is full, or the run is over)."""
+    with contextlib.suppress(OSError):
+        (run_dir / RESERVE).unlink()
+
+
+def rescue_roots() -> list[Path]:
+    """Where a run's adapter and events go when its own folder cannot take them, in order:
+    ``$LORATOP_RESCUE_DIR``, ``~/.cache/loratop/rescued`` (``$XDG_CACHE_HOME``), then the
+    temporary folder: three places that are rarely all on one full disk."""
+    roots = [Path(os.environ[RESCUE_ENV])] if os.environ.get(RESCUE_ENV) else []
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    roots += [cache / "loratop" / "rescued", Path(tempfile.gettempdir()) / "loratop-rescued"]
+    return roots
+
+
+def new_rescue_dir(root: Path, name: str) -> Path:
+    """A new, empty folder ``root/name`` (``name-2``, ``name-3``, ... when taken).
+
+    Raises:
+        OSError: ``root`` cannot be made or written.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{root}: {name}-2 ... {name}-999 are all taken")

@@ -6,6 +6,7 @@ monitor, the knob editor, the compare screen and their dialogs.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -50,6 +51,7 @@ class LoratopApp(App[str]):
         compare: list[Path] | None = None,
         compare_x: str = "steps",
         edit: Path | None = None,
+        process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or another first screen.
 
@@ -61,6 +63,7 @@ class LoratopApp(App[str]):
             compare: Open the compare screen on these runs instead.
             compare_x: The compare chart's x axis: ``steps`` or ``tokens``.
             edit: Open the knob editor on this config file or run folder instead.
+            process: The trainer of ``run_dir``, when this process launched it (reaped when it exits).
         """
         super().__init__()
         self._run_dir = run_dir
@@ -70,10 +73,11 @@ class LoratopApp(App[str]):
         self._compare = compare
         self._compare_x = compare_x
         self._edit = edit
+        self._process = process
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
-            self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd))
+            self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd, process=self._process))
         elif self._compare:
             self.push_screen(CompareScreen(self._compare, self._compare_x))
         elif self._edit is not None:
@@ -112,7 +116,7 @@ class LoratopApp(App[str]):
         except RunDirError as exc:
             self.notify(str(exc), title="cannot launch", severity="error", timeout=10)
             return None
-        monitor = MonitorScreen(run.run_dir, run.events_fd)
+        monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
         if replace is not None and self.screen is replace:
             self.switch_screen(monitor)
         else:

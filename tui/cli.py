@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from loratop.trainer.config import (
     parse_overrides,
     read_yaml,
 )
-from loratop.trainer.data_files import DataProblem, inspect_data
+from loratop.trainer.data_files import DataProblem, inspect_data, usable_rows
 from loratop.trainer.run_dir import CONFIG, RunDirError
 from loratop.trainer.value_format import format_value
 from loratop.tui import samples
@@ -140,12 +141,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _report(exc)
     print(summarise(config, path))
     advice = advise(config, gather_facts(config))
-    for item in advice:
-        print(f"warning: {item.field} = {format_value(field_value(config, item.field))}: {item.message}")
-    if advice:
-        count = len(advice)
+    warnings = [
+        f"warning: {item.field} = {format_value(field_value(config, item.field))}: {item.message}" for item in advice
+    ]
+    space = disk_space_warning(config)
+    if space is not None:
+        warnings.append(space)
+    for line in warnings:
+        print(line)
+    if warnings:
+        count = len(warnings)
         print(f"{count} warning{'s' if count != 1 else ''} (advice only: the config is valid)")
     return 0
+
+
+def disk_space_warning(config: RunConfig) -> str | None:
+    """``warning: ...`` when the output folder's disk cannot hold the adapter and checkpoints, else ``None``.
+
+    Silent when the model's shape is unknown here: its ``config.json`` is read only from a
+    local folder or the Hugging Face cache, never downloaded for this.
+    """
+    from loratop.trainer.estimate import EstimateError, disk_need, free_space_warning, load_model_shape
+
+    try:
+        shape = load_model_shape(config.model.name_or_path, download=False)
+    except EstimateError:
+        return None
+    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows)
+    return free_space_warning(config.output_dir or ".", disk_need(shape, config, rows))
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -245,6 +268,9 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
     preflight = preflight_line(config)
     if args.no_tui:
         print(preflight)
+    space = disk_space_warning(config)
+    if space is not None:
+        print(space, file=sys.stderr)
     try:
         run = launch(config, path)
     except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
@@ -253,17 +279,21 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         from loratop.tui.headless import follow_launched
 
         return follow_launched(run)
-    return _dashboard(run.run_dir, run.events_fd, notice=preflight)
+    return _dashboard(run.run_dir, run.events_fd, notice=preflight, process=run.process)
 
 
 def _dashboard(
-    run_dir: Path | None, pipe_fd: int | None = None, runs_root: Path = DEFAULT_ROOT, notice: str | None = None
+    run_dir: Path | None,
+    pipe_fd: int | None = None,
+    runs_root: Path = DEFAULT_ROOT,
+    notice: str | None = None,
+    process: subprocess.Popen[bytes] | None = None,
 ) -> int:
     """Run the Textual app; say how to come back when the user detached."""
     from loratop.tui.app import LoratopApp
     from loratop.tui.screens.monitor_screen import DETACHED
 
-    outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice).run()
+    outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process).run()
     if outcome == DETACHED and run_dir is not None:
         print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
     return 0

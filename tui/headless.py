@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS, LOG
+from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, record_lost
 from loratop.tui.event_stream import PipeStream
 from loratop.tui.launcher import LaunchedRun
 from loratop.tui.panels import fmt_bytes, fmt_loss
@@ -53,12 +53,15 @@ class HeadlessPrinter:
     last_memory: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None
+    last_t: float | None = None
+    """Time of the latest event: the trainer's last sign of life."""
     _last_print: float = field(default=-1e9, repr=False)
     _step_printed: bool = field(default=False, repr=False)
 
     def handle(self, event: dict[str, Any]) -> None:
         """Print what this event is worth printing."""
         kind = event["type"]
+        self.last_t = event["t"]
         if kind == ev.LOG:
             level = event.get("level")
             prefix = f"{level}: " if level else ""
@@ -192,10 +195,13 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     if stream.skipped:
         print(f"note: {stream.skipped} garbled line(s) on the events pipe were skipped", file=out)
     if printer.finished is None:
-        print(
-            f"error: the trainer exited with code {code} before reporting how the run ended; see {run.run_dir / LOG}:",
-            file=out,
-        )
+        cause = exit_cause(code)
+        step = printer.last_step.get("step") if printer.last_step else None
+        record_lost(run.run_dir, cause, last_step=step, ended_at=printer.last_t, exit_code=code)
+        print(f"error: trainer {cause} at step {step or 0}, before reporting how the run ended", file=out)
+        if "SIGKILL" in cause:
+            print(f"  {SIGKILL_HINT}", file=out)
+        print(f"last lines of {run.run_dir / LOG}:", file=out)
         for line in _tail(run.run_dir / LOG, 15):
             print(f"  {line}", file=out)
         return EXIT_FAILED

@@ -7,6 +7,7 @@ dedicated pipe whose write end is the only extra fd it inherits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,16 @@ from pathlib import Path
 
 from loratop.trainer.config import RunConfig, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
-from loratop.trainer.run_dir import CONFIG, LOG, RunDirError, claim_run_dir, now, release_claim, write_status
+from loratop.trainer.run_dir import (
+    CONFIG,
+    LOG,
+    RunDirError,
+    claim_run_dir,
+    now,
+    process_identity,
+    release_claim,
+    write_status,
+)
 
 TRAINER_COMMAND = (
     sys.executable,
@@ -99,4 +109,8 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
             raise
         finally:
             os.close(write_fd)
+    # The trainer's identity from its first instant (it writes the same once it starts): if it
+    # dies before that, whoever looks later can still prove it gone rather than guess.
+    with contextlib.suppress(OSError):
+        write_status(run_dir, pid=process.pid, **process_identity(process.pid))
     return LaunchedRun(process=process, run_dir=run_dir, events_fd=read_fd)

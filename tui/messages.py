@@ -21,4 +21,23 @@ class EventsArrived(Message):
 
 @dataclass
 class TrainerGone(Message):
-    """The trainer process ended without a ``run_finished`` event (killed or crashed hard)."""
+    """The trainer is proven gone without a ``run_finished`` event (killed or crashed hard)."""
+
+    cause: str
+    """How, as far as is known: ``killed by SIGKILL``, ``trainer gone, no report``."""
+    exit_code: int | None = None
+    """Its exit code, when this dashboard launched it (negative: killed by that signal)."""
+
+
+@dataclass
+class TrainerExited(Message):
+    """The trainer this dashboard launched has exited (and been reaped)."""
+
+    returncode: int
+
+
+@dataclass
+class TrainerNotProven(Message):
+    """Whether the trainer runs cannot be told from this machine (``why``), or can again (``None``)."""
+
+    why: str | None

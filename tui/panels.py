@@ -10,7 +10,8 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from loratop.tui.run_state import LOST, RunState
+from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
+from loratop.tui.run_state import LOST, UNKNOWN, RunState
 from loratop.widgets.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -163,7 +164,9 @@ def outcome_text(state: RunState) -> str | None:
     """How the run ended, with the error's last lines; ``None`` while it runs."""
     if state.finished is None:
         if state.status == LOST:
-            return "the trainer exited without reporting how the run ended; see trainer.log"
+            return lost_text(state)
+        if state.status == UNKNOWN:
+            return f"not known to be running: {state.not_proven}"
         return None
     status = state.finished.get("status")
     duration = fmt_duration(state.finished.get("duration_s"))
@@ -182,6 +185,21 @@ def outcome_text(state: RunState) -> str | None:
     else:
         lines += error.get("traceback", [])[-4:]
     return "\n".join(line for line in lines if line)
+
+
+def lost_text(state: RunState) -> str:
+    """A run whose trainer is gone without a report: how (as far as known), when, and what is kept."""
+    cause = state.lost_cause or NO_REPORT
+    when = f"last step {state.last_step}" if cause == NO_REPORT else f"at step {state.last_step}"
+    lines = [f"{cause} {when}" if cause != NO_REPORT else f"{cause} ({when})"]
+    if "SIGKILL" in cause:
+        lines.append(SIGKILL_HINT)
+    saved = state.checkpoints[-1] if state.checkpoints else None
+    if saved is not None:
+        lines.append(f"kept: {saved.get('path')} (step {saved.get('step')}); every event up to then; trainer.log")
+    else:
+        lines.append("no adapter was saved; kept: every event up to then, trainer.log")
+    return "\n".join(lines)
 
 
 def status_line(state: RunState) -> str:

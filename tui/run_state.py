@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from loratop.trainer import events as ev
+from loratop.trainer.run_dir import LOST
 
 # Run phases shown in the header, besides the run_finished statuses.
 STARTING = "starting"
 RUNNING = "running"
-LOST = "exited without report"
+# LOST (from trainer.run_dir): the trainer is gone without a ``run_finished`` event (killed,
+# crashed hard); :attr:`RunState.lost_cause` says how.
+UNKNOWN = "unknown"
+"""Nothing proves the trainer still runs, nor that it is gone (recorded on another host, or
+by an older loratop without a start time): see :attr:`RunState.not_proven`."""
 
 
 @dataclass
@@ -68,6 +73,10 @@ class RunState:
     """Events that missed the pipe and were read from ``events.jsonl``."""
     trainer_gone: bool = False
     """The trainer process is gone without a ``run_finished`` (killed, crashed hard)."""
+    lost_cause: str | None = None
+    """How it went, once :attr:`trainer_gone`: ``killed by SIGKILL``, ``trainer gone, no report``."""
+    not_proven: str | None = None
+    """Why this machine cannot tell whether the trainer still runs (status ``unknown``), or ``None``."""
     version: int = 0
     """Bumped on every change, so a redraw timer can tell whether anything is new."""
 
@@ -134,17 +143,24 @@ class RunState:
 
     @property
     def status(self) -> str:
-        """``starting``, ``running``, a ``run_finished`` status, or ``exited without report``."""
+        """``starting``, ``running``, a ``run_finished`` status, ``lost`` or ``unknown``."""
         if self.finished is not None:
             return str(self.finished.get("status"))
         if self.trainer_gone:
             return LOST
+        if self.not_proven is not None:
+            return UNKNOWN
         return RUNNING if self.started is not None else STARTING
 
     @property
     def is_live(self) -> bool:
-        """Whether the trainer may still produce events."""
-        return self.finished is None and not self.trainer_gone
+        """Whether the trainer provably may still produce events (its clock runs, it may be signalled)."""
+        return self.finished is None and not self.trainer_gone and self.not_proven is None
+
+    def mark_lost(self, cause: str) -> None:
+        """The trainer is gone without a report; ``cause`` says how, as far as is known."""
+        self.trainer_gone, self.lost_cause, self.not_proven = True, cause, None
+        self.version += 1
 
     @property
     def last_step(self) -> int:
@@ -172,10 +188,16 @@ class RunState:
         return str(self.started.get("run_name")) if self.started else self.run_dir.name
 
     def elapsed(self, now: float) -> float | None:
-        """Seconds since the trainer started; frozen at the end once finished."""
+        """Seconds since the trainer started; frozen at the end once finished, and at its last
+        sign of life once it is gone (or cannot be seen from here)."""
         if self.first_t is None:
             return None
-        end = self.finished["t"] if self.finished else now
+        if self.finished:
+            end = self.finished["t"]
+        elif not self.is_live:
+            end = self.last_t if self.last_t is not None else self.first_t
+        else:
+            end = now
         return max(0.0, end - self.first_t)
 
     def recent_rate(self, window: int = 20) -> tuple[float, float] | None:
@@ -192,7 +214,7 @@ class RunState:
     def eta(self) -> float | None:
         """Seconds left at the recent pace, or ``None`` when unknown or finished."""
         rate = self.recent_rate()
-        if self.finished is not None or rate is None or not self.max_steps or rate[0] <= 0:
+        if not self.is_live or rate is None or not self.max_steps or rate[0] <= 0:
             return None
         return max(0.0, (self.max_steps - self.last_step) / rate[0])
 

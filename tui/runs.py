@@ -16,9 +16,21 @@ from typing import Any
 import yaml
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import CONFIG, EVENTS, STATUS, read_status, trainer_alive, valid_pid
+from loratop.trainer.run_dir import (
+    CONFIG,
+    EVENTS,
+    LOST,
+    NO_REPORT,
+    STATUS,
+    proof_of_death,
+    read_status,
+    record_lost,
+    trainer_alive,
+    valid_pid,
+    why_not_proven,
+)
 from loratop.trainer.value_format import sci
-from loratop.tui.run_state import RunState
+from loratop.tui.run_state import RUNNING, UNKNOWN, RunState
 
 DEFAULT_ROOT = Path("runs")
 
@@ -29,7 +41,7 @@ class RunSummary:
 
     run_dir: Path
     status: str
-    """``running``, ``starting``, a finished status, or ``exited without report``."""
+    """``running``, ``starting``, a finished status, ``lost`` or ``unknown``."""
     step: int
     max_steps: int | None
     last_loss: float | None
@@ -129,7 +141,8 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
     state.apply_all(events)
     state.garbage = skipped
     status_file, damaged = checked_status(run_dir)
-    state.trainer_gone = state.finished is None and not trainer_alive(status_file)
+    if state.finished is None:
+        judge_trainer(state, status_file)
     config, config_damage = checked_config(run_dir)
     damaged += config_damage
     if config is None and state.started and isinstance(state.started.get("config"), dict):
@@ -148,7 +161,7 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
         state.device_kind,
         config=config,
         min_loss=min((x for x in state.loss if math.isfinite(x)), default=None),
-        duration=_duration(state, time.time() if now is None else now),
+        duration=state.elapsed(time.time() if now is None else now),  # frozen once it is gone
         tokens_per_s=_tokens_per_s(state),
         parent=str(parent) if parent is not None else None,
         damaged=tuple(damaged),
@@ -156,10 +169,39 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
     return state, summary
 
 
-def _duration(state: RunState, now: float) -> float | None:
-    if state.trainer_gone and state.first_t is not None and state.last_t is not None:
-        return state.last_t - state.first_t  # died without a report: its last sign of life, not now
-    return state.elapsed(now)
+def judge_trainer(state: RunState, status: dict[str, Any], record: bool = True) -> None:
+    """Whether a run without a ``run_finished`` still trains, from its ``status.json``, into ``state``.
+
+    Proven alive: nothing changes. Proven gone (its pid is free, reused, or from before the
+    last boot): ``lost``, and, with ``record``, whoever notices first writes so into
+    ``status.json``. Neither (another host's pid, no start time recorded): ``unknown``.
+    """
+    verdict, why = trainer_verdict(status)
+    if verdict == LOST:
+        if record and status.get("state") != LOST:
+            record_lost(state.run_dir, why or NO_REPORT, last_step=state.last_step, ended_at=state.last_t)
+        state.mark_lost(why or NO_REPORT)
+    elif verdict == UNKNOWN:
+        state.not_proven = why
+
+
+def trainer_verdict(status: dict[str, Any]) -> tuple[str, str | None]:
+    """What a run's ``status.json`` proves about its trainer (no ``run_finished`` yet), and why.
+
+    Returns:
+        ``("running", None)``; ``("lost", cause)`` when it is gone (recorded so, or its pid
+        is free, reused or from before the last boot); ``("unknown", why)`` when this machine
+        cannot tell.
+    """
+    if status.get("state") == LOST:
+        return LOST, str(status.get("lost_cause") or NO_REPORT)
+    if trainer_alive(status):
+        return RUNNING, None
+    if "pid" not in status:
+        return UNKNOWN, "status.json names no trainer pid"
+    if proof_of_death(status) is not None:
+        return LOST, NO_REPORT
+    return UNKNOWN, why_not_proven(status)
 
 
 def _tokens_per_s(state: RunState) -> float | None:
@@ -187,7 +229,7 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:
 
 # -- history: sorting, parents, knobs -----------------------------------------
 
-_STATUS_ORDER = ("running", "starting", "exited without report", "failed", "oom", "stopped", "completed")
+_STATUS_ORDER = ("running", "starting", "unknown", "lost", "failed", "oom", "disk_full", "stopped", "completed")
 
 
 def _newest(run: RunSummary) -> float:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,22 @@ from textual.widgets import Footer, Log, Sparkline, Static
 from textual.worker import get_current_worker
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS, LOG, proven_trainer_pid, read_status, trainer_alive, why_not_proven
+from loratop.trainer.run_dir import (
+    EVENTS,
+    LOG,
+    LOST,
+    NO_REPORT,
+    exit_cause,
+    proven_trainer_pid,
+    read_status,
+    record_lost,
+    why_not_proven,
+)
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
-from loratop.tui.messages import EventsArrived, TrainerGone
+from loratop.tui.messages import EventsArrived, TrainerExited, TrainerGone, TrainerNotProven
 from loratop.tui.run_state import RunState
+from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
@@ -63,12 +75,23 @@ class MonitorScreen(LoratopScreen[str]):
     ]
     """The footer shows each description; the help screen and the command palette its tooltip."""
 
-    def __init__(self, run_dir: Path, pipe_fd: int | None = None, clock: Any = time.time) -> None:
-        """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file."""
+    def __init__(
+        self,
+        run_dir: Path,
+        pipe_fd: int | None = None,
+        clock: Any = time.time,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file.
+
+        ``process`` is the trainer when this dashboard launched it: it is reaped when it
+        exits (no zombie), and its exit code names the cause when it sent no report.
+        """
         super().__init__()
         self.run_dir = run_dir
         self.state = RunState(run_dir)
         self._pipe_fd = pipe_fd
+        self._process = process
         self._clock = clock
         self._drawn_version = -1
         self._log_offset = 0
@@ -115,29 +138,58 @@ class MonitorScreen(LoratopScreen[str]):
         if self._pipe_fd is not None:
             stream = PipeStream(self._pipe_fd, path)
             try:
-                while not worker.is_cancelled:
-                    ready, _, _ = select.select([self._pipe_fd], [], [], 0.25)
-                    if not ready:
-                        continue
-                    batch = stream.read()
-                    if batch is None:
-                        break
-                    if batch:
-                        self.post_message(EventsArrived(batch, stream.skipped, stream.filled_from_file))
+                self._read_pipe(stream, worker)
                 rest = stream.rest_from_file()
                 self.post_message(EventsArrived(rest, stream.skipped, stream.filled_from_file))
             finally:
                 os.close(self._pipe_fd)
                 self._pipe_fd = None
+            if self._process is not None and self._reap(worker):
+                return
             skip_to = stream.next_seq
         else:
             skip_to = 0
         self._follow_file(path, skip_to, worker)
 
+    def _read_pipe(self, stream: PipeStream, worker: Any) -> None:
+        """Until the pipe closes, or our trainer is gone and what it wrote has been read (a
+        process it started may hold the pipe open after it was killed)."""
+        assert self._pipe_fd is not None
+        exited = False
+        while not worker.is_cancelled:
+            ready, _, _ = select.select([self._pipe_fd], [], [], 0 if exited else 0.25)
+            if not ready:
+                if exited:
+                    return
+                exited = self._process is not None and self._process.poll() is not None
+                continue
+            batch = stream.read()
+            if batch is None:
+                return
+            if batch:
+                self.post_message(EventsArrived(batch, stream.skipped, stream.filled_from_file))
+
+    def _reap(self, worker: Any) -> bool:
+        """Wait for our trainer to exit once its pipe closed (it is finishing), so it is no zombie.
+
+        Returns:
+            Whether it exited (else the worker was cancelled first).
+        """
+        assert self._process is not None
+        while not worker.is_cancelled:
+            try:
+                code = self._process.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                continue
+            self.post_message(TrainerExited(code))
+            return True
+        return False
+
     def _follow_file(self, path: Path, skip_to: int, worker: Any) -> None:
         follower = FileFollower(path)
         finished = False
         last_alive_check = 0.0
+        not_proven: str | None = None
         while not worker.is_cancelled:
             batch = [e for e in follower.poll() if e["seq"] >= skip_to]
             if batch:
@@ -148,17 +200,18 @@ class MonitorScreen(LoratopScreen[str]):
             now = time.monotonic()
             if now - last_alive_check > 1.0:
                 last_alive_check = now
-                if not self._trainer_alive():
+                verdict, why = trainer_verdict(read_status(self.run_dir) or {})
+                if verdict == LOST:
                     final = [e for e in follower.poll() if e["seq"] >= skip_to]
                     if final:
                         self.post_message(EventsArrived(final, follower.skipped, 0))
                     if not any(e["type"] == ev.RUN_FINISHED for e in final):
-                        self.post_message(TrainerGone())
+                        self.post_message(TrainerGone(why or NO_REPORT))
                     return
+                if why != not_proven:  # cannot tell from here: say why, and keep following
+                    not_proven = why
+                    self.post_message(TrainerNotProven(why))
             time.sleep(0.2)
-
-    def _trainer_alive(self) -> bool:
-        return trainer_alive(read_status(self.run_dir) or {})
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
@@ -169,8 +222,26 @@ class MonitorScreen(LoratopScreen[str]):
 
     @on(TrainerGone)
     def _trainer_gone(self, message: TrainerGone) -> None:
-        self.state.trainer_gone = True
-        self.state.version += 1
+        if self.state.finished is None and not self.state.trainer_gone:
+            record_lost(
+                self.run_dir,
+                message.cause,
+                last_step=self.state.last_step,
+                ended_at=self.state.last_t,
+                **({"exit_code": message.exit_code} if message.exit_code is not None else {}),
+            )
+            self.state.mark_lost(message.cause)
+
+    @on(TrainerExited)
+    def _trainer_exited(self, message: TrainerExited) -> None:
+        if self.state.finished is None:  # it exited without a report: its exit code says how
+            self._trainer_gone(TrainerGone(exit_cause(message.returncode), message.returncode))
+
+    @on(TrainerNotProven)
+    def _trainer_not_proven(self, message: TrainerNotProven) -> None:
+        if not self.state.trainer_gone:
+            self.state.not_proven = message.why
+            self.state.version += 1
 
     # -- drawing (timer) --------------------------------------------------------
 
@@ -232,7 +303,8 @@ class MonitorScreen(LoratopScreen[str]):
         status = read_status(self.run_dir) or {}
         pid = proven_trainer_pid(status)
         if pid is None or not self.state.is_live:
-            why = why_not_proven(status) if self.state.is_live else "the run has ended"
+            ended = self.state.finished is not None or self.state.trainer_gone
+            why = "the run has ended" if ended else why_not_proven(status)
             self.notify(f"not signalling: {why}", severity="warning")
             return False
         with contextlib.suppress(ProcessLookupError):  # it ended this instant

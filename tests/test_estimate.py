@@ -606,6 +606,34 @@ def test_run_warns_on_stderr_before_it_launches(
     assert warning[0] < err.index("launch called")
 
 
+def test_a_dashboard_launch_on_a_short_disk_shows_the_warning_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from loratop.trainer.run_dir import RunDirError
+    from loratop.tui import launcher
+    from loratop.tui.app import LoratopApp
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RunDirError("stopped here by the test")  # no trainer
+
+    monkeypatch.setattr(est_mod.shutil, "disk_usage", _FakeDisk(1_000_000))
+    monkeypatch.setattr(launcher, "launch", refuse)
+    config = demo_config(output_dir=str(tmp_path / "r1"), **{"training.save_steps": 50})
+    app = LoratopApp(runs_root=tmp_path / "runs")
+    notices: list[tuple[str, str]] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)):
+            app.notify = lambda message, **kw: notices.append((message, kw.get("severity", "")))  # type: ignore[method-assign]
+            app.launch_config(config, None)
+
+    asyncio.run(drive())
+    assert [severity for _, severity in notices] == ["warning", "error"]
+    assert notices[0][0].startswith(f"warning: {tmp_path}/ has 1.0 MB free; this run writes about")
+
+
 def test_an_unknown_model_shape_draws_no_disk_warning_and_no_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

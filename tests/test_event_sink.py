@@ -95,3 +95,53 @@ def test_event_stream_fills_a_seq_gap_from_the_file(tmp_path: Path) -> None:
     assert [e["seq"] for e in got] == list(range(10))
     assert stream.filled_from_file == 3
     assert stream.skipped == 1
+
+
+def test_a_torn_last_line_is_repaired_when_the_file_is_opened(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    whole = b"".join(ev.encode(seq, ev.LOG, {"message": f"m{seq}"}) for seq in range(3))
+    path.write_bytes(whole + ev.encode(3, ev.LOG, {"message": "cut"})[:17])  # a writer died mid-line
+    sink = EventSink(path)
+    assert path.read_bytes() == whole, "the torn tail is cut back to the last whole line"
+    sink.emit(ev.LOG, message="after")
+    sink.close()
+    events, skipped = ev.read_events(str(path))
+    assert skipped == 0 and [e["message"] for e in events] == ["m0", "m1", "m2", "after"]
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from loratop.trainer import events as ev
+from loratop.trainer.runtime.event_sink import EventSink
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (4000, resource.RLIM_INFINITY))
+path = Path(sys.argv[1])
+sink = EventSink(path)
+for step in range(100):
+    sink.emit(ev.STEP, step=step, loss=1.5, lr=1e-4, note="x" * 60)
+print(sink.write_error.errno, len(sink.unwritten), sink.disk_full, path.stat().st_size, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # room again
+print(sink.flush_unwritten(), len(sink.unwritten), flush=True)
+sink.close()
+"""
+
+
+def test_a_write_that_fails_part_way_leaves_whole_lines_and_keeps_the_rest(tmp_path: Path) -> None:
+    """The file-size limit makes writes fail part-way, as a filling disk does (EFBIG for ENOSPC)."""
+    import errno
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(path)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    code, unwritten, disk_full, size_then = out[0].split()
+    assert int(code) == errno.EFBIG and disk_full == "False", "only ENOSPC/EDQUOT count as a full disk"
+    assert 0 < int(size_then) <= 4000 and 0 < int(unwritten) < 100
+    assert out[1] == "True 0", "once there is room, every kept line is written"
+    events, skipped = ev.read_events(str(path))
+    assert skipped == 0, "no torn line"
+    assert [e["seq"] for e in events] == list(range(100)) and [e["step"] for e in events] == list(range(100))

@@ -578,7 +578,7 @@ def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stop
     from loratop.tui.launcher import launch
     from tests.conftest import status_of
 
-    config = load_config(DEMO, {"output_dir": str(tmp_path / "runs" / "k9"), "training": {"max_steps": 3000}})
+    config = load_config(DEMO, {"output_dir": str(tmp_path / "runs" / "k9"), "training.max_steps": 3000})
     run = launch(config, DEMO)
     app = LoratopApp(run.run_dir, run.events_fd, process=run.process)
     seen: dict[str, Any] = {}
@@ -689,3 +689,175 @@ def test_a_status_that_proves_nothing_is_not_recorded_lost(tmp_path: Path) -> No
     summary = summarise_run(run_dir)
     assert summary.status == "unknown"
     assert json.loads((run_dir / "status.json").read_text()) == status
+
+
+# -- a full disk during the run (item 4) ---------------------------------------------------------
+
+FULL_DISK_SCRIPT = r"""
+import os, shutil, subprocess, sys, time
+from pathlib import Path
+
+mount, out, demo, leave, *sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
+run_dir = mount / "runs" / "full"
+with open(out / "cli.out", "w") as log:
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "loratop.tui.cli", "run", demo, "--no-tui", "--set", f"output_dir={run_dir}",
+         "--set", "training.max_steps=3000", *[arg for s in sets for arg in ("--set", s)]],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and cli.poll() is None:
+        events = run_dir / "events.jsonl"
+        if events.exists() and events.read_bytes().count(b'"type":"step"') >= 3:
+            break
+        time.sleep(0.2)
+    with open(mount / "filler", "wb", buffering=0) as filler:  # the disk fills up under the run
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
+    with open(mount / "filler", "r+b") as filler:  # leave this many bytes free
+        filler.truncate(max(0, os.fstat(filler.fileno()).st_size - leave))
+    (out / "cli.rc").write_text(str(cli.wait(timeout=240)))
+shutil.copytree(run_dir, out / "run")
+"""
+
+
+def _private_mount_namespace() -> list[str]:
+    """``unshare`` arguments for a mount namespace of our own, where a test may mount a small disk."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to give the test a small disk of its own")
+    for args in (["unshare", "--mount", "--fork"], ["unshare", "--user", "--map-root-user", "--mount", "--fork"]):
+        if subprocess.run([*args, "true"], capture_output=True).returncode == 0:
+            return args
+    pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces) for a small disk")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("leave", "sets", "adapter_in"),
+    [
+        # No room at all: the adapter goes to the rescue folder (the reserve is for the last words).
+        pytest.param(0, ["monitor.memory_sample_hz=50"], "rescue", id="events-hit-it"),
+        # Room for many small events, none for a checkpoint (adapter + optimizer state, ~330 kB):
+        # the torn checkpoint is removed, and then the run folder has room for the adapter.
+        pytest.param(
+            48 << 10, ["monitor.memory_sample_hz=0.2", "training.save_steps=5"], "run", id="a-checkpoint-hits-it"
+        ),
+    ],
+)
+def test_a_full_disk_stops_the_run_keeps_whole_lines_and_saves_the_adapter_where_there_is_room(
+    tmp_path: Path, leave: int, sets: list[str], adapter_in: str
+) -> None:
+    from tests.conftest import read_events
+
+    mount, out, rescue = tmp_path / "disk", tmp_path / "out", tmp_path / "rescue"
+    mount.mkdir()
+    out.mkdir()
+    (tmp_path / "script.py").write_text(FULL_DISK_SCRIPT)
+    shell = 'mount -t tmpfs -o size=4m loratop-test "$1" && shift && exec "$@"'
+    env = dict(os.environ, LORATOP_RESCUE_DIR=str(rescue))
+    subprocess.run(
+        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
+         str(tmp_path / "script.py"), str(mount), str(out), str(DEMO), str(leave), *sets],
+        env=env, check=True, timeout=540,
+    )  # fmt: skip
+    console = (out / "cli.out").read_text()
+    assert (out / "cli.rc").read_text() == "1", console
+    assert "Traceback" not in console
+    assert any(line.startswith("run disk_full") for line in console.splitlines()), console
+    events = read_events(out / "run")  # asserts no torn or garbled line
+    assert [e["seq"] for e in events] == list(range(len(events))), "every event kept, in order"
+    last = events[-1]
+    assert last["type"] == "run_finished" and last["status"] == "disk_full", console
+    assert last["error"]["message"].startswith(f"disk full at step {last['step']}")
+    assert f"disk full at step {last['step']}" in console
+    status = json.loads((out / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["status"] == "disk_full" and status["exit_code"] == 1
+    if adapter_in == "rescue":
+        assert last["rescued_to"].startswith(str(rescue))
+        assert last["adapter"] == str(Path(last["rescued_to"]) / "adapter")
+        assert f"adapter saved to {last['adapter']}" in console
+        assert (Path(last["adapter"]) / "adapter_model.safetensors").is_file()
+        assert read_events(Path(last["rescued_to"])) == events, "the rescue folder holds the whole run too"
+    else:
+        assert "rescued_to" not in last and not rescue.exists()
+        assert last["adapter"] == str(mount / "runs" / "full" / "adapter")
+        assert (out / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "run" / ".loratop-reserve").exists()
+    for checkpoint in (out / "run").glob("checkpoint-*"):
+        assert (checkpoint / "trainer_state.json").is_file(), f"{checkpoint.name} is torn and was left behind"
+    if "training.save_steps=5" in sets:
+        assert any(
+            "the disk filled while it was written" in e.get("message", "") for e in events if e["type"] == "log"
+        ), console
+
+
+# -- the run folder removed under a live run (item 7) ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_removed_run_folder_is_said_and_the_trainer_stops_and_rescues_its_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textual.widgets import Static
+
+    from loratop.trainer.config import load_config
+    from loratop.trainer.events import read_events
+    from loratop.tui.launcher import launch
+
+    rescue = tmp_path / "rescue"
+    monkeypatch.setenv("LORATOP_RESCUE_DIR", str(rescue))  # the trainer inherits it
+    config = load_config(DEMO, {"output_dir": str(tmp_path / "runs" / "gone"), "training.max_steps": 3000})
+    run = launch(config, DEMO)
+    os.close(run.events_fd)  # nobody on the pipe: this dashboard attaches to the folder, as from another terminal
+    app = LoratopApp(run.run_dir)
+    notes: list[str] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await until(pilot, lambda: screen.state.last_step >= 3, 180, "the first steps")
+            shutil.rmtree(run.run_dir)
+            await until(pilot, lambda: screen.state.folder_note is not None, 10, "attach to notice")
+            notes.append(str(screen.state.folder_note))
+            await until(pilot, lambda: "has exited" in (screen.state.folder_note or ""), 30, "the trainer to stop")
+            await pilot.pause(0.6)
+            notes.append(str(app.screen.query_one("#outcome", Static).render()))
+
+    asyncio.run(drive())
+    assert run.process.wait(timeout=30) == 0  # a stop, not a crash
+    assert notes[0].startswith(f"run folder removed; trainer pid {run.process.pid} still running")
+    assert f"look under {rescue}/" in notes[1]
+    (rescued,) = rescue.iterdir()
+    events, skipped = read_events(str(rescued / "events.jsonl"))
+    assert skipped == 0 and [e["seq"] for e in events] == list(range(len(events)))
+    last = events[-1]
+    assert last["type"] == "run_finished" and last["status"] == "stopped" and last["stopped_by"] == "run folder removed"
+    assert last["adapter"] == str(rescued / "adapter") and (rescued / "adapter" / "adapter_model.safetensors").is_file()
+    assert any("adapter saved to" in e.get("message", "") for e in events if e["type"] == "log")
+    assert json.loads((rescued / "status.json").read_text())["rescued_from"] == str(run.run_dir)
+    assert not run.run_dir.exists(), "the removed folder is not made again"
+
+
+def test_a_full_disk_at_launch_is_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    shell = (
+        'mount -t tmpfs -o size=1m loratop-test "$1" && (cat /dev/zero > "$1/filler" 2>/dev/null; true) && '
+        '"$2" -m loratop.tui.cli run "$3" --no-tui --set output_dir="$1/runs/x"; echo "rc=$?"; '
+        'find "$1" -mindepth 1 ! -name filler'
+    )
+    result = subprocess.run(
+        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable, str(DEMO)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert "rc=2" in lines, result.stdout + result.stderr
+    left = lines[lines.index("rc=2") + 1 :]
+    assert not [p for p in left if p.endswith(("events.jsonl", "config.yaml", "status.json", "trainer.log"))], left
+    problems = [line for line in result.stderr.splitlines() if not line.startswith(("warning:", "loratop: 1 problem"))]
+    assert len(problems) == 1 and "No space left on device" in problems[0], result.stderr
+    assert "Traceback" not in result.stderr

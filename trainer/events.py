@@ -45,7 +45,9 @@ COMPLETED = "completed"
 STOPPED = "stopped"
 FAILED = "failed"
 OOM = "oom"
-FINISH_STATUSES: frozenset[str] = frozenset({COMPLETED, STOPPED, FAILED, OOM})
+DISK_FULL = "disk_full"
+"""The disk (or quota) of the run folder filled: the run stopped at a step boundary."""
+FINISH_STATUSES: frozenset[str] = frozenset({COMPLETED, STOPPED, FAILED, OOM, DISK_FULL})
 
 
 # -- payloads ---------------------------------------------------------------------------
@@ -207,6 +209,12 @@ class RunFinishedEvent(Envelope, total=False):
     duration_s: float
     stopped_by: str
     error: dict[str, Any] | None
+    step: int
+    """The last optimizer step trained."""
+    adapter: str | None
+    """Where the final adapter was saved (its own folder, or a rescue folder), or ``None``."""
+    rescued_to: str
+    """The rescue folder that holds a copy of the run (its folder was full or removed)."""
 
 
 PAYLOADS: dict[str, type] = {

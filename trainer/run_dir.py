@@ -115,7 +115,7 @@ def release_claim(run_dir: Path) -> None:
     """Undo :func:`claim_run_dir` after a launch failed before the trainer started: remove the
     files the launch wrote (while ``events.jsonl`` is still empty), so the name is free again."""
     if (run_dir / EVENTS).is_file() and (run_dir / EVENTS).stat().st_size == 0:
-        for name in (EVENTS, CONFIG, STATUS, LOG):
+        for name in (CONFIG, STATUS, LOG, EVENTS):  # the claim last: a racing launch never sees a stranger's folder
             with contextlib.suppress(OSError):
                 (run_dir / name).unlink()
         with contextlib.suppress(OSError):

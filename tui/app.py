@@ -109,8 +109,12 @@ class LoratopApp(App[str]):
         Returns:
             The run folder, or ``None`` when the folder could not be made (said in a notice).
         """
+        from loratop.tui.cli import disk_space_warning
         from loratop.tui.launcher import launch
 
+        space = disk_space_warning(config)
+        if space is not None:
+            self.notify(space, severity="warning", timeout=15)
         try:
             run = launch(config, source)
         except RunDirError as exc:

@@ -279,7 +279,8 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         from loratop.tui.headless import follow_launched
 
         return follow_launched(run)
-    return _dashboard(run.run_dir, run.events_fd, notice=preflight, process=run.process)
+    notice = preflight if space is None else f"{preflight}\n{space}"
+    return _dashboard(run.run_dir, run.events_fd, notice=notice, process=run.process)
 
 
 def _dashboard(

@@ -138,6 +138,8 @@ class HeadlessPrinter:
         if self.last_step:
             line += f"; last step {self.last_step.get('step')} loss {fmt_loss(self.last_step.get('loss'))}"
         self._print(line)
+        if event.get("rescued_to"):
+            self._print(f"a copy of the run (events, config, adapter) is in {event['rescued_to']}")
         error = event.get("error")
         if error:
             for tb_line in error.get("traceback", [])[-6:]:

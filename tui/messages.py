@@ -41,3 +41,10 @@ class TrainerNotProven(Message):
     """Whether the trainer runs cannot be told from this machine (``why``), or can again (``None``)."""
 
     why: str | None
+
+
+@dataclass
+class FolderRemoved(Message):
+    """The run folder was removed while this dashboard followed it; ``note`` says what of the trainer."""
+
+    note: str

@@ -163,6 +163,8 @@ def paged_text(state: RunState) -> str:
 def outcome_text(state: RunState) -> str | None:
     """How the run ended, with the error's last lines; ``None`` while it runs."""
     if state.finished is None:
+        if state.folder_note is not None:
+            return state.folder_note
         if state.status == LOST:
             return lost_text(state)
         if state.status == UNKNOWN:
@@ -177,6 +179,12 @@ def outcome_text(state: RunState) -> str | None:
             line += f" ({state.finished['stopped_by']})"
         return line + (f" · adapter: {adapter}" if adapter else "")
     error = state.finished.get("error") or {}
+    if status == "disk_full":
+        lines = [f"{error.get('message', 'disk full')} (after {duration})"]
+        lines.append(f"adapter: {adapter}" if adapter else "no adapter could be saved")
+        if state.finished.get("rescued_to"):
+            lines.append(f"a copy of the run (events, config, adapter): {state.finished['rescued_to']}")
+        return "\n".join(lines)
     lines = [f"{status} after {duration}: {error.get('message', '')}"]
     if status == "oom":
         tokens = error.get("batch_tokens")

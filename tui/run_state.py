@@ -75,6 +75,8 @@ class RunState:
     """The trainer process is gone without a ``run_finished`` (killed, crashed hard)."""
     lost_cause: str | None = None
     """How it went, once :attr:`trainer_gone`: ``killed by SIGKILL``, ``trainer gone, no report``."""
+    folder_note: str | None = None
+    """Set when the run folder was removed under a live run: what became of the trainer."""
     not_proven: str | None = None
     """Why this machine cannot tell whether the trainer still runs (status ``unknown``), or ``None``."""
     version: int = 0

@@ -5,11 +5,18 @@ and offered to the watcher's pipe. The pipe is non-blocking: when the reader is 
 lines wait in a bounded buffer and are sent at the next event; when the buffer is
 full, events are left off the pipe (the reader sees a ``seq`` gap and fills it from
 the file); when the reader is gone, the pipe is closed and training goes on.
+
+The file never keeps a torn line: a write that fails part-way (a full disk) is cut back
+to the last whole line, and a file that ends mid-line when it is opened (a crash of an
+earlier writer) is repaired first. Once a write fails, events are kept in memory
+(:attr:`EventSink.unwritten`) and still offered to the pipe; the run decides what to do
+(see ``write_error``) and where to put them (:meth:`EventSink.flush_unwritten`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from pathlib import Path
@@ -29,7 +36,9 @@ class EventSink:
     """
 
     def __init__(self, events_path: Path, pipe_fd: int | None = None, max_pending: int = 1 << 20) -> None:
-        self._file = open(events_path, "ab")  # noqa: SIM115 - lives as long as the run
+        self.path = events_path
+        self._fd: int | None = os.open(events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = repair_torn_tail(self._fd)
         self._lock = threading.Lock()
         self._seq = 0
         self._pipe_fd = pipe_fd
@@ -39,6 +48,10 @@ class EventSink:
         """Events left off the pipe because the reader was too slow (still in the file)."""
         self.pipe_closed_reason: str | None = None
         """Why the pipe was closed early (the reader went away), or ``None``."""
+        self.write_error: OSError | None = None
+        """The first failed write to the file (``ENOSPC``: the disk is full), or ``None``."""
+        self.unwritten: list[bytes] = []
+        """Lines that could not go to the file since :attr:`write_error`, in ``seq`` order."""
         if pipe_fd is not None:
             os.set_blocking(pipe_fd, False)
 
@@ -47,14 +60,57 @@ class EventSink:
         """The ``seq`` the next event will carry (= events emitted so far)."""
         return self._seq
 
+    @property
+    def disk_full(self) -> bool:
+        """Whether writing the file failed because the disk (or the quota) is full."""
+        return self.write_error is not None and self.write_error.errno in DISK_FULL_ERRNOS
+
     def emit(self, type_: str, **fields: Any) -> None:
-        """Write one event to the file, then offer it to the pipe without blocking."""
+        """Write one event to the file (or keep it, once the file cannot be written), then offer
+        it to the pipe without blocking. Never raises for a failed write."""
         with self._lock:
             line = encode(self._seq, type_, fields)
             self._seq += 1
-            self._file.write(line)
-            self._file.flush()
+            if self.write_error is None:
+                self._write(line)
+            else:
+                self.unwritten.append(line)
             self._offer(line)
+
+    def _write(self, line: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = 0
+            while written < len(line):  # a short write (the disk filling) is retried: it then fails
+                written += os.write(self._fd, line[written:])
+        except OSError as exc:
+            self.write_error = exc
+            self.unwritten.append(line)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # never leave half a line behind
+            return
+        self._size += len(line)
+
+    def flush_unwritten(self) -> bool:
+        """Try again to append the kept lines (after room was made). Returns whether all went."""
+        with self._lock:
+            if self._fd is None:
+                return not self.unwritten
+            lines, self.unwritten, self.write_error = self.unwritten, [], None
+            for i, line in enumerate(lines):
+                self._write(line)
+                if self.write_error is not None:
+                    self.unwritten = self.unwritten[-1:] + lines[i + 1 :]
+                    return False
+            return True
+
+    def written_bytes(self) -> bytes:
+        """What the file holds: whole lines only, also when the file itself is gone (unlinked
+        with its folder), since it is read through our own descriptor."""
+        with self._lock:
+            if self._fd is None:
+                return b""
+            return _read_all(self._fd, self._size)
 
     def _offer(self, line: bytes) -> None:
         if self._pipe_fd is None:
@@ -93,4 +149,40 @@ class EventSink:
             if self._pipe_fd is not None:
                 self._drain()
             self._close_pipe(None)
-            self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A write failed because there is no room: the disk, or this user's quota, is full."""
+
+
+def repair_torn_tail(fd: int) -> int:
+    """Cut a file that ends mid-line back to its last whole line (an earlier writer crashed
+    mid-write, or met a full disk). Returns the file's size afterwards."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep = size
+    while keep > 0:
+        start = max(0, keep - 65536)
+        chunk = os.pread(fd, keep - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        keep = start
+    os.ftruncate(fd, keep)
+    return keep
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

@@ -13,10 +13,13 @@ Signals: SIGINT/SIGTERM stop at the next step boundary and save the adapter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -29,13 +32,20 @@ from loratop.trainer.run_dir import (
     ADAPTER,
     CONFIG,
     EVENTS,
+    RESERVE_BYTES,
+    STATUS,
     RunDirTaken,
     hold_run_dir,
+    make_reserve,
+    new_rescue_dir,
     now,
     process_identity,
+    read_status,
+    release_reserve,
+    rescue_roots,
     write_status,
 )
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.trainer.runtime.event_sink import DISK_FULL_ERRNOS, EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spikes import SpikeDetector
 
@@ -44,7 +54,13 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 # Exit codes by run_finished status.
-EXIT_BY_STATUS = {ev.COMPLETED: EXIT_OK, ev.STOPPED: EXIT_OK, ev.FAILED: EXIT_FAILED, ev.OOM: EXIT_FAILED}
+EXIT_BY_STATUS = {
+    ev.COMPLETED: EXIT_OK,
+    ev.STOPPED: EXIT_OK,
+    ev.FAILED: EXIT_FAILED,
+    ev.OOM: EXIT_FAILED,
+    ev.DISK_FULL: EXIT_FAILED,
+}
 
 
 class UserFacingError(Exception):
@@ -78,6 +94,11 @@ class Run:
         self._sampler = MemorySampler(sink.emit, config.monitor.memory_sample_hz)
         self.spikes = SpikeDetector(sensitivity=config.monitor.spike_sensitivity)
         """Fed every step's loss and grad norm (see :meth:`on_spike`)."""
+        st = os.stat(run_dir)
+        self._folder_id = (st.st_dev, st.st_ino)
+        self._folder_watch = _Every(FOLDER_CHECK_S, self._check_folder, name="loratop-folder")
+        self._rescue: Path | None = None
+        """The rescue folder that took the adapter (its own folder was full or removed), if any."""
 
     # -- signals ----------------------------------------------------------------
 
@@ -98,6 +119,15 @@ class Run:
     def _on_save_signal(self, signum: int, frame: FrameType | None) -> None:
         self.save_requested = True
 
+    def _check_folder(self) -> None:
+        """Between steps too (a step may take minutes): a full disk or a removed folder asks
+        the run to stop at the next step boundary. Only sets a flag, like a signal handler."""
+        if self.stop_requested is None:
+            if self.sink.write_error is not None:
+                self.stop_requested = "disk full" if self.sink.disk_full else "events.jsonl cannot be written"
+            elif self.folder_problem() is not None:
+                self.stop_requested = "run folder removed"
+
     # -- the run ----------------------------------------------------------------
 
     def execute(self) -> int:
@@ -106,19 +136,23 @@ class Run:
         Returns:
             The process exit code.
         """
-        # pid + host + boot + start time: what lets a watcher prove later that a live pid is
-        # still this trainer before it signals it (a pid alone may have been reused).
-        write_status(
-            self.run_dir,
-            pid=os.getpid(),
-            **process_identity(os.getpid()),
-            state="running",
-            started_at=self.started_at,
-            ended_at=None,
-        )
         self._sampler.start()
-        status, error = ev.COMPLETED, None
+        self._folder_watch.start()
+        status, error, trainer = ev.COMPLETED, None, None
         try:
+            # pid + host + boot + start time: what lets a watcher prove later that a live pid is
+            # still this trainer before it signals it (a pid alone may have been reused).
+            write_status(
+                self.run_dir,
+                pid=os.getpid(),
+                **process_identity(os.getpid()),
+                state="running",
+                started_at=self.started_at,
+                ended_at=None,
+            )
+            if not make_reserve(self.run_dir):
+                room = f"no room to set {RESERVE_BYTES >> 10} KiB aside in {self.run_dir}"
+                self.sink.emit(ev.LOG, level="warning", message=f"{room}: a full disk may cut the last events")
             trainer = self.setup()
             if self.stop_requested:
                 self.sink.emit(ev.LOG, message=f"{self.stop_requested} before the first step: not training")
@@ -129,25 +163,115 @@ class Run:
         except UserFacingError as exc:
             status, error = ev.FAILED, {"message": str(exc), "traceback": []}
         except BaseException as exc:  # the run must always report how it ended
-            status = ev.OOM if _is_oom(exc) else ev.FAILED
-            lines = traceback.format_exception(exc)
-            tail = "".join(lines).rstrip().splitlines()[-12:]
-            error = {"message": f"{type(exc).__name__}: {exc}".strip(), "traceback": tail}
-            if status == ev.OOM:
-                error.update(self._oom_post_mortem())
-            traceback.print_exception(exc)  # the whole thing, into trainer.log
+            if _is_disk_full(exc):
+                status, error = ev.DISK_FULL, {"message": _disk_full_message(exc, self._last_step), "traceback": []}
+                print(f"loratop trainer: {error['message']}", file=sys.stderr)
+                self._drop_torn_checkpoint()
+            else:
+                status = ev.OOM if _is_oom(exc) else ev.FAILED
+                lines = traceback.format_exception(exc)
+                tail = "".join(lines).rstrip().splitlines()[-12:]
+                error = {"message": f"{type(exc).__name__}: {exc}".strip(), "traceback": tail}
+                if status == ev.OOM:
+                    error.update(self._oom_post_mortem())
+                traceback.print_exception(exc)  # the whole thing, into trainer.log
         finally:
             self._sampler.stop()
+            self._folder_watch.stop()
+        if self.sink.disk_full and status in (ev.COMPLETED, ev.STOPPED):
+            status = ev.DISK_FULL
+            error = {"message": _disk_full_message(self.sink.write_error, self._last_step), "traceback": []}
+        release_reserve(self.run_dir)  # its room is for what follows: the last events and status.json
         fields: dict[str, Any] = {"status": status, "duration_s": round(now() - self.started_at, 3)}
+        if trainer is not None and status in (ev.COMPLETED, ev.STOPPED, ev.DISK_FULL):
+            fields["adapter"] = self._save_adapter(trainer)
         if self.stop_requested:
             fields["stopped_by"] = self.stop_requested
         if error:
             fields["error"] = error
+        fields["step"] = self._last_step
+        if self._rescue is not None:
+            fields["rescued_to"] = str(self._rescue)
         self.sink.emit(ev.RUN_FINISHED, **fields)
-        code = EXIT_BY_STATUS[status]
-        write_status(self.run_dir, state="finished", status=status, exit_code=code, ended_at=now())
+        return self._finish(EXIT_BY_STATUS[status], status)
+
+    def _finish(self, code: int, status: str) -> int:
+        """The last writes: events kept in memory, status.json, and a copy of the run in its
+        rescue folder when it has one. Each may fail (the disk is still full); none raises."""
+        self.sink.flush_unwritten()
+        final = {"state": "finished", "status": status, "exit_code": code, "ended_at": now()}
+        if self.folder_problem() is None:
+            try:
+                write_status(self.run_dir, **final)
+            except OSError as exc:
+                print(f"loratop trainer: cannot write {self.run_dir / STATUS}: {exc.strerror or exc}", file=sys.stderr)
+        if self._rescue is not None:
+            try:
+                (self._rescue / EVENTS).write_bytes(self.sink.written_bytes() + b"".join(self.sink.unwritten))
+                (self._rescue / CONFIG).write_text(dump_config(self.config))
+                recorded = read_status(self.run_dir) or {}
+                write_status(self._rescue, **{**recorded, **final, "rescued_from": str(self.run_dir)})
+            except OSError as exc:
+                print(f"loratop trainer: cannot copy the run to {self._rescue}: {exc.strerror or exc}", file=sys.stderr)
         self.sink.close()
         return code
+
+    def _drop_torn_checkpoint(self) -> None:
+        """The disk filled while a checkpoint was written: remove it (it cannot be resumed from,
+        and looks as if it could), which also gives its room to the last writes."""
+        torn = self.run_dir / f"checkpoint-{self._last_step}"
+        if torn.is_dir() and not (torn / "trainer_state.json").exists():  # the Trainer writes it last
+            shutil.rmtree(torn, ignore_errors=True)
+            self.sink.emit(ev.LOG, level="warning", message=f"removed {torn}: the disk filled while it was written")
+
+    def folder_problem(self) -> str | None:
+        """Why the run folder can no longer be written as ours: removed (or replaced), or
+        ``None`` while it is there."""
+        try:
+            st = os.stat(self.run_dir)
+        except OSError:
+            return "run folder removed"
+        if (st.st_dev, st.st_ino) != self._folder_id or not (self.run_dir / EVENTS).exists():
+            return "run folder removed"
+        return None
+
+    def _save_adapter(self, trainer: Any) -> str | None:
+        """Save the final adapter where there is room: the run folder, else a rescue folder
+        (:func:`rescue_roots`), saying where. Returns its path, or ``None`` if nowhere took it."""
+        need = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
+        places: list[Path] = []
+        problem = self.folder_problem()
+        if problem is None and (self.sink.write_error is None or _free(self.run_dir) > need + RESERVE_BYTES):
+            places.append(self.run_dir)
+        reasons = [] if problem is None else [f"{self.run_dir}: {problem}"]
+        if self.sink.write_error is not None:
+            reasons.append(f"{self.run_dir}: {self.sink.write_error.strerror or self.sink.write_error}")
+        places += rescue_roots()
+        for place in places:
+            try:
+                folder = place if place == self.run_dir else new_rescue_dir(place, self.run_dir.name)
+                path = folder / ADAPTER
+                try:
+                    trainer.model.save_pretrained(str(path))
+                except BaseException:
+                    shutil.rmtree(path, ignore_errors=True)  # half an adapter is none
+                    if folder != self.run_dir:
+                        shutil.rmtree(folder, ignore_errors=True)
+                    raise
+            except Exception as exc:  # safetensors wraps its OSError; any failure means: try the next place
+                reasons.append(f"{place}: {_short_reason(exc)}")
+                continue
+            if folder != self.run_dir:
+                self._rescue = folder
+                why = "; ".join(reasons)
+                self.sink.emit(ev.LOG, level="warning", message=f"adapter saved to {path} instead ({why})")
+                print(f"loratop trainer: adapter saved to {path} ({why})", file=sys.stderr)
+            self.sink.emit(ev.CHECKPOINT, step=self._last_step, path=str(path), final=True)
+            return str(path)
+        message = "the adapter could not be saved anywhere: " + "; ".join(reasons)
+        self.sink.emit(ev.LOG, level="error", message=message)
+        print(f"loratop trainer: {message}", file=sys.stderr)
+        return None
 
     def on_spike(self, spike: Any, control: Any) -> None:
         """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
@@ -380,11 +504,9 @@ class Run:
                 raise UserFacingError(audit.refusal())
 
     def fit(self, trainer: Any) -> None:
-        """Train, then save the adapter (also when stopped early)."""
+        """Train (:meth:`execute` saves the adapter afterwards, also when stopped early)."""
         trainer.train()
-        adapter = self.run_dir / ADAPTER
-        trainer.model.save_pretrained(str(adapter))
-        self.sink.emit(ev.CHECKPOINT, step=trainer.state.global_step, path=str(adapter), final=True)
+        self._last_step = trainer.state.global_step
 
     def run_started_fields(self, max_steps: int) -> dict[str, Any]:
         """The ``run_started`` event: everything known once the model is ready."""
@@ -468,6 +590,9 @@ def _event_callback(run: Run) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             run.watch.step_end(state.global_step, kwargs.get("optimizer"))
+            run._last_step = state.global_step
+            if run.sink.write_error is not None:
+                run._check_folder()  # the disk filled during this step: stop now, not within a second
             if run.stop_requested and not control.should_training_stop:
                 control.should_training_stop = True
                 run.sink.emit(ev.LOG, message=f"{run.stop_requested}: stopping after step {state.global_step}")
@@ -481,6 +606,81 @@ def _event_callback(run: Run) -> Any:
             run.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
 
     return EventCallback()
+
+
+class _Tolerant:
+    """``sys.stdout``/``sys.stderr`` that drop what cannot be written (ENOSPC on ``trainer.log``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+FOLDER_CHECK_S = 1.0
+"""How often the run checks, between steps, that its folder is still there and writable."""
+
+
+class _Every:
+    """Calls ``fn`` every ``interval`` seconds on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, interval: float, fn: Any, name: str) -> None:
+        self._interval, self._fn = interval, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._fn()
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk or the quota is full."""
+    for _ in range(16):  # a chain of causes, never a cycle
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True  # safetensors and others wrap the OSError in their own error
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_message(exc: BaseException | None, step: int) -> str:
+    return f"disk full at step {step}: {_short_reason(exc) if exc else 'No space left on device'}"
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def _free(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -556,16 +756,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"loratop trainer: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         # Held until this process ends: a second trainer pointed here must not interleave
         # its events and checkpoints with ours.
         hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
+        if not (run_dir / CONFIG).exists():
+            (run_dir / CONFIG).write_text(dump_config(config))
     except RunDirTaken as exc:
         print(f"loratop trainer: {exc}; not writing into it", file=sys.stderr)
         return EXIT_CONFIG
-    if not (run_dir / CONFIG).exists():
-        (run_dir / CONFIG).write_text(dump_config(config))
+    except OSError as exc:
+        print(f"loratop trainer: cannot write {run_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.events_fd is not None:
         try:
             os.fstat(args.events_fd)
@@ -573,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loratop trainer: --events-fd {args.events_fd} is not an open file descriptor", file=sys.stderr)
             return EXIT_CONFIG
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A full disk must not turn a library's print into a crash: trainer.log may lose lines.
+    sys.stdout, sys.stderr = _Tolerant(sys.stdout), _Tolerant(sys.stderr)
     run = Run(config, run_dir, EventSink(run_dir / EVENTS, args.events_fd))
     run.install_signal_handlers()
     return run.execute()

@@ -33,11 +33,12 @@ from loratop.trainer.run_dir import (
     proven_trainer_pid,
     read_status,
     record_lost,
+    rescue_roots,
     why_not_proven,
 )
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
-from loratop.tui.messages import EventsArrived, TrainerExited, TrainerGone, TrainerNotProven
+from loratop.tui.messages import EventsArrived, FolderRemoved, TrainerExited, TrainerGone, TrainerNotProven
 from loratop.tui.run_state import RunState
 from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
@@ -190,6 +191,7 @@ class MonitorScreen(LoratopScreen[str]):
         finished = False
         last_alive_check = 0.0
         not_proven: str | None = None
+        status: dict[str, Any] = {}
         while not worker.is_cancelled:
             batch = [e for e in follower.poll() if e["seq"] >= skip_to]
             if batch:
@@ -200,7 +202,11 @@ class MonitorScreen(LoratopScreen[str]):
             now = time.monotonic()
             if now - last_alive_check > 1.0:
                 last_alive_check = now
-                verdict, why = trainer_verdict(read_status(self.run_dir) or {})
+                status = read_status(self.run_dir) or status  # the last one read, should the folder go
+                if not path.exists():
+                    self._follow_removed_folder(status, worker)
+                    return
+                verdict, why = trainer_verdict(status)
                 if verdict == LOST:
                     final = [e for e in follower.poll() if e["seq"] >= skip_to]
                     if final:
@@ -212,6 +218,23 @@ class MonitorScreen(LoratopScreen[str]):
                     not_proven = why
                     self.post_message(TrainerNotProven(why))
             time.sleep(0.2)
+
+    def _follow_removed_folder(self, status: dict[str, Any], worker: Any) -> None:
+        """The run folder is gone: say what of its trainer, from the status last read, until it exits."""
+        pid = proven_trainer_pid(status)
+        rescue = f"{rescue_roots()[0]}/"
+        if pid is None:
+            self.post_message(FolderRemoved(f"run folder removed; its trainer is not running (look under {rescue})"))
+            return
+        self.post_message(
+            FolderRemoved(
+                f"run folder removed; trainer pid {pid} still running: it stops at the next step "
+                f"and saves its adapter under {rescue}"
+            )
+        )
+        while not worker.is_cancelled and proven_trainer_pid(status) is not None:
+            time.sleep(0.5)
+        self.post_message(FolderRemoved(f"run folder removed; the trainer (pid {pid}) has exited: look under {rescue}"))
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
@@ -231,6 +254,11 @@ class MonitorScreen(LoratopScreen[str]):
                 **({"exit_code": message.exit_code} if message.exit_code is not None else {}),
             )
             self.state.mark_lost(message.cause)
+
+    @on(FolderRemoved)
+    def _folder_removed(self, message: FolderRemoved) -> None:
+        self.state.folder_note = message.note
+        self.state.version += 1
 
     @on(TrainerExited)
     def _trainer_exited(self, message: TrainerExited) -> None:

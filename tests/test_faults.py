@@ -775,6 +775,7 @@ def test_a_full_disk_stops_the_run_keeps_whole_lines_and_saves_the_adapter_where
     assert f"disk full at step {last['step']}" in console
     status = json.loads((out / "run" / "status.json").read_text())
     assert status["state"] == "finished" and status["status"] == "disk_full" and status["exit_code"] == 1
+    assert status["last_step"] == last["step"]
     if adapter_in == "rescue":
         assert last["rescued_to"].startswith(str(rescue))
         assert last["adapter"] == str(Path(last["rescued_to"]) / "adapter")

@@ -199,7 +199,13 @@ class Run:
         """The last writes: events kept in memory, status.json, and a copy of the run in its
         rescue folder when it has one. Each may fail (the disk is still full); none raises."""
         self.sink.flush_unwritten()
-        final = {"state": "finished", "status": status, "exit_code": code, "ended_at": now()}
+        final = {
+            "state": "finished",
+            "status": status,
+            "exit_code": code,
+            "last_step": self._last_step,
+            "ended_at": now(),
+        }
         if self.folder_problem() is None:
             try:
                 write_status(self.run_dir, **final)

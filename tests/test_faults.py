@@ -354,6 +354,20 @@ def test_estimate_into_a_closed_pipe_prints_no_traceback() -> None:
     assert result.returncode == 0 and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
+def _headless_run_at_its_first_step(run_dir: Path, max_steps: int) -> subprocess.Popen[str]:
+    """``loratop run --no-tui`` of the demo, once it has printed its first step line."""
+    cli_process = subprocess.Popen(
+        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
+         "--set", f"output_dir={run_dir}", "--set", f"training.max_steps={max_steps}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert cli_process.stdout is not None
+    for line in cli_process.stdout:
+        if line.startswith("step "):
+            break
+    return cli_process
+
+
 @pytest.mark.slow
 def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(tmp_path: Path) -> None:
     import time
@@ -361,15 +375,8 @@ def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(t
     from tests.conftest import status_of, wait_for_exit
 
     run_dir = tmp_path / "run"
-    cli_process = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
-         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=400"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    cli_process = _headless_run_at_its_first_step(run_dir, max_steps=400)
     assert cli_process.stdout is not None
-    for line in cli_process.stdout:
-        if line.startswith("step "):
-            break
     cli_process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     cli_process.send_signal(signal.SIGINT)
@@ -570,7 +577,9 @@ def test_a_stamped_folder_that_holds_your_files_moves_on_to_the_next_suffix(
 
 
 @pytest.mark.slow
-def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stops(tmp_path: Path) -> None:
+def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The launching dashboard reaps its trainer (no zombie) and names the signal from its exit code."""
     from textual.widgets import Static
 
@@ -607,7 +616,10 @@ def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stop
     status = status_of(run.run_dir)
     assert status["state"] == "lost" and status["lost_cause"] == "killed by SIGKILL"
     assert status["exit_code"] == -9 and status["last_step"] == seen["step"]
+    capsys.readouterr()
     assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("k9"))
+    assert row.split()[1] == "lost"
 
 
 @pytest.mark.slow
@@ -615,15 +627,8 @@ def test_kill_9_under_no_tui_names_the_signal_and_ls_agrees(tmp_path: Path, caps
     from tests.conftest import status_of
 
     run_dir = tmp_path / "runs" / "k9"
-    cli_process = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
-         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    cli_process = _headless_run_at_its_first_step(run_dir, max_steps=3000)
     assert cli_process.stdout is not None
-    for line in cli_process.stdout:
-        if line.startswith("step "):
-            break
     pid = proven_trainer_pid(status_of(run_dir))
     assert pid is not None and pid != cli_process.pid
     REAL_KILL(pid, signal.SIGKILL)

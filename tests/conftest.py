@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from loratop.tui.run_state import RunState
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
@@ -42,7 +45,7 @@ def runs(tmp_path: Path) -> Path:
     import shutil
 
     root = tmp_path / "runs"
-    shutil.copytree(RECORDED_RUNS, root)
+    shutil.copytree(RECORDED_RUNS, root, ignore=shutil.ignore_patterns(".loratop-index*"))  # a cache a read left
     return root
 
 
@@ -113,3 +116,32 @@ async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await pilot.pause(0.2)
+
+
+def slow_fold(run_dir: Path) -> RunState:
+    """A run folded the plain way: every event of events.jsonl applied in order."""
+    from loratop.trainer import events as ev
+    from loratop.tui.run_state import RunState
+
+    events, skipped = ev.read_events(str(run_dir / "events.jsonl"))
+    state = RunState(run_dir)
+    state.apply_all(events)
+    state.garbage = skipped
+    return state
+
+
+def _same_float(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+def assert_same_fold(fast: RunState, slow: RunState) -> None:
+    """Two folds of one run hold the same (NaN equal to NaN)."""
+    for name in ("steps", "tokens", "mem_series"):
+        assert list(getattr(fast, name)) == list(getattr(slow, name)), name
+    for name in ("loss", "lr", "grad_norm", "step_t"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert len(a) == len(b) and all(_same_float(x, y) for x, y in zip(a, b, strict=True)), name
+    for name in ("peak_gpu_used", "peak_rss", "mem_series_kind", "memory", "started", "finished", "checkpoints",
+                 "spikes", "spills", "oom_risk", "paged", "first_t", "last_t", "events_seen", "garbage"):  # fmt: skip
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert list(fast.messages) == list(slow.messages)

@@ -16,11 +16,13 @@ from textual.widgets import Static
 
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config, parse_overrides
+from loratop.trainer.run_index import load_index
 from loratop.tui.app import LoratopApp
 from loratop.tui.launcher import launch
+from loratop.tui.runs import fold_run
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, until
+from tests.conftest import DEMO_CONFIG, assert_same_fold, live_status, of_type, read_events, slow_fold, until
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -67,6 +69,9 @@ def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path)
 
     asyncio.run(drive())
     assert run.process.wait(timeout=30) == 0
+    # The real trainer's compact index folds to what every event gives (attach and ls read it).
+    assert load_index(run.run_dir) is not None
+    assert_same_fold(fold_run(run.run_dir)[0], slow_fold(run.run_dir))
 
 
 @pytest.mark.slow

@@ -72,9 +72,10 @@ class PipeStream:
 class FileFollower:
     """Reads ``events.jsonl`` from the start, then whatever is appended (``tail -f``)."""
 
-    def __init__(self, events_path: Path) -> None:
+    def __init__(self, events_path: Path, offset: int = 0) -> None:
+        """Follow ``events_path`` from byte ``offset`` (the end of a line) on."""
         self._path = events_path
-        self._offset = 0
+        self._offset = offset
         self._decoder = ev.Decoder()
 
     @property

@@ -7,6 +7,8 @@ from typing import Any
 
 from textual.message import Message
 
+from loratop.tui.run_state import RunState
+
 
 @dataclass
 class EventsArrived(Message):
@@ -17,6 +19,14 @@ class EventsArrived(Message):
     """Total lines skipped so far by the source (not just in this batch)."""
     filled_from_file: int
     """Total events so far that were read from ``events.jsonl`` to fill pipe gaps."""
+
+
+@dataclass
+class Replayed(Message):
+    """A run's events so far, folded at once on a worker thread (attach): the state replaces
+    the screen's own; what is appended later arrives as :class:`EventsArrived`."""
+
+    state: RunState
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from loratop.trainer import events as ev
 from loratop.trainer.run_dir import LOST
+from loratop.trainer.run_index import GPU, Index
 
 # Run phases shown in the header, besides the run_finished statuses.
 STARTING = "starting"
@@ -119,6 +120,48 @@ class RunState:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
 
+    def apply_index(self, index: Index, last_memory: dict[str, Any] | None) -> None:
+        """Fold a run's compact index (:mod:`trainer.run_index`) into a fresh state: what
+        :meth:`apply` of every indexed event would give, in a fraction of the time.
+
+        ``last_memory`` is the last indexed ``memory`` event in full (the panel shows it).
+        """
+        steps, mem = index.steps, index.memory
+        for event in index.rare:
+            self.apply(event)
+        self.steps = _ints(steps["step"])
+        self.loss, self.lr, self.grad_norm, self.step_t = steps["loss"], steps["lr"], steps["grad_norm"], steps["t"]
+        self.tokens = _ints(steps["tokens"])
+        times = [col[i] for col in (steps["t"], mem["t"]) if col for i in (0, -1)]
+        if times:
+            self.first_t = min(times + ([self.first_t] if self.first_t is not None else []))
+            self.last_t = max(times + ([self.last_t] if self.last_t is not None else []))
+        if mem["seq"]:
+            self._memory_columns(mem)
+            self.memory = cast(ev.MemoryEvent, last_memory) if last_memory is not None else self.memory
+        self.events_seen = index.count
+        self.garbage = index.skipped
+        self.version += 1
+
+    def _memory_columns(self, mem: dict[str, array[float]]) -> None:
+        peak = max((x for x in mem["max_gpu_used"] if x == x), default=None)  # x == x: not NaN
+        self.peak_gpu_used = int(peak) if peak is not None else None
+        rss = max((x for x in mem["rss"] if x == x), default=None)
+        self.peak_rss = int(rss) if rss is not None else None
+        kinds, values = mem["kind"], mem["value"]
+        last = next((k for k in reversed(kinds) if k == k), None)
+        if last is None:
+            return
+        if kinds.count(last) == len(kinds):  # the usual case: one kind all along
+            self.mem_series = _ints(values)
+        else:  # the series since the kind last changed, as apply() keeps it
+            start = len(kinds)
+            while start > 0 and (kinds[start - 1] == last or kinds[start - 1] != kinds[start - 1]):
+                start -= 1  # back over this kind's samples and unread ones (NaN)
+            pairs = zip(kinds[start:], values[start:], strict=True)
+            self.mem_series = array("q", (int(v) for k, v in pairs if k == last))
+        self.mem_series_kind = "gpu" if last == GPU else "host"
+
     def apply_all(self, events: list[dict[str, Any]]) -> None:
         """Fold a batch of events in order."""
         for event in events:
@@ -219,6 +262,13 @@ class RunState:
         if not self.is_live or rate is None or not self.max_steps or rate[0] <= 0:
             return None
         return max(0.0, (self.max_steps - self.last_step) / rate[0])
+
+
+def _ints(column: array[float]) -> array[int]:
+    try:
+        return array("q", map(int, column))
+    except ValueError:  # a NaN (a field the trainer left out): as apply() reads it
+        return array("q", (int(x) if x == x else 0 for x in column))
 
 
 def _num(value: Any) -> float:

@@ -19,10 +19,12 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from loratop.trainer.events import encode
+from loratop.trainer.run_index import IndexWriter
 
 
 class EventSink:
@@ -39,6 +41,8 @@ class EventSink:
         self.path = events_path
         self._fd: int | None = os.open(events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = repair_torn_tail(self._fd)
+        self._index = IndexWriter(events_path.parent) if self._size == 0 else None
+        """The compact record beside the file (:mod:`trainer.run_index`), for a fresh file only."""
         self._lock = threading.Lock()
         self._seq = 0
         self._pipe_fd = pipe_fd
@@ -69,15 +73,17 @@ class EventSink:
         """Write one event to the file (or keep it, once the file cannot be written), then offer
         it to the pipe without blocking. Never raises for a failed write."""
         with self._lock:
-            line = encode(self._seq, type_, fields)
+            t = time.time()
+            line = encode(self._seq, type_, fields, t)
             self._seq += 1
-            if self.write_error is None:
-                self._write(line)
-            else:
+            if self.write_error is not None:
                 self.unwritten.append(line)
+            elif self._write(line) and self._index is not None:
+                self._index.add(line, self._size, {"seq": self._seq - 1, "t": t, "type": type_, **fields})
             self._offer(line)
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes) -> bool:
+        """Append one whole line, or none of it (then keep it in :attr:`unwritten`)."""
         assert self._fd is not None
         try:
             written = 0
@@ -88,8 +94,12 @@ class EventSink:
             self.unwritten.append(line)
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # never leave half a line behind
-            return
+            if self._index is not None:  # from here on the index would have a hole: it ends here
+                self._index.close()
+                self._index = None
+            return False
         self._size += len(line)
+        return True
 
     def flush_unwritten(self) -> bool:
         """Try again to append the kept lines (after room was made). Returns whether all went."""
@@ -152,6 +162,8 @@ class EventSink:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._index is not None:
+                self._index.close()
 
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -38,9 +38,16 @@ from loratop.trainer.run_dir import (
 )
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
-from loratop.tui.messages import EventsArrived, FolderRemoved, TrainerExited, TrainerGone, TrainerNotProven
+from loratop.tui.messages import (
+    EventsArrived,
+    FolderRemoved,
+    Replayed,
+    TrainerExited,
+    TrainerGone,
+    TrainerNotProven,
+)
 from loratop.tui.run_state import RunState
-from loratop.tui.runs import trainer_verdict
+from loratop.tui.runs import fold_run, trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
@@ -97,6 +104,7 @@ class MonitorScreen(LoratopScreen[str]):
         self._drawn_version = -1
         self._log_offset = 0
         self._smoothed: RunningEma | None = None
+        self._garbage_base = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-header")
@@ -187,8 +195,14 @@ class MonitorScreen(LoratopScreen[str]):
         return False
 
     def _follow_file(self, path: Path, skip_to: int, worker: Any) -> None:
-        follower = FileFollower(path)
-        finished = False
+        if skip_to == 0:  # attach: the whole run at once (from its index), then what is appended
+            state, offset = fold_run(self.run_dir)
+            self.post_message(Replayed(state))
+            follower = FileFollower(path, offset)
+            finished = state.finished is not None
+        else:
+            follower = FileFollower(path)
+            finished = False
         last_alive_check = 0.0
         not_proven: str | None = None
         status: dict[str, Any] = {}
@@ -236,10 +250,17 @@ class MonitorScreen(LoratopScreen[str]):
             time.sleep(0.5)
         self.post_message(FolderRemoved(f"run folder removed; the trainer (pid {pid}) has exited: look under {rescue}"))
 
+    @on(Replayed)
+    def _replayed(self, message: Replayed) -> None:
+        self.state = message.state
+        self._garbage_base = message.state.garbage  # the follower counts from here on
+        self._smoothed = None  # the loss line is smoothed again from the whole series
+        self._drawn_version = -1
+
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
         self.state.apply_all(message.events)
-        self.state.garbage = message.garbage
+        self.state.garbage = self._garbage_base + message.garbage
         self.state.filled_from_file = max(self.state.filled_from_file, message.filled_from_file)
         self.state.version += 1
 

@@ -1,0 +1,70 @@
+"""``loratop ls`` over a folder of many finished runs.
+
+Builds 200 synthetic runs of 20k steps each (written through the trainer's own sink, so each
+has its compact index), then times ``loratop ls`` in a fresh interpreter, best of 3, with the
+indexes and with none (runs from before the index: the first such look writes them). Prints
+seconds and the ratio.
+
+    python benchmarks/ls.py            # about 3 minutes the first time (builds the runs)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_runs import CACHE, make_run, without_index  # noqa: E402
+
+RUNS, STEPS = 200, 20_000
+
+
+def ls_seconds(root: Path, runs: int = 3, before: object = None) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        if callable(before):
+            before()
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "loratop.tui.cli", "ls", "--runs-dir", str(root)], check=True, capture_output=True
+        )
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    from loratop.trainer.run_index import INDEX
+    from loratop.tui.runs import SUMMARY
+
+    root = CACHE / f"ls-{RUNS}x{STEPS}"
+    if sum(1 for _ in root.glob("*/status.json")) < RUNS:
+        first = make_run(CACHE / f"run-{STEPS}", STEPS)
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(RUNS):  # copies of one run, each its own folder with its own index
+            subprocess.run(["cp", "-a", str(first), str(root / f"r{i:03d}")], check=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import loratop.tui.cli"], check=True)
+    floor = time.perf_counter() - start
+
+    def drop_summaries() -> None:
+        for run in root.iterdir():
+            (run / INDEX / SUMMARY).unlink(missing_ok=True)
+
+    def drop_indexes() -> None:
+        for run in root.iterdir():
+            without_index(run)
+
+    fresh = ls_seconds(root, before=drop_summaries)
+    again = ls_seconds(root)
+    unindexed = ls_seconds(root, runs=1, before=drop_indexes)
+    print(f"loratop ls, {RUNS} runs x {STEPS:,} steps (best of 3):")
+    print(f"  again (each run's summary cached by an earlier look)   {again:6.2f} s")
+    print(f"  first look at runs the trainer indexed                 {fresh:6.2f} s   ({fresh / again:.1f}x)")
+    print(f"  first look at runs from before the index (once)        {unindexed:6.2f} s   ({unindexed / again:.1f}x)")
+    print(f"  (starting Python and importing the CLI alone: {floor:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

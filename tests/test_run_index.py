@@ -1,0 +1,125 @@
+"""The compact index beside events.jsonl folds to exactly what folding every event gives."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loratop.trainer import events as ev
+from loratop.trainer.run_index import INDEX, load_index
+from loratop.trainer.runtime.event_sink import EventSink
+from loratop.tui.runs import fold_run
+from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
+
+RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
+
+
+def _synthetic(run_dir: Path, steps: int, finish: bool = True) -> EventSink:
+    """A run written through the trainer's own sink (which writes the index as it goes)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sink = EventSink(run_dir / "events.jsonl")
+    sink.emit(ev.LOG, message="importing")
+    sink.emit(ev.MEMORY, host={"rss": 10, "total": 100, "available": 90}, gpu_state="no_nvidia_gpu", gpus=[])
+    sink.emit(ev.RUN_STARTED, run_name=run_dir.name, max_steps=steps, device={"kind": "cuda"}, config={})
+    for step in range(1, steps + 1):
+        loss = math.nan if step == 7 else 2.0 - step / steps
+        sink.emit(ev.STEP, step=step, loss=loss, lr=1e-4, grad_norm=0.5, tokens=100 * step, epoch=0.1)
+        if step % 2 == 0:
+            gpus = [{"index": 0, "used": 1000 + step, "total": 10**6}, {"index": 1, "used": 5000 + step % 7}]
+            sink.emit(ev.MEMORY, host={"rss": 50 + step}, gpu_state="ok", gpus=gpus)
+        if step == 10:
+            sink.emit(ev.SPIKE, step=step, loss=9.0, baseline=2.0, severity="severe", kind="jump")
+            sink.emit(ev.CHECKPOINT, step=step, path="x/checkpoint-10", final=False)
+    if finish:
+        sink.emit(ev.RUN_FINISHED, status="completed", duration_s=1.0)
+        sink.close()
+    return sink
+
+
+def test_the_trainers_index_folds_like_every_event(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _synthetic(run_dir, 200)
+    assert load_index(run_dir) is not None
+    fast, offset = fold_run(run_dir)
+    assert offset == (run_dir / "events.jsonl").stat().st_size
+    assert_same_fold(fast, slow_fold(run_dir))
+    assert fast.mem_series_kind == "gpu" and list(fast.mem_series) == list(range(1002, 1201, 2))
+    assert fast.peak_gpu_used == 5006 and fast.peak_rss == 250  # GPU 1's highest; the host's
+    assert math.isnan(fast.loss[6]) and len(fast.spikes) == 1 and fast.finished is not None
+
+
+def test_a_live_run_folds_its_index_then_the_rest_of_the_file(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    sink = _synthetic(run_dir, 50, finish=False)
+    index = load_index(run_dir)
+    assert index is not None and index.covered == (run_dir / "events.jsonl").stat().st_size
+    assert_same_fold(fold_run(run_dir)[0], slow_fold(run_dir))
+    sink.emit(ev.STEP, step=51, loss=1.0, lr=1e-4, grad_norm=0.5, tokens=5100)
+    sink.close()  # the trainer dies in the middle of indexing: torn records, events the index lacks
+    with open(run_dir / INDEX / "rare.jsonl", "ab") as fh:
+        fh.write(b"12 {not an event")
+    with open(run_dir / INDEX / "memory.f64", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 20)
+    with open(run_dir / "events.jsonl", "ab") as fh:
+        fh.write(ev.encode(sink.seq, ev.STEP, {"step": 52, "loss": 0.9, "tokens": 5200}))
+        fh.write(ev.encode(sink.seq + 1, ev.MEMORY, {"host": {"rss": 99}, "gpus": []}))
+    fast, offset = fold_run(run_dir)
+    assert offset == (run_dir / "events.jsonl").stat().st_size
+    assert_same_fold(fast, slow_fold(run_dir))
+    assert fast.mem_series_kind == "host" and list(fast.mem_series) == [99]
+
+
+def test_an_index_that_is_not_this_files_is_not_used(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _synthetic(run_dir, 30)
+    lines = (run_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:-5]))  # rewritten: same first line, shorter
+    assert load_index(run_dir) is None
+    assert_same_fold(fold_run(run_dir)[0], slow_fold(run_dir))
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1].replace(b"completed", b"stopped__"))
+    assert load_index(run_dir) is None, "same length, other last event"
+
+
+def test_a_finished_run_without_an_index_gets_one_and_a_live_one_does_not(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    shutil.copytree(RECORDED_RUNS / "tiny-r8", done, ignore=shutil.ignore_patterns(f"{INDEX}*"))
+    with open(done / "events.jsonl", "ab") as fh:
+        fh.write(b"garbage line\n")
+    slow = slow_fold(done)
+    assert not (done / INDEX).exists()
+    assert_same_fold(fold_run(done)[0], slow)
+    assert load_index(done) is not None, "the first look leaves an index for the next"
+    assert_same_fold(fold_run(done)[0], slow)
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "events.jsonl").write_bytes(b"".join(RECORDED.read_bytes().splitlines(keepends=True)[:40]))
+    assert_same_fold(fold_run(live)[0], slow_fold(live))
+    assert not any(p.name.startswith(INDEX) for p in live.iterdir()), "a live run's trainer may still index it"
+
+
+def test_a_real_recorded_run_folds_the_same_from_its_index(tmp_path: Path) -> None:
+    run_dir = tmp_path / "rec"
+    run_dir.mkdir()
+    sink = EventSink(run_dir / "events.jsonl")
+    for event in ev.read_events(str(RECORDED))[0]:
+        fields: dict[str, Any] = {k: v for k, v in event.items() if k not in ("v", "seq", "t", "type")}
+        sink.emit(event["type"], **fields)
+    sink.close()
+    assert_same_fold(fold_run(run_dir)[0], slow_fold(run_dir))
+
+
+def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_path: Path) -> None:
+    from loratop.tui.runs import SUMMARY, read_run, summarise_run
+
+    run_dir = tmp_path / "run"
+    _synthetic(run_dir, 40)
+    first = summarise_run(run_dir)
+    assert (run_dir / INDEX / SUMMARY).is_file()
+    assert summarise_run(run_dir) == first == read_run(run_dir)[1], "the cached summary is the summary"
+    (run_dir / "status.json").write_text('{"parent": "runs/base"}')  # status.json is read every time
+    assert summarise_run(run_dir).parent == "runs/base"
+    with open(run_dir / "events.jsonl", "ab") as fh:
+        fh.write(ev.encode(999, ev.SPIKE, {"step": 40, "loss": 3.0, "severity": "mild"}))
+    assert summarise_run(run_dir).spikes == first.spikes + 1, "a file that changed is folded again"

@@ -145,3 +145,23 @@ def test_a_write_that_fails_part_way_leaves_whole_lines_and_keeps_the_rest(tmp_p
     events, skipped = ev.read_events(str(path))
     assert skipped == 0, "no torn line"
     assert [e["seq"] for e in events] == list(range(100)) and [e["step"] for e in events] == list(range(100))
+
+
+def test_gaps_are_filled_by_reading_the_file_once_not_once_per_gap(tmp_path: Path) -> None:
+    """A slow reader sees a gap every few events: filling them must not reread the whole file each time."""
+    path = tmp_path / "events.jsonl"
+    lines = [ev.encode(seq, ev.STEP, {"step": seq, "loss": 1.0}) for seq in range(3000)]
+    path.write_bytes(b"".join(lines))
+    read_fd, write_fd = os.pipe()
+    stream = PipeStream(read_fd, path)
+    seen: list[int] = []
+    for start in range(0, 3000, 100):  # the pipe carries one event in ten; the file has them all
+        os.write(write_fd, b"".join(lines[i] for i in range(start, start + 100, 10)))
+        seen += [e["seq"] for e in stream.read() or []]
+    os.close(write_fd)
+    assert stream.read() is None
+    seen += [e["seq"] for e in stream.rest_from_file()]
+    assert seen == list(range(3000))
+    assert stream.filled_from_file == 2700
+    assert stream.file_bytes_read == path.stat().st_size, "each byte of the file read once"
+    os.close(read_fd)

@@ -9,6 +9,7 @@ Blocking reads: run these on a worker thread, never on the UI loop.
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,19 @@ Event = dict[str, Any]
 
 
 class PipeStream:
-    """Events from the pipe's read end, in order, gaps filled from ``events.jsonl``."""
+    """Events from the pipe's read end, in order, gaps filled from ``events.jsonl``.
+
+    The file is read forward only, from where the last gap left off: a long run with a slow
+    reader costs one pass over the file in all, not one per gap.
+    """
 
     def __init__(self, fd: int, events_path: Path) -> None:
         self._fd = fd
         self._path = events_path
         self._decoder = ev.Decoder()
+        self._file = FileFollower(events_path)
+        self._ahead: deque[Event] = deque()
+        """Events read from the file beyond the last gap: the pipe brings most of them again."""
         self.next_seq = 0
         """The ``seq`` expected next."""
         self.filled_from_file = 0
@@ -34,6 +42,11 @@ class PipeStream:
         """Lines on the pipe that were not valid events."""
         return self._decoder.skipped
 
+    @property
+    def file_bytes_read(self) -> int:
+        """How much of ``events.jsonl`` has been read to fill gaps."""
+        return self._file.offset
+
     def read(self) -> list[Event] | None:
         """Block for the next chunk; ``None`` at end of stream (the trainer closed its end)."""
         chunk = os.read(self._fd, 65536)
@@ -43,8 +56,7 @@ class PipeStream:
 
     def rest_from_file(self) -> list[Event]:
         """Whatever the file holds beyond what was seen (call after the pipe closed)."""
-        events, _ = ev.read_events(str(self._path)) if self._path.exists() else ([], 0)
-        missing = [e for e in events if e["seq"] >= self.next_seq]
+        missing = self._from_file(self.next_seq, None)
         self.filled_from_file += len(missing)
         if missing:
             self.next_seq = missing[-1]["seq"] + 1
@@ -57,16 +69,23 @@ class PipeStream:
             if seq < self.next_seq:
                 continue  # already had it (from the file)
             if seq > self.next_seq:
-                result += self._fill(self.next_seq, seq)
+                gap = self._from_file(self.next_seq, seq)
+                self.filled_from_file += len(gap)
+                result += gap
             result.append(event)
             self.next_seq = seq + 1
         return result
 
-    def _fill(self, start: int, stop: int) -> list[Event]:
-        events, _ = ev.read_events(str(self._path)) if self._path.exists() else ([], 0)
-        gap = [e for e in events if start <= e["seq"] < stop]
-        self.filled_from_file += len(gap)
-        return gap
+    def _from_file(self, start: int, stop: int | None) -> list[Event]:
+        """The file's events with ``start <= seq < stop`` (``stop`` None: all from ``start``)."""
+        while self._ahead and self._ahead[0]["seq"] < start:
+            self._ahead.popleft()
+        if stop is None or not self._ahead or self._ahead[-1]["seq"] < stop - 1:
+            self._ahead.extend(e for e in self._file.poll() if e["seq"] >= start)
+        found = []
+        while self._ahead and (stop is None or self._ahead[0]["seq"] < stop):
+            found.append(self._ahead.popleft())
+        return found
 
 
 class FileFollower:
@@ -93,3 +112,8 @@ class FileFollower:
             return []
         self._offset += len(chunk)
         return self._decoder.feed(chunk) if chunk else []
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far."""
+        return self._offset

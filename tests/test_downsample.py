@@ -147,3 +147,23 @@ def test_running_ema_matches_ema_however_the_series_grows() -> None:
     got = list(running.values)
     assert len(got) == len(expected)
     assert all((math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(got, expected, strict=True))
+
+
+def test_a_planned_span_keeps_the_runs_in_place_as_points_are_appended() -> None:
+    """With ``span``, appending points changes only the run they fall in: the chart's older
+    columns stay as they are (and are not sent to the terminal again)."""
+    rng = random.Random(3)
+    ys = [rng.random() for _ in range(5000)]
+    xs = [float(i + 1) for i in range(5000)]
+    buckets, span = 50, 10_000  # 200 points a run
+    before = downsample(xs[:3150], ys[:3150], buckets, span)
+    after = downsample(xs[:3199], ys[:3199], buckets, span)
+    done = [i for i, x in enumerate(before[0]) if x <= 3000]  # the runs of steps 1..3000 are complete
+    assert [before[0][i] for i in done] == after[0][: len(done)]
+    assert [before[1][i] for i in done] == after[1][: len(done)]
+    assert max(after[0]) <= 3199 and len(after[0]) <= 2 * 16
+    # Without a span the runs shift with every point: the old columns change.
+    plain_before, plain_after = downsample(xs[:3150], ys[:3150], buckets), downsample(xs[:3199], ys[:3199], buckets)
+    assert plain_before[0][:10] != plain_after[0][:10]
+    # The full span reduces exactly as a series that long does.
+    assert downsample(xs, ys, 25, 5000) == downsample(xs, ys, 25)

@@ -260,3 +260,38 @@ def test_memory_panel_without_gpu_in_a_narrow_app() -> None:
             assert panel.size.height == 2
 
     asyncio.run(scenario())
+
+
+def test_a_live_chart_keeps_its_axes_and_redraws_only_when_a_dot_moves() -> None:
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            steps = [float(i) for i in range(1, 101)]  # all in the first column of a 10k-step axis
+            loss = [2.0 - i / 1000 for i in range(1, 101)]
+            chart.update(steps, loss, loss, x_range=(0.0, 10_000.0))
+            await pilot.pause()
+            drawn, limits = chart.redraw_count, chart.axes
+            assert limits is not None and limits[:2] == (0.0, 10_000 + 10_000 / chart.last_buckets)
+            assert 10_000 / chart.last_buckets > 101
+            # A step whose loss lies inside its column's range moves no dot: no redraw.
+            steps, loss = [*steps, 101.0], [*loss, 1.95]
+            chart.update(steps, loss, loss, x_range=(0.0, 10_000.0))  # the first after layout may redraw
+            await pilot.pause()
+            drawn, skipped = chart.redraw_count, chart.skipped_redraws
+            chart.update([*steps, 102.0], [*loss, 1.96], [*loss, 1.96], x_range=(0.0, 10_000.0))
+            await pilot.pause()
+            assert chart.redraw_count == drawn and chart.skipped_redraws == skipped + 1
+            # A new low far below moves dots (and widens the y axis, with room to spare).
+            chart.update([*steps, 102.0], [*loss, 1.0], [*loss, 1.5], x_range=(0.0, 10_000.0))
+            await pilot.pause()
+            assert chart.redraw_count == drawn + 1
+            assert chart.axes is not None and chart.axes[:2] == limits[:2], "the x axis stays put"
+            assert chart.axes[2] < 1.0 < 1.9 < limits[3] <= chart.axes[3]
+            # The same values again: the y axis does not move back and forth.
+            y_now = chart.axes[2:]
+            chart.update([*steps, 102.0, 103.0], [*loss, 1.0, 1.9], [*loss, 1.5, 1.5], x_range=(0.0, 10_000.0))
+            await pilot.pause()
+            assert chart.axes is not None and chart.axes[2:] == y_now
+
+    asyncio.run(scenario())

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 __all__ = ["downsample", "ema"]
 
 
-def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[list[float], list[float]]:
+def downsample(
+    xs: Sequence[float], ys: Sequence[float], buckets: int, span: int | None = None
+) -> tuple[list[float], list[float]]:
     """Reduce a series to at most ``2 * buckets`` points, keeping every spike.
 
     The series is split into ``buckets`` runs of consecutive indices; each run keeps the
@@ -29,6 +31,9 @@ def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[
         xs: The x value of each point, in drawing order (steps, for a loss curve).
         ys: The y value of each point.
         buckets: How many index runs to reduce to; for a braille chart, its width in cells.
+        span: Cut the runs as if the series had this many points (a live series' planned
+            length): the runs then stay where they are as points are appended, so an older
+            part of the chart does not change (nor get sent to the terminal again) each step.
 
     Returns:
         The kept points as two lists, ``(xs, ys)``.
@@ -40,7 +45,8 @@ def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[
         raise ValueError(f"buckets must be at least 1, got {buckets}")
     isfinite = math.isfinite
     n = min(len(xs), len(ys))
-    if n <= 2 * buckets:
+    total = max(n, span or 0)
+    if total <= 2 * buckets:
         out_x: list[float] = []
         out_y: list[float] = []
         for i in range(n):
@@ -54,7 +60,9 @@ def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[
     out_y = []
     start = 0
     for bucket in range(1, buckets + 1):
-        end = bucket * n // buckets
+        if start >= n:
+            break
+        end = min(n, bucket * total // buckets)
         segment = ys[start:end]
         if not hasattr(segment, "index"):  # e.g. a memoryview slice
             segment = list(segment)

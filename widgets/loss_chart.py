@@ -96,6 +96,14 @@ class LossChart(Widget):
         self._loss: Sequence[float] = ()
         self._smoothed: Sequence[float] = ()
         self._spikes: Sequence[tuple[float, float]] = ()
+        self._x_range: tuple[float, float] | None = None
+        self._ylim: tuple[float, float] | None = None
+        """The y axis as drawn: kept while the data fits, so a live chart is not redrawn whole each step."""
+        self._drawn_dots: tuple[object, ...] | None = None
+        self.axes: tuple[float, float, float, float] | None = None
+        """``(x_lo, x_hi, y_lo, y_hi)`` as last set on the plot."""
+        self.skipped_redraws = 0
+        """New data that moved no braille dot on a fixed-axis chart, so the plot was left as drawn."""
         self._drawn_key: tuple[object, ...] | None = None
         self.last_plotted_points = 0
         """Points handed to the plot by the last redraw: both lines and the spike markers."""
@@ -119,6 +127,7 @@ class LossChart(Widget):
         self._redraw()
 
     def watch_log_scale(self) -> None:
+        self._ylim = None
         self._redraw()
 
     def update(
@@ -127,6 +136,7 @@ class LossChart(Widget):
         loss: Sequence[float],
         smoothed: Sequence[float],
         spikes: Sequence[tuple[float, float]] = (),
+        x_range: tuple[float, float] | None = None,
     ) -> None:
         """Show a new state of the series; cheap when nothing changed.
 
@@ -139,8 +149,14 @@ class LossChart(Widget):
             loss: The raw per-step loss, one per step.
             smoothed: The smoothed loss, one per step (NaN where undefined).
             spikes: ``(step, loss)`` of each flagged spike, drawn as markers.
+            x_range: A fixed x axis (a live run's ``(0, max_steps)``): points are then reduced
+                in runs that stay put, and the y axis grows with a margin rather than refitting,
+                so a new step redraws a few cells, not the whole plot (what an SSH link pays for).
         """
+        if x_range != self._x_range:
+            self._ylim = None
         self._steps, self._loss, self._smoothed, self._spikes = steps, loss, smoothed, spikes
+        self._x_range = x_range
         self._redraw()
 
     def _buckets(self) -> int:
@@ -164,6 +180,7 @@ class LossChart(Widget):
             last(self._spikes),
             self.log_scale,
             buckets,
+            self._x_range,
         )
 
     def _redraw(self) -> None:
@@ -174,10 +191,10 @@ class LossChart(Widget):
         if key == self._drawn_key:
             return
         self._drawn_key = key
-        self.redraw_count += 1
 
-        raw_x, raw_y = downsample(self._steps, self._loss, buckets)
-        smooth_x, smooth_y = downsample(self._steps, self._smoothed, buckets)
+        span = int(self._x_range[1] - self._x_range[0]) if self._x_range else None
+        raw_x, raw_y = downsample(self._steps, self._loss, buckets, span)
+        smooth_x, smooth_y = downsample(self._steps, self._smoothed, buckets, span)
         spike_x: list[float] = []
         spike_y: list[float] = []
         for step, value in self._spikes:
@@ -205,9 +222,25 @@ class LossChart(Widget):
             placeholder.update(NO_POSITIVE_TEXT if self.log_scale else NO_FINITE_TEXT)
 
         plot = self.query_one(PlotWidget)
+        xs, ys = [raw_x, smooth_x, spike_x], [raw_y, smooth_y, spike_y]
+        if self._x_range is not None and (has_lines or spike_x):
+            # A live chart: redraw only when a braille dot would move. Each redraw resends the
+            # whole plot to the terminal, and most steps move no dot once the axes stay put.
+            self._ylim = _steady_ylim(ys, self._ylim)
+            dots = _dots(xs, ys, self._x_range, self._ylim, buckets * 2, max(1, plot.size.height) * 4)
+            if dots == self._drawn_dots:
+                self.skipped_redraws += 1
+                return
+            self._drawn_dots = dots
+        else:
+            self._drawn_dots = None
+        self.redraw_count += 1
         plot.clear()
         if has_lines or spike_x:
-            _set_limits(plot, [raw_x, smooth_x, spike_x], [raw_y, smooth_y, spike_y], buckets)
+            if self._x_range is None:
+                self.axes = _set_limits(plot, xs, ys, buckets)
+            else:
+                self.axes = _set_steady_limits(plot, self._x_range, self._ylim or (0.0, 1.0), buckets)
         plot.set_ylabel("log10 loss" if self.log_scale else "loss")
         _add_line(plot, raw_x, raw_y, self.RAW_STYLE)
         _add_line(plot, smooth_x, smooth_y, self.SMOOTHED_STYLE)
@@ -226,7 +259,9 @@ def _plot_cells(chart: Widget) -> int:
     return max(_MIN_BUCKETS, width - plot.margin_left - 2)
 
 
-def _set_limits(plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int) -> None:
+def _set_limits(
+    plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int
+) -> tuple[float, float, float, float]:
     """Fit the axes to the data with a margin.
 
     textual-plot draws the axis box over the data, and its autoscale puts the extremes exactly
@@ -247,6 +282,48 @@ def _set_limits(plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], 
     plot.set_xlimits(x_lo, x_hi)
     plot.set_ylimits(y_lo - y_pad, y_hi + y_pad)
     plot.set_xticks(_x_ticks_that_fit(x_lo, x_hi, cells))
+    return x_lo, x_hi, y_lo - y_pad, y_hi + y_pad
+
+
+def _steady_ylim(ys: list[list[float]], ylim: tuple[float, float] | None) -> tuple[float, float]:
+    """A y axis that moves only when the data leaves it (then with room to spare) or fills
+    less than a third of it."""
+    y_lo = min(min(y) for y in ys if y)
+    y_hi = max(max(y) for y in ys if y)
+    if ylim is None or y_lo < ylim[0] or y_hi > ylim[1] or (y_hi - y_lo) < (ylim[1] - ylim[0]) / 3:
+        pad = 0.15 * (y_hi - y_lo) if y_hi > y_lo else 0.05 * max(abs(y_hi), 1.0)
+        ylim = (y_lo - pad, y_hi + pad)
+    return ylim
+
+
+def _steady_x_hi(x_range: tuple[float, float], cells: int) -> float:
+    return x_range[1] + max(1.0, (x_range[1] - x_range[0]) / cells)  # the last point clear of the border
+
+
+def _set_steady_limits(
+    plot: PlotWidget, x_range: tuple[float, float], ylim: tuple[float, float], cells: int
+) -> tuple[float, float, float, float]:
+    x_lo, x_hi = x_range[0], _steady_x_hi(x_range, cells)
+    plot.set_xlimits(x_lo, x_hi)
+    plot.set_ylimits(*ylim)
+    plot.set_xticks(_x_ticks_that_fit(x_lo, x_hi, cells))
+    return x_lo, x_hi, *ylim
+
+
+def _dots(
+    xs: list[list[float]], ys: list[list[float]], x_range: tuple[float, float], ylim: tuple[float, float],
+    across: int, down: int,
+) -> tuple[object, ...]:  # fmt: skip
+    """Where each point falls on a braille grid of ``across`` x ``down`` dots, with the axes:
+    two charts with the same key look the same."""
+    x_lo, x_hi = x_range[0], _steady_x_hi(x_range, across // 2)
+    x_scale = across / (x_hi - x_lo) if x_hi > x_lo else 0.0
+    y_scale = down / (ylim[1] - ylim[0]) if ylim[1] > ylim[0] else 0.0
+    lines = tuple(
+        tuple((int((x - x_lo) * x_scale), int((y - ylim[0]) * y_scale)) for x, y in zip(line_x, line_y, strict=True))
+        for line_x, line_y in zip(xs, ys, strict=True)
+    )
+    return (x_range, ylim, across, down, lines)
 
 
 def _x_ticks_that_fit(x_lo: float, x_hi: float, cells: int) -> list[float]:

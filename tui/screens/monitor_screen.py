@@ -57,6 +57,10 @@ from loratop.widgets.downsample import RunningEma, smoothing_alpha
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
 REFRESH_HZ = 4
+DATA_REFRESH_S = 1.0
+"""While a run trains, its header, chart and panels are redrawn at most this often."""
+SPARK_REFRESH_S = 5.0
+"""While a run trains, the lr and memory sparklines are redrawn at most this often."""
 
 
 # How a dashboard session ended, returned by App.run().
@@ -102,6 +106,9 @@ class MonitorScreen(LoratopScreen[str]):
         self._process = process
         self._clock = clock
         self._drawn_version = -1
+        self._drawn_at = -1e9
+        self._sparks_at = -1e9
+        self._texts: dict[str, str] = {}
         self._log_offset = 0
         self._smoothed: RunningEma | None = None
         self._garbage_base = 0
@@ -295,35 +302,56 @@ class MonitorScreen(LoratopScreen[str]):
     # -- drawing (timer) --------------------------------------------------------
 
     def refresh_view(self) -> None:
-        """Push what changed to the widgets (the header's clock ticks regardless)."""
+        """Push what changed to the widgets.
+
+        While the run trains, the header and the data are redrawn at most every
+        :data:`DATA_REFRESH_S`, the sparklines every :data:`SPARK_REFRESH_S`, and a text only
+        when it changed: each redraw is bytes on the user's SSH link, and a step a second is
+        all an eye follows. A finished run is drawn at once.
+        """
         state = self.state
+        now = time.monotonic()
+        live = state.is_live
+        if live and now - self._drawn_at < DATA_REFRESH_S:
+            return
         first, second = panels.header_lines(state, self._clock())
-        self.query_one("#run-header", Static).update(f"[b]{first}[/b]\n{second}")
+        self._set_text("#run-header", f"[b]{first}[/b]\n{second}")
         if state.version == self._drawn_version:
             return
-        self._drawn_version = state.version
+        self._drawn_version, self._drawn_at = state.version, now
+        sparks = not live or now - self._sparks_at >= SPARK_REFRESH_S
         steps = state.steps
         if steps:
             spikes = [(float(s.get("step", 0)), float(s.get("loss") or 0)) for s in state.spikes]
             if self._smoothed is None:
                 self._smoothed = RunningEma(smoothing_alpha(state.max_steps or 1000))
             smoothed = self._smoothed.extend(state.loss)
-            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes)
-            self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
-        self.query_one("#lr-text", Static).update(panels.lr_text(state))
-        self.query_one("#params", Static).update(panels.params_text(state))
+            x_range = (0.0, float(state.max_steps)) if state.max_steps and live else None
+            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range)
+            if sparks:
+                self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
+        self._set_text("#lr-text", panels.lr_text(state))
+        self._set_text("#params", panels.params_text(state))
         self.query_one(MemoryPanel).update(state.memory)
-        spark = self.query_one("#mem-spark", Sparkline)
-        spark.data = list(state.mem_series[-240:])
-        spark.tooltip = ("VRAM" if state.mem_series_kind == "gpu" else "host RSS") + " over the last 2 minutes"
-        self.query_one("#events-panel", Static).update(panels.events_text(state))
-        self.query_one("#status-line", Static).update(panels.status_line(state))
+        if sparks:
+            self._sparks_at = now
+            spark = self.query_one("#mem-spark", Sparkline)
+            spark.data = list(state.mem_series[-240:])
+            spark.tooltip = ("VRAM" if state.mem_series_kind == "gpu" else "host RSS") + " over the last 2 minutes"
+        self._set_text("#events-panel", panels.events_text(state))
+        self._set_text("#status-line", panels.status_line(state))
         outcome = panels.outcome_text(state)
         box = self.query_one("#outcome", Static)
         if outcome is not None:
-            box.update(outcome)
+            self._set_text("#outcome", outcome)
             kind = state.status if state.status in ("completed", "stopped", "failed", "oom") else "lost"
             box.set_classes(f"shown {kind}")
+
+    def _set_text(self, selector: str, text: str) -> None:
+        """Update a Static only when its text changes (an update redraws it, unchanged or not)."""
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            self.query_one(selector, Static).update(text)
 
     def _tail_trainer_log(self) -> None:
         log_widget = self.query_one("#trainer-log", Log)

@@ -166,3 +166,38 @@ def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, 
     assert len((out / "tiny-lr-high-events.jsonl").read_text().splitlines()) == len(read_events(runs / "tiny-lr-high"))
     svg = (out / "tiny-lr-high.svg").read_text()
     assert svg.startswith("<svg") and "tiny-lr-high" in svg
+
+
+def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
+    import json
+
+    from loratop.trainer.runtime.event_sink import EventSink
+    from tests.conftest import live_status, until
+
+    live = runs / "live"
+    live.mkdir()
+    sink = EventSink(live / "events.jsonl")
+    sink.emit(ev.RUN_STARTED, run_name="live", max_steps=100, device={"kind": "cpu"}, config={})
+    sink.emit(ev.STEP, step=1, loss=2.0, tokens=10)
+    (live / "status.json").write_text(json.dumps(live_status(state="running", started_at=2e9)))
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 24)) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+
+            def step_of_live() -> str:
+                return _column(table, "step")[_names(table).index("live")] if "live" in _names(table) else ""
+
+            assert step_of_live() == "1/100"
+            for step in range(2, 8):
+                sink.emit(ev.STEP, step=step, loss=2.0 - step / 10, tokens=10 * step)
+            await until(pilot, lambda: step_of_live() == "7/100", 6, "the live row to move on")
+            sink.emit(ev.RUN_FINISHED, status="completed", duration_s=1.0)
+            await until(pilot, lambda: "completed" in _column(table, "status")[_names(table).index("live")], 6, "it")
+            (runs / "tiny-r8" / "events.jsonl").unlink()  # a run removed from the folder goes from the list
+            await until(pilot, lambda: "tiny-r8" not in _names(table), 6, "the removed run to go")
+
+    asyncio.run(drive())
+    sink.close()

@@ -123,3 +123,39 @@ def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_
     with open(run_dir / "events.jsonl", "ab") as fh:
         fh.write(ev.encode(999, ev.SPIKE, {"step": 40, "loss": 3.0, "severity": "mild"}))
     assert summarise_run(run_dir).spikes == first.spikes + 1, "a file that changed is folded again"
+
+
+def test_the_catalog_folds_only_what_a_running_run_appended(tmp_path: Path, monkeypatch: Any) -> None:
+    import json
+
+    from loratop.tui import runs as runs_module
+    from loratop.tui.runs import RunCatalog
+    from tests.conftest import live_status
+
+    root = tmp_path / "runs"
+    _synthetic(root / "done", 30)
+    live = root / "live"
+    sink = _synthetic(live, 20, finish=False)
+    (live / "status.json").write_text(json.dumps(live_status(state="running", started_at=1.0)))
+    whole_folds: list[Path] = []
+    real_fold_run = runs_module.fold_run
+
+    def counting_fold_run(run_dir: Path) -> Any:
+        whole_folds.append(run_dir.name)
+        return real_fold_run(run_dir)
+
+    monkeypatch.setattr(runs_module, "fold_run", counting_fold_run)
+    catalog = RunCatalog(root)
+    first = {run.name: run for run in catalog.runs()}
+    assert first["live"].status == "running" and first["live"].step == 20 and first["done"].step == 30
+    for step in range(21, 26):
+        sink.emit(ev.STEP, step=step, loss=1.0, lr=1e-4, grad_norm=0.5, tokens=100 * step)
+    second = {run.name: run for run in catalog.runs()}
+    assert second["live"].step == 25 and second["done"] == first["done"]
+    assert sorted(whole_folds) == ["done", "live"], "the second look read only the five new lines"
+    sink.emit(ev.RUN_FINISHED, status="completed", duration_s=2.0)
+    sink.close()
+    shutil.rmtree(root / "done")
+    third = {run.name: run for run in catalog.runs()}
+    assert list(third) == ["live"] and third["live"].status == "completed"
+    assert third["live"] == RunCatalog(root).runs()[0], "the same summary as a fresh look"

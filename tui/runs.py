@@ -331,6 +331,95 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:
     return sort_runs(runs, "started")
 
 
+@dataclass
+class _Known:
+    """What a :class:`RunCatalog` remembers of one run between two looks."""
+
+    stamp: tuple[int | None, ...]
+    summary: RunSummary
+    state: RunState | None = None
+    """A run not finished yet: its state, folded up to :attr:`offset`, grown at each look."""
+    offset: int = 0
+
+
+class RunCatalog:
+    """The runs under a folder, kept up to date cheaply: for the home screen's live list.
+
+    Each look stats every run's files. A run whose files did not change keeps its summary
+    (a running one's time is brought up to date); a running one whose ``events.jsonl`` grew
+    folds only what was appended; any other is summarised afresh (a finished run from its
+    cached summary). Nothing is read whole twice.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._known: dict[Path, _Known] = {}
+
+    def runs(self, now: float | None = None) -> list[RunSummary]:
+        """Every run under the folder, running ones first, then newest first."""
+        now = time.time() if now is None else now
+        found: dict[Path, _Known] = {}
+        try:
+            folders = list(self.root.iterdir())
+        except OSError:
+            folders = []
+        for folder in folders:
+            stamp = _stamp(folder)
+            if stamp is None:
+                continue
+            known = self._known.get(folder)
+            if known is not None and known.stamp == stamp and known.state is None:
+                found[folder] = known  # finished, unchanged
+            elif known is not None and known.state is not None and (stamp[0] or 0) >= known.offset:
+                found[folder] = self._grow(folder, known, stamp, now)
+            else:
+                found[folder] = self._look(folder, stamp, now)
+        self._known = found
+        return sort_runs([known.summary for known in found.values()], "started")
+
+    def _look(self, folder: Path, stamp: tuple[int | None, ...], now: float) -> _Known:
+        facts = _cached_facts(folder)
+        if facts is not None:
+            status_file, damaged = checked_status(folder)
+            return _Known(stamp, _summary(folder, facts, status_file, damaged))
+        state, offset = fold_run(folder)
+        status_file, damaged = checked_status(folder)
+        if state.finished is not None:
+            summary = _summary(folder, _facts(state, now), status_file, damaged)
+            _store_facts(folder, _facts(state, None))
+            return _Known(stamp, summary)
+        judge_trainer(state, status_file)
+        return _Known(stamp, _summary(folder, _facts(state, now), status_file, damaged), state, offset)
+
+    def _grow(self, folder: Path, known: _Known, stamp: tuple[int | None, ...], now: float) -> _Known:
+        state = known.state
+        assert state is not None
+        offset, skipped = fold_file(folder, state.apply, start=known.offset)
+        state.garbage += skipped
+        status_file, damaged = checked_status(folder)
+        state.not_proven = None  # judged again below, from the status as it is now
+        if state.finished is None and not state.trainer_gone:
+            judge_trainer(state, status_file)
+        summary = _summary(folder, _facts(state, now), status_file, damaged)
+        return _Known(stamp, summary, state if state.finished is None else None, offset)
+
+
+def _stamp(folder: Path) -> tuple[int | None, ...] | None:
+    """What tells whether a run's files changed: ``events.jsonl``'s size and time, and the
+    times of ``status.json`` and ``config.yaml``; ``None`` when it is no run."""
+    try:
+        events = (folder / EVENTS).stat()
+    except OSError:
+        return None
+    times: list[int | None] = []
+    for name in (STATUS, CONFIG):
+        try:
+            times.append((folder / name).stat().st_mtime_ns)
+        except OSError:
+            times.append(None)
+    return (events.st_size, events.st_mtime_ns, *times)
+
+
 # -- history: sorting, parents, knobs -----------------------------------------
 
 _STATUS_ORDER = ("running", "starting", "unknown", "lost", "failed", "oom", "disk_full", "stopped", "completed")

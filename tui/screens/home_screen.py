@@ -10,10 +10,13 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from loratop.tui import panels
-from loratop.tui.runs import SORT_KEYS, list_runs, sort_runs
+from loratop.tui.runs import SORT_KEYS, RunCatalog, sort_runs
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
+
+LIVE_REFRESH_S = 2.0
+"""How often the home screen brings its list up to date (running runs, new and removed ones)."""
 
 
 class HomeScreen(LoratopScreen[None]):
@@ -54,6 +57,9 @@ class HomeScreen(LoratopScreen[None]):
         """Runs marked for comparison (space), in the order they were marked."""
         self._parents: dict[Path, str | None] = {}
         """Each listed run's recorded parent, from the last reload."""
+        self._catalog = RunCatalog(root)
+        self._shown: list[tuple[str, tuple[str, ...]]] = []
+        """The table's rows as drawn: (run folder, cells)."""
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
@@ -66,24 +72,48 @@ class HomeScreen(LoratopScreen[None]):
         for title in panels.HISTORY_COLUMNS:
             table.add_column(title, key=title)
         self.action_reload()
+        self.set_interval(LIVE_REFRESH_S, self._refresh_live)
 
     def on_screen_resume(self) -> None:
         self.action_reload()
 
     def action_reload(self) -> None:
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        runs = sort_runs(list_runs(self.root), self.sort_key)
+        """List the runs again (the table is rebuilt)."""
+        self._show(self._rows(), rebuild=True)
+
+    def _refresh_live(self) -> None:
+        """The timer: bring the list up to date; only cells that changed are redrawn."""
+        if self.is_current:
+            self._show(self._rows(), rebuild=False)
+
+    def _rows(self) -> list[tuple[str, tuple[str, ...]]]:
+        runs = sort_runs(self._catalog.runs(), self.sort_key)
         self._parents = {run.run_dir: run.parent for run in runs}
+        rows = []
         for run in runs:
             name, *cells = panels.history_row(run)
             mark = "● " if run.run_dir in self.marked else ""
-            table.add_row(mark + name, *cells, key=str(run.run_dir))
-        if runs:
-            table.move_cursor(row=min(cursor, len(runs) - 1))
+            rows.append((str(run.run_dir), (mark + name, *cells)))
+        return rows
+
+    def _show(self, rows: list[tuple[str, tuple[str, ...]]], rebuild: bool) -> None:
+        table = self.query_one(DataTable)
+        if not rebuild and [key for key, _ in rows] == [key for key, _ in self._shown]:
+            for (key, cells), (_, before) in zip(rows, self._shown, strict=True):
+                for title, cell, old in zip(panels.HISTORY_COLUMNS, cells, before, strict=True):
+                    if cell != old:
+                        table.update_cell(key, title, cell)
+            self._shown = rows
+            return
+        cursor = table.cursor_row
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        self._shown = rows
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1))
         hint = self.query_one("#home-hint", Static)
-        if not runs:
+        if not rows:
             hint.update(f"no runs under {self.root}/ yet · n starts one from a sample config")
         else:
             marked = f" · {len(self.marked)} marked" if self.marked else ""

@@ -60,7 +60,7 @@ def test_a_live_run_folds_its_index_then_the_rest_of_the_file(tmp_path: Path) ->
     sink.close()  # the trainer dies in the middle of indexing: torn records, events the index lacks
     with open(run_dir / INDEX / "rare.jsonl", "ab") as fh:
         fh.write(b"12 {not an event")
-    with open(run_dir / INDEX / "memory.f64", "r+b") as fh:
+    with open(run_dir / INDEX / "memory.bin", "r+b") as fh:
         fh.truncate(fh.seek(0, 2) - 20)
     with open(run_dir / "events.jsonl", "ab") as fh:
         fh.write(ev.encode(sink.seq, ev.STEP, {"step": 52, "loss": 0.9, "tokens": 5200}))

@@ -5,8 +5,9 @@ the index is derived from it, covers a prefix of it, and is rebuilt when missing
 
 ``.loratop-index/`` in the run folder holds:
 
-- ``steps.f64``: one record of :data:`STEP_FIELDS` (float64) per ``step`` event;
-- ``memory.f64``: one record of :data:`MEMORY_FIELDS` per ``memory`` event (what the
+- ``steps.bin``: one record of :data:`STEP_FIELDS` (8-byte int64 or float64 each, little
+  endian) per ``step`` event;
+- ``memory.bin``: one record of :data:`MEMORY_FIELDS` per ``memory`` event (what the
   dashboard folds from it: the series, the peaks);
 - ``rare.jsonl``: every other event (run_started, log, spike, checkpoint, ...), each line
   ``<end offset> <the event's line>``;
@@ -26,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import struct
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -36,12 +38,17 @@ from loratop.trainer import events as ev
 from loratop.trainer.run_dir import EVENTS
 
 INDEX = ".loratop-index"
-FORMAT = 1
-STEP_FIELDS = ("seq", "end", "step", "loss", "lr", "grad_norm", "tokens", "t")
-MEMORY_FIELDS = ("seq", "end", "t", "kind", "value", "max_gpu_used", "rss")
+FORMAT = 2
+STEP_FIELDS = (("seq", "q"), ("end", "q"), ("step", "q"), ("loss", "d"), ("lr", "d"), ("grad_norm", "d"),
+               ("tokens", "q"), ("t", "d"))  # fmt: skip
+"""Name and type (``q`` int64, ``d`` float64) of each field of a step record."""
+MEMORY_FIELDS = (("seq", "q"), ("end", "q"), ("t", "d"), ("kind", "d"), ("value", "d"), ("max_gpu_used", "d"),
+                 ("rss", "d"))  # fmt: skip
 """``kind``: 0 when ``value`` is GPU 0's NVML used bytes, 1 when it is host RSS, NaN when
 neither was read. ``max_gpu_used``: the highest used bytes of any GPU in the sample."""
 GPU, HOST = 0.0, 1.0
+Columns = dict[str, "array[Any]"]
+"""A record file's fields as columns: ``array('q')`` or ``array('d')`` by the field's type."""
 _NAN = math.nan
 
 
@@ -49,21 +56,33 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NAN
 
 
-def step_record(event: dict[str, Any], end: int) -> tuple[float, ...]:
-    """A ``step`` event as its :data:`STEP_FIELDS` record."""
-    return (
-        float(event["seq"]),
-        float(end),
-        _num(event.get("step")),
+def _layout(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(kind for _, kind in fields))
+
+
+STEP_RECORD, MEMORY_RECORD = _layout(STEP_FIELDS), _layout(MEMORY_FIELDS)
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def step_record(event: dict[str, Any], end: int, nth: int) -> bytes:
+    """A ``step`` event (the ``nth``, from 1) as its :data:`STEP_FIELDS` record; a missing step
+    number reads as ``nth`` and missing tokens as 0, as :meth:`RunState.apply` reads them."""
+    return STEP_RECORD.pack(
+        event["seq"],
+        end,
+        _int(event.get("step"), nth),
         _num(event.get("loss")),
         _num(event.get("lr")),
         _num(event.get("grad_norm")),
-        _num(event.get("tokens") or 0),
+        _int(event.get("tokens") or 0, 0),
         _num(event.get("t")),
     )
 
 
-def memory_record(event: dict[str, Any], end: int) -> tuple[float, ...]:
+def memory_record(event: dict[str, Any], end: int) -> bytes:
     """A ``memory`` event as its :data:`MEMORY_FIELDS` record."""
     host = event.get("host")
     rss = _num(host.get("rss")) if isinstance(host, dict) else _NAN
@@ -76,7 +95,7 @@ def memory_record(event: dict[str, Any], end: int) -> tuple[float, ...]:
         kind, value = (GPU, _num(first)) if isinstance(first, int) else (_NAN, _NAN)
     else:
         kind, value = (HOST, rss) if not math.isnan(rss) else (_NAN, _NAN)
-    return (float(event["seq"]), float(end), _num(event.get("t")), kind, value, max(used, default=_NAN), rss)
+    return MEMORY_RECORD.pack(event["seq"], end, _num(event.get("t")), kind, value, max(used, default=_NAN), rss)
 
 
 def _fingerprint(first_line: bytes) -> str:
@@ -99,6 +118,7 @@ class IndexWriter:
         self._meta: dict[str, Any] = {}
         self.wrote = False
         """Whether anything was indexed."""
+        self._steps = 0
         self.skipped = 0
         """Lines given that were not valid events (not indexed; counted in ``meta.json``)."""
 
@@ -118,9 +138,10 @@ class IndexWriter:
                 return
             kind = event["type"]
             if kind == ev.STEP:
-                self._append("steps.f64", array("d", step_record(event, end)).tobytes())
+                self._steps += 1
+                self._append("steps.bin", step_record(event, end, self._steps))
             elif kind == ev.MEMORY:
-                self._append("memory.f64", array("d", memory_record(event, end)).tobytes())
+                self._append("memory.bin", memory_record(event, end))
             else:
                 self._append("rare.jsonl", b"%d " % end + line.rstrip(b"\n") + b"\n")
         except OSError as exc:
@@ -131,7 +152,7 @@ class IndexWriter:
         if end != len(line):
             raise OSError(0, "the index must start with the first event")
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name in ("steps.f64", "memory.f64", "rare.jsonl"):
+        for name in ("steps.bin", "memory.bin", "rare.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / name).unlink()
         self._meta = {"format": FORMAT, "first_line": _fingerprint(line)}
@@ -167,9 +188,9 @@ class IndexWriter:
 class Index:
     """What a run's index holds, as columns."""
 
-    steps: dict[str, array[float]]
+    steps: Columns
     """:data:`STEP_FIELDS` → one value per step event."""
-    memory: dict[str, array[float]]
+    memory: Columns
     """:data:`MEMORY_FIELDS` → one value per memory event."""
     rare: list[dict[str, Any]] = field(default_factory=list)
     """Every other event, decoded, in order."""
@@ -181,12 +202,17 @@ class Index:
     """Lines of the covered part that were not valid events (a rebuild counts them)."""
 
 
-def _columns(data: bytes, fields: tuple[str, ...]) -> dict[str, array[float]]:
+def _columns(data: bytes, fields: tuple[tuple[str, str], ...]) -> Columns:
     width = len(fields)
     whole = len(data) // (8 * width) * 8 * width  # a torn last record is left out
-    flat = array("d")
-    flat.frombytes(data[:whole])
-    return {name: flat[i::width] for i, name in enumerate(fields)}
+    view = memoryview(data)[:whole]
+    columns: Columns = {}
+    for i, (name, kind) in enumerate(fields):
+        column = array(kind)
+        typed = view.cast("q") if kind == "q" else view.cast("d")
+        column.frombytes(typed[i::width].tobytes())  # one strided copy, at C speed
+        columns[name] = column
+    return columns
 
 
 def load_index(run_dir: Path) -> Index | None:
@@ -202,8 +228,8 @@ def load_index(run_dir: Path) -> Index | None:
         return None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("first_line") != _fingerprint(first):
         return None
-    steps = _columns(_read(folder / "steps.f64"), STEP_FIELDS)
-    memory = _columns(_read(folder / "memory.f64"), MEMORY_FIELDS)
+    steps = _columns(_read(folder / "steps.bin"), STEP_FIELDS)
+    memory = _columns(_read(folder / "memory.bin"), MEMORY_FIELDS)
     rare: list[dict[str, Any]] = []
     rare_ends: list[int] = []
     rare_lines: list[bytes] = []
@@ -236,20 +262,17 @@ def load_index(run_dir: Path) -> Index | None:
     return Index(steps, memory, rare, covered, count, skipped if isinstance(skipped, int) else 0)
 
 
-Columns = dict[str, "array[float]"]
-
-
 def _first_missing(steps: Columns, memory: Columns, rare: list[dict[str, Any]]) -> int | None:
     """The first ``seq`` the index lacks while it holds a later one (a record lost when the
     machine went down: files are not written to disk in order), or ``None``."""
     count = len(steps["seq"]) + len(memory["seq"]) + len(rare)
-    lasts = [cols["seq"][-1] for cols in (steps, memory) if cols["seq"]] + [float(e["seq"]) for e in rare[-1:]]
+    lasts = [cols["seq"][-1] for cols in (steps, memory) if cols["seq"]] + [e["seq"] for e in rare[-1:]]
     if not lasts or max(lasts) == count - 1:
         return None  # seq 0 .. count-1, each once: nothing missing
     seen = bytearray(count + 1)
-    for seq in (*steps["seq"], *memory["seq"], *(float(e["seq"]) for e in rare)):
+    for seq in (*steps["seq"], *memory["seq"], *(e["seq"] for e in rare)):
         if seq <= count:
-            seen[int(seq)] = 1
+            seen[seq] = 1
     return seen.index(0)
 
 
@@ -274,7 +297,7 @@ def _last_matches(path: Path, covered: int, steps: Columns, memory: Columns, rar
     for cols in (steps, memory):
         if cols["end"] and int(cols["end"][-1]) == covered:
             event = ev.decode_line(line)
-            return event is not None and (float(event["seq"]), _num(event["t"])) == (cols["seq"][-1], cols["t"][-1])
+            return event is not None and (event["seq"], _num(event["t"])) == (cols["seq"][-1], cols["t"][-1])
     return line == rare_line
 
 

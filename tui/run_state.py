@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from loratop.trainer import events as ev
 from loratop.trainer.run_dir import LOST
-from loratop.trainer.run_index import GPU, Index
+from loratop.trainer.run_index import GPU, Columns, Index
 
 # Run phases shown in the header, besides the run_finished statuses.
 STARTING = "starting"
@@ -143,10 +144,10 @@ class RunState:
         self.garbage = index.skipped
         self.version += 1
 
-    def _memory_columns(self, mem: dict[str, array[float]]) -> None:
-        peak = max((x for x in mem["max_gpu_used"] if x == x), default=None)  # x == x: not NaN
+    def _memory_columns(self, mem: Columns) -> None:
+        peak = finite_extreme(max, mem["max_gpu_used"])
         self.peak_gpu_used = int(peak) if peak is not None else None
-        rss = max((x for x in mem["rss"] if x == x), default=None)
+        rss = finite_extreme(max, mem["rss"])
         self.peak_rss = int(rss) if rss is not None else None
         kinds, values = mem["kind"], mem["value"]
         last = next((k for k in reversed(kinds) if k == k), None)
@@ -264,7 +265,18 @@ class RunState:
         return max(0.0, (self.max_steps - self.last_step) / rate[0])
 
 
-def _ints(column: array[float]) -> array[int]:
+def finite_extreme(pick: Callable[[Iterable[float]], float], values: Sequence[float]) -> float | None:
+    """``min`` or ``max`` of the finite values (``None`` when there is none): at C speed when
+    all are finite, which one C-level ``sum`` tells."""
+    if values and math.isfinite(sum(values)):
+        return pick(values)
+    finite = [x for x in values if math.isfinite(x)]
+    return pick(finite) if finite else None
+
+
+def _ints(column: array[Any]) -> array[int]:
+    if column.typecode == "q":
+        return column
     try:
         return array("q", map(int, column))
     except ValueError:  # a NaN (a field the trainer left out): as apply() reads it

@@ -34,7 +34,7 @@ from loratop.trainer.run_dir import (
 )
 from loratop.trainer.run_index import INDEX, Index, fold_file, load_index
 from loratop.trainer.value_format import sci
-from loratop.tui.run_state import RUNNING, UNKNOWN, RunState
+from loratop.tui.run_state import RUNNING, UNKNOWN, RunState, finite_extreme
 
 DEFAULT_ROOT = Path("runs")
 
@@ -160,7 +160,7 @@ def _facts(state: RunState, now: float | None) -> dict[str, Any]:
         "spills": len(state.spills),
         "first_t": state.first_t,
         "device": state.device_kind,
-        "min_loss": min((x for x in state.loss if math.isfinite(x)), default=None),
+        "min_loss": finite_extreme(min, state.loss),
         "duration": state.elapsed(time.time() if now is None else now),  # frozen once it is gone
         "tokens_per_s": _tokens_per_s(state),
         "started_config": config if isinstance(config, dict) else None,
@@ -317,10 +317,14 @@ def summarise_run(run_dir: Path) -> RunSummary:
     if facts is not None:
         status_file, damaged = checked_status(run_dir)
         return _summary(run_dir, facts, status_file, damaged)
-    state, summary = read_run(run_dir)
+    state, _ = fold_run(run_dir)
+    status_file, damaged = checked_status(run_dir)
+    if state.finished is None:
+        judge_trainer(state, status_file)
+    facts = _facts(state, None)
     if state.finished is not None:
-        _store_facts(run_dir, _facts(state, None))
-    return summary
+        _store_facts(run_dir, facts)
+    return _summary(run_dir, facts, status_file, damaged)
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:

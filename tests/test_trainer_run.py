@@ -49,6 +49,22 @@ def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]
     assert len(of_type(events, ev.MEMORY)) >= 1
 
 
+def test_a_finished_demo_leaves_its_index_and_summary_for_ls(demo_run: tuple[Any, Path]) -> None:
+    """The trainer indexed the run as it went; the watching CLI cached its summary at the end."""
+    import json
+
+    from loratop.trainer.run_index import INDEX, load_index
+    from loratop.tui.runs import SUMMARY, fold_run, read_run
+    from tests.conftest import assert_same_fold, slow_fold
+
+    _, run_dir = demo_run
+    assert load_index(run_dir) is not None
+    assert_same_fold(fold_run(run_dir)[0], slow_fold(run_dir))
+    cached = json.loads((run_dir / INDEX / SUMMARY).read_text())
+    summary = read_run(run_dir)[1]
+    assert cached["facts"]["step"] == summary.step and cached["facts"]["status"] == summary.status == "completed"
+
+
 def test_demo_loss_falls(demo_run: tuple[Any, Path]) -> None:
     _, run_dir = demo_run
     losses = [s["loss"] for s in of_type(read_events(run_dir), ev.STEP)]

@@ -8,6 +8,7 @@ run going.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, recor
 from loratop.tui.event_stream import PipeStream
 from loratop.tui.launcher import LaunchedRun
 from loratop.tui.panels import fmt_bytes, fmt_loss
+from loratop.tui.runs import summarise_run
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -207,6 +209,8 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         for line in _tail(run.run_dir / LOG, 15):
             print(f"  {line}", file=out)
         return EXIT_FAILED
+    with contextlib.suppress(OSError):  # a cache only: the outcome is already printed
+        summarise_run(run.run_dir)  # the next ls reads one small file for this run
     status = printer.finished.get("status")
     if status == ev.COMPLETED:
         return EXIT_OK

@@ -47,7 +47,7 @@ from loratop.tui.messages import (
     TrainerNotProven,
 )
 from loratop.tui.run_state import RunState
-from loratop.tui.runs import fold_run, trainer_verdict
+from loratop.tui.runs import fold_run, summarise_run, trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
@@ -198,6 +198,7 @@ class MonitorScreen(LoratopScreen[str]):
             except subprocess.TimeoutExpired:
                 continue
             self.post_message(TrainerExited(code))
+            summarise_run(self.run_dir)  # a finished run's summary, cached now: the next ls reads one file
             return True
         return False
 
@@ -219,6 +220,7 @@ class MonitorScreen(LoratopScreen[str]):
                 finished = finished or any(e["type"] == ev.RUN_FINISHED for e in batch)
                 self.post_message(EventsArrived(batch, follower.skipped, 0))
             if finished:
+                summarise_run(self.run_dir)  # cached for ls and the home screen, if not yet
                 return
             now = time.monotonic()
             if now - last_alive_check > 1.0:

@@ -344,7 +344,7 @@ def record_lost(
     status = read_status(run_dir)
     if status is None and not (run_dir / EVENTS).is_file():
         return None  # the folder is gone (or never was a run)
-    if (status or {}).get("state") in ("finished", LOST) or _has_finished(run_dir):
+    if (status or {}).get("state") in ("finished", LOST) or has_finished(run_dir):
         return None
     try:
         return write_status(
@@ -360,7 +360,7 @@ def record_lost(
         return None
 
 
-def _has_finished(run_dir: Path) -> bool:
+def has_finished(run_dir: Path) -> bool:
     """Whether ``events.jsonl`` ends with a ``run_finished`` event (its last 64 KiB are read)."""
     try:
         with open(run_dir / EVENTS, "rb") as fh:

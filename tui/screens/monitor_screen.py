@@ -30,6 +30,7 @@ from loratop.trainer.run_dir import (
     LOST,
     NO_REPORT,
     exit_cause,
+    has_finished,
     proven_trainer_pid,
     read_status,
     record_lost,
@@ -198,7 +199,8 @@ class MonitorScreen(LoratopScreen[str]):
             except subprocess.TimeoutExpired:
                 continue
             self.post_message(TrainerExited(code))
-            summarise_run(self.run_dir)  # a finished run's summary, cached now: the next ls reads one file
+            if has_finished(self.run_dir):  # (a lost run is recorded by the handler, with its exit code)
+                summarise_run(self.run_dir)  # its summary, cached now: the next ls reads one file for it
             return True
         return False
 

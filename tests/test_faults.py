@@ -826,9 +826,12 @@ def test_a_removed_run_folder_is_said_and_the_trainer_stops_and_rescues_its_adap
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
             await until(pilot, lambda: screen.state.last_step >= 3, 180, "the first steps")
+            # Held still while attach looks (our own child), or it may notice and finish first.
+            REAL_KILL(run.process.pid, signal.SIGSTOP)
             shutil.rmtree(run.run_dir)
             await until(pilot, lambda: screen.state.folder_note is not None, 10, "attach to notice")
             notes.append(str(screen.state.folder_note))
+            REAL_KILL(run.process.pid, signal.SIGCONT)
             await until(pilot, lambda: "has exited" in (screen.state.folder_note or ""), 30, "the trainer to stop")
             await pilot.pause(0.6)
             notes.append(str(app.screen.query_one("#outcome", Static).render()))

@@ -1,9 +1,10 @@
 """``loratop ls`` over a folder of many finished runs.
 
-Builds 200 synthetic runs of 20k steps each (written through the trainer's own sink, so each
-has its compact index), then times ``loratop ls`` in a fresh interpreter, best of 3, with the
-indexes and with none (runs from before the index: the first such look writes them). Prints
-seconds and the ratio.
+Builds 200 synthetic runs of 20k steps each, written through the trainer's own sink and
+finished as the trainer finishes (each has its compact index and its cached summary), then
+times ``loratop ls`` in a fresh interpreter, best of 3: as they are, without their summaries,
+and without their indexes (runs from before the index: the first such look writes them).
+Prints seconds and the ratios.
 
     python benchmarks/ls.py            # about 3 minutes the first time (builds the runs)
 """
@@ -36,7 +37,7 @@ def ls_seconds(root: Path, runs: int = 3, before: object = None) -> float:
 
 def main() -> None:
     from loratop.trainer.run_index import INDEX
-    from loratop.tui.runs import SUMMARY
+    from loratop.trainer.run_summary import SUMMARY
 
     root = CACHE / f"ls-{RUNS}x{STEPS}"
     if sum(1 for _ in root.glob("*/status.json")) < RUNS:
@@ -60,9 +61,9 @@ def main() -> None:
     again = ls_seconds(root)
     unindexed = ls_seconds(root, runs=1, before=drop_indexes)
     print(f"loratop ls, {RUNS} runs x {STEPS:,} steps (best of 3):")
-    print(f"  again (each run's summary cached by an earlier look)   {again:6.2f} s")
-    print(f"  first look at runs the trainer indexed                 {fresh:6.2f} s   ({fresh / again:.1f}x)")
-    print(f"  first look at runs from before the index (once)        {unindexed:6.2f} s   ({unindexed / again:.1f}x)")
+    print(f"  runs as the trainer leaves them (index and summary)    {again:6.2f} s")
+    print(f"  runs with an index but no summary (the first look)     {fresh:6.2f} s   ({fresh / again:.1f}x)")
+    print(f"  runs from before the index (the first look, once)      {unindexed:6.2f} s   ({unindexed / again:.1f}x)")
     print(f"  (starting Python and importing the CLI alone: {floor:.2f} s)")
 
 

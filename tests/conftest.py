@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from loratop.tui.run_state import RunState
+    from loratop.trainer.run_state import RunState
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
@@ -121,7 +121,7 @@ async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
 def slow_fold(run_dir: Path) -> RunState:
     """A run folded the plain way: every event of events.jsonl applied in order."""
     from loratop.trainer import events as ev
-    from loratop.tui.run_state import RunState
+    from loratop.trainer.run_state import RunState
 
     events, skipped = ev.read_events(str(run_dir / "events.jsonl"))
     state = RunState(run_dir)

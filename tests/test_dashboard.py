@@ -17,9 +17,9 @@ from textual.widgets import Static
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config, parse_overrides
 from loratop.trainer.run_index import load_index
+from loratop.trainer.run_summary import fold_run
 from loratop.tui.app import LoratopApp
 from loratop.tui.launcher import launch
-from loratop.tui.runs import fold_run
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
 from tests.conftest import DEMO_CONFIG, assert_same_fold, live_status, of_type, read_events, slow_fold, until

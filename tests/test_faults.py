@@ -387,6 +387,8 @@ def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(t
     wait_for_exit(status_of(run_dir)["pid"], 120)
     assert status_of(run_dir)["status"] == "stopped"  # what the README says: the stop still happens
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # Nobody watched it finish: the trainer itself left the summary ls reads.
+    assert (run_dir / ".loratop-index" / "summary.json").is_file()
 
 
 def test_the_damage_check_knows_every_config_section() -> None:

@@ -110,7 +110,7 @@ def test_check_command_loads_no_ml_stack(tmp_path: Path) -> None:
 
 def test_dashboard_and_widgets_load_no_ml_stack() -> None:
     modules = _modules_after(
-        "import loratop.tui.app, loratop.tui.runs, loratop.tui.run_state, loratop.tui.panels, loratop.widgets"
+        "import loratop.tui.app, loratop.tui.runs, loratop.trainer.run_state, loratop.tui.panels, loratop.widgets"
     )
 
     assert "loratop.tui.app" in modules and "textual" in modules

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from loratop.trainer import events as ev
 from loratop.trainer.run_dir import NO_REPORT
+from loratop.trainer.run_state import LOST, UNKNOWN, RunState
 from loratop.tui import panels
-from loratop.tui.run_state import LOST, UNKNOWN, RunState
 
 
 def _state(*events: dict) -> RunState:

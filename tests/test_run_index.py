@@ -9,8 +9,8 @@ from typing import Any
 
 from loratop.trainer import events as ev
 from loratop.trainer.run_index import INDEX, load_index
+from loratop.trainer.run_summary import fold_run
 from loratop.trainer.runtime.event_sink import EventSink
-from loratop.tui.runs import fold_run
 from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
@@ -111,7 +111,8 @@ def test_a_real_recorded_run_folds_the_same_from_its_index(tmp_path: Path) -> No
 
 
 def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_path: Path) -> None:
-    from loratop.tui.runs import SUMMARY, read_run, summarise_run
+    from loratop.trainer.run_summary import SUMMARY
+    from loratop.tui.runs import read_run, summarise_run
 
     run_dir = tmp_path / "run"
     _synthetic(run_dir, 40)

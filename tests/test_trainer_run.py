@@ -50,11 +50,12 @@ def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]
 
 
 def test_a_finished_demo_leaves_its_index_and_summary_for_ls(demo_run: tuple[Any, Path]) -> None:
-    """The trainer indexed the run as it went; the watching CLI cached its summary at the end."""
+    """The trainer indexed the run as it went and cached its summary as it finished."""
     import json
 
     from loratop.trainer.run_index import INDEX, load_index
-    from loratop.tui.runs import SUMMARY, fold_run, read_run
+    from loratop.trainer.run_summary import SUMMARY, fold_run
+    from loratop.tui.runs import read_run
     from tests.conftest import assert_same_fold, slow_fold
 
     _, run_dir = demo_run

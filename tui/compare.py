@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loratop.trainer.run_state import RunState
 from loratop.trainer.value_format import format_value as config_value
 from loratop.trainer.value_format import sci
 from loratop.tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
-from loratop.tui.run_state import RunState
 from loratop.tui.runs import RunSummary, read_run
 
 IGNORED_KNOBS = frozenset({"output_dir", "parent"})

@@ -7,7 +7,7 @@ from typing import Any
 
 from textual.message import Message
 
-from loratop.tui.run_state import RunState
+from loratop.trainer.run_state import RunState
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
-from loratop.tui.run_state import LOST, UNKNOWN, RunState
+from loratop.trainer.run_state import LOST, UNKNOWN, RunState
 from loratop.widgets.units import fmt_bytes
 
 if TYPE_CHECKING:

@@ -6,10 +6,7 @@ so runs launched from any terminal show up.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from loratop.trainer import events as ev
 from loratop.trainer.run_dir import (
     CONFIG,
     EVENTS,
@@ -32,9 +28,10 @@ from loratop.trainer.run_dir import (
     valid_pid,
     why_not_proven,
 )
-from loratop.trainer.run_index import INDEX, Index, fold_file, load_index
+from loratop.trainer.run_index import fold_file
+from loratop.trainer.run_state import RUNNING, UNKNOWN, RunState
+from loratop.trainer.run_summary import cached_facts, fold_run, run_facts, store_facts
 from loratop.trainer.value_format import sci
-from loratop.tui.run_state import RUNNING, UNKNOWN, RunState, finite_extreme
 
 DEFAULT_ROOT = Path("runs")
 
@@ -144,27 +141,7 @@ def read_run(run_dir: Path, now: float | None = None) -> tuple[RunState, RunSumm
     status_file, damaged = checked_status(run_dir)
     if state.finished is None:
         judge_trainer(state, status_file)
-    return state, _summary(run_dir, _facts(state, now), status_file, damaged)
-
-
-def _facts(state: RunState, now: float | None) -> dict[str, Any]:
-    """What a summary takes from the events (the rest comes from status.json and config.yaml)."""
-    config = state.started.get("config") if state.started else None
-    return {
-        "status": state.status,
-        "step": state.last_step,
-        "max_steps": state.max_steps,
-        "last_loss": state.last_loss,
-        "peak_vram": state.peak_gpu_used,
-        "spikes": len(state.spikes),
-        "spills": len(state.spills),
-        "first_t": state.first_t,
-        "device": state.device_kind,
-        "min_loss": finite_extreme(min, state.loss),
-        "duration": state.elapsed(time.time() if now is None else now),  # frozen once it is gone
-        "tokens_per_s": _tokens_per_s(state),
-        "started_config": config if isinstance(config, dict) else None,
-    }
+    return state, _summary(run_dir, run_facts(state, now), status_file, damaged)
 
 
 def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], damaged: list[str]) -> RunSummary:
@@ -190,76 +167,6 @@ def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], 
         parent=str(parent) if parent is not None else None,
         damaged=tuple(damaged + config_damage),
     )
-
-
-SUMMARY = "summary.json"
-"""In a finished run's index folder: its :func:`_facts`, for ``ls`` and the home screen."""
-
-
-def _cached_facts(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        cached = json.loads((run_dir / INDEX / SUMMARY).read_text())
-        stamp = (run_dir / EVENTS).stat()
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cached, dict) or cached.get("events") != [stamp.st_size, stamp.st_mtime_ns]:
-        return None  # events.jsonl changed since (or this is another run's)
-    facts = cached.get("facts")
-    return facts if isinstance(facts, dict) and facts.keys() == _FACT_KEYS else None
-
-
-_FACT_KEYS = frozenset(
-    {"status", "step", "max_steps", "last_loss", "peak_vram", "spikes", "spills", "first_t", "device", "min_loss",
-     "duration", "tokens_per_s", "started_config"}
-)  # fmt: skip
-
-
-def _store_facts(run_dir: Path, facts: dict[str, Any]) -> None:
-    tmp = run_dir / INDEX / f".{SUMMARY}.{os.getpid()}.tmp"
-    try:
-        stamp = (run_dir / EVENTS).stat()
-        tmp.write_text(json.dumps({"events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}, allow_nan=False))
-        os.replace(tmp, run_dir / INDEX / SUMMARY)
-    except (OSError, ValueError):  # no index folder, read-only, a NaN: just not cached
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def fold_run(run_dir: Path) -> tuple[RunState, int]:
-    """Every event of a run folded into a :class:`RunState`: from its compact index
-    (:mod:`trainer.run_index`) when it has a good one, then the rest of ``events.jsonl``.
-
-    Without an index the whole file is read, and a finished run's index is written on the way
-    (a cache: the next look takes a fraction of the time).
-
-    Returns:
-        The state, and the offset in ``events.jsonl`` read up to: a follower goes on from there.
-    """
-    state = RunState(run_dir)
-    index = load_index(run_dir)
-    if index is None:
-        offset, skipped = fold_file(run_dir, state.apply, cache_if=lambda: state.finished is not None)
-        state.garbage = skipped
-        return state, offset
-    state.apply_index(index, _last_memory(run_dir, index))
-    offset, skipped = fold_file(run_dir, state.apply, start=index.covered)
-    state.garbage += skipped
-    return state, offset
-
-
-def _last_memory(run_dir: Path, index: Index) -> dict[str, Any] | None:
-    """The last indexed ``memory`` event in full, read back from where it ends in ``events.jsonl``."""
-    if not index.memory["end"]:
-        return None
-    end = int(index.memory["end"][-1])
-    try:
-        with open(run_dir / EVENTS, "rb") as fh:
-            fh.seek(max(0, end - 65536))
-            chunk = fh.read(min(end, 65536))
-    except OSError:
-        return None
-    event = ev.decode_line(chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1])
-    return event if event is not None and event["type"] == ev.MEMORY else None
 
 
 def judge_trainer(state: RunState, status: dict[str, Any], record: bool = True) -> None:
@@ -297,23 +204,13 @@ def trainer_verdict(status: dict[str, Any]) -> tuple[str, str | None]:
     return UNKNOWN, why_not_proven(status)
 
 
-def _tokens_per_s(state: RunState) -> float | None:
-    # The first step's tokens were trained before its event, so count from there on.
-    if len(state.step_t) < 2:
-        return None
-    dt = state.step_t[-1] - state.step_t[0]
-    if not dt > 0:
-        return None
-    return (state.tokens[-1] - state.tokens[0]) / dt
-
-
 def summarise_run(run_dir: Path) -> RunSummary:
     """Read a run folder's status and events into a summary (the dashboard's own model).
 
     A finished run's summary of its events is cached in its index folder: listing hundreds
     of runs reads one small file each, not every events.jsonl.
     """
-    facts = _cached_facts(run_dir)
+    facts = cached_facts(run_dir)
     if facts is not None:
         status_file, damaged = checked_status(run_dir)
         return _summary(run_dir, facts, status_file, damaged)
@@ -321,9 +218,9 @@ def summarise_run(run_dir: Path) -> RunSummary:
     status_file, damaged = checked_status(run_dir)
     if state.finished is None:
         judge_trainer(state, status_file)
-    facts = _facts(state, None)
+    facts = run_facts(state, None)
     if state.finished is not None:
-        _store_facts(run_dir, facts)
+        store_facts(run_dir, facts)
     return _summary(run_dir, facts, status_file, damaged)
 
 
@@ -382,18 +279,18 @@ class RunCatalog:
         return sort_runs([known.summary for known in found.values()], "started")
 
     def _look(self, folder: Path, stamp: tuple[int | None, ...], now: float) -> _Known:
-        facts = _cached_facts(folder)
+        facts = cached_facts(folder)
         if facts is not None:
             status_file, damaged = checked_status(folder)
             return _Known(stamp, _summary(folder, facts, status_file, damaged))
         state, offset = fold_run(folder)
         status_file, damaged = checked_status(folder)
         if state.finished is not None:
-            summary = _summary(folder, _facts(state, now), status_file, damaged)
-            _store_facts(folder, _facts(state, None))
+            summary = _summary(folder, run_facts(state, now), status_file, damaged)
+            store_facts(folder, run_facts(state, None))
             return _Known(stamp, summary)
         judge_trainer(state, status_file)
-        return _Known(stamp, _summary(folder, _facts(state, now), status_file, damaged), state, offset)
+        return _Known(stamp, _summary(folder, run_facts(state, now), status_file, damaged), state, offset)
 
     def _grow(self, folder: Path, known: _Known, stamp: tuple[int | None, ...], now: float) -> _Known:
         state = known.state
@@ -404,7 +301,7 @@ class RunCatalog:
         state.not_proven = None  # judged again below, from the status as it is now
         if state.finished is None and not state.trainer_gone:
             judge_trainer(state, status_file)
-        summary = _summary(folder, _facts(state, now), status_file, damaged)
+        summary = _summary(folder, run_facts(state, now), status_file, damaged)
         return _Known(stamp, summary, state if state.finished is None else None, offset)
 
 

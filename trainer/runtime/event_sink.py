@@ -65,6 +65,12 @@ class EventSink:
         return self._seq
 
     @property
+    def indexed(self) -> bool:
+        """Whether the compact index beside the file (:mod:`trainer.run_index`) holds every event
+        written so far (it ends at the first failed write, and is kept for a fresh file only)."""
+        return self._index is not None and self._index.failed is None
+
+    @property
     def disk_full(self) -> bool:
         """Whether writing the file failed because the disk (or the quota) is full."""
         return self.write_error is not None and self.write_error.errno in DISK_FULL_ERRNOS

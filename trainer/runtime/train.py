@@ -45,6 +45,7 @@ from loratop.trainer.run_dir import (
     rescue_roots,
     write_status,
 )
+from loratop.trainer.run_summary import cache_summary
 from loratop.trainer.runtime.event_sink import DISK_FULL_ERRNOS, EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spikes import SpikeDetector
@@ -219,7 +220,12 @@ class Run:
                 write_status(self._rescue, **{**recorded, **final, "rescued_from": str(self.run_dir)})
             except OSError as exc:
                 print(f"loratop trainer: cannot copy the run to {self._rescue}: {exc.strerror or exc}", file=sys.stderr)
+        indexed = self.sink.indexed
         self.sink.close()
+        if indexed and self.folder_problem() is None:
+            # The run's summary for ls and the home screen, from the index: one small file each.
+            with contextlib.suppress(OSError):
+                cache_summary(self.run_dir)
         return code
 
     def _drop_torn_checkpoint(self) -> None:

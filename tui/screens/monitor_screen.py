@@ -37,6 +37,8 @@ from loratop.trainer.run_dir import (
     rescue_roots,
     why_not_proven,
 )
+from loratop.trainer.run_state import RunState
+from loratop.trainer.run_summary import fold_run
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
 from loratop.tui.messages import (
@@ -47,8 +49,7 @@ from loratop.tui.messages import (
     TrainerGone,
     TrainerNotProven,
 )
-from loratop.tui.run_state import RunState
-from loratop.tui.runs import fold_run, summarise_run, trainer_verdict
+from loratop.tui.runs import summarise_run, trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen

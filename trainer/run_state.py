@@ -1,8 +1,10 @@
-"""A run as the dashboard knows it: a plain model fed with events (no Textual here).
+"""A run as loratop knows it: a plain model fed with events (standard library only).
 
-Handlers append to it; a timer reads it a few times a second and pushes what changed
-to the widgets, so the data rate never sets the redraw rate. Series are kept in
-compact ``array`` buffers: a million steps cost tens of megabytes, not gigabytes.
+The dashboard folds runs into it, and so does the trainer, once, to leave a finished run's
+summary (:mod:`trainer.run_summary`). In the dashboard, handlers append to it; a timer reads
+it a few times a second and pushes what changed to the widgets, so the data rate never sets
+the redraw rate. Series are kept in compact ``array`` buffers: a million steps cost tens of
+megabytes, not gigabytes.
 """
 
 from __future__ import annotations

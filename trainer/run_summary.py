@@ -1,0 +1,134 @@
+"""A finished run's summary of its events, and the fold behind it (standard library only).
+
+:func:`fold_run` folds a run folder into a :class:`RunState`: its compact index
+(:mod:`trainer.run_index`) when it has a good one, then the rest of ``events.jsonl``.
+:func:`run_facts` is what ``ls`` and the home screen take from a run's events; for a finished
+run it is cached beside the index (:func:`cache_summary`), by the trainer as it finishes and by
+whoever looks first, so listing hundreds of runs reads one small file each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from loratop.trainer import events as ev
+from loratop.trainer.run_dir import EVENTS
+from loratop.trainer.run_index import INDEX, Index, fold_file, load_index
+from loratop.trainer.run_state import RunState, finite_extreme
+
+
+def fold_run(run_dir: Path) -> tuple[RunState, int]:
+    """Every event of a run folded into a :class:`RunState`: from its compact index
+    (:mod:`trainer.run_index`) when it has a good one, then the rest of ``events.jsonl``.
+
+    Without an index the whole file is read, and a finished run's index is written on the way
+    (a cache: the next look takes a fraction of the time).
+
+    Returns:
+        The state, and the offset in ``events.jsonl`` read up to: a follower goes on from there.
+    """
+    state = RunState(run_dir)
+    index = load_index(run_dir)
+    if index is None:
+        offset, skipped = fold_file(run_dir, state.apply, cache_if=lambda: state.finished is not None)
+        state.garbage = skipped
+        return state, offset
+    state.apply_index(index, _last_memory(run_dir, index))
+    offset, skipped = fold_file(run_dir, state.apply, start=index.covered)
+    state.garbage += skipped
+    return state, offset
+
+
+def _last_memory(run_dir: Path, index: Index) -> dict[str, Any] | None:
+    """The last indexed ``memory`` event in full, read back from where it ends in ``events.jsonl``."""
+    if not index.memory["end"]:
+        return None
+    end = int(index.memory["end"][-1])
+    try:
+        with open(run_dir / EVENTS, "rb") as fh:
+            fh.seek(max(0, end - 65536))
+            chunk = fh.read(min(end, 65536))
+    except OSError:
+        return None
+    event = ev.decode_line(chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    return event if event is not None and event["type"] == ev.MEMORY else None
+
+
+def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
+    """What a summary takes from the events (the rest comes from status.json and config.yaml)."""
+    config = state.started.get("config") if state.started else None
+    return {
+        "status": state.status,
+        "step": state.last_step,
+        "max_steps": state.max_steps,
+        "last_loss": state.last_loss,
+        "peak_vram": state.peak_gpu_used,
+        "spikes": len(state.spikes),
+        "spills": len(state.spills),
+        "first_t": state.first_t,
+        "device": state.device_kind,
+        "min_loss": finite_extreme(min, state.loss),
+        "duration": state.elapsed(time.time() if now is None else now),  # frozen once it is gone
+        "tokens_per_s": tokens_per_s(state),
+        "started_config": config if isinstance(config, dict) else None,
+    }
+
+
+def tokens_per_s(state: RunState) -> float | None:
+    # The first step's tokens were trained before its event, so count from there on.
+    if len(state.step_t) < 2:
+        return None
+    dt = state.step_t[-1] - state.step_t[0]
+    if not dt > 0:
+        return None
+    return (state.tokens[-1] - state.tokens[0]) / dt
+
+
+SUMMARY = "summary.json"
+"""In a finished run's index folder: its :func:`run_facts`, for ``ls`` and the home screen."""
+
+
+def cached_facts(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        cached = json.loads((run_dir / INDEX / SUMMARY).read_text())
+        stamp = (run_dir / EVENTS).stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cached, dict) or cached.get("events") != [stamp.st_size, stamp.st_mtime_ns]:
+        return None  # events.jsonl changed since (or this is another run's)
+    facts = cached.get("facts")
+    return facts if isinstance(facts, dict) and facts.keys() == _FACT_KEYS else None
+
+
+_FACT_KEYS = frozenset(
+    {"status", "step", "max_steps", "last_loss", "peak_vram", "spikes", "spills", "first_t", "device", "min_loss",
+     "duration", "tokens_per_s", "started_config"}
+)  # fmt: skip
+
+
+def store_facts(run_dir: Path, facts: dict[str, Any]) -> bool:
+    """Cache a finished run's facts in its index folder. Returns whether it was written."""
+    tmp = run_dir / INDEX / f".{SUMMARY}.{os.getpid()}.tmp"
+    try:
+        stamp = (run_dir / EVENTS).stat()
+        tmp.write_text(json.dumps({"events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}, allow_nan=False))
+        os.replace(tmp, run_dir / INDEX / SUMMARY)
+    except (OSError, ValueError):  # no index folder, read-only, a NaN: just not cached
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
+
+
+def cache_summary(run_dir: Path) -> bool:
+    """Fold a finished run and cache its facts (the trainer calls it last). Returns whether it
+    was cached: not for a run without a ``run_finished``, nor where the folder cannot be written."""
+    state, _ = fold_run(run_dir)
+    if state.finished is None:
+        return False
+    return store_facts(run_dir, run_facts(state, None))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from gpu_check import timed_run  # noqa: E402
+from gpu_check import _config, timed_run  # noqa: E402
 
 from loratop.trainer import events as ev  # noqa: E402
 
@@ -39,6 +39,66 @@ def emit_cost_us(events: int = 20_000) -> float:
         seconds = time.perf_counter() - start
         sink.close()
     return 1e6 * seconds / events
+
+
+def direct_share(run_dir: Path, steps: int) -> tuple[float, float, dict[str, float]]:
+    """One loratop run with every piece of loratop's own work in the loop timed: the event
+    callback's hooks (which emit the step events), the memory sampler's samples and emits, the
+    batch recorder, the folder check. Returns (seconds of that work, seconds of training, by part).
+
+    A direct count, where the A/B comparison drowns in this machine's noise; work on the
+    sampler's own thread is counted in full, as if it took the training's core."""
+    import time
+
+    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.runtime.train import Run
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)  # type: ignore[operator]
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+
+        return call
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(_config(None, run_dir, steps), run_dir, EventSink(run_dir / "events.jsonl"))
+    run._sampler.sample = timed("memory sampler", run._sampler.sample)  # type: ignore[method-assign]
+    run._sampler._emit = timed("memory sampler", run._sampler._emit)
+    run._folder_watch._fn = timed("folder check", run._folder_watch._fn)
+    setup = run.setup
+    bounds: list[float] = []
+
+    def setup_timed() -> object:
+        trainer = setup()
+        for callback in trainer.callback_handler.callbacks:
+            if type(callback).__name__ == "EventCallback":
+                for hook in ("on_train_begin", "on_step_begin", "on_step_end", "on_log", "on_save", "on_train_end"):
+                    setattr(callback, hook, timed("event callback", getattr(callback, hook)))
+        recorder = trainer.data_collator
+        inner = recorder.wrapped
+        recorder._collator = timed("(collator itself)", inner)
+        trainer.data_collator = timed("batch recorder + collator", recorder)
+        train = trainer.train
+
+        def train_timed(*args: object, **kwargs: object) -> object:
+            bounds.append(time.perf_counter())
+            try:
+                return train(*args, **kwargs)
+            finally:
+                bounds.append(time.perf_counter())
+
+        trainer.train = train_timed
+        return trainer
+
+    run.setup = setup_timed  # type: ignore[method-assign]
+    run.execute()
+    spent["batch recorder"] = spent.pop("batch recorder + collator", 0.0) - spent.pop("(collator itself)", 0.0)
+    return sum(spent.values()), bounds[1] - bounds[0], spent
 
 
 def main() -> None:
@@ -62,6 +122,10 @@ def main() -> None:
     print(f"loratop / bare = {ours / bare:.3f} (median {ours:,.0f} vs {bare:,.0f} tokens/s; 1.000 = no cost)")
     spread = max(results["bare"]) / min(results["bare"]) - 1
     print(f"run-to-run spread of the bare arm alone: {100 * spread:.1f}% (the noise floor on this machine)")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, training, parts = direct_share(Path(tmp) / "direct", args.steps)
+    detail = ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in sorted(parts.items()))
+    print(f"loratop's own work in the loop: {100 * ours / training:.2f}% of {training:.1f} s of training ({detail})")
     cost = emit_cost_us()
     step_s = statistics.median(step_times)
     share = 100 * cost / 1e6 / step_s

@@ -19,15 +19,17 @@ import pytest
 from tests.conftest import REPO, of_type, read_events
 
 
+def _pip(command: str, *args: str) -> None:
+    """``pip COMMAND --quiet --no-deps ARGS``, which must succeed (its stderr is the message)."""
+    argv = [sys.executable, "-m", "pip", command, "--quiet", "--no-deps", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(out), str(REPO)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    _pip("wheel", "--no-build-isolation", "-w", str(out), str(REPO))
     (built,) = out.glob("loratop-*.whl")
     return built
 
@@ -45,12 +47,7 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
 
 def test_a_package_named_trainer_installed_beside_it_leaves_both_importable(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    _pip("install", "--no-index", "--target", str(site), str(wheel))
     for other in ("trainer", "tui"):  # what Coqui's trainer and the `tui` project install
         (site / other).mkdir()
         (site / other / "__init__.py").write_text(f"OWNER = 'another project: {other}'\n")

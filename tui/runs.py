@@ -169,16 +169,16 @@ def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], 
     )
 
 
-def judge_trainer(state: RunState, status: dict[str, Any], record: bool = True) -> None:
+def judge_trainer(state: RunState, status: dict[str, Any]) -> None:
     """Whether a run without a ``run_finished`` still trains, from its ``status.json``, into ``state``.
 
     Proven alive: nothing changes. Proven gone (its pid is free, reused, or from before the
-    last boot): ``lost``, and, with ``record``, whoever notices first writes so into
-    ``status.json``. Neither (another host's pid, no start time recorded): ``unknown``.
+    last boot): ``lost``, and whoever notices first writes so into ``status.json``. Neither
+    (another host's pid, no start time recorded): ``unknown``.
     """
     verdict, why = trainer_verdict(status)
     if verdict == LOST:
-        if record and status.get("state") != LOST:
+        if status.get("state") != LOST:
             record_lost(state.run_dir, why or NO_REPORT, last_step=state.last_step, ended_at=state.last_t)
         state.mark_lost(why or NO_REPORT)
     elif verdict == UNKNOWN:

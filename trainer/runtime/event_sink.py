@@ -38,7 +38,6 @@ class EventSink:
     """
 
     def __init__(self, events_path: Path, pipe_fd: int | None = None, max_pending: int = 1 << 20) -> None:
-        self.path = events_path
         self._fd: int | None = os.open(events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = repair_torn_tail(self._fd)
         self._index = IndexWriter(events_path.parent) if self._size == 0 else None

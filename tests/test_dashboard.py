@@ -54,7 +54,7 @@ def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path)
             await until(pilot, lambda: not Path(f"/proc/{run.process.pid}").exists(), 30, "the trainer to be reaped")
             assert run.process.returncode == 0
             summary = run.run_dir / ".loratop-index" / "summary.json"
-            await until(pilot, summary.is_file, 10, "the dashboard to cache the finished run's summary for ls")
+            await until(pilot, summary.is_file, 10, "the trainer to leave its summary for ls")
             await pilot.pause(0.5)  # one more redraw tick
             events = read_events(run.run_dir)
             steps = of_type(events, ev.STEP)

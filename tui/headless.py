@@ -8,7 +8,6 @@ run going.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -24,7 +23,6 @@ from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, recor
 from loratop.tui.event_stream import PipeStream
 from loratop.tui.launcher import LaunchedRun
 from loratop.tui.panels import fmt_bytes, fmt_loss
-from loratop.tui.runs import summarise_run
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -181,9 +179,11 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
             for event in batch:
                 printer.handle(event)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, previous)
         return _stopped_watching(run, out)
     except BrokenPipeError:
         # Our reader went away (`loratop run ... | head`): stop printing, leave the run going.
+        signal.signal(signal.SIGINT, previous)
         silence_stdout()
         return EXIT_INTERRUPTED
     finally:
@@ -202,15 +202,14 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         cause = exit_cause(code)
         step = printer.last_step.get("step") if printer.last_step else None
         record_lost(run.run_dir, cause, last_step=step, ended_at=printer.last_t, exit_code=code)
-        print(f"error: trainer {cause} at step {step or 0}, before reporting how the run ended", file=out)
+        when = f"at step {step}" if step is not None else "before the first step"
+        print(f"error: trainer {cause} {when}, before reporting how the run ended", file=out)
         if "SIGKILL" in cause:
             print(f"  {SIGKILL_HINT}", file=out)
         print(f"last lines of {run.run_dir / LOG}:", file=out)
         for line in _tail(run.run_dir / LOG, 15):
             print(f"  {line}", file=out)
         return EXIT_FAILED
-    with contextlib.suppress(OSError):  # a cache only: the outcome is already printed
-        summarise_run(run.run_dir)  # the next ls reads one small file for this run
     status = printer.finished.get("status")
     if status == ev.COMPLETED:
         return EXIT_OK

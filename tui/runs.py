@@ -210,18 +210,25 @@ def summarise_run(run_dir: Path) -> RunSummary:
     A finished run's summary of its events is cached in its index folder: listing hundreds
     of runs reads one small file each, not every events.jsonl.
     """
+    return _look(run_dir)[0]
+
+
+def _look(run_dir: Path, now: float | None = None) -> tuple[RunSummary, RunState | None, int]:
+    """A run's summary, and for a run not finished yet its state and the offset it was folded
+    to (a :class:`RunCatalog` grows it from there); a finished run's facts come from (or go to)
+    its cache."""
     facts = cached_facts(run_dir)
     if facts is not None:
         status_file, damaged = checked_status(run_dir)
-        return _summary(run_dir, facts, status_file, damaged)
-    state, _ = fold_run(run_dir)
+        return _summary(run_dir, facts, status_file, damaged), None, 0
+    state, offset = fold_run(run_dir)
     status_file, damaged = checked_status(run_dir)
-    if state.finished is None:
-        judge_trainer(state, status_file)
-    facts = run_facts(state, None)
     if state.finished is not None:
+        facts = run_facts(state, None)  # a finished run's duration does not depend on now
         store_facts(run_dir, facts)
-    return _summary(run_dir, facts, status_file, damaged)
+        return _summary(run_dir, facts, status_file, damaged), None, offset
+    judge_trainer(state, status_file)
+    return _summary(run_dir, run_facts(state, now), status_file, damaged), state, offset
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunSummary]:
@@ -279,18 +286,8 @@ class RunCatalog:
         return sort_runs([known.summary for known in found.values()], "started")
 
     def _look(self, folder: Path, stamp: tuple[int | None, ...], now: float) -> _Known:
-        facts = cached_facts(folder)
-        if facts is not None:
-            status_file, damaged = checked_status(folder)
-            return _Known(stamp, _summary(folder, facts, status_file, damaged))
-        state, offset = fold_run(folder)
-        status_file, damaged = checked_status(folder)
-        if state.finished is not None:
-            summary = _summary(folder, run_facts(state, now), status_file, damaged)
-            store_facts(folder, run_facts(state, None))
-            return _Known(stamp, summary)
-        judge_trainer(state, status_file)
-        return _Known(stamp, _summary(folder, run_facts(state, now), status_file, damaged), state, offset)
+        summary, state, offset = _look(folder, now)
+        return _Known(stamp, summary, state, offset)
 
     def _grow(self, folder: Path, known: _Known, stamp: tuple[int | None, ...], now: float) -> _Known:
         state = known.state

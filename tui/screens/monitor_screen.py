@@ -30,7 +30,6 @@ from loratop.trainer.run_dir import (
     LOST,
     NO_REPORT,
     exit_cause,
-    has_finished,
     proven_trainer_pid,
     read_status,
     record_lost,
@@ -49,7 +48,7 @@ from loratop.tui.messages import (
     TrainerGone,
     TrainerNotProven,
 )
-from loratop.tui.runs import summarise_run, trainer_verdict
+from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
@@ -164,10 +163,10 @@ class MonitorScreen(LoratopScreen[str]):
                 self._pipe_fd = None
             if self._process is not None and self._reap(worker):
                 return
-            skip_to = stream.next_seq
+            skip_to, offset = stream.next_seq, stream.file_bytes_read
         else:
-            skip_to = 0
-        self._follow_file(path, skip_to, worker)
+            skip_to, offset = 0, 0
+        self._follow_file(path, skip_to, worker, offset)
 
     def _read_pipe(self, stream: PipeStream, worker: Any) -> None:
         """Until the pipe closes, or our trainer is gone and what it wrote has been read (a
@@ -200,19 +199,19 @@ class MonitorScreen(LoratopScreen[str]):
             except subprocess.TimeoutExpired:
                 continue
             self.post_message(TrainerExited(code))
-            if has_finished(self.run_dir):  # (a lost run is recorded by the handler, with its exit code)
-                summarise_run(self.run_dir)  # its summary, cached now: the next ls reads one file for it
             return True
         return False
 
-    def _follow_file(self, path: Path, skip_to: int, worker: Any) -> None:
+    def _follow_file(self, path: Path, skip_to: int, worker: Any, offset: int = 0) -> None:
+        """Follow ``events.jsonl``: after the pipe, from ``offset`` (what filling its gaps read)
+        for events from ``skip_to`` on; else (attach) the whole run at once, then the rest."""
         if skip_to == 0:  # attach: the whole run at once (from its index), then what is appended
             state, offset = fold_run(self.run_dir)
             self.post_message(Replayed(state))
             follower = FileFollower(path, offset)
             finished = state.finished is not None
         else:
-            follower = FileFollower(path)
+            follower = FileFollower(path, offset)
             finished = False
         last_alive_check = 0.0
         not_proven: str | None = None
@@ -223,7 +222,6 @@ class MonitorScreen(LoratopScreen[str]):
                 finished = finished or any(e["type"] == ev.RUN_FINISHED for e in batch)
                 self.post_message(EventsArrived(batch, follower.skipped, 0))
             if finished:
-                summarise_run(self.run_dir)  # cached for ls and the home screen, if not yet
                 return
             now = time.monotonic()
             if now - last_alive_check > 1.0:
@@ -248,7 +246,7 @@ class MonitorScreen(LoratopScreen[str]):
     def _follow_removed_folder(self, status: dict[str, Any], worker: Any) -> None:
         """The run folder is gone: say what of its trainer, from the status last read, until it exits."""
         pid = proven_trainer_pid(status)
-        rescue = f"{rescue_roots()[0]}/"
+        rescue = " or ".join(f"{root}/" for root in rescue_roots())  # the first of them that takes it
         if pid is None:
             self.post_message(FolderRemoved(f"run folder removed; its trainer is not running (look under {rescue})"))
             return
@@ -349,7 +347,7 @@ class MonitorScreen(LoratopScreen[str]):
         box = self.query_one("#outcome", Static)
         if outcome is not None:
             self._set_text("#outcome", outcome)
-            kind = state.status if state.status in ("completed", "stopped", "failed", "oom") else "lost"
+            kind = state.status if state.status in ("completed", "stopped", "failed", "oom", "disk_full") else "lost"
             box.set_classes(f"shown {kind}")
 
     def _set_text(self, selector: str, text: str) -> None:

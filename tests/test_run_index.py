@@ -160,3 +160,34 @@ def test_the_catalog_folds_only_what_a_running_run_appended(tmp_path: Path, monk
     third = {run.name: run for run in catalog.runs()}
     assert list(third) == ["live"] and third["live"].status == "completed"
     assert third["live"] == RunCatalog(root).runs()[0], "the same summary as a fresh look"
+
+
+def test_a_damaged_line_with_a_carriage_return_hides_nothing_after_it(tmp_path: Path) -> None:
+    """Only a newline ends a line, for the fold as for every other reader of events.jsonl."""
+    run_dir = tmp_path / "run"
+    _synthetic(run_dir, 20)
+    lines = (run_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
+    shutil.rmtree(run_dir / INDEX)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:10]) + b'{"broken\rline\n' + b"".join(lines[10:]))
+    fast, _ = fold_run(run_dir)
+    slow = slow_fold(run_dir)
+    assert slow.garbage == 1 and slow.finished is not None
+    assert_same_fold(fast, slow)
+    assert_same_fold(fold_run(run_dir)[0], slow), "and from the index that look left"
+
+
+def test_a_diverged_runs_summary_is_cached_too(tmp_path: Path) -> None:
+    from loratop.trainer.run_summary import SUMMARY
+    from loratop.tui.runs import summarise_run
+
+    run_dir = tmp_path / "run"
+    sink = EventSink(run_dir.mkdir() or run_dir / "events.jsonl")
+    sink.emit(ev.RUN_STARTED, run_name="run", max_steps=2, config={})
+    sink.emit(ev.STEP, step=1, loss=2.0, tokens=10)
+    sink.emit(ev.STEP, step=2, loss=math.nan, tokens=20)
+    sink.emit(ev.RUN_FINISHED, status="failed", duration_s=1.0)
+    sink.close()
+    first = summarise_run(run_dir)
+    assert (run_dir / INDEX / SUMMARY).is_file(), "a NaN last loss is no reason to fold the run at every look"
+    again = summarise_run(run_dir)
+    assert again.last_loss is not None and math.isnan(again.last_loss) and again.min_loss == first.min_loss == 2.0

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ class IndexWriter:
         except OSError as exc:
             self.failed = exc.strerror or str(exc)
             self.close()
+        except (ValueError, OverflowError, struct.error) as exc:  # a number no record can hold
+            self.failed = f"{line[:60]!r}: {exc}"  # from here on the rest is read from events.jsonl
+            self.close()
 
     def _start(self, line: bytes, end: int) -> None:
         if end != len(line):
@@ -254,9 +258,13 @@ def load_index(run_dir: Path) -> Index | None:
     if covered > size or not _last_matches(run_dir / EVENTS, covered, steps, memory, last_rare):
         return None  # events.jsonl was rewritten, cut or replaced since: this index is not its
     if isinstance(built, dict):  # a cached index of a finished run: it covers the whole file it was built from
-        if built != _file_stamp(run_dir / EVENTS):
-            return None  # the file has changed since
-        covered = max(covered, int(meta.get("covered") or 0))
+        try:
+            if built != _file_stamp(run_dir / EVENTS):
+                return None  # the file has changed since
+        except OSError:
+            return None  # the run went while we read it
+        cached_cover = meta.get("covered")
+        covered = max(covered, cached_cover if isinstance(cached_cover, int) and cached_cover <= size else 0)
     count = len(rare) + len(steps["seq"]) + len(memory["seq"])
     skipped = meta.get("skipped", 0)
     return Index(steps, memory, rare, covered, count, skipped if isinstance(skipped, int) else 0)
@@ -329,11 +337,18 @@ def fold_file(run_dir: Path, on_event: Any, *, cache_if: Any = None, start: int 
             data = fh.read()
     except OSError:
         return start, 0
-    writer = IndexWriter(run_dir, run_dir / f"{INDEX}.{os.getpid()}.tmp") if cache_if and start == 0 else None
+    writer = None
+    if cache_if and start == 0:
+        try:  # a folder of its own: two looks at one run (a screen and the home list) never share one
+            folder = Path(tempfile.mkdtemp(prefix=f"{INDEX}.", suffix=".tmp", dir=run_dir))
+            folder.chmod(0o755)  # as a folder the trainer makes: others who may read the run may read it
+            writer = IndexWriter(run_dir, folder)
+        except OSError:
+            writer = None  # read-only: folded without caching
     end, skipped = start, 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # a line still being written (or torn): read again next time
+    *lines, _partial = data.split(b"\n")  # only "\n" ends a line, as for every other reader
+    for raw in lines:
+        line = raw + b"\n"
         end += len(line)
         if not line.strip():
             continue

@@ -116,9 +116,10 @@ def store_facts(run_dir: Path, facts: dict[str, Any]) -> bool:
     tmp = run_dir / INDEX / f".{SUMMARY}.{os.getpid()}.tmp"
     try:
         stamp = (run_dir / EVENTS).stat()
-        tmp.write_text(json.dumps({"events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}, allow_nan=False))
+        # NaN stays NaN (a diverged run's last loss): Python's json reads its own NaN back.
+        tmp.write_text(json.dumps({"events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}))
         os.replace(tmp, run_dir / INDEX / SUMMARY)
-    except (OSError, ValueError):  # no index folder, read-only, a NaN: just not cached
+    except (OSError, ValueError):  # no index folder, read-only: just not cached
         with contextlib.suppress(OSError):
             tmp.unlink()
         return False

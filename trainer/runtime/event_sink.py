@@ -81,7 +81,7 @@ class EventSink:
             t = time.time()
             line = encode(self._seq, type_, fields, t)
             self._seq += 1
-            if self.write_error is not None:
+            if self.write_error is not None or self._fd is None:  # closed: a sampler that outlived close()
                 self.unwritten.append(line)
             elif self._write(line) and self._index is not None:
                 self._index.add(line, self._size, {"seq": self._seq - 1, "t": t, "type": type_, **fields})

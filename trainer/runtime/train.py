@@ -182,6 +182,9 @@ class Run:
         if self.sink.disk_full and status in (ev.COMPLETED, ev.STOPPED):
             status = ev.DISK_FULL
             error = {"message": _disk_full_message(self.sink.write_error, self._last_step), "traceback": []}
+        elif self.sink.write_error is not None and status in (ev.COMPLETED, ev.STOPPED):  # EIO and the like
+            status = ev.FAILED
+            error = {"message": f"cannot write {EVENTS}: {_short_reason(self.sink.write_error)}", "traceback": []}
         release_reserve(self.run_dir)  # its room is for what follows: the last events and status.json
         fields: dict[str, Any] = {"status": status, "duration_s": round(now() - self.started_at, 3)}
         if trainer is not None and status in (ev.COMPLETED, ev.STOPPED, ev.DISK_FULL):
@@ -605,6 +608,7 @@ def _event_callback(run: Run) -> Any:
             run._last_step = state.global_step
             if run.sink.write_error is not None:
                 run._check_folder()  # the disk filled during this step: stop now, not within a second
+                control.should_save = False  # no checkpoint onto a disk that refused a line
             if run.stop_requested and not control.should_training_stop:
                 control.should_training_stop = True
                 run.sink.emit(ev.LOG, message=f"{run.stop_requested}: stopping after step {state.global_step}")

@@ -16,7 +16,10 @@ from loratop.tui.export import METRICS_HEADER, export_events_jsonl, export_metri
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 
-HEADER = "step,time_s,loss,lr,grad_norm,tokens,epoch,spike,gpu_used_bytes,host_rss_bytes"
+HEADER = (
+    "step,time_s,loss,lr,grad_norm,tokens,epoch,spike,gpu_used_bytes,host_rss_bytes,"
+    "ranks,max_rank_gpu_used_bytes,max_rank_rss_bytes"
+)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

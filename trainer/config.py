@@ -202,6 +202,35 @@ class MonitorSection(_Section):
     saved, so you can lower the learning rate and rerun."""
 
 
+class DistributedSection(_Section):
+    """More than one GPU or box: PyTorch's own launcher (``torchrun``) starts one trainer
+    per GPU. The default, one process, is the ordinary single-device run."""
+
+    nproc_per_node: int = Field(default=1, ge=1, le=64)
+    """Trainer processes (ranks) on this box: one per GPU. 1 is today's single process."""
+    nnodes: int = Field(default=1, ge=1, le=1024)
+    """Boxes in the run; each runs ``loratop run`` with the same config and its own ``node_rank``."""
+    node_rank: int = Field(default=0, ge=0)
+    """This box's place, 0 to ``nnodes - 1``. Node 0 holds rank 0: the events, the adapter
+    and the dashboard live there."""
+    rdzv_endpoint: str | None = None
+    """``host:port`` of node 0, where the boxes meet (torchrun's rendezvous); needed when
+    ``nnodes`` > 1. Unset on one box: a free local port."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """The process group's backend: ``auto`` is ``nccl`` on GPUs and ``gloo`` on CPU."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """``ddp`` copies the 4-bit base to every GPU and splits the batches; ``fsdp`` shards
+    it across GPUs (QLoRA-FSDP, for a base too big for one card; GPUs only)."""
+    timeout_s: int = Field(default=300, ge=10, le=86400)
+    """How long a collective may wait for a peer before it fails: a dead rank ends the run
+    within this, not torch's default 30 minutes. Model loading must fit in it too."""
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the whole run."""
+        return self.nproc_per_node * self.nnodes
+
+
 class RunConfig(_Section):
     """A whole run: the model, how it is quantized, the adapters, the loop, the data."""
 
@@ -211,6 +240,7 @@ class RunConfig(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     data: DataSection = Field(default_factory=DataSection)
     monitor: MonitorSection = Field(default_factory=MonitorSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     output_dir: str | None = None
     """The run directory. Unset: ``runs/<config name>-<date>-<time>`` under the
     current folder. It must be new or empty: a folder that holds a run, or any file of
@@ -466,6 +496,7 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
                     f"{where('lora.target_modules')}: lora.target_modules: {name!r} is not a module of a "
                     f"{model_type} model; {_accepted_message(name, accepted)}"
                 )
+    problems += [f"{where('distributed')}: {line}" for line in _distributed_problems(config.distributed)]
     from loratop.trainer.data_files import DataProblem, inspect_data
 
     try:
@@ -486,6 +517,22 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     except OSError as exc:  # a name too long for the file system, say
         problems.append(f"{where('output_dir')}: output_dir = {str(out)[:60]!r}…: unusable: {exc.strerror or exc}")
     return problems
+
+
+def _distributed_problems(section: DistributedSection) -> list[str]:
+    """:func:`trainer.distributed.check_distributed`, with this box's GPUs (NVML) when it matters."""
+    from loratop.trainer.distributed import check_distributed
+
+    if section.world_size == 1 and section.strategy == "ddp" and section.backend != "nccl":
+        return check_distributed(section, 0)  # one process: nothing depends on the GPUs
+    from loratop.trainer.gpu_devices import NVML_OK, GpuDevices
+
+    gpus = GpuDevices()
+    try:
+        visible = len(gpus.devices) if gpus.state == NVML_OK else 0
+        return check_distributed(section, visible, gpus.note)
+    finally:
+        gpus.close()
 
 
 def _looks_local(name: str) -> bool:

@@ -31,14 +31,18 @@ CHECKPOINT = "checkpoint"
 RUN_FINISHED = "run_finished"
 LOG = "log"
 PAGED_STATE = "paged_state"
+RANKS = "ranks"
+ALERT = "alert"
 
 EVENT_TYPES: frozenset[str] = frozenset(
-    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG, PAGED_STATE}
+    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG, PAGED_STATE, RANKS, ALERT}
 )
 """Every type this protocol version knows. ``log`` carries a short human-readable
 phase message ("loading model", "tokenising dataset") so a watcher can show progress
 before the first step. ``paged_state`` accounts the paged optimizer state once the
-optimizer exists (at the first step)."""
+optimizer exists (at the first step). ``ranks`` (runs of several ranks) carries every
+rank's memory, OOM level and spill count, gathered by rank 0 at a step boundary.
+``alert`` is something the user must see: a rank lost."""
 
 # run_finished statuses
 COMPLETED = "completed"
@@ -217,7 +221,58 @@ class RunFinishedEvent(Envelope, total=False):
     """The rescue folder that holds a copy of the run (its folder was full or removed)."""
 
 
+class RankGpu(TypedDict, total=False):
+    index: int
+    """NVML's index."""
+    cuda_index: int
+    name: str
+    used: int
+    total: int
+    peak: int
+    """Torch's allocator peak of the last step."""
+
+
+class RankRow(TypedDict, total=False):
+    rank: int
+    node: int
+    local_rank: int
+    host: str
+    pid: int
+    gpu: RankGpu | None
+    """This rank's GPU, or ``None`` on CPU (``gpu_note`` says why)."""
+    gpu_note: str
+    rss: int
+    """Host RSS of this rank's process."""
+    oom_level: str | None
+    spills: int | None
+    """Spill events so far; ``None`` where nothing is paged."""
+    spill_bytes: int | None
+
+
+class RanksEvent(Envelope, total=False):
+    step: int
+    world_size: int
+    ranks: list[RankRow]
+    worst: int | None
+    """The rank (its place in ``ranks``) with the least GPU headroom, else the largest RSS."""
+
+
+class AlertEvent(Envelope, total=False):
+    kind: str
+    """``rank_lost``: a rank died and torchrun ended the others."""
+    step: int
+    message: str
+    rank: int
+    node: int
+    local_rank: int
+    pid: int
+    exit_code: int | None
+    host: str
+
+
 PAYLOADS: dict[str, type] = {
+    RANKS: RanksEvent,
+    ALERT: AlertEvent,
     LOG: LogEvent,
     MEMORY: MemoryEvent,
     PAGED_STATE: PagedStateEvent,

@@ -51,8 +51,15 @@ class RunState:
     memory: ev.MemoryEvent | None = None
     """The latest memory sample."""
     peak_gpu_used: int | None = None
-    """Highest NVML used bytes on any GPU so far; ``None`` without a GPU reading."""
+    """Highest NVML used bytes on any GPU so far (of any rank); ``None`` without a GPU reading."""
     peak_rss: int | None = None
+    """Highest host RSS so far (of any rank)."""
+    ranks: ev.RanksEvent | None = None
+    """The latest report of every rank's memory (a run of several ranks)."""
+    rank_peaks: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Per rank: the highest ``gpu`` used and ``rss`` seen."""
+    alerts: list[ev.AlertEvent] = field(default_factory=list)
+    """Things the user must see, such as a rank lost."""
     mem_series: array[int] = field(default_factory=lambda: array("q"))
     """Memory over time, one value per sample: GPU 0's NVML used bytes, or host RSS
     when there is no GPU reading (see :attr:`mem_series_kind`)."""
@@ -119,6 +126,10 @@ class RunState:
             self.oom_risk = cast(ev.OomRiskEvent, event)
         elif kind == ev.PAGED_STATE:
             self.paged = cast(ev.PagedStateEvent, event)
+        elif kind == ev.RANKS:
+            self._ranks(event)
+        elif kind == ev.ALERT:
+            self.alerts.append(cast(ev.AlertEvent, event))
         elif kind == ev.LOG:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
@@ -187,12 +198,43 @@ class RunState:
                 self.mem_series_kind = kind
             self.mem_series.append(value)
 
+    def _ranks(self, event: dict[str, Any]) -> None:
+        self.ranks = cast(ev.RanksEvent, event)
+        for row in event.get("ranks") or []:
+            rank = row.get("rank")
+            if not isinstance(rank, int):
+                continue
+            peaks = self.rank_peaks.setdefault(rank, {})
+            gpu = row.get("gpu") or {}
+            for name, value in (("gpu", gpu.get("used")), ("rss", row.get("rss"))):
+                if isinstance(value, int):
+                    peaks[name] = max(peaks.get(name, 0), value)
+            if isinstance(gpu.get("used"), int):
+                self.peak_gpu_used = max(self.peak_gpu_used or 0, gpu["used"])
+            if isinstance(row.get("rss"), int):
+                self.peak_rss = max(self.peak_rss or 0, row["rss"])
+
     # -- derived --------------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the run (1 for a single process)."""
+        if self.ranks is not None and isinstance(self.ranks.get("world_size"), int):
+            return int(self.ranks["world_size"])
+        size = self.started.get("device", {}).get("world_size") if self.started else None
+        return size if isinstance(size, int) and size > 0 else 1
+
+    @property
+    def rank_lost(self) -> ev.AlertEvent | None:
+        """The alert that names the rank whose death ended the run, if one did."""
+        return next((a for a in self.alerts if a.get("kind") == "rank_lost"), None)
 
     @property
     def status(self) -> str:
         """``starting``, ``running``, a ``run_finished`` status, ``lost`` or ``unknown``."""
         if self.finished is not None:
+            if self.rank_lost is not None:
+                return ev.FAILED  # rank 0 may have finished well; the run did not
             return str(self.finished.get("status"))
         if self.trainer_gone:
             return LOST

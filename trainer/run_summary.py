@@ -69,7 +69,8 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
         "last_loss": state.last_loss,
         "peak_vram": state.peak_gpu_used,
         "spikes": len(state.spikes),
-        "spills": len(state.spills),
+        "spills": max(len(state.spills), _rank_spills(state)),
+        "world_size": state.world_size,
         "first_t": state.first_t,
         "device": state.device_kind,
         "min_loss": finite_extreme(min, state.loss),
@@ -77,6 +78,13 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
         "tokens_per_s": tokens_per_s(state),
         "started_config": config if isinstance(config, dict) else None,
     }
+
+
+def _rank_spills(state: RunState) -> int:
+    """Spill events on all ranks together, from the latest ``ranks`` report (0 without one)."""
+    report: Any = state.ranks or {}
+    rows = report.get("ranks") or []
+    return sum(r["spills"] for r in rows if isinstance(r, dict) and isinstance(r.get("spills"), int))
 
 
 def tokens_per_s(state: RunState) -> float | None:
@@ -107,7 +115,7 @@ def cached_facts(run_dir: Path) -> dict[str, Any] | None:
 
 _FACT_KEYS = frozenset(
     {"status", "step", "max_steps", "last_loss", "peak_vram", "spikes", "spills", "first_t", "device", "min_loss",
-     "duration", "tokens_per_s", "started_config"}
+     "duration", "tokens_per_s", "started_config", "world_size"}
 )  # fmt: skip
 
 

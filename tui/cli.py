@@ -78,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = commands.add_parser("edit", help="the knob editor on a config or a run (rerun with changes)")
     edit.add_argument("target", help="a YAML config, a sample's name (tiny-cpu-demo), or a run's name or folder")
-    edit.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    edit.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
 
     attach = commands.add_parser("attach", help="replay a run's events, then follow it live")
     attach.add_argument("run", nargs="?", help="a run's name (under --runs-dir) or folder; default: the latest")
-    attach.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    attach.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
 
     ls = commands.add_parser("ls", help="list runs with their knobs, outcome and parent")
-    ls.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    ls.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
     ls.add_argument(
         "--sort",
         choices=SORT_KEYS,
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", metavar="RUN_A", help="the base run: a name under --runs-dir, or a folder")
     compare.add_argument("run_b", metavar="RUN_B", help="a run to compare with the base")
     compare.add_argument("more_runs", nargs="*", default=[], metavar="RUN", help="more runs to compare")
-    compare.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    compare.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
     compare.add_argument(
         "--x", choices=("steps", "tokens"), default="steps", help="x axis of the loss curves (default: steps)"
     )
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a run's metrics (CSV) and events (JSONL) to files")
     export.add_argument("run", help="a run's name (under --runs-dir) or folder")
     export.add_argument("-o", "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)")
-    export.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
+    export.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
     return parser
 
@@ -241,10 +241,24 @@ def summarise(config: RunConfig, path: Path) -> str:
             f"  train   lr={t.learning_rate:g} {t.lr_scheduler_type}, {steps}, batch {batch},"
             f" seq {t.max_seq_length}, {t.optim}",
             f"  data    {data}",
+            *_ranks_line(config),
             f"  output  {config.output_dir}",
             *_unchecked_notes(config),
         ]
     )
+
+
+def _ranks_line(config: RunConfig) -> list[str]:
+    d = config.distributed
+    if d.world_size == 1:
+        return []
+    where = f"node {d.node_rank} of {d.nnodes}, rendezvous {d.rdzv_endpoint}" if d.nnodes > 1 else "this box"
+    backend = d.backend if d.backend != "auto" else "auto: nccl on GPUs, gloo on CPU"
+    return [
+        f"  ranks   {d.world_size} = {d.nproc_per_node} per node × {d.nnodes} node(s), {d.strategy}, "
+        f"{backend} ({where}); effective batch {d.world_size}×{config.training.per_device_train_batch_size}"
+        f"×{config.training.gradient_accumulation_steps}"
+    ]
 
 
 def _unchecked_notes(config: RunConfig) -> list[str]:
@@ -275,6 +289,10 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         run = launch(config, path)
     except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
         return _report(ConfigError([f"output_dir: {exc}"]))
+    if config.distributed.node_rank > 0:
+        from loratop.tui.headless import follow_worker_node
+
+        return follow_worker_node(run, config)
     if args.no_tui:
         from loratop.tui.headless import follow_launched
 

@@ -195,10 +195,14 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     status. Nothing unmeasured shows as zero: VRAM on a CPU run is ``n/a (CPU)``, an
     unknown value ``–``.
     """
+    # Runs of several ranks: how many, since peak VRAM and spills are then over all of them.
+    several = any(r.summary.world_size > 1 for r in runs)
+    ranks = [("ranks", [str(r.summary.world_size) for r in runs])] if several else []
     return [
         ("final loss", [fmt_loss(r.summary.last_loss) for r in runs]),
         ("min loss", [fmt_loss(r.summary.min_loss) for r in runs]),
         ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
+        *ranks,
         ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),
         ("spikes", [str(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
         ("spills", [_spills(r) for r in runs]),

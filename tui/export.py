@@ -25,8 +25,13 @@ METRICS_HEADER = (
     "spike",
     "gpu_used_bytes",
     "host_rss_bytes",
+    "ranks",
+    "max_rank_gpu_used_bytes",
+    "max_rank_rss_bytes",
 )
-"""Columns of the metrics CSV, one row per ``step`` event."""
+"""Columns of the metrics CSV, one row per ``step`` event. The last three are for runs of
+several ranks (torchrun): the world size, and the fullest rank's GPU and RSS at the latest
+report; empty for a single process."""
 
 _SEVERITY_RANK = {"warn": 1, "severe": 2, "fatal": 3}
 
@@ -69,6 +74,11 @@ def _host_rss(memory: dict[str, Any] | None) -> int | None:
     return rss if isinstance(rss, int) else None
 
 
+def _rank_max(ranks: dict[str, Any] | None, pick: Any) -> int | None:
+    values = [v for r in (ranks or {}).get("ranks") or [] if isinstance(v := pick(r), int)]
+    return max(values) if values else None
+
+
 def export_metrics_csv(run_dir: Path, out: Path) -> int:
     """Write one CSV row per step: loss, lr, grad norm, tokens, epoch, spike, memory.
 
@@ -94,6 +104,7 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
                 spikes[step] = severity
     first_t = events[0]["t"] if events else 0.0
     memory: dict[str, Any] | None = None
+    ranks: dict[str, Any] | None = None
     rows = 0
     with open(out, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -101,6 +112,8 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
         for event in events:
             if event["type"] == ev.MEMORY:
                 memory = event
+            elif event["type"] == ev.RANKS:
+                ranks = event
             elif event["type"] == ev.STEP:
                 step = event.get("step")
                 writer.writerow(
@@ -115,6 +128,9 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
                         spikes.get(step, ""),
                         _cell(_gpu_used(memory)),
                         _cell(_host_rss(memory)),
+                        _cell(ranks.get("world_size")) if ranks else "",
+                        _cell(_rank_max(ranks, lambda r: (r.get("gpu") or {}).get("used"))),
+                        _cell(_rank_max(ranks, lambda r: r.get("rss"))),
                     ]
                 )
                 rows += 1

@@ -19,7 +19,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, record_lost
+from loratop.trainer.distributed import exit_words, rank_label
+from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, read_status, record_lost
 from loratop.tui.event_stream import PipeStream
 from loratop.tui.launcher import LaunchedRun
 from loratop.tui.panels import fmt_bytes, fmt_loss
@@ -41,6 +42,21 @@ def fmt_memory(event: dict[str, Any]) -> str:
     return f"rss {rss} (GPU n/a: {event.get('gpu_note', 'unknown')})"
 
 
+def fmt_ranks(event: dict[str, Any]) -> str:
+    """A ``ranks`` event in a few words: each rank's GPU (or RSS), the worst one marked."""
+    rows = event.get("ranks") or []
+    worst = event.get("worst")
+    parts = []
+    for i, row in enumerate(rows):
+        gpu = row.get("gpu")
+        if gpu:
+            figure = f"{fmt_bytes(gpu.get('used'))}/{fmt_bytes(gpu.get('total'))}"
+        else:
+            figure = f"rss {fmt_bytes(row.get('rss'))}"
+        parts.append(f"{rank_label(row.get('node'), row.get('local_rank'))} {figure}" + ("*" if i == worst else ""))
+    return f"ranks {', '.join(parts)} (* worst)" if parts else "ranks: no report yet"
+
+
 @dataclass
 class HeadlessPrinter:
     """Turns events into lines for a terminal or a log file."""
@@ -51,6 +67,7 @@ class HeadlessPrinter:
     clock: Callable[[], float] = time.monotonic
     max_steps: int | None = None
     last_memory: dict[str, Any] | None = None
+    last_ranks: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None
     last_t: float | None = None
@@ -70,6 +87,10 @@ class HeadlessPrinter:
             self._run_started(event)
         elif kind == ev.MEMORY:
             self.last_memory = event
+        elif kind == ev.RANKS:
+            self.last_ranks = event
+        elif kind == ev.ALERT:
+            self._print(f"ALERT {event.get('kind', '')}: {event.get('message', '')}")
         elif kind == ev.STEP:
             self._step(event)
         elif kind == ev.CHECKPOINT:
@@ -106,9 +127,10 @@ class HeadlessPrinter:
         model = event.get("model", {})
         device = event.get("device", {})
         frozen = "base frozen" if params.get("base_frozen") else "BASE NOT FROZEN"
+        ranks = f" × {device['world_size']} ranks" if device.get("world_size") else ""
         self._print(
             f"run {event.get('run_name')}: {model.get('name_or_path')} ({model.get('model_type')}) on "
-            f"{device.get('kind')}; trainable {params.get('trainable', 0):,} / {params.get('total', 0):,} "
+            f"{device.get('kind')}{ranks}; trainable {params.get('trainable', 0):,} / {params.get('total', 0):,} "
             f"= {100 * params.get('fraction', 0):.3f}% ({frozen}); {self.max_steps} steps"
         )
 
@@ -128,7 +150,10 @@ class HeadlessPrinter:
             parts.append(f"lr {lr:.2e}")
         if isinstance(grad, float):
             parts.append(f"grad {fmt_loss(grad)}")
-        parts.append(fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet")
+        if self.last_ranks:
+            parts.append(fmt_ranks(self.last_ranks))
+        else:
+            parts.append(fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet")
         self._print("  ".join(parts))
 
     def _finished(self, event: dict[str, Any]) -> None:
@@ -215,6 +240,36 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         return EXIT_OK
     if status == ev.STOPPED:
         return EXIT_INTERRUPTED
+    return EXIT_FAILED
+
+
+def follow_worker_node(run: LaunchedRun, config: Any, out: TextIO = sys.stdout) -> int:
+    """``loratop run`` on a box other than node 0: its ranks train here, but rank 0, the events
+    and the dashboard are on node 0. Wait for this box's ranks and say how they ended;
+    Ctrl-C stops watching (the ranks go on: they stop when rank 0 does)."""
+    d = config.distributed
+    first = d.node_rank * d.nproc_per_node
+    print(
+        f"node {d.node_rank} of {d.nnodes}: ranks {first}–{first + d.nproc_per_node - 1} train here "
+        f"(agent pid {run.process.pid}, log: {run.run_dir / LOG}).\n"
+        f"The run's events, adapter and dashboard are on node 0 (rendezvous {d.rdzv_endpoint}): "
+        "watch it there with loratop attach.",
+        file=out,
+        flush=True,
+    )
+    os.close(run.events_fd)
+    try:
+        code = run.process.wait()
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; this box's ranks go on (agent pid {run.process.pid})", file=out)
+        return EXIT_INTERRUPTED
+    status = read_status(run.run_dir) or {}
+    if code == 0:
+        print(f"node {d.node_rank}: every rank here finished", file=out)
+        return EXIT_OK
+    print(f"node {d.node_rank}: {status.get('error') or 'torchrun ' + exit_words(code)}", file=out)
+    for line in _tail(run.run_dir / LOG, 10):
+        print(f"  {line}", file=out)
     return EXIT_FAILED
 
 

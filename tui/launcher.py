@@ -37,6 +37,15 @@ TRAINER_COMMAND = (
 )
 """How the launcher starts the training subprocess; its arguments follow."""
 
+AGENT_COMMAND = (
+    sys.executable,
+    "-c",
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
+    "runpy.run_module('loratop.trainer.runtime.agent', run_name='__main__', alter_sys=True)",
+)
+"""In place of the trainer when the run has several ranks: torchrun's agent
+(:mod:`trainer.runtime.agent`), which starts one trainer per rank; same arguments."""
+
 
 @dataclass
 class LaunchedRun:
@@ -90,7 +99,7 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         try:
             process = subprocess.Popen(
                 [
-                    *TRAINER_COMMAND,
+                    *(AGENT_COMMAND if config.distributed.world_size > 1 else TRAINER_COMMAND),
                     str(run_dir / CONFIG),
                     "--run-dir",
                     str(run_dir),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
 from loratop.trainer.run_state import LOST, UNKNOWN, RunState
@@ -49,6 +49,8 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     where = device.get("name", device.get("kind", "…")) if device else "…"
     if device.get("kind") == "cpu":
         where = "CPU"
+    if state.world_size > 1:
+        where += f" ×{state.world_size} ranks"
     first = f"{state.run_name} · {model} · {where} · {state.status.upper()}"
     alert = active_spike(state)
     if alert:
@@ -114,7 +116,10 @@ def events_text(state: RunState) -> str:
     else:
         spikes = "spikes: none" if state.steps else "spikes –"
     method = state.paged.get("spill_method") if state.paged else None
-    if state.spills:
+    worst_spills = _worst_rank_spills(state)
+    if worst_spills is not None:
+        spills = worst_spills
+    elif state.spills:
         total = sum(int(s.get("bytes") or 0) for s in state.spills)
         methods = sorted({str(s.get("method")) for s in state.spills})
         spills = f"spills {len(state.spills)}  {fmt_bytes(total)} ({'/'.join(methods)})"
@@ -131,8 +136,36 @@ def events_text(state: RunState) -> str:
     return f"{spikes}\n{spills}\n{oom_text(state)}\n{paged_text(state)}"
 
 
+OOM_ORDER = ("ok", "watch", "danger")
+
+
+def _rank_rows(state: RunState) -> list[Any]:
+    ranks: Any = state.ranks or {}
+    return list(ranks.get("ranks") or [])
+
+
+def _rank_name(row: Any) -> str:
+    return f"{row.get('node')}:{row.get('local_rank')}"
+
+
+def _worst_rank_spills(state: RunState) -> str | None:
+    """With several ranks: the most spills on any rank, and which (``None``: one rank, or nothing paged)."""
+    rows = [r for r in _rank_rows(state) if isinstance(r.get("spills"), int)]
+    if not rows:
+        return None
+    worst = max(rows, key=lambda r: r["spills"])
+    total = sum(r["spills"] for r in rows)
+    if not total:
+        return f"spills: none seen on {len(rows)} ranks"
+    return f"spills {total} on {len(rows)} ranks; most on rank {_rank_name(worst)}: {worst['spills']}"
+
+
 def oom_text(state: RunState) -> str:
-    """The OOM-risk level and why."""
+    """The OOM-risk level and why; with several ranks, the worst rank's level."""
+    rows = [r for r in _rank_rows(state) if r.get("oom_level") in OOM_ORDER]
+    if rows:
+        worst = max(rows, key=lambda r: OOM_ORDER.index(r["oom_level"]))
+        return f"OOM risk {worst['oom_level'].upper()} (worst of {len(rows)} ranks: {_rank_name(worst)})"
     risk = state.oom_risk
     if risk is None:
         return "OOM risk –" if state.device_kind != "cuda" else "OOM risk: forecast after 3 steps"
@@ -172,6 +205,13 @@ def outcome_text(state: RunState) -> str | None:
         return None
     status = state.finished.get("status")
     duration = fmt_duration(state.finished.get("duration_s"))
+    lost = state.rank_lost
+    if lost is not None:  # the root cause, before whatever rank 0 saw of it
+        error = state.finished.get("error") or {}
+        lines = [f"failed after {duration}: {lost.get('message')}", "torchrun ended the other ranks"]
+        if error.get("message") and error.get("message") != lost.get("message"):
+            lines.append(f"rank 0 saw: {error['message']}")
+        return "\n".join(lines)
     adapter = next((c.get("path") for c in reversed(state.checkpoints) if c.get("final")), None)
     if status in ("completed", "stopped"):
         line = f"{status} after {duration} at step {state.last_step}"

@@ -64,6 +64,8 @@ class RunSummary:
     """What the run was tweaked from, as written: a run folder or a config file path."""
     damaged: tuple[str, ...] = ()
     """Values of ``status.json`` / ``config.yaml`` that were damaged and left out, in words."""
+    world_size: int = 1
+    """Ranks the run trained on (torchrun); peak VRAM and spills are then over all of them."""
 
     @property
     def name(self) -> str:
@@ -84,7 +86,7 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 _STATUS_TIMES = ("started_at", "launched_at", "ended_at")
-_CONFIG_SECTIONS = ("model", "quantization", "lora", "training", "data", "monitor")
+_CONFIG_SECTIONS = ("model", "quantization", "lora", "training", "data", "monitor", "distributed")
 """RunConfig's sections, by hand: the schema (pydantic) stays out of the home screen's import."""
 
 
@@ -166,6 +168,7 @@ def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], 
         tokens_per_s=facts["tokens_per_s"],
         parent=str(parent) if parent is not None else None,
         damaged=tuple(damaged + config_damage),
+        world_size=facts["world_size"],
     )
 
 
@@ -453,8 +456,19 @@ def knob_label(config: dict[str, Any] | None) -> str:
             f"lr{num(training.get('learning_rate'), sci)}",
             f"b{batch}",
             targets_label(lora.get("target_modules")),
+            *_ranks_knob(config.get("distributed")),
         ]
     )
+
+
+def _ranks_knob(section: Any) -> list[str]:
+    """``×4`` for a run of 4 ranks (per node × nodes); nothing for one process."""
+    if not isinstance(section, dict):
+        return []
+    per, nodes = section.get("nproc_per_node", 1), section.get("nnodes", 1)
+    if not (isinstance(per, int) and isinstance(nodes, int)) or per * nodes <= 1:
+        return []
+    return [f"×{per * nodes}"]
 
 
 class RunNotFound(Exception):

@@ -15,7 +15,7 @@ from textual.widget import Widget
 
 from loratop.widgets.units import GIB, fmt_bytes
 
-__all__ = ["MemoryPanel", "memory_lines"]
+__all__ = ["MemoryPanel", "memory_lines", "rank_lines"]
 
 
 MIN_BAR = 10
@@ -195,6 +195,44 @@ def memory_lines(sample: Mapping[str, Any] | None, width: int) -> list[Text]:
     return lines
 
 
+MAX_RANK_ROWS = 4
+"""Rank rows shown at most (the worst always among them); the rest are counted."""
+
+
+def rank_lines(ranks: Mapping[str, Any], width: int, max_rows: int = MAX_RANK_ROWS) -> list[Text]:
+    """One line per rank (``node:local rank``, its GPU's bar, or its RSS on CPU), the worst
+    rank marked ``◀``, from a ``ranks`` event; past ``max_rows`` ranks, the rest are counted."""
+    width = max(width, 1)
+    rows = [r for r in ranks.get("ranks") or [] if isinstance(r, Mapping)]
+    worst = ranks.get("worst")
+    size = ranks.get("world_size") or len(rows)
+    on_gpu = any(isinstance(r.get("gpu"), Mapping) for r in rows)
+    shown = list(range(len(rows)))
+    if len(rows) > max_rows:
+        keep = set(range(max_rows - 1)) | ({worst} if isinstance(worst, int) else {max_rows - 1})
+        shown = sorted(keep)[:max_rows]
+    head = f"{size} ranks" + ("" if on_gpu else " (CPU: host RSS each)")
+    if isinstance(worst, int) and 0 <= worst < len(rows):
+        head += f" · worst {rows[worst].get('node')}:{rows[worst].get('local_rank')}"
+    lines = [_fit(Text(head, style="dim"), width)]
+    for i in shown:
+        row = rows[i]
+        mark = " ◀" if i == worst else ""
+        label = f"{row.get('node', '?')}:{row.get('local_rank', '?')}"
+        gpu = row.get("gpu")
+        if isinstance(gpu, Mapping):
+            used, total = _number(gpu.get("used")), _number(gpu.get("total"))
+            line = _usage_line(f"{label} gpu{gpu.get('index', '?')}", used, total, width - len(mark))
+        else:
+            rss = _number(row.get("rss"))
+            line = Text(f"{label} rss {fmt_bytes(rss) if rss is not None else 'n/a'}")
+        line.append(mark, style="bold")
+        lines.append(_fit(line, width))
+    if len(shown) < len(rows):
+        lines.append(_fit(Text(f"… {len(rows) - len(shown)} more rank(s)", style="dim"), width))
+    return lines
+
+
 class MemoryPanel(Widget):
     """GPU bars, torch allocator figures and host RSS from the latest ``memory`` event.
 
@@ -217,16 +255,19 @@ class MemoryPanel(Widget):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._sample: Mapping[str, Any] | None = None
+        self._ranks: Mapping[str, Any] | None = None
 
-    def update(self, sample: Mapping[str, Any] | None) -> None:
+    def update(self, sample: Mapping[str, Any] | None, ranks: Mapping[str, Any] | None = None) -> None:
         """Show a new ``memory`` sample.
 
         Args:
             sample: The latest ``memory`` event (extra keys such as ``seq`` are ignored), or None.
+            ranks: The latest ``ranks`` event of a run of several ranks: one row per rank
+                then, in place of this process's GPUs.
         """
-        if sample == self._sample:
+        if sample == self._sample and ranks == self._ranks:
             return
-        self._sample = sample
+        self._sample, self._ranks = sample, ranks
         # The full NVML error can be longer than the panel; the tooltip keeps all of it.
         if sample is not None and sample.get("gpu_state") == "nvml_error":
             self.tooltip = str(sample.get("gpu_note") or "")
@@ -235,5 +276,6 @@ class MemoryPanel(Widget):
         self.refresh(layout=True)
 
     def render(self) -> RenderableType:
-        lines = memory_lines(self._sample, self.content_size.width or 38)
+        width = self.content_size.width or 38
+        lines = rank_lines(self._ranks, width) if self._ranks is not None else memory_lines(self._sample, width)
         return Text("\n", no_wrap=True).join(lines)

@@ -35,15 +35,19 @@ class EventSink:
         pipe_fd: The write end of the watcher's pipe, or ``None`` when nobody watches.
         max_pending: Bytes allowed to wait for a slow reader before events are left
             off the pipe.
+        start_seq: The ``seq`` of the first event (the next one of a file another writer began).
     """
 
-    def __init__(self, events_path: Path, pipe_fd: int | None = None, max_pending: int = 1 << 20) -> None:
+    def __init__(
+        self, events_path: Path, pipe_fd: int | None = None, max_pending: int = 1 << 20, start_seq: int = 0
+    ) -> None:
         self._fd: int | None = os.open(events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = repair_torn_tail(self._fd)
         self._index = IndexWriter(events_path.parent) if self._size == 0 else None
         """The compact record beside the file (:mod:`trainer.run_index`), for a fresh file only."""
         self._lock = threading.Lock()
-        self._seq = 0
+        self._seq = start_seq
+        """Past 0 when appending to a run another writer began (torchrun's agent after rank 0)."""
         self._pipe_fd = pipe_fd
         self._pending = bytearray()
         self._max_pending = max_pending

@@ -8,6 +8,12 @@ sends to ``trainer.log``; events go only to the sink.
 
 Signals: SIGINT/SIGTERM stop at the next step boundary and save the adapter
 (status ``stopped``); SIGUSR1 saves a checkpoint at the next step boundary and goes on.
+
+Under torchrun (:mod:`trainer.runtime.agent` starts it) every rank runs this module. Rank 0
+writes events, ``status.json`` and the adapter; the others write nothing. At each step
+boundary the ranks gather one small row each (memory, OOM level, spills, and whether a
+signal asked to stop or checkpoint), so all ranks act at the same step and rank 0 reports
+every rank's memory.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 
 from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
+from loratop.trainer.distributed import AGENT_ENV, RankInfo, backend_for, rank_info, worst_rank
+from loratop.trainer.gpu_devices import row_for_cuda
 from loratop.trainer.run_dir import (
     ADAPTER,
     CONFIG,
@@ -74,16 +82,21 @@ class Run:
     Args:
         config: The validated config (``output_dir`` is the run folder).
         run_dir: The run folder; created if missing.
-        sink: Where events go.
+        sink: Where events go (a :class:`NullSink` on ranks other than 0).
+        rank: This process's place in a run of several ranks.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, sink: EventSink) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, sink: Any, rank: RankInfo | None = None) -> None:
+        self.rank = rank or RankInfo()
         self.config = config
         self.run_dir = run_dir
         self.sink = sink
         self.stop_requested: str | None = None
         """The name of the signal that asked the run to stop, once one has."""
         self.save_requested = False
+        self.save_signals = 0
+        """SIGUSR1s received: under torchrun, each is one checkpoint, whichever rank got it first."""
+        self._saves_done = 0
         self.started_at = now()
         self._audit: dict[str, Any] = {}
         self._model_info: dict[str, Any] = {}
@@ -100,6 +113,9 @@ class Run:
         self._folder_watch = _Every(FOLDER_CHECK_S, self._check_folder, name="loratop-folder")
         self._rescue: Path | None = None
         """The rescue folder that took the adapter (its own folder was full or removed), if any."""
+        self._ranks_sent = 0.0
+        """When rank 0 last reported every rank's memory (monotonic seconds)."""
+        self._ranks_worst: tuple[Any, ...] | None = None
 
     # -- signals ----------------------------------------------------------------
 
@@ -119,6 +135,7 @@ class Run:
 
     def _on_save_signal(self, signum: int, frame: FrameType | None) -> None:
         self.save_requested = True
+        self.save_signals += 1
 
     def _check_folder(self) -> None:
         """Between steps too (a step may take minutes): a full disk or a removed folder asks
@@ -138,20 +155,26 @@ class Run:
             The process exit code.
         """
         self._sampler.start()
-        self._folder_watch.start()
+        main = self.rank.is_main
+        if main:
+            self._folder_watch.start()
         status, error, trainer = ev.COMPLETED, None, None
         try:
             # pid + host + boot + start time: what lets a watcher prove later that a live pid is
-            # still this trainer before it signals it (a pid alone may have been reused).
-            write_status(
-                self.run_dir,
-                pid=os.getpid(),
-                **process_identity(os.getpid()),
-                state="running",
-                started_at=self.started_at,
-                ended_at=None,
-            )
-            if not make_reserve(self.run_dir):
+            # still this trainer before it signals it (a pid alone may have been reused). Under
+            # torchrun the agent is what status.json names (it passes signals on to the ranks).
+            if not self.rank.distributed:
+                write_status(
+                    self.run_dir,
+                    pid=os.getpid(),
+                    **process_identity(os.getpid()),
+                    state="running",
+                    started_at=self.started_at,
+                    ended_at=None,
+                )
+            elif main:
+                write_status(self.run_dir, rank0_pid=os.getpid(), state="running", started_at=self.started_at)
+            if main and not make_reserve(self.run_dir):
                 room = f"no room to set {RESERVE_BYTES >> 10} KiB aside in {self.run_dir}"
                 self.sink.emit(ev.LOG, level="warning", message=f"{room}: a full disk may cut the last events")
             trainer = self.setup()
@@ -178,14 +201,16 @@ class Run:
                 traceback.print_exception(exc)  # the whole thing, into trainer.log
         finally:
             self._sampler.stop()
-            self._folder_watch.stop()
+            if main:
+                self._folder_watch.stop()
         if self.sink.disk_full and status in (ev.COMPLETED, ev.STOPPED):
             status = ev.DISK_FULL
             error = {"message": _disk_full_message(self.sink.write_error, self._last_step), "traceback": []}
         elif self.sink.write_error is not None and status in (ev.COMPLETED, ev.STOPPED):  # EIO and the like
             status = ev.FAILED
             error = {"message": f"cannot write {EVENTS}: {_short_reason(self.sink.write_error)}", "traceback": []}
-        release_reserve(self.run_dir)  # its room is for what follows: the last events and status.json
+        if main:
+            release_reserve(self.run_dir)  # its room is for what follows: the last events and status.json
         fields: dict[str, Any] = {"status": status, "duration_s": round(now() - self.started_at, 3)}
         if trainer is not None and status in (ev.COMPLETED, ev.STOPPED, ev.DISK_FULL):
             fields["adapter"] = self._save_adapter(trainer)
@@ -203,6 +228,9 @@ class Run:
         """The last writes: events kept in memory, status.json, and a copy of the run in its
         rescue folder when it has one. Each may fail (the disk is still full); none raises."""
         self.sink.flush_unwritten()
+        if not self.rank.is_main:
+            self.sink.close()
+            return code
         final = {
             "state": "finished",
             "status": status,
@@ -253,6 +281,10 @@ class Run:
     def _save_adapter(self, trainer: Any) -> str | None:
         """Save the final adapter where there is room: the run folder, else a rescue folder
         (:func:`rescue_roots`), saying where. Returns its path, or ``None`` if nowhere took it."""
+        if self.config.distributed.strategy == "fsdp" and self.rank.distributed:
+            return self._save_sharded_adapter(trainer)
+        if not self.rank.is_main:
+            return None  # DDP: every rank holds the same adapter; rank 0 saves it
         need = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
         places: list[Path] = []
         problem = self.folder_problem()
@@ -287,6 +319,95 @@ class Run:
         self.sink.emit(ev.LOG, level="error", message=message)
         print(f"loratop trainer: {message}", file=sys.stderr)
         return None
+
+    def _save_sharded_adapter(self, trainer: Any) -> str | None:
+        """QLoRA-FSDP: the adapter is sharded, so every rank takes part in saving it (the
+        Trainer gathers the full state dict to rank 0, which writes it)."""
+        path = self.run_dir / ADAPTER
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(path))
+        if self.rank.is_main:
+            self.sink.emit(ev.CHECKPOINT, step=self._last_step, path=str(path), final=True)
+        return str(path)
+
+    # -- several ranks ------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        """A phase message: an event from rank 0, and a line in trainer.log from every rank
+        of a run of several (so the log shows that all acted at the same step)."""
+        self.sink.emit(ev.LOG, message=message)
+        if self.rank.distributed:
+            print(f"loratop rank {self.rank.rank}: {message}", flush=True)
+
+    def rank_row(self) -> dict[str, Any]:
+        """This rank's line in the ``ranks`` event, plus the control flags the ranks share."""
+        sample = self._sampler.last or {}
+        row: dict[str, Any] = {
+            "rank": self.rank.rank,
+            "node": self.rank.node_rank,
+            "local_rank": self.rank.local_rank,
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "rss": (sample.get("host") or {}).get("rss"),
+            "gpu": None,
+        }
+        gpu = row_for_cuda(sample.get("gpus"), self.rank.local_rank) if self._device.get("kind") == "cuda" else None
+        if gpu is not None:
+            torch_figures = gpu.get("torch") or {}
+            row["gpu"] = {
+                k: v
+                for k, v in {**gpu, "peak": torch_figures.get("peak")}.items()
+                if k in ("index", "cuda_index", "name", "used", "total", "peak") and v is not None
+            }
+        else:
+            row["gpu_note"] = sample.get("gpu_note") or ("CPU rank" if self._device.get("kind") == "cpu" else "")
+        watch = self.watch
+        row["oom_level"] = watch.forecaster.level if watch is not None and self._device.get("kind") == "cuda" else None
+        spills = watch.spills if watch is not None else None
+        if spills is not None and spills.method != "n/a":
+            totals = spills.totals()
+            row["spills"], row["spill_bytes"] = totals.events, totals.bytes
+        else:
+            row["spills"] = row["spill_bytes"] = None
+        return row
+
+    def sync_ranks(self, step: int, control: Any) -> None:
+        """At a step boundary, on every rank: gather every rank's row; any rank's stop or
+        checkpoint request becomes every rank's, at this same step; rank 0 reports the rows."""
+        import torch.distributed as dist
+
+        mine = {
+            "row": self.rank_row(),
+            "stop": self.stop_requested,
+            "saves": self.save_signals,
+            "no_save": self.sink.write_error is not None,
+        }
+        gathered: list[Any] = [None] * self.rank.world_size
+        dist.all_gather_object(gathered, mine)
+        stops = [g["stop"] for g in gathered if g and g["stop"]]
+        if stops and self.stop_requested is None:
+            self.stop_requested = stops[0]
+        # The agent passes a SIGUSR1 to every rank, and each may get it a step apart: one
+        # checkpoint per signal, at the first step boundary where any rank has it.
+        saves = max(g["saves"] for g in gathered if g)
+        self.save_requested = saves > self._saves_done
+        self._saves_done = saves
+        if any(g and g["no_save"] for g in gathered):
+            control.should_save = False
+        if self.rank.is_main:
+            rows = [g["row"] for g in gathered if g]
+            self._report_ranks(step, rows)
+
+    def _report_ranks(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Emit the ``ranks`` event at the sampling rate, and at once when the worst rank or
+        any rank's OOM level or spill count changes."""
+        worst = worst_rank(rows)
+        key = (worst, *[(r.get("oom_level"), r.get("spills")) for r in rows])
+        current = time.monotonic()
+        if key == self._ranks_worst and current - self._ranks_sent < 1.0 / self.config.monitor.memory_sample_hz:
+            return
+        self._ranks_worst, self._ranks_sent = key, current
+        self.sink.emit(ev.RANKS, step=step, world_size=self.rank.world_size, ranks=rows, worst=worst)
 
     def on_spike(self, spike: Any, control: Any) -> None:
         """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
@@ -326,7 +447,12 @@ class Run:
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
         cuda = torch.cuda.is_available()
+        if cuda and self.rank.distributed:
+            torch.cuda.set_device(self.rank.local_rank)
         self._device = _device_info(torch, cuda)
+        if self.rank.distributed:
+            self._device["rank"] = self.rank.rank
+            self._device["world_size"] = self.rank.world_size
         if cuda:
             self._sampler.torch_stats = _torch_cuda_stats
         transformers.set_seed(cfg.training.seed)
@@ -353,18 +479,25 @@ class Run:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         quantization = None
+        fsdp = cfg.distributed.strategy == "fsdp" and self.rank.distributed
         if cfg.quantization.load_in_4bit:
             quantization = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=cfg.quantization.bnb_4bit_quant_type,
                 bnb_4bit_use_double_quant=cfg.quantization.bnb_4bit_use_double_quant,
                 bnb_4bit_compute_dtype=compute_dtype,
+                # FSDP shards parameters of one dtype: the packed 4-bit weights must be stored
+                # in the compute dtype, not uint8, to be sharded with the rest.
+                **({"bnb_4bit_quant_storage": compute_dtype} if fsdp else {}),
             )
+        # DDP: each rank loads the whole 4-bit base onto its own GPU. FSDP: no device map;
+        # the base is sharded across the GPUs once the Trainer wraps it.
+        device_map = None if fsdp or not cuda else {"": self.rank.local_rank}
         model = AutoModelForCausalLM.from_pretrained(
             path,
             quantization_config=quantization,
             dtype=compute_dtype,
-            device_map={"": 0} if cuda else None,
+            device_map=device_map,
             trust_remote_code=cfg.model.trust_remote_code,
         )
         self._model_info = _model_info(model, cfg)
@@ -426,6 +559,7 @@ class Run:
             worst,
             t.per_device_train_batch_size,
             paged_optimizer=t.optim.startswith("paged_"),
+            device=self.rank.local_rank if cuda else 0,
         )
 
     def _load_dataset(self) -> Any:
@@ -491,6 +625,7 @@ class Run:
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
+            **self._distributed_args(cuda),
         )
         self.sink.emit(ev.LOG, message=f"tokenising {len(dataset)} rows")
         return SFTTrainer(
@@ -500,6 +635,29 @@ class Run:
             processing_class=tokenizer,
             callbacks=[_event_callback(self)],
         )
+
+    def _distributed_args(self, cuda: bool) -> dict[str, Any]:
+        """The Trainer's DDP/FSDP settings; nothing for a single process."""
+        if not self.rank.distributed:
+            return {}
+        d = self.config.distributed
+        args: dict[str, Any] = {
+            "ddp_backend": backend_for(d.backend, cuda),
+            # A dead peer fails a collective within this, not torch's default 30 minutes.
+            "ddp_timeout": d.timeout_s,
+            "ddp_find_unused_parameters": False,
+        }
+        if d.strategy == "fsdp":
+            args["fsdp"] = "full_shard auto_wrap"
+            args["fsdp_config"] = {
+                "backward_prefetch": "backward_pre",
+                "forward_prefetch": False,
+                "use_orig_params": False,
+                "cpu_ram_efficient_loading": True,
+                "sync_module_states": True,
+                "activation_checkpointing": False,
+            }
+        return args
 
     def _audit_or_refuse(self, model: Any) -> None:
         from loratop.trainer.runtime.audit import audit_parameters
@@ -609,19 +767,42 @@ def _event_callback(run: Run) -> Any:
             if run.sink.write_error is not None:
                 run._check_folder()  # the disk filled during this step: stop now, not within a second
                 control.should_save = False  # no checkpoint onto a disk that refused a line
+            if run.rank.distributed:
+                run.sync_ranks(state.global_step, control)  # every rank decides alike, at this step
             if run.stop_requested and not control.should_training_stop:
                 control.should_training_stop = True
-                run.sink.emit(ev.LOG, message=f"{run.stop_requested}: stopping after step {state.global_step}")
+                run.say(f"{run.stop_requested}: stopping after step {state.global_step}")
             if run.save_requested:
                 run.save_requested = False
                 control.should_save = True
-                run.sink.emit(ev.LOG, message=f"SIGUSR1: saving a checkpoint after step {state.global_step}")
+                run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             run.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
 
     return EventCallback()
+
+
+class NullSink:
+    """The event sink of ranks other than 0: they train, and report only through rank 0."""
+
+    write_error: OSError | None = None
+    disk_full = False
+    indexed = False
+    unwritten: list[bytes] = []  # noqa: RUF012 - never appended to
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        pass
+
+    def flush_unwritten(self) -> bool:
+        return True
+
+    def written_bytes(self) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
 
 
 class _Tolerant:
@@ -766,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the training subprocess. Returns the exit code."""
     args = build_arg_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
+    rank = rank_info()
     try:
         config = load_config(args.config, {"output_dir": str(run_dir)}, check_files=False)
     except ConfigError as exc:
@@ -775,9 +957,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Held until this process ends: a second trainer pointed here must not interleave
-        # its events and checkpoints with ours.
-        hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
-        if not (run_dir / CONFIG).exists():
+        # its events and checkpoints with ours. Under torchrun the agent holds it for its ranks.
+        if rank.is_main and not (rank.distributed and os.environ.get(AGENT_ENV)):
+            hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
+        if rank.is_main and not (run_dir / CONFIG).exists():
             (run_dir / CONFIG).write_text(dump_config(config))
     except RunDirTaken as exc:
         print(f"loratop trainer: {exc}; not writing into it", file=sys.stderr)
@@ -794,7 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # A full disk must not turn a library's print into a crash: trainer.log may lose lines.
     sys.stdout, sys.stderr = _Tolerant(sys.stdout), _Tolerant(sys.stderr)
-    run = Run(config, run_dir, EventSink(run_dir / EVENTS, args.events_fd))
+    sink: Any = EventSink(run_dir / EVENTS, args.events_fd) if rank.is_main else NullSink()
+    run = Run(config, run_dir, sink, rank)
     run.install_signal_handlers()
     return run.execute()
 

@@ -335,7 +335,7 @@ class MonitorScreen(LoratopScreen[str]):
                 self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
         self._set_text("#lr-text", panels.lr_text(state))
         self._set_text("#params", panels.params_text(state))
-        self.query_one(MemoryPanel).update(state.memory)
+        self.query_one(MemoryPanel).update(state.memory, state.ranks)
         if sparks:
             self._sparks_at = now
             spark = self.query_one("#mem-spark", Sparkline)

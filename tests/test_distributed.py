@@ -1,0 +1,378 @@
+"""Runs of several ranks through torchrun (issue 14): the real launcher on CPU ranks (gloo).
+
+The slow tests start ``loratop``'s launcher, which starts torchrun's agent
+(``trainer.runtime.agent``), which starts the real trainer once per rank. Nothing is faked:
+the ranks train the tiny model and gather their memory over a real process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from rich.text import Text
+
+from loratop.trainer import events as ev
+from loratop.trainer.config import ConfigError, DistributedSection, load_config, parse_overrides
+from loratop.trainer.distributed import (
+    RankInfo,
+    check_distributed,
+    describe_failure,
+    rank_info,
+    torchrun_args,
+    worst_rank,
+)
+from loratop.trainer.run_state import RunState
+from loratop.trainer.run_summary import fold_run, run_facts
+from loratop.trainer.runtime.agent import Relay, events_tail
+from loratop.trainer.runtime.event_sink import EventSink
+from loratop.tui.launcher import launch
+from loratop.tui.panels import events_text, header_lines, outcome_text
+from loratop.widgets.memory_panel import rank_lines
+from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, until
+
+FAST = ["training.per_device_train_batch_size=1", "training.max_seq_length=64", "data.max_rows=64"]
+"""Short steps: two ranks share this machine's two cores."""
+
+
+def _config(tmp_path: Path, name: str, *overrides: str) -> Any:
+    sets = parse_overrides([f"output_dir={tmp_path / name}", "distributed.nproc_per_node=2", *FAST, *overrides])
+    return load_config(DEMO_CONFIG, sets)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- the pieces, without processes -------------------------------------------------------
+
+
+def test_rank_info_reads_torchruns_variables() -> None:
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    info = rank_info(env)
+    assert info == RankInfo(rank=3, local_rank=1, world_size=4, node_rank=1, local_world_size=2)
+    assert info.distributed and not info.is_main and info.label == "1:1"
+    assert rank_info({}) == RankInfo() and not RankInfo().distributed and RankInfo().is_main
+    assert rank_info({"WORLD_SIZE": "1", "RANK": "0"}) == RankInfo()
+
+
+def test_config_takes_a_distributed_section_like_any_other() -> None:
+    config = load_config(DEMO_CONFIG, parse_overrides(["distributed.nproc_per_node=2"]))
+    assert config.distributed.world_size == 2 and config.distributed.strategy == "ddp"
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, parse_overrides(["distributed.nproc_per_node=0"]))
+    assert any("distributed.nproc_per_node" in line for line in err.value.problems)
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, parse_overrides(["distributed.strategy=zero3"]))
+    assert any("'ddp'" in line and "'fsdp'" in line for line in err.value.problems)
+
+
+def test_check_distributed_says_each_problem_in_one_line() -> None:
+    def problems(gpus: int, **fields: Any) -> list[str]:
+        return check_distributed(DistributedSection(**fields), gpus, "no NVIDIA driver")
+
+    assert problems(0) == [] and problems(0, nproc_per_node=2) == []  # CPU ranks over gloo are fine
+    assert problems(2, nproc_per_node=2) == []
+    (line,) = problems(1, nproc_per_node=2)
+    assert "nproc_per_node = 2" in line and "only 1 GPU" in line
+    (line,) = problems(0, nproc_per_node=2, strategy="fsdp")
+    assert "fsdp" in line and "no NVIDIA driver" in line
+    (line,) = problems(0, nproc_per_node=2, backend="nccl")
+    assert "nccl" in line and "gloo" in line
+    (line,) = problems(0, nnodes=2)
+    assert "rdzv_endpoint" in line
+    lines = problems(0, nnodes=2, node_rank=2, rdzv_endpoint="box")
+    assert len(lines) == 2 and "node_rank = 2" in lines[0] and "host:port" in lines[1]
+    assert problems(0, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500") == []
+    assert all("\n" not in line for line in lines)
+
+
+def test_check_cli_refuses_fsdp_on_a_cpu_box() -> None:
+    result = loratop("check", str(DEMO_CONFIG), "--set", "distributed.strategy=fsdp", "--set",
+                     "distributed.nproc_per_node=2")  # fmt: skip
+    assert result.returncode == 2
+    assert "distributed.strategy = 'fsdp'" in result.stderr + result.stdout
+    ok = loratop("check", str(DEMO_CONFIG), "--set", "distributed.nproc_per_node=2")
+    assert ok.returncode == 0, ok.stderr
+    assert "ranks   2 = 2 per node × 1 node(s), ddp" in ok.stdout
+
+
+def test_torchrun_args_one_box_and_several() -> None:
+    assert torchrun_args(DistributedSection(nproc_per_node=2))[-1] == "--standalone"
+    args = torchrun_args(DistributedSection(nproc_per_node=4, nnodes=2, node_rank=1, rdzv_endpoint="10.1.2.3:29555"))
+    joined = " ".join(args)
+    assert "--nproc_per_node 4" in joined and "--nnodes 2" in joined and "--node_rank 1" in joined
+    assert "--master_addr 10.1.2.3" in joined and "--master_port 29555" in joined and "--max_restarts 0" in joined
+
+
+def test_failures_and_the_worst_rank_in_words() -> None:
+    line = describe_failure(3, {"node": 1, "local_rank": 1, "pid": 42, "exit_code": -9, "host": "box2"})
+    assert line == "rank 3 (node 1, local rank 1, host box2, pid 42) killed by SIGKILL"
+    assert describe_failure(0, {"node": 0, "local_rank": 0, "exit_code": 3}).endswith("exited with code 3")
+    gpu_rows = [{"gpu": {"used": 10, "total": 100}, "rss": 9}, {"gpu": {"used": 90, "total": 100}, "rss": 1}]
+    assert worst_rank(gpu_rows) == 1
+    assert worst_rank([{"gpu": None, "rss": 5}, {"gpu": None, "rss": 7}, {"gpu": None, "rss": 6}]) == 1
+    assert worst_rank([]) is None
+
+
+RANKS_EVENT: dict[str, Any] = {
+    "v": 1, "seq": 9, "t": 1.0, "type": ev.RANKS, "step": 4, "world_size": 4, "worst": 2,
+    "ranks": [
+        {"rank": r, "node": r // 2, "local_rank": r % 2, "pid": 100 + r, "rss": 1 << 30,
+         "gpu": {"index": r % 2, "used": (40 + 10 * (r == 2)) << 30, "total": 80 << 30},
+         "oom_level": "danger" if r == 2 else "ok", "spills": r, "spill_bytes": r << 20}
+        for r in range(4)
+    ],
+}  # fmt: skip
+
+
+def test_rank_rows_in_the_memory_panel_mark_the_worst() -> None:
+    lines = [line.plain for line in rank_lines(RANKS_EVENT, 40)]
+    assert lines[0] == "4 ranks · worst 1:0"
+    assert len(lines) == 5 and all(Text(line).cell_len <= 40 for line in lines)
+    assert lines[3].startswith("1:0 gpu0") and lines[3].endswith("◀") and "50.0/80.0 GiB" in lines[3]
+    assert sum(line.endswith("◀") for line in lines) == 1
+    few = [line.plain for line in rank_lines(RANKS_EVENT, 40, max_rows=2)]
+    assert "1:0" in few[2] and few[-1] == "… 2 more rank(s)"  # the worst is always among them
+    cpu = {"world_size": 2, "worst": 0, "ranks": [{"node": 0, "local_rank": i, "rss": 600 << 20, "gpu": None}
+                                                 for i in range(2)]}  # fmt: skip
+    cpu_lines = [line.plain for line in rank_lines(cpu, 40)]
+    assert cpu_lines[0].startswith("2 ranks (CPU") and cpu_lines[1] == "0:0 rss 600 MiB ◀"
+
+
+def test_ranks_fold_into_the_state_peaks_over_ranks_and_worst_in_header() -> None:
+    state = RunState(Path("r"))
+    state.apply({"v": 1, "seq": 0, "t": 0.5, "type": ev.RUN_STARTED, "device": {"kind": "cuda", "name": "A100",
+                 "world_size": 4}, "max_steps": 10})  # fmt: skip
+    state.apply(RANKS_EVENT)
+    assert state.world_size == 4 and state.peak_gpu_used == 50 << 30 and state.rank_peaks[2]["gpu"] == 50 << 30
+    assert "×4 ranks" in header_lines(state, 2.0)[0]
+    text = events_text(state)
+    assert "OOM risk DANGER (worst of 4 ranks: 1:0)" in text
+    assert "spills 6 on 4 ranks; most on rank 1:1: 3" in text
+    assert run_facts(state, 2.0)["world_size"] == 4 and run_facts(state, 2.0)["spills"] == 6
+
+
+def test_a_lost_rank_is_the_outcome_and_the_status() -> None:
+    state = RunState(Path("r"))
+    state.apply({"v": 1, "seq": 0, "t": 1.0, "type": ev.RUN_FINISHED, "status": "failed", "duration_s": 3.0,
+                 "error": {"message": "RuntimeError: Connection reset by peer", "traceback": []}})  # fmt: skip
+    message = "rank 1 (node 0, local rank 1, pid 7) killed by SIGKILL at step 5"
+    state.apply({"v": 1, "seq": 1, "t": 1.1, "type": ev.ALERT, "kind": "rank_lost", "message": message, "rank": 1})
+    text = outcome_text(state)
+    assert text is not None and text.splitlines()[0] == f"failed after 3s: {message}"
+    assert "rank 0 saw: RuntimeError: Connection reset by peer" in text
+    assert state.status == ev.FAILED
+
+
+def test_the_agent_appends_after_rank_0_with_the_next_seq(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = EventSink(path)
+    sink.emit(ev.STEP, step=1, loss=1.0)
+    sink.emit(ev.STEP, step=2, loss=0.9)
+    sink.close()
+    next_seq, last_step, finished = events_tail(path)
+    assert (next_seq, last_step, finished) == (2, 2, None)
+    more = EventSink(path, start_seq=next_seq)
+    more.emit(ev.ALERT, kind="rank_lost", step=2, message="rank 1 … killed by SIGKILL")
+    more.close()
+    events = read_events(tmp_path)
+    assert [e["seq"] for e in events] == [0, 1, 2] and events[-1]["type"] == ev.ALERT
+
+
+def test_relay_passes_whole_lines_and_survives_the_reader_leaving(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3')  # the last line is not whole yet
+    read_fd, write_fd = os.pipe()
+    relay = Relay(path, write_fd)
+    relay.pass_on()
+    assert os.read(read_fd, 1000) == b'{"a": 1}\n{"b": 2}\n'
+    with path.open("ab") as fh:
+        fh.write(b"}\n")
+    relay.pass_on()
+    assert os.read(read_fd, 1000) == b'{"c": 3}\n'
+    os.close(read_fd)
+    with path.open("ab") as fh:
+        fh.write(b'{"d": 4}\n')
+    relay.pass_on()  # EPIPE: the watcher is gone; the relay closes, the run goes on
+    relay.pass_on()
+    relay.close()
+
+
+# -- real ranks ------------------------------------------------------------------------
+
+
+def _ranks_children(agent: int) -> list[psutil.Process]:
+    return psutil.Process(agent).children()
+
+
+@pytest.mark.slow
+def test_two_ranks_in_the_dashboard_checkpoint_and_stop_at_one_step(tmp_path: Path) -> None:
+    """The real launcher starts 2 CPU ranks; the dashboard shows both; c and s reach both."""
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.monitor_screen import MonitorScreen
+
+    config = _config(tmp_path, "run", "training.max_steps=3000")
+    run = launch(config, DEMO_CONFIG)
+    app = LoratopApp(run.run_dir, run.events_fd, process=run.process)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            await until(pilot, lambda: screen.state.ranks is not None and screen.state.last_step >= 3, 180, "2 ranks")
+            await pilot.pause(0.5)
+            panel = str(screen.query_one("#memory").render())
+            assert "2 ranks (CPU" in panel and "0:0 rss" in panel and "0:1 rss" in panel and "◀" in panel
+            assert "×2 ranks" in str(screen.query_one("#run-header").render())
+            await pilot.press("c")
+            await until(pilot, lambda: bool(screen.state.checkpoints), 60, "the checkpoint")
+            await until(pilot, lambda: screen.state.last_step >= screen.state.checkpoints[0]["step"] + 5, 60, "steps")
+            await pilot.press("s")
+            await pilot.press("y")
+            await until(pilot, lambda: screen.state.finished is not None, 120, "the stop")
+            await pilot.press("q")
+
+    asyncio.run(drive())
+    assert run.process.wait(timeout=60) == 0
+    events = read_events(run.run_dir)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    finished = of_type(events, ev.RUN_FINISHED)[-1]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "SIGTERM"
+    ranks = of_type(events, ev.RANKS)
+    assert ranks and all(r["world_size"] == 2 for r in ranks)
+    rows = ranks[-1]["ranks"]
+    assert [r["rank"] for r in rows] == [0, 1] and len({r["pid"] for r in rows}) == 2
+    assert all(isinstance(r["rss"], int) and r["rss"] > 0 and r["gpu"] is None and r["gpu_note"] for r in rows)
+    assert of_type(events, ev.RUN_STARTED)[0]["device"]["world_size"] == 2
+    # Both ranks acted at the same step (each says so in trainer.log), and one adapter was saved.
+    log = (run.run_dir / "trainer.log").read_text()
+    for what in ("SIGUSR1: saving a checkpoint", "SIGTERM: stopping"):
+        steps = {int(m.group(2)) for m in re.finditer(rf"loratop rank (\d): {what} after step (\d+)", log)}
+        said = re.findall(rf"loratop rank (\d): {what}", log)
+        assert sorted(said) == ["0", "1"] and len(steps) == 1, (what, said, steps)
+    (checkpoint,) = [c for c in of_type(events, ev.CHECKPOINT) if not c["final"]]
+    assert re.search(rf"SIGUSR1: saving a checkpoint after step {checkpoint['step']}\b", log)
+    assert sorted(p.name for p in run.run_dir.iterdir() if p.name.startswith(("checkpoint-", "adapter"))) == [
+        "adapter",
+        f"checkpoint-{checkpoint['step']}",
+    ]
+    assert finished["step"] == of_type(events, ev.STEP)[-1]["step"]
+    status = status_of(run.run_dir)
+    assert status["status"] == ev.STOPPED and status["exit_code"] == 0 and status["pid"] == run.process.pid
+    # ls, compare and export know it ran on 2 ranks.
+    listing = loratop("--runs-dir", str(tmp_path), "ls")
+    assert re.search(r"run\s+stopped\s+.*×2", listing.stdout), listing.stdout
+    exported = loratop("export", str(run.run_dir), "-o", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    (csv_path,) = (tmp_path / "out").glob("*metrics*.csv")
+    rows_csv = _rows(csv_path)
+    assert rows_csv[-1]["ranks"] == "2" and int(rows_csv[-1]["max_rank_rss_bytes"]) > 0
+    assert fold_run(run.run_dir)[0].world_size == 2
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_one_rank_killed_ends_the_run_within_seconds_naming_it(tmp_path: Path) -> None:
+    """kill -9 of rank 1: torchrun ends rank 0, the agent says which rank died and how."""
+    run = launch(_config(tmp_path, "run", "training.max_steps=3000"), DEMO_CONFIG)
+    os.close(run.events_fd)
+    path = run.run_dir / "events.jsonl"
+    deadline = time.monotonic() + 180
+    rows: list[dict[str, Any]] = []
+    while not rows:
+        assert time.monotonic() < deadline, "no ranks report"
+        time.sleep(0.5)
+        reports = of_type(read_events(run.run_dir), ev.RANKS) if path.exists() else []
+        rows = reports[-1]["ranks"] if reports else []
+    victim = rows[1]["pid"]
+    # Signal only what is proven to be this run's rank: a child of the agent we launched.
+    assert victim in [p.pid for p in _ranks_children(run.process.pid)]
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    assert run.process.wait(timeout=60) == 1
+    took = time.monotonic() - killed_at
+    assert took < 35, f"the run took {took:.1f} s to end"
+    assert not psutil.pid_exists(rows[0]["pid"]) or psutil.Process(rows[0]["pid"]).status() == "zombie"
+    events = read_events(run.run_dir)
+    (alert,) = of_type(events, ev.ALERT)
+    assert alert["kind"] == "rank_lost" and alert["rank"] == 1 and alert["node"] == 0 and alert["exit_code"] == -9
+    assert alert["message"].startswith(f"rank 1 (node 0, local rank 1, host {socket.gethostname()}, pid {victim}) "
+                                       "killed by SIGKILL at step")  # fmt: skip
+    assert of_type(events, ev.RUN_FINISHED)[-1]["status"] == ev.FAILED
+    status = status_of(run.run_dir)
+    assert status["status"] == ev.FAILED and status["exit_code"] == 1 and "rank 1" in status["error"]
+    state = fold_run(run.run_dir)[0]
+    assert state.status == ev.FAILED and "killed by SIGKILL" in (outcome_text(state) or "")
+    listing = loratop("--runs-dir", str(tmp_path), "ls")
+    assert re.search(r"run\s+failed", listing.stdout), listing.stdout
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
+    """Two launchers, node_rank 0 and 1, meet at 127.0.0.1: node 0's run reports all four ranks."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    common = ["distributed.nnodes=2", f"distributed.rdzv_endpoint={endpoint}", "training.max_steps=6"]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loratop.tui.cli",
+                "run",
+                str(DEMO_CONFIG),
+                "--no-tui",
+                *[
+                    a
+                    for s in [
+                        f"output_dir={tmp_path / f'node{n}'}",
+                        "distributed.nproc_per_node=2",
+                        f"distributed.node_rank={n}",
+                        *FAST,
+                        *common,
+                    ]
+                    for a in ("--set", s)
+                ],
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for n in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "node 1 of 2: ranks 2–3 train here" in outputs[1] and "every rank here finished" in outputs[1]
+    events = read_events(tmp_path / "node0")
+    ranks = of_type(events, ev.RANKS)[-1]
+    assert ranks["world_size"] == 4
+    assert [(r["rank"], r["node"], r["local_rank"]) for r in ranks["ranks"]] == [
+        (0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)
+    ]  # fmt: skip
+    assert of_type(events, ev.RUN_FINISHED)[-1]["status"] == ev.COMPLETED
+    assert (tmp_path / "node0" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "node1" / "adapter").exists()  # one adapter, on node 0
+    node1 = read_events(tmp_path / "node1")
+    assert "events, adapter and dashboard are on node 0" in of_type(node1, ev.LOG)[0]["message"]
+    assert of_type(node1, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
+    assert json.loads((tmp_path / "node1" / "status.json").read_text())["distributed"]["node_rank"] == 1

@@ -1,0 +1,321 @@
+"""A run of several ranks: ``python -m loratop.trainer.runtime.agent CONFIG --run-dir DIR [--events-fd N]``.
+
+The launcher starts this in place of the trainer when ``distributed.nproc_per_node`` or
+``nnodes`` is above 1, in its own session as always. It runs PyTorch's elastic launcher
+in-process (``torch.distributed.run``, exactly what the ``torchrun`` command runs), which
+starts one trainer (:mod:`trainer.runtime.train`) per rank on this box. This process is
+what ``status.json`` names, so it is what a watcher proves alive and signals:
+
+- SIGTERM/SIGINT and SIGUSR1 are passed on to every local rank (torchrun's own handlers,
+  which kill the ranks after 30 s, are turned off); the ranks agree on the step to stop or
+  checkpoint at over the process group, so the other boxes follow at the same step.
+- Rank 0 writes ``events.jsonl``; the ranks cannot inherit the watcher's pipe (torchrun
+  closes extra fds), so this process relays the file's new lines onto the pipe.
+- When a rank dies, torchrun ends the others; this process then writes an ``alert`` naming
+  the rank, its node and how it ended, and the ``run_finished`` rank 0 could not write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from loratop.trainer import events as ev
+from loratop.trainer.config import ConfigError, dump_config, load_config
+from loratop.trainer.distributed import AGENT_ENV, describe_failure, torchrun_args
+from loratop.trainer.run_dir import (
+    CONFIG,
+    EVENTS,
+    RunDirTaken,
+    hold_run_dir,
+    now,
+    process_identity,
+    read_status,
+    write_status,
+)
+from loratop.trainer.runtime.event_sink import EventSink
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+RANK_COMMAND = (
+    sys.executable,
+    "-c",
+    # As the launcher's TRAINER_COMMAND: the working folder never shadows our modules.
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
+    "runpy.run_module('loratop.trainer', run_name='__main__', alter_sys=True)",
+)
+
+TAIL_BYTES = 4 << 20
+"""How much of the end of ``events.jsonl`` the agent reads to say how the run ended."""
+
+RELAY_INTERVAL_S = 0.1
+"""How often new lines of ``events.jsonl`` are passed to the watcher's pipe."""
+
+
+class Relay:
+    """Passes whole new lines of ``events.jsonl`` to the watcher's pipe, never blocking.
+
+    A full pipe leaves lines off (the watcher sees a ``seq`` gap and reads the file); a
+    vanished watcher closes the pipe. Events are never lost: the file has them all.
+    """
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self._path, self._fd = path, fd
+        self._offset = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loratop-relay", daemon=True)
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def start(self) -> None:
+        if self._fd is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(RELAY_INTERVAL_S):
+            self.pass_on()
+
+    def pass_on(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            with self._path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(1 << 20)
+        except OSError:
+            return
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        if not whole:
+            return
+        self._offset += len(whole)
+        try:
+            sent = 0
+            while sent < len(whole):
+                sent += os.write(self._fd, whole[sent:])
+        except BlockingIOError:
+            pass  # the rest of this chunk is left off the pipe; the watcher fills the gap from the file
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF):
+                self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _children() -> list[int]:
+    """This process's children: the ranks torchrun started (proven ours: we are their parent)."""
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().children()]
+    except psutil.Error:
+        return []
+
+
+def _pass_on(signum: int, frame: FrameType | None) -> None:
+    for pid in _children():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def events_tail(path: Path) -> tuple[int, int, dict[str, Any] | None]:
+    """The next ``seq``, the last step and the ``run_finished`` event (if any) of ``events.jsonl``."""
+    next_seq, last_step, finished = 0, 0, None
+    try:
+        with path.open("rb") as fh:
+            # The tail is enough (a long run's file is gigabytes): the last step, the last seq
+            # and run_finished are within its last events.
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - TAIL_BYTES))
+            lines = fh.read().split(b"\n")
+            if fh.tell() > TAIL_BYTES:
+                lines = lines[1:]  # the first may be cut
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if isinstance(event.get("seq"), int):
+                    next_seq = event["seq"] + 1
+                if event.get("type") == ev.STEP and isinstance(event.get("step"), int):
+                    last_step = event["step"]
+                elif event.get("type") == ev.RUN_FINISHED:
+                    finished = event
+    except OSError:
+        pass
+    return next_seq, last_step, finished
+
+
+def run_ranks(config_path: str, run_dir: Path, dist: Any) -> dict[str, Any] | None:
+    """Run torchrun over this box's ranks. Returns the first failure (``None`` if all exited 0)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun's own handlers would end the ranks on SIGTERM (SIGKILL after 30 s); with only
+    # SIGQUIT left to them, ours pass the signal on and the ranks stop at a step boundary.
+    argv = [
+        *torchrun_args(dist),
+        "--signals-to-handle",
+        "SIGQUIT",
+        "--no-python",
+        *RANK_COMMAND,
+        config_path,
+        "--run-dir",
+        str(run_dir),
+    ]
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        node = dist.node_rank
+        return {
+            "rank": rank,
+            "node": node,
+            "local_rank": failure.local_rank,
+            "pid": failure.pid,
+            "exit_code": failure.exitcode,
+            "host": socket.gethostname(),
+            "ranks_failed": len(exc.failures),
+        }
+    except Exception as exc:  # a rendezvous that timed out, a port taken
+        return {"message": f"torchrun: {type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loratop.trainer.runtime.agent")
+    parser.add_argument("config")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--events-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        config = load_config(args.config, {"output_dir": str(run_dir)}, check_files=False)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"loratop agent: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    dist = config.distributed
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        hold_run_dir(run_dir)  # the agent holds the folder for all its ranks
+        if not (run_dir / CONFIG).exists():
+            (run_dir / CONFIG).write_text(dump_config(config))
+        write_status(
+            run_dir,
+            pid=os.getpid(),
+            **process_identity(os.getpid()),
+            state="running",
+            started_at=now(),
+            ended_at=None,
+            distributed={
+                "world_size": dist.world_size,
+                "nnodes": dist.nnodes,
+                "node_rank": dist.node_rank,
+                "nproc_per_node": dist.nproc_per_node,
+                "strategy": dist.strategy,
+            },
+        )
+    except RunDirTaken as exc:
+        print(f"loratop agent: {exc}; not writing into it", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"loratop agent: cannot write {run_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    # Ours pass SIGTERM/SIGINT/SIGUSR1 on; the ranks stop or checkpoint at a step boundary,
+    # all at the same step (see run_ranks for torchrun's own handlers).
+    os.environ[AGENT_ENV] = str(os.getpid())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, _pass_on)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    if dist.node_rank > 0:  # rank 0 writes the run's events on node 0; this folder says so
+        first = dist.node_rank * dist.nproc_per_node
+        sink = EventSink(run_dir / EVENTS)
+        sink.emit(
+            ev.LOG,
+            message=f"node {dist.node_rank} of {dist.nnodes}: ranks {first}–{first + dist.nproc_per_node - 1} "
+            f"train here; the run's events, adapter and dashboard are on node 0 ({dist.rdzv_endpoint})",
+        )
+        sink.close()
+    relay = Relay(run_dir / EVENTS, args.events_fd)
+    relay.start()
+    started = time.monotonic()
+    where = f"node {dist.node_rank} of {dist.nnodes}"
+    print(f"loratop agent: torchrun, {dist.nproc_per_node} rank(s) on {where}", flush=True)
+    failure = run_ranks(str(Path(args.config).resolve()), run_dir, dist)
+    code = _finish(run_dir, failure, dist.node_rank, time.monotonic() - started)
+    relay.pass_on()
+    relay.close()
+    return code
+
+
+def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, duration: float) -> int:
+    """Say how the run ended where rank 0 could not, and leave ``status.json`` final."""
+    path = run_dir / EVENTS
+    next_seq, last_step, finished = events_tail(path)
+    status = read_status(run_dir) or {}
+    if failure is None:
+        if node_rank > 0:  # rank 0 and its events live on node 0: this node's ranks all ended well
+            sink = EventSink(path, start_seq=next_seq)
+            sink.emit(ev.RUN_FINISHED, status=ev.COMPLETED, step=last_step, duration_s=round(duration, 3))
+            sink.close()
+            write_status(run_dir, state="finished", status=ev.COMPLETED, exit_code=EXIT_OK, ended_at=now())
+            return EXIT_OK
+        if finished is not None:
+            code = EXIT_OK if finished.get("status") in (ev.COMPLETED, ev.STOPPED) else EXIT_FAILED
+            write_status(run_dir, exit_code=code)
+            return code
+        failure = {"message": "the ranks exited without a report from rank 0"}
+    message = failure.get("message") or describe_failure(failure["rank"], failure)
+    message = f"{message} at step {last_step}" if last_step else f"{message} before the first step"
+    print(f"loratop agent: {message}", file=sys.stderr, flush=True)
+    sink = EventSink(path, start_seq=next_seq)
+    sink.emit(ev.ALERT, kind="rank_lost", step=last_step, message=message, **_failure_fields(failure))
+    if finished is None:
+        sink.emit(
+            ev.RUN_FINISHED,
+            status=ev.FAILED,
+            step=last_step,
+            duration_s=round(duration, 3),
+            error={"message": message, "traceback": []},
+        )
+    sink.close()
+    write_status(
+        run_dir,
+        state="finished",
+        status=ev.FAILED,
+        exit_code=EXIT_FAILED,
+        last_step=max(last_step, int(status.get("last_step") or 0)),
+        ended_at=now(),
+        error=message,
+    )
+    return EXIT_FAILED
+
+
+def _failure_fields(failure: dict[str, Any]) -> dict[str, Any]:
+    return {k: failure[k] for k in ("rank", "node", "local_rank", "pid", "exit_code", "host") if k in failure}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

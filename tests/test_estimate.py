@@ -1,14 +1,15 @@
 """The pre-flight estimate (``loratop estimate``): figures checked by hand, no torch.
 
 The fixtures under ``tests/data/configs/`` are the public ``config.json`` files of
-LLaMA-2-7B, Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct and Gemma-3-4B-it (multimodal,
-with a sparse ``text_config``), each in a folder that stands in for a local model.
+LLaMA-2-7B, Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct, Llama-3.1-70B-Instruct and Gemma-3-4B-it
+(multimodal, with a sparse ``text_config``), each in a folder that stands in for a local model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -46,6 +47,7 @@ LLAMA_7B = str(CONFIGS / "llama-7b")
 QWEN_7B = str(CONFIGS / "qwen2.5-7b")
 LLAMA_31_8B = str(CONFIGS / "llama-3.1-8b")
 GEMMA_3_4B = str(CONFIGS / "gemma-3-4b-it")
+LLAMA_31_70B = str(CONFIGS / "llama-3.1-70b")
 DEMO = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
 ALL_SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -652,3 +654,37 @@ def test_an_unknown_model_shape_draws_no_disk_warning_and_no_download(
     assert main(["check", str(DEMO), *args, "--set", f"output_dir={tmp_path / 'r1'}"]) == 0
 
     assert "this run writes" not in capsys.readouterr().out and disk.asked == []
+
+
+# ---------------------------------------------------------------- several GPUs
+
+
+def test_70b_qlora_on_two_48_gb_gpus_fits_only_sharded() -> None:
+    """The QLoRA-FSDP case: 70B in 4 bits is ~45 GB of model state, too much for one 48 GB card."""
+    from loratop.trainer.estimate import per_gpu
+
+    shape = load_model_shape(LLAMA_31_70B)
+    assert count_parameters(shape).total == 70_553_706_496
+    est = estimate(shape, qlora_config(max_seq_length=2048), 48 * 10**9, "RTX 6000 Ada")
+    row = est.row("qlora")
+    b = row.breakdown
+    ddp, fsdp = per_gpu(est, 2)
+    assert ddp.total == row.total + b["gradients"]  # replicated, plus DDP's gradient buckets
+    per_layer = (b["weights"] + b["quant_constants"]) // 80
+    assert fsdp.total == row.model_state // 2 + 2 * per_layer + b["activations"] + b["logits"] + b["overhead"]
+    assert not ddp.fits and fsdp.fits and fsdp.total < 35 * 10**9
+    assert per_gpu(est, 4)[1].total < fsdp.total  # more GPUs, smaller shards
+    assert per_gpu(est, 4)[0].total == ddp.total  # DDP does not shrink with GPUs
+
+
+def test_cli_estimate_per_gpu_follows_the_configs_world_size(no_gpu: None, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--set", f"model.name_or_path={LLAMA_31_70B}", "--set", "training.per_device_train_batch_size=1"]
+    assert main(["estimate", *args, "--set", "distributed.nproc_per_node=2", str(DEMO)]) == 0
+    out = capsys.readouterr().out
+    assert "On 2 GPUs (QLoRA, NF4 + double quant), per GPU:" in out
+    assert re.search(r"DDP, replicated +[0-9.]+ GB  no NVIDIA GPU", out)
+    assert re.search(r"FSDP, sharded +[0-9.]+ GB  no NVIDIA GPU", out)
+    assert main(["estimate", *args, str(DEMO)]) == 0
+    assert "per GPU" not in capsys.readouterr().out  # one process: nothing to split
+    assert main(["estimate", *args, "--gpus", "8", str(DEMO)]) == 0
+    assert "On 8 GPUs" in capsys.readouterr().out

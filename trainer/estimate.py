@@ -51,6 +51,14 @@ caching allocator's slack.
 Not counted: transient dequantization buffers, the LoRA layers' saved inputs, the
 vision tower of a multimodal model, fragmentation beyond the fixed overhead.
 
+On N GPUs (:func:`per_gpu`), per GPU, each rank with its own ``per_device_train_batch_size``:
+DDP replicates everything above on every GPU and adds its gradient buckets (the trainable
+parameters' gradients once more, 4 B/param). FSDP (full shard) splits the model state
+(weights, quantization constants, adapters, gradients, optimizer) N ways and adds the
+all-gathered weights of the layers being computed: two layers' worth (the one in use and
+the one prefetched), in the compute dtype for QLoRA (FSDP stores the 4-bit weights in it).
+Activations, logits and the CUDA overhead are not shared.
+
 Disk (:func:`disk_need`): the final ``adapter/`` holds the LoRA weights as saved, 2 B/param
 for QLoRA (TRL's ``SFTTrainer`` casts a quantized model's adapters to bf16) and 4 B on a
 16-bit base (peft's fp32); each ``checkpoint-N/`` holds them again, plus the optimizer
@@ -764,6 +772,61 @@ def format_estimate(est: Estimate) -> str:
     for note in est.notes:
         lines += textwrap.wrap(note, width=80, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- several GPUs
+
+
+@dataclass(frozen=True)
+class PerGpu:
+    """One strategy's peak memory on each of ``gpus`` GPUs."""
+
+    strategy: str
+    """``ddp`` or ``fsdp``."""
+    gpus: int
+    total: int
+    fits: bool | None
+    headroom: int | None
+
+
+def per_gpu(est: Estimate, gpus: int, key: str | None = None) -> list[PerGpu]:
+    """Per-GPU peak of the config's method (or ``key``'s) on ``gpus`` GPUs, DDP and FSDP.
+
+    See the module's notes: DDP replicates and adds gradient buckets; FSDP shards the model
+    state and adds two layers of gathered weights.
+    """
+    row = est.row(key or est.selected)
+    b = row.breakdown
+    unshared = b["activations"] + b["logits"] + b["overhead"]
+    ddp = row.total + b["gradients"]
+    layers = max(1, est.shape.num_hidden_layers)
+    per_layer_weights = (b["weights"] + b["quant_constants"]) // layers
+    fsdp = row.model_state // gpus + 2 * per_layer_weights + unshared
+    result = []
+    for strategy, total in (("ddp", ddp), ("fsdp", fsdp if gpus > 1 else row.total)):
+        headroom = None if est.gpu_total is None else est.gpu_total - total
+        result.append(PerGpu(strategy, gpus, total, None if headroom is None else headroom >= 0, headroom))
+    return result
+
+
+def format_per_gpu(est: Estimate, gpus: int) -> list[str]:
+    """Lines for ``loratop estimate`` on ``gpus`` GPUs: DDP and FSDP per GPU, which fits."""
+    lines = [f"On {gpus} GPUs ({est.row(est.selected).name}), per GPU:"]
+    for item in per_gpu(est, gpus):
+        what = "DDP, replicated " if item.strategy == "ddp" else "FSDP, sharded   "
+        if item.fits is None:
+            verdict = "GPU size unknown" if est.gpu_name != NO_GPU else NO_GPU
+        elif item.fits:
+            verdict = f"fits ({fmt_size(item.headroom or 0)} spare)"
+        else:
+            verdict = f"does not fit ({fmt_size(-(item.headroom or 0))} over)"
+        lines.append(f"  {what}  {fmt_size(item.total):>9}  {verdict}")
+    ddp, fsdp = per_gpu(est, gpus)
+    if ddp.fits is False and fsdp.fits:
+        lines.append("  -> only FSDP fits: set distributed.strategy = fsdp")
+    elif ddp.fits:
+        lines.append("  -> DDP fits: it is the faster of the two (no weights gathered each layer)")
+    return lines
 
 
 # --------------------------------------------------------------------------- disk

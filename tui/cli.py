@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = commands.add_parser("estimate", help="pre-flight memory estimate from the model's config.json")
     _add_config_args(estimate)
+    estimate.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also per GPU on N GPUs, DDP and FSDP (default: the config's distributed world size)",
+    )
 
     demo = commands.add_parser("demo", help=f"run the shipped tiny CPU demo ({samples.DEMO}.yaml)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -187,7 +194,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(f"loratop: {exc}", file=sys.stderr)
         return EXIT_USAGE
     gpu_total, gpu_name = visible_gpu_total()
-    print(format_estimate(estimate(shape, config, gpu_total, gpu_name)))
+    est = estimate(shape, config, gpu_total, gpu_name)
+    print(format_estimate(est))
+    gpus = config.distributed.world_size if args.gpus is None else args.gpus
+    if gpus > 1:
+        from loratop.trainer.estimate import format_per_gpu
+
+        print()
+        print("\n".join(format_per_gpu(est, gpus)))
     return 0
 
 

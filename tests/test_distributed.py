@@ -240,9 +240,9 @@ def test_two_ranks_in_the_dashboard_checkpoint_and_stop_at_one_step(tmp_path: Pa
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
             await until(pilot, lambda: screen.state.ranks is not None and screen.state.last_step >= 3, 180, "2 ranks")
-            await pilot.pause(0.5)
-            panel = str(screen.query_one("#memory").render())
-            assert "2 ranks (CPU" in panel and "0:0 rss" in panel and "0:1 rss" in panel and "◀" in panel
+            panel = lambda: str(screen.query_one("#memory").render())  # noqa: E731 - redrawn once a second
+            await until(pilot, lambda: "2 ranks (CPU" in panel(), 10, "the rank rows")
+            assert "0:0 rss" in panel() and "0:1 rss" in panel() and "◀" in panel()
             assert "×2 ranks" in str(screen.query_one("#run-header").render())
             await pilot.press("c")
             await until(pilot, lambda: bool(screen.state.checkpoints), 60, "the checkpoint")
@@ -376,3 +376,57 @@ def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
     assert "events, adapter and dashboard are on node 0" in of_type(node1, ev.LOG)[0]["message"]
     assert of_type(node1, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
     assert json.loads((tmp_path / "node1" / "status.json").read_text())["distributed"]["node_rank"] == 1
+
+
+# -- what the Trainer is given (the CPU side of the GPU-only paths) -------------------------
+
+
+def _run(tmp_path: Path, rank: RankInfo, *overrides: str) -> Any:
+    from loratop.trainer.runtime.train import NullSink, Run
+
+    config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path}", *overrides]), check_files=False)
+    return Run(config, tmp_path, NullSink(), rank)
+
+
+def test_trainer_arguments_for_ddp_and_fsdp(tmp_path: Path) -> None:
+    """What the Hugging Face Trainer is given per strategy; the FSDP one is accepted by TRL's SFTConfig."""
+    from trl import SFTConfig
+
+    two = RankInfo(rank=1, local_rank=1, world_size=2, local_world_size=2)
+    assert _run(tmp_path, RankInfo())._distributed_args(cuda=False) == {}  # one process: untouched
+    ddp = _run(tmp_path, two, "distributed.nproc_per_node=2")._distributed_args(cuda=False)
+    assert ddp == {"ddp_backend": "gloo", "ddp_timeout": 300, "ddp_find_unused_parameters": False}
+    assert _run(tmp_path, two, "distributed.nproc_per_node=2")._distributed_args(cuda=True)["ddp_backend"] == "nccl"
+    fsdp = _run(tmp_path, two, "distributed.nproc_per_node=2", "distributed.strategy=fsdp",
+                "distributed.timeout_s=1800")._distributed_args(cuda=True)  # fmt: skip
+    assert fsdp["fsdp"] is True and fsdp["ddp_timeout"] == 1800
+    assert fsdp["fsdp_config"]["version"] == 2 and fsdp["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+    # Outside torchrun (no process group) only the FSDP part can be checked.
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], fsdp=True, fsdp_config=fsdp["fsdp_config"])
+    assert args.fsdp_config["reshard_after_forward"] is True and args.fsdp_config["version"] == 2
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpus_train_the_tiny_model(tmp_path: Path, strategy: str) -> None:
+    """On a box with two GPUs: DDP and QLoRA-FSDP through the real launcher, one adapter."""
+    if _cuda_devices() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    run = launch(_config(tmp_path, "run", "training.max_steps=20", f"distributed.strategy={strategy}"), DEMO_CONFIG)
+    os.close(run.events_fd)
+    assert run.process.wait(timeout=600) == 0, (run.run_dir / "trainer.log").read_text()[-3000:]
+    events = read_events(run.run_dir)
+    assert of_type(events, ev.RUN_FINISHED)[-1]["status"] == ev.COMPLETED
+    rows = of_type(events, ev.RANKS)[-1]["ranks"]
+    assert sorted(r["gpu"]["cuda_index"] for r in rows) == [0, 1]
+    assert (run.run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -31,7 +31,13 @@ def _drain(fd: int) -> None:
             return
 
 
-def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path) -> None:
+RANKS_2 = ["distributed.nproc_per_node=2", "training.per_device_train_batch_size=1", "training.max_seq_length=64",
+           "data.max_rows=64"]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [[], RANKS_2], ids=["one-process", "two-ranks"])
+def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path, extra: list[str]) -> None:
+    """One trainer, or torchrun's agent and its two ranks: all in sessions of their own."""
     # An ignored SIGHUP is inherited across exec: the dashboard would then survive the
     # hang-up for the wrong reason, and this test would prove nothing.
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL, "an earlier test left SIGHUP ignored"
@@ -39,7 +45,8 @@ def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path) -> N
     master, slave = pty.openpty()
     dashboard = subprocess.Popen(
         [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO_CONFIG),
-         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=150"],
+         "--set", f"output_dir={run_dir}", "--set", "training.max_steps=150",
+         *[a for s in extra for a in ("--set", s)]],
         cwd=REPO, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         env=dict(os.environ, TERM="xterm-256color", COLUMNS="100", LINES="30"),
     )  # fmt: skip

@@ -115,7 +115,16 @@ class Run:
         """The rescue folder that took the adapter (its own folder was full or removed), if any."""
         self._ranks_sent = 0.0
         """When rank 0 last reported every rank's memory (monotonic seconds)."""
-        self._ranks_worst: tuple[Any, ...] | None = None
+        self._ranks_seen: tuple[int, int] | None = None
+        """The worst OOM level and the most spills over the ranks at the last report."""
+        self._next_sync = 0
+        """The step at which the ranks next meet (rank 0 names it at each meeting)."""
+        self.agreed_stop: str | None = None
+        """Several ranks: the stop every rank agreed on at the last meeting."""
+        self.agreed_no_save = False
+        """Several ranks: some rank cannot write (a full disk), so none checkpoints."""
+        self._synced_at: tuple[float] | None = None
+        self._synced_step = 0
 
     # -- signals ----------------------------------------------------------------
 
@@ -134,7 +143,8 @@ class Run:
             self.stop_requested = signal.Signals(signum).name
 
     def _on_save_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.save_requested = True
+        if not self.rank.distributed:  # several ranks: the ranks agree first (sync_ranks)
+            self.save_requested = True
         self.save_signals += 1
 
     def _check_folder(self) -> None:
@@ -324,8 +334,7 @@ class Run:
         """QLoRA-FSDP: the adapter is sharded, so every rank takes part in saving it (the
         Trainer gathers the full state dict to rank 0, which writes it)."""
         path = self.run_dir / ADAPTER
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        trainer.save_model(str(path))
+        trainer.save_model(str(path))  # FULL_STATE_DICT (see _distributed_args): one adapter file
         if self.rank.is_main:
             self.sink.emit(ev.CHECKPOINT, step=self._last_step, path=str(path), final=True)
         return str(path)
@@ -372,42 +381,60 @@ class Run:
         return row
 
     def sync_ranks(self, step: int, control: Any) -> None:
-        """At a step boundary, on every rank: gather every rank's row; any rank's stop or
-        checkpoint request becomes every rank's, at this same step; rank 0 reports the rows."""
+        """At a step boundary, on every rank: any rank's stop or checkpoint request becomes
+        every rank's, at this same step; and now and then rank 0 gathers every rank's row.
+
+        The ranks meet about every :data:`SYNC_INTERVAL_S` (rank 0 names the next step to meet
+        at, from the pace so far) and at every ``save_steps`` step, over one all_reduce of a
+        few integers (the requests, the worst OOM level, the most spills, the next step). The
+        rows themselves (a pickled dict each) are gathered only when rank 0 is due to report
+        (``monitor.memory_sample_hz``) or a level or spill count changed; every rank knows
+        when from the same reduced integers. Every decision is made on all ranks alike.
+        """
+        import torch
         import torch.distributed as dist
 
-        mine = {
-            "row": self.rank_row(),
-            "stop": self.stop_requested,
-            "saves": self.save_signals,
-            "no_save": self.sink.write_error is not None,
-        }
-        gathered: list[Any] = [None] * self.rank.world_size
-        dist.all_gather_object(gathered, mine)
-        stops = [g["stop"] for g in gathered if g and g["stop"]]
-        if stops and self.stop_requested is None:
-            self.stop_requested = stops[0]
+        save_steps = self.config.training.save_steps
+        if step < self._next_sync and not (save_steps and step % save_steps == 0):
+            return
+        current = time.monotonic()
+        if self._synced_at is not None and step > self._synced_step:
+            pace = (current - self._synced_at[0]) / (step - self._synced_step)  # seconds per step
+            ahead = max(1, min(MAX_SYNC_GAP, int(SYNC_INTERVAL_S / pace) if pace > 0 else MAX_SYNC_GAP))
+        else:
+            ahead = 1
+        self._synced_at, self._synced_step = (current,), step
+        row = self.rank_row()
+        code = STOP_CODES.get(self.stop_requested, len(STOP_REASONS)) if self.stop_requested else 0
+        due = self.rank.is_main and time.monotonic() - self._ranks_sent >= 1.0 / self.config.monitor.memory_sample_hz
+        level = OOM_LEVELS.index(row["oom_level"]) + 1 if row["oom_level"] in OOM_LEVELS else 0
+        mine = [code, self.save_signals, int(self.sink.write_error is not None), int(due), level, row["spills"] or 0]
+        mine.append(step + ahead if self.rank.is_main else 0)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        flags = torch.tensor(mine, dtype=torch.int64, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, saves, no_save, due_any, worst_level, most_spills, self._next_sync = (int(x) for x in flags.tolist())
+        if stop:
+            if self.stop_requested is None:
+                self.stop_requested = STOP_REASONS[stop - 1] if stop <= len(STOP_REASONS) else "stop on another rank"
+            self.agreed_stop = self.stop_requested
         # The agent passes a SIGUSR1 to every rank, and each may get it a step apart: one
         # checkpoint per signal, at the first step boundary where any rank has it.
-        saves = max(g["saves"] for g in gathered if g)
         self.save_requested = saves > self._saves_done
         self._saves_done = saves
-        if any(g and g["no_save"] for g in gathered):
+        self.agreed_no_save = bool(no_save)
+        if no_save:
             control.should_save = False
-        if self.rank.is_main:
-            rows = [g["row"] for g in gathered if g]
-            self._report_ranks(step, rows)
-
-    def _report_ranks(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Emit the ``ranks`` event at the sampling rate, and at once when the worst rank or
-        any rank's OOM level or spill count changes."""
-        worst = worst_rank(rows)
-        key = (worst, *[(r.get("oom_level"), r.get("spills")) for r in rows])
-        current = time.monotonic()
-        if key == self._ranks_worst and current - self._ranks_sent < 1.0 / self.config.monitor.memory_sample_hz:
+        changed = (worst_level, most_spills) != self._ranks_seen
+        if not (due_any or changed):
             return
-        self._ranks_worst, self._ranks_sent = key, current
-        self.sink.emit(ev.RANKS, step=step, world_size=self.rank.world_size, ranks=rows, worst=worst)
+        self._ranks_seen = (worst_level, most_spills)
+        gathered: list[Any] = [None] * self.rank.world_size
+        dist.all_gather_object(gathered, row)
+        if self.rank.is_main:
+            self._ranks_sent = time.monotonic()
+            rows = [g for g in gathered if g]
+            self.sink.emit(ev.RANKS, step=step, world_size=self.rank.world_size, ranks=rows, worst=worst_rank(rows))
 
     def on_spike(self, spike: Any, control: Any) -> None:
         """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
@@ -648,14 +675,17 @@ class Run:
             "ddp_find_unused_parameters": False,
         }
         if d.strategy == "fsdp":
-            args["fsdp"] = "full_shard auto_wrap"
+            # FSDP2 (transformers' default): each decoder layer its own shard unit (the wrap
+            # policy falls back to the model's _no_split_modules), parameters resharded after
+            # the forward pass, rank 0 loading the checkpoint and broadcasting it, and the
+            # adapter saved as one ordinary file.
+            args["fsdp"] = True
             args["fsdp_config"] = {
-                "backward_prefetch": "backward_pre",
-                "forward_prefetch": False,
-                "use_orig_params": False,
+                "version": 2,
+                "reshard_after_forward": True,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                 "cpu_ram_efficient_loading": True,
-                "sync_module_states": True,
-                "activation_checkpointing": False,
+                "state_dict_type": "FULL_STATE_DICT",
             }
         return args
 
@@ -768,14 +798,20 @@ def _event_callback(run: Run) -> Any:
                 run._check_folder()  # the disk filled during this step: stop now, not within a second
                 control.should_save = False  # no checkpoint onto a disk that refused a line
             if run.rank.distributed:
-                run.sync_ranks(state.global_step, control)  # every rank decides alike, at this step
-            if run.stop_requested and not control.should_training_stop:
+                # Ranks act only on what they agreed on: one rank stopping or saving alone
+                # would leave the others waiting in a collective.
+                run.sync_ranks(state.global_step, control)
+                stop = run.agreed_stop
+            else:
+                stop = run.stop_requested
+            if stop and not control.should_training_stop:
                 control.should_training_stop = True
-                run.say(f"{run.stop_requested}: stopping after step {state.global_step}")
+                run.say(f"{stop}: stopping after step {state.global_step}")
             if run.save_requested:
                 run.save_requested = False
-                control.should_save = True
-                run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
+                if not control.should_save and run.sink.write_error is None and not run.agreed_no_save:
+                    control.should_save = True
+                    run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -823,6 +859,16 @@ class _Tolerant:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+STOP_REASONS = ("SIGTERM", "SIGINT", "spike", "disk full", "events.jsonl cannot be written", "run folder removed")
+"""Why a run stops, as the ranks tell each other (a code each: its place here, plus 1)."""
+STOP_CODES = {reason: i + 1 for i, reason in enumerate(STOP_REASONS)}
+OOM_LEVELS = ("ok", "watch", "danger")
+SYNC_INTERVAL_S = 0.2
+"""How often, at most, the ranks of a run meet to agree on stops and checkpoints: a stop
+lands within this (plus a step) of the signal, on the same step everywhere."""
+MAX_SYNC_GAP = 1000
 
 
 FOLDER_CHECK_S = 1.0

@@ -165,7 +165,8 @@ def test_ranks_fold_into_the_state_peaks_over_ranks_and_worst_in_header() -> Non
                  "world_size": 4}, "max_steps": 10})  # fmt: skip
     state.apply(RANKS_EVENT)
     assert state.world_size == 4 and state.peak_gpu_used == 50 << 30 and state.rank_peaks[2]["gpu"] == 50 << 30
-    assert "×4 ranks" in header_lines(state, 2.0)[0]
+    first = header_lines(state, 2.0)[0]
+    assert "×4 ranks" in first and first.endswith("· OOM DANGER 1:0")  # the worst rank, in the header
     text = events_text(state)
     assert "OOM risk DANGER (worst of 4 ranks: 1:0)" in text
     assert "spills 6 on 4 ranks; most on rank 1:1: 3" in text
@@ -430,3 +431,90 @@ def test_two_gpus_train_the_tiny_model(tmp_path: Path, strategy: str) -> None:
     rows = of_type(events, ev.RANKS)[-1]["ranks"]
     assert sorted(r["gpu"]["cuda_index"] for r in rows) == [0, 1]
     assert (run.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
+    """A rank still starting would die of SIGUSR1's default action: the agent waits for its handler."""
+    from loratop.trainer.runtime.agent import Forwarder, catches
+
+    got = tmp_path / "got"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time, pathlib\n"
+        "time.sleep(1.0)\n"
+        f"signal.signal(signal.SIGUSR1, lambda *a: pathlib.Path({str(got)!r}).write_text('usr1'))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        forwarder = Forwarder(1, children=lambda: [child.pid])
+        forwarder.handle(signal.SIGUSR1, None)
+        assert not catches(child.pid, signal.SIGUSR1)
+        forwarder.deliver()  # not caught yet: held back, the child lives
+        assert child.poll() is None and not got.exists()
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        assert catches(child.pid, signal.SIGUSR1)
+        forwarder.deliver()
+        deadline = time.monotonic() + 10
+        while not got.exists():
+            assert time.monotonic() < deadline, "the signal never arrived"
+            time.sleep(0.05)
+        assert child.poll() is None  # caught, not killed
+        got.unlink()
+        forwarder.deliver()  # delivered once: nothing more is sent
+        time.sleep(0.3)
+        assert not got.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _ended_run(tmp_path: Path, finished: dict[str, Any] | None) -> Path:
+    from loratop.trainer.run_dir import write_status
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sink = EventSink(run_dir / "events.jsonl")
+    sink.emit(ev.STEP, step=7, loss=1.0)
+    if finished is not None:
+        sink.emit(ev.RUN_FINISHED, **finished)
+    sink.close()
+    write_status(run_dir, state="finished" if finished else "running", pid=123)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("finished", "failure", "alert"),
+    [
+        # Every rank met the same error and rank 0 said why: the run failed, no rank was lost.
+        ({"status": "failed", "error": {"message": "lora.target_modules = ['x']: not found"}},
+         {"rank": 1, "node": 0, "local_rank": 1, "pid": 9, "exit_code": 1, "exits": {0: 1, 1: 1}}, False),
+        # Rank 1 was killed; rank 0 only saw its peer vanish.
+        ({"status": "failed", "error": {"message": "RuntimeError: [gloo] Connection reset by peer"}},
+         {"rank": 1, "node": 0, "local_rank": 1, "pid": 9, "exit_code": -9, "exits": {1: -9, 0: 1}}, True),
+        # Rank 0 itself was killed: no report at all; the agent writes the run_finished.
+        (None, {"rank": 0, "node": 0, "local_rank": 0, "pid": 8, "exit_code": -9, "exits": {0: -9}}, True),
+    ],
+    ids=["same-error", "peer-killed", "rank0-killed"],
+)  # fmt: skip
+def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
+    tmp_path: Path, finished: dict[str, Any] | None, failure: dict[str, Any], alert: bool
+) -> None:
+    from loratop.trainer.runtime.agent import _finish
+
+    run_dir = _ended_run(tmp_path, finished)
+    assert _finish(run_dir, failure, 0, 3.0) == 1
+    events = read_events(run_dir)
+    alerts = of_type(events, ev.ALERT)
+    assert bool(alerts) == alert
+    (last,) = of_type(events, ev.RUN_FINISHED)  # exactly one, whoever wrote it
+    status = status_of(run_dir)
+    assert status["exit_code"] == 1
+    if alert:
+        words = "killed by SIGKILL at step 7"
+        assert alerts[0]["message"].startswith(f"rank {failure['rank']} (node 0") and alerts[0]["message"].endswith(
+            words
+        )
+        assert status["status"] == ev.FAILED and words in status["error"]
+        assert fold_run(run_dir)[0].status == ev.FAILED
+    else:
+        assert last["error"]["message"].startswith("lora.target_modules")

@@ -186,3 +186,12 @@ def test_a_trainer_this_machine_cannot_see_is_unknown_not_running() -> None:
     why = "pid 4242 is recorded on host 'gpu-box-7', not this one"
     assert panels.outcome_text(state) == f"not known to be running: {why}"
     assert "ETA –" in panels.header_lines(state, now=5000.0)[1]
+
+
+def test_header_shows_an_oom_forecast_of_watch_or_danger_while_live() -> None:
+    state = _state(_started("cuda"), {"type": ev.OOM_RISK, "step": 4, "level": "ok", "reason": "fits"})
+    assert "OOM" not in panels.header_lines(state, now=1002.0)[0]
+    state.apply({"v": 1, "seq": 9, "t": 1003.0, "type": ev.OOM_RISK, "step": 5, "level": "danger", "reason": "x"})
+    assert panels.header_lines(state, now=1003.0)[0] == "x · tiny · H200 · RUNNING · OOM DANGER"
+    state.apply({"v": 1, "seq": 10, "t": 1004.0, "type": ev.RUN_FINISHED, "status": "completed"})
+    assert "OOM" not in panels.header_lines(state, now=1004.0)[0]  # a forecast is about a live run

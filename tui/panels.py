@@ -55,6 +55,9 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     alert = active_spike(state)
     if alert:
         first += f" · {alert}"
+    risk = worst_oom(state)
+    if risk:
+        first += f" · {risk}"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
     tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
@@ -158,6 +161,20 @@ def _worst_rank_spills(state: RunState) -> str | None:
     if not total:
         return f"spills: none seen on {len(rows)} ranks"
     return f"spills {total} on {len(rows)} ranks; most on rank {_rank_name(worst)}: {worst['spills']}"
+
+
+def worst_oom(state: RunState) -> str | None:
+    """``OOM DANGER`` (``OOM WATCH``) for the header while the forecast says so; with several
+    ranks, the worst rank's level and which rank (``OOM DANGER 1:0``)."""
+    rows = [r for r in _rank_rows(state) if r.get("oom_level") in OOM_ORDER]
+    if rows:
+        worst = max(rows, key=lambda r: OOM_ORDER.index(r["oom_level"]))
+        level, where = worst["oom_level"], f" {_rank_name(worst)}"
+    else:
+        level, where = str(state.oom_risk.get("level")) if state.oom_risk else "", ""
+    if level not in ("watch", "danger") or not state.is_live:
+        return None
+    return f"OOM {level.upper()}{where}"
 
 
 def oom_text(state: RunState) -> str:

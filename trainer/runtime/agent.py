@@ -6,9 +6,10 @@ in-process (``torch.distributed.run``, exactly what the ``torchrun`` command run
 starts one trainer (:mod:`trainer.runtime.train`) per rank on this box. This process is
 what ``status.json`` names, so it is what a watcher proves alive and signals:
 
-- SIGTERM/SIGINT and SIGUSR1 are passed on to every local rank (torchrun's own handlers,
-  which kill the ranks after 30 s, are turned off); the ranks agree on the step to stop or
-  checkpoint at over the process group, so the other boxes follow at the same step.
+- SIGTERM/SIGINT and SIGUSR1 are passed on to every local rank once it catches them
+  (:class:`Forwarder`; torchrun's own handlers, which kill the ranks after 30 s, are off);
+  the ranks agree on the step to stop or checkpoint at over the process group, so the
+  other boxes follow at the same step.
 - Rank 0 writes ``events.jsonl``; the ranks cannot inherit the watcher's pipe (torchrun
   closes extra fds), so this process relays the file's new lines onto the pipe.
 - When a rank dies, torchrun ends the others; this process then writes an ``alert`` naming
@@ -27,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -55,6 +57,10 @@ RANK_COMMAND = (
     "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
     "runpy.run_module('loratop.trainer', run_name='__main__', alter_sys=True)",
 )
+
+PEER_ERRORS = ("Connection reset", "Connection closed", "connection closed", "Broken pipe", "gloo", "NCCL",
+               "DistBackendError", "timed out", "Timeout")  # fmt: skip
+"""Words of a rank 0 error that means a peer went away (then the rank that failed first is the news)."""
 
 TAIL_BYTES = 4 << 20
 """How much of the end of ``events.jsonl`` the agent reads to say how the run ended."""
@@ -129,10 +135,68 @@ def _children() -> list[int]:
         return []
 
 
-def _pass_on(signum: int, frame: FrameType | None) -> None:
-    for pid in _children():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt`` in ``/proc/PID/status``).
+
+    A rank that has not yet installed its handlers would be killed by SIGTERM or SIGUSR1
+    (their default action), so a signal waits until the rank catches it.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+class Forwarder:
+    """Passes the signals this process gets on to every local rank, once each rank catches them.
+
+    The handler only records the signal; a thread delivers it, within ~0.1 s, to each rank
+    that has its handler in place (a rank still starting gets it a moment later), until all
+    ``ranks`` have it or :data:`FORWARD_GIVE_UP_S` passes.
+
+    Args:
+        ranks: How many ranks this box runs.
+        children: The pids to pass signals to; this process's children (torchrun's ranks).
+    """
+
+    def __init__(self, ranks: int, children: Callable[[], list[int]] | None = None) -> None:
+        self._ranks = ranks
+        self._children = children or _children
+        self._pending: list[tuple[int, set[int], float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loratop-signals", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self._pending.append((signum, set(), time.monotonic()))  # list.append: safe in a handler
+
+    def deliver(self) -> None:
+        for item in list(self._pending):
+            signum, delivered, since = item
+            for pid in self._children():
+                if pid not in delivered and catches(pid, signum):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signum)
+                    delivered.add(pid)
+            if len(delivered) >= self._ranks or time.monotonic() - since > FORWARD_GIVE_UP_S:
+                self._pending.remove(item)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.deliver()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+FORWARD_GIVE_UP_S = 120.0
+"""How long a signal waits for ranks that do not catch it yet (a rank that never starts)."""
 
 
 def events_tail(path: Path) -> tuple[int, int, dict[str, Any] | None]:
@@ -193,7 +257,7 @@ def run_ranks(config_path: str, run_dir: Path, dist: Any) -> dict[str, Any] | No
             "pid": failure.pid,
             "exit_code": failure.exitcode,
             "host": socket.gethostname(),
-            "ranks_failed": len(exc.failures),
+            "exits": {r: f.exitcode for r, f in exc.failures.items()},
         }
     except Exception as exc:  # a rendezvous that timed out, a port taken
         return {"message": f"torchrun: {type(exc).__name__}: {exc}".splitlines()[0][:300]}
@@ -245,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     # all at the same step (see run_ranks for torchrun's own handlers).
     os.environ[AGENT_ENV] = str(os.getpid())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    forwarder = Forwarder(dist.nproc_per_node)
+    forwarder.start()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, _pass_on)
+        signal.signal(sig, forwarder.handle)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     if dist.node_rank > 0:  # rank 0 writes the run's events on node 0; this folder says so
@@ -264,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     where = f"node {dist.node_rank} of {dist.nnodes}"
     print(f"loratop agent: torchrun, {dist.nproc_per_node} rank(s) on {where}", flush=True)
     failure = run_ranks(str(Path(args.config).resolve()), run_dir, dist)
+    forwarder.close()
     code = _finish(run_dir, failure, dist.node_rank, time.monotonic() - started)
     relay.pass_on()
     relay.close()
@@ -287,6 +354,10 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
             write_status(run_dir, exit_code=code)
             return code
         failure = {"message": "the ranks exited without a report from rank 0"}
+    elif finished is not None and _ranks_reported(failure, finished):
+        # Every rank failed on its own (a refused config, say) and rank 0 said why: no rank was lost.
+        write_status(run_dir, exit_code=EXIT_FAILED)
+        return EXIT_FAILED
     message = failure.get("message") or describe_failure(failure["rank"], failure)
     message = f"{message} at step {last_step}" if last_step else f"{message} before the first step"
     print(f"loratop agent: {message}", file=sys.stderr, flush=True)
@@ -311,6 +382,19 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
         error=message,
     )
     return EXIT_FAILED
+
+
+def _ranks_reported(failure: dict[str, Any], finished: dict[str, Any]) -> bool:
+    """Whether rank 0 reported a failure and every rank that failed exited (no signal): the
+    run failed as a whole (each rank met the same error), and rank 0's report says why."""
+    exits = failure.get("exits") or {}
+    message = str((finished.get("error") or {}).get("message") or "")
+    return (
+        finished.get("status") not in (ev.COMPLETED, ev.STOPPED)
+        and 0 in exits
+        and all(isinstance(code, int) and code > 0 for code in exits.values())
+        and not any(marker in message for marker in PEER_ERRORS)
+    )
 
 
 def _failure_fields(failure: dict[str, Any]) -> dict[str, Any]:

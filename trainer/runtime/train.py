@@ -10,10 +10,10 @@ Signals: SIGINT/SIGTERM stop at the next step boundary and save the adapter
 (status ``stopped``); SIGUSR1 saves a checkpoint at the next step boundary and goes on.
 
 Under torchrun (:mod:`trainer.runtime.agent` starts it) every rank runs this module. Rank 0
-writes events, ``status.json`` and the adapter; the others write nothing. At each step
-boundary the ranks gather one small row each (memory, OOM level, spills, and whether a
-signal asked to stop or checkpoint), so all ranks act at the same step and rank 0 reports
-every rank's memory.
+writes events, ``status.json`` and the adapter; the others write nothing. About every
+0.2 s, at a step boundary, the ranks meet (:meth:`Run.sync_ranks`): whether a signal asked
+to stop or checkpoint, so all ranks act at the same step, and now and then one row each
+(memory, OOM level, spills) for rank 0 to report.
 """
 
 from __future__ import annotations

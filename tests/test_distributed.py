@@ -364,6 +364,7 @@ def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert "node 1 of 2: ranks 2–3 train here" in outputs[1] and "every rank here finished" in outputs[1]
+    assert "torchrun agent pid" in outputs[0] and "2 rank(s) here" in outputs[0]
     events = read_events(tmp_path / "node0")
     ranks = of_type(events, ev.RANKS)[-1]
     assert ranks["world_size"] == 4
@@ -518,3 +519,16 @@ def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
         assert fold_run(run_dir)[0].status == ev.FAILED
     else:
         assert last["error"]["message"].startswith("lora.target_modules")
+
+
+def test_a_peer_lost_on_another_box_is_said_so(tmp_path: Path) -> None:
+    """Node 0 sees only its own ranks exit after a collective failed: it says where to look."""
+    from loratop.trainer.runtime.agent import _finish
+
+    finished = {"status": "failed", "error": {"message": "RuntimeError: [gloo] Connection closed by peer"}}
+    run_dir = _ended_run(tmp_path, finished)
+    failure = {"rank": 0, "node": 0, "local_rank": 0, "pid": 8, "exit_code": 1, "exits": {0: 1, 1: 1}}
+    assert _finish(run_dir, failure, 0, 3.0) == 1
+    (alert,) = of_type(read_events(run_dir), ev.ALERT)
+    assert alert["message"].endswith("exited with code 1 at step 7 after losing a peer (a rank on another box?: "
+                                     "see that box's trainer.log)")  # fmt: skip

@@ -195,7 +195,9 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    print(f"run folder: {run.run_dir}  (trainer pid {run.process.pid}, log: {run.run_dir / LOG})", file=out, flush=True)
+    pid = run.process.pid
+    who = f"torchrun agent pid {pid}, {run.ranks} rank(s) here" if run.ranks is not None else f"trainer pid {pid}"
+    print(f"run folder: {run.run_dir}  ({who}, log: {run.run_dir / LOG})", file=out, flush=True)
     try:
         while True:
             batch = stream.read()

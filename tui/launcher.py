@@ -55,6 +55,9 @@ class LaunchedRun:
     run_dir: Path
     events_fd: int
     """Read end of the events pipe; the caller owns it and closes it."""
+    ranks: int | None = None
+    """Trainer processes on this box when ``process`` is torchrun's agent (which starts them);
+    ``None`` when it is the trainer itself."""
 
 
 def resolved_for_run(config: RunConfig) -> RunConfig:
@@ -93,13 +96,14 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     except OSError as exc:  # a full disk, a folder made read-only: nothing has started yet
         release_claim(run_dir)
         raise RunDirError(f"{run_dir}: cannot write the run folder: {exc.strerror or exc}") from None
+    agent = config.distributed.world_size > 1
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     with log:
         try:
             process = subprocess.Popen(
                 [
-                    *(AGENT_COMMAND if config.distributed.world_size > 1 else TRAINER_COMMAND),
+                    *(AGENT_COMMAND if agent else TRAINER_COMMAND),
                     str(run_dir / CONFIG),
                     "--run-dir",
                     str(run_dir),
@@ -122,4 +126,6 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     # dies before that, whoever looks later can still prove it gone rather than guess.
     with contextlib.suppress(OSError):
         write_status(run_dir, pid=process.pid, **process_identity(process.pid))
-    return LaunchedRun(process=process, run_dir=run_dir, events_fd=read_fd)
+    return LaunchedRun(
+        process=process, run_dir=run_dir, events_fd=read_fd, ranks=config.distributed.nproc_per_node if agent else None
+    )

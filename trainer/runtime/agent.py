@@ -360,6 +360,9 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
         return EXIT_FAILED
     message = failure.get("message") or describe_failure(failure["rank"], failure)
     message = f"{message} at step {last_step}" if last_step else f"{message} before the first step"
+    if (failure.get("exit_code") or 0) > 0 and _peer_error(finished):
+        # No rank here was killed; rank 0 lost a peer: on a run of several boxes, look there.
+        message += " after losing a peer (a rank on another box?: see that box's trainer.log)"
     print(f"loratop agent: {message}", file=sys.stderr, flush=True)
     sink = EventSink(path, start_seq=next_seq)
     sink.emit(ev.ALERT, kind="rank_lost", step=last_step, message=message, **_failure_fields(failure))
@@ -388,13 +391,18 @@ def _ranks_reported(failure: dict[str, Any], finished: dict[str, Any]) -> bool:
     """Whether rank 0 reported a failure and every rank that failed exited (no signal): the
     run failed as a whole (each rank met the same error), and rank 0's report says why."""
     exits = failure.get("exits") or {}
-    message = str((finished.get("error") or {}).get("message") or "")
     return (
         finished.get("status") not in (ev.COMPLETED, ev.STOPPED)
         and 0 in exits
         and all(isinstance(code, int) and code > 0 for code in exits.values())
-        and not any(marker in message for marker in PEER_ERRORS)
+        and not _peer_error(finished)
     )
+
+
+def _peer_error(finished: dict[str, Any] | None) -> bool:
+    """Whether rank 0's error says a peer went away (a collective failed)."""
+    message = str(((finished or {}).get("error") or {}).get("message") or "")
+    return any(marker in message for marker in PEER_ERRORS)
 
 
 def _failure_fields(failure: dict[str, Any]) -> dict[str, Any]:

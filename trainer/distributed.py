@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,17 @@ class RankInfo:
     def label(self) -> str:
         """``node:local rank``, as the memory panel names a rank."""
         return rank_label(self.node_rank, self.local_rank)
+
+
+def python_module(module: str) -> tuple[str, ...]:
+    """``python -m MODULE``, minus the working folder on ``sys.path``: a user's ``trainer.py``,
+    ``datasets.py`` or ``peft.py`` there must not be imported in place of ours. Arguments follow."""
+    return (
+        sys.executable,
+        "-c",
+        "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)",
+    )
 
 
 def rank_label(node: Any, local_rank: Any) -> str:
@@ -202,6 +214,7 @@ __all__ = [
     "check_distributed",
     "describe_failure",
     "exit_words",
+    "python_module",
     "rank_info",
     "rank_label",
     "torchrun_args",

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from loratop.trainer.config import RunConfig, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
+from loratop.trainer.distributed import python_module
 from loratop.trainer.run_dir import (
     CONFIG,
     LOG,
@@ -27,22 +27,10 @@ from loratop.trainer.run_dir import (
     write_status,
 )
 
-TRAINER_COMMAND = (
-    sys.executable,
-    "-c",
-    # ``python -m loratop.trainer``, minus the working folder on sys.path: a user's
-    # trainer.py, datasets.py or peft.py there must not be imported in place of ours.
-    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
-    "runpy.run_module('loratop.trainer', run_name='__main__', alter_sys=True)",
-)
+TRAINER_COMMAND = python_module("loratop.trainer")
 """How the launcher starts the training subprocess; its arguments follow."""
 
-AGENT_COMMAND = (
-    sys.executable,
-    "-c",
-    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
-    "runpy.run_module('loratop.trainer.runtime.agent', run_name='__main__', alter_sys=True)",
-)
+AGENT_COMMAND = python_module("loratop.trainer.runtime.agent")
 """In place of the trainer when the run has several ranks: torchrun's agent
 (:mod:`trainer.runtime.agent`), which starts one trainer per rank; same arguments."""
 

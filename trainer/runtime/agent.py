@@ -18,7 +18,6 @@ what ``status.json`` names, so it is what a watcher proves alive and signals:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import json
@@ -34,13 +33,9 @@ from types import FrameType
 from typing import Any
 
 from loratop.trainer import events as ev
-from loratop.trainer.config import ConfigError, dump_config, load_config
-from loratop.trainer.distributed import AGENT_ENV, describe_failure, torchrun_args
+from loratop.trainer.distributed import AGENT_ENV, describe_failure, python_module, torchrun_args
 from loratop.trainer.run_dir import (
-    CONFIG,
     EVENTS,
-    RunDirTaken,
-    hold_run_dir,
     now,
     process_identity,
     read_status,
@@ -50,13 +45,8 @@ from loratop.trainer.runtime.event_sink import EventSink
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
-RANK_COMMAND = (
-    sys.executable,
-    "-c",
-    # As the launcher's TRAINER_COMMAND: the working folder never shadows our modules.
-    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; import runpy; "
-    "runpy.run_module('loratop.trainer', run_name='__main__', alter_sys=True)",
-)
+RANK_COMMAND = python_module("loratop.trainer")
+"""What torchrun starts once per rank: the trainer, as the launcher starts it for one process."""
 
 PEER_ERRORS = ("Connection reset", "Connection closed", "connection closed", "Broken pipe", "gloo", "NCCL",
                "DistBackendError", "timed out", "Timeout")  # fmt: skip
@@ -265,24 +255,17 @@ def run_ranks(config_path: str, run_dir: Path, dist: Any) -> dict[str, Any] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loratop.trainer.runtime.agent")
-    parser.add_argument("config")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--events-fd", type=int, default=None)
-    args = parser.parse_args(argv)
+    from loratop.trainer.runtime.train import build_arg_parser, load_run_config, take_run_dir
+
+    args = build_arg_parser("python -m loratop.trainer.runtime.agent").parse_args(argv)
     run_dir = Path(args.run_dir)
-    try:
-        config = load_config(args.config, {"output_dir": str(run_dir)}, check_files=False)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"loratop agent: {line}", file=sys.stderr)
+    config = load_run_config(args.config, run_dir, "loratop agent")
+    if config is None:
         return EXIT_CONFIG
     dist = config.distributed
+    if not take_run_dir(run_dir, config, "loratop agent", hold=True, write_config=True):  # for all its ranks
+        return EXIT_CONFIG
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        hold_run_dir(run_dir)  # the agent holds the folder for all its ranks
-        if not (run_dir / CONFIG).exists():
-            (run_dir / CONFIG).write_text(dump_config(config))
         write_status(
             run_dir,
             pid=os.getpid(),
@@ -298,9 +281,6 @@ def main(argv: list[str] | None = None) -> int:
                 "strategy": dist.strategy,
             },
         )
-    except RunDirTaken as exc:
-        print(f"loratop agent: {exc}; not writing into it", file=sys.stderr)
-        return EXIT_CONFIG
     except OSError as exc:
         print(f"loratop agent: cannot write {run_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CONFIG

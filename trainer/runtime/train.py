@@ -978,15 +978,43 @@ def _model_info(model: Any, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    """``python -m loratop.trainer`` arguments."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loratop.trainer", description="loratop's QLoRA training subprocess"
-    )
+def build_arg_parser(prog: str = "python -m loratop.trainer") -> argparse.ArgumentParser:
+    """``python -m loratop.trainer`` arguments (the agent of a run of several ranks takes the same)."""
+    parser = argparse.ArgumentParser(prog=prog, description="loratop's QLoRA training subprocess")
     parser.add_argument("config", help="YAML run config (usually the run folder's resolved config.yaml)")
     parser.add_argument("--run-dir", required=True, help="run folder: events.jsonl, status.json, adapters go here")
     parser.add_argument("--events-fd", type=int, default=None, help="write end of the watcher's pipe (inherited fd)")
     return parser
+
+
+def load_run_config(path: str, run_dir: Path, who: str) -> RunConfig | None:
+    """The run's config (its ``output_dir`` the run folder), or ``None`` after printing each
+    problem as ``who: problem`` on stderr."""
+    try:
+        return load_config(path, {"output_dir": str(run_dir)}, check_files=False)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"{who}: {line}", file=sys.stderr)
+        return None
+
+
+def take_run_dir(run_dir: Path, config: RunConfig, who: str, *, hold: bool, write_config: bool) -> bool:
+    """Make the run folder, hold its lock (``hold``: until this process ends, so a second
+    trainer pointed here cannot interleave its events and checkpoints with ours) and write
+    ``config.yaml`` if missing. Returns ``False`` after saying why on stderr."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if hold:
+            hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
+        if write_config and not (run_dir / CONFIG).exists():
+            (run_dir / CONFIG).write_text(dump_config(config))
+    except RunDirTaken as exc:
+        print(f"{who}: {exc}; not writing into it", file=sys.stderr)
+        return False
+    except OSError as exc:
+        print(f"{who}: cannot write {run_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -994,25 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
     rank = rank_info()
-    try:
-        config = load_config(args.config, {"output_dir": str(run_dir)}, check_files=False)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"loratop trainer: {line}", file=sys.stderr)
+    config = load_run_config(args.config, run_dir, "loratop trainer")
+    if config is None:
         return EXIT_CONFIG
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Held until this process ends: a second trainer pointed here must not interleave
-        # its events and checkpoints with ours. Under torchrun the agent holds it for its ranks.
-        if rank.is_main and not (rank.distributed and os.environ.get(AGENT_ENV)):
-            hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
-        if rank.is_main and not (run_dir / CONFIG).exists():
-            (run_dir / CONFIG).write_text(dump_config(config))
-    except RunDirTaken as exc:
-        print(f"loratop trainer: {exc}; not writing into it", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"loratop trainer: cannot write {run_dir}: {exc.strerror or exc}", file=sys.stderr)
+    # Under torchrun the agent holds the folder for its ranks, and only rank 0 writes it.
+    hold = rank.is_main and not (rank.distributed and os.environ.get(AGENT_ENV))
+    if not take_run_dir(run_dir, config, "loratop trainer", hold=hold, write_config=rank.is_main):
         return EXIT_CONFIG
     if args.events_fd is not None:
         try:

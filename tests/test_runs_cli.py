@@ -65,7 +65,7 @@ def test_ls_prints_the_table(tmp_path: Path) -> None:
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
-        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT"
+        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "EVAL (BEST)", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT"
     ]  # fmt: skip
     assert lines[3].startswith("done-run") and "completed" in lines[3] and "60/60" in lines[3] and "6.0403" in lines[3]
     assert "n/a (CPU)" in lines[3]
@@ -251,7 +251,10 @@ def test_knob_label_without_a_config() -> None:
 
 
 def _summary(name: str, loss: float | None, vram: int | None, started: float, status: str = "completed") -> RunSummary:
-    return RunSummary(Path(name), status, 10, 10, loss, vram, 0, 0, started, "cuda", duration=started)
+    return RunSummary(
+        Path(name), status, 10, 10, loss, vram, 0, 0, started, "cuda", duration=started,
+        best_eval_loss=None if loss is None else loss + 0.5,
+    )  # fmt: skip
 
 
 def test_sort_runs_puts_unknown_values_last() -> None:
@@ -267,6 +270,7 @@ def test_sort_runs_puts_unknown_values_last() -> None:
     assert [r.name for r in sort_runs(runs, "started")] == ["low", "high", "none", "nan"]
     assert [r.name for r in sort_runs(runs, "duration")] == ["low", "high", "none", "nan"]
     assert sort_runs(runs, "status")[0].name == "low"
-    assert set(SORT_KEYS) == {"started", "name", "status", "loss", "vram", "duration", "spikes"}
+    assert [r.name for r in sort_runs(runs, "eval")] == ["low", "high", "none", "nan"]  # best eval, lowest first
+    assert set(SORT_KEYS) == {"started", "name", "status", "loss", "eval", "vram", "duration", "spikes"}
     with pytest.raises(ValueError, match="unknown sort key"):
         sort_runs(runs, "colour")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 from loratop.trainer.run_dir import STAMPED, foreign_files
@@ -154,6 +155,12 @@ class TrainingSection(_Section):
     """Seed for adapter init, data order and dropout."""
     save_steps: int = Field(default=0, ge=0)
     """Save an adapter checkpoint every N steps; 0 saves only at the end."""
+    eval_steps: int = Field(default=0, ge=0)
+    """With eval data (``data.eval_split`` or ``data.eval_path``): the held-out loss every N
+    steps, and always at the end; 0 evaluates at the end only."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop gracefully after this many evaluations without a new best eval loss, and keep
+    the adapter of the best evaluation as the run's adapter. Unset: no early stopping."""
 
     @field_validator("optim")
     @classmethod
@@ -185,6 +192,27 @@ class DataSection(_Section):
     """Split to train on, for hub datasets."""
     max_rows: int | None = Field(default=None, ge=1)
     """Use only the first N rows (quick experiments); all rows when unset."""
+    eval_split: Float | None = Field(default=None, gt=0)
+    """Hold rows out for the eval loss: a fraction below 1 (``0.05``) or a row count
+    (``200``), split off by the run's seed (the same rows every run with that seed).
+    Unset: no held-out loss, unless ``eval_path`` names a file."""
+    eval_path: str | None = None
+    """A separate eval file (``.jsonl``, ``.json`` or ``.parquet``, same formats as ``path``),
+    in place of ``eval_split``."""
+
+    @field_validator("eval_split")
+    @classmethod
+    def _fraction_or_rows(cls, value: float | None) -> float | None:
+        if value is not None and value >= 1 and value != int(value):
+            raise ValueError("a fraction below 1 (0.05) or a whole row count (200)")
+        return value
+
+    @field_validator("eval_path")
+    @classmethod
+    def _one_eval_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("eval_split") is not None:
+            raise ValueError("set data.eval_split or data.eval_path, not both")
+        return value
 
 
 class MonitorSection(_Section):
@@ -196,6 +224,9 @@ class MonitorSection(_Section):
     spike_sensitivity: Float = Field(default=1.0, gt=0, le=10)
     """How readily the loss-spike detector fires: 2.0 fires on smaller jumps, 0.5
     only on larger ones."""
+    overfit_evals: int = Field(default=3, ge=1, le=100)
+    """Raise an overfitting alert when the eval loss has risen this many evaluations in a
+    row while the training loss fell."""
     on_spike: Literal["warn", "checkpoint", "stop"] = "warn"
     """What a severe or fatal spike does: ``warn`` only reports it; ``checkpoint`` also
     saves the adapter at that step; ``stop`` ends the run gracefully with the adapter
@@ -499,10 +530,26 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     problems += [f"{where('distributed')}: {line}" for line in _distributed_problems(config.distributed)]
     from loratop.trainer.data_files import DataProblem, inspect_data
 
+    rows = None
     try:
-        inspect_data(config.data.path, config.data.format)
+        rows = inspect_data(config.data.path, config.data.format).rows
     except DataProblem as exc:
         problems.append(f"{where('data.path')}: data.path = {config.data.path!r}: {exc}")
+    if config.data.eval_path is not None:
+        try:
+            inspect_data(config.data.eval_path, config.data.format)
+        except DataProblem as exc:
+            problems.append(f"{where('data.eval_path')}: data.eval_path = {config.data.eval_path!r}: {exc}")
+    split = config.data.eval_split
+    if rows is not None and config.data.max_rows:
+        rows = min(rows, config.data.max_rows)
+    if split is not None and rows is not None:
+        held = int(split) if split >= 1 else math.ceil(split * rows)  # as datasets' train_test_split
+        if held < 1 or held >= rows:
+            problems.append(
+                f"{where('data.eval_split')}: data.eval_split = {split:g}: holds out {held} of {rows} rows; "
+                "at least 1 must be held out and 1 left to train on"
+            )
     out = Path(config.output_dir or ".")
     try:
         if (out / "events.jsonl").exists() and not STAMPED.search(out.name):  # a stamped one gets a suffix

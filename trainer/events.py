@@ -33,16 +33,18 @@ LOG = "log"
 PAGED_STATE = "paged_state"
 RANKS = "ranks"
 ALERT = "alert"
+EVAL = "eval"
 
 EVENT_TYPES: frozenset[str] = frozenset(
-    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG, PAGED_STATE, RANKS, ALERT}
+    {RUN_STARTED, STEP, MEMORY, SPIKE, SPILL, OOM_RISK, CHECKPOINT, RUN_FINISHED, LOG, PAGED_STATE, RANKS, ALERT, EVAL}
 )
 """Every type this protocol version knows. ``log`` carries a short human-readable
 phase message ("loading model", "tokenising dataset") so a watcher can show progress
 before the first step. ``paged_state`` accounts the paged optimizer state once the
 optimizer exists (at the first step). ``ranks`` (runs of several ranks) carries every
 rank's memory, OOM level and spill count, gathered by rank 0 at a step boundary.
-``alert`` is something the user must see: a rank lost."""
+``alert`` is something the user must see: a rank lost, overfitting. ``eval`` is the held-out
+loss, on the eval schedule and at the end."""
 
 # run_finished statuses
 COMPLETED = "completed"
@@ -217,6 +219,8 @@ class RunFinishedEvent(Envelope, total=False):
     """The last optimizer step trained."""
     adapter: str | None
     """Where the final adapter was saved (its own folder, or a rescue folder), or ``None``."""
+    adapter_step: int
+    """Early stopping: the step whose adapter was kept (the best evaluation's), not the last."""
     rescued_to: str
     """The rescue folder that holds a copy of the run (its folder was full or removed)."""
 
@@ -257,9 +261,22 @@ class RanksEvent(Envelope, total=False):
     """The rank (its place in ``ranks``) with the least GPU headroom, else the largest RSS."""
 
 
+class EvalEvent(Envelope, total=False):
+    step: int
+    eval_loss: float | None
+    eval_tokens: int | None
+    """Non-padding tokens in the eval set."""
+    eval_rows: int
+    duration_s: float | None
+    """Time the evaluation took (not counted as training time in tokens/s)."""
+    best_loss: float | None
+    best_step: int | None
+
+
 class AlertEvent(Envelope, total=False):
     kind: str
-    """``rank_lost``: a rank died and torchrun ended the others."""
+    """``rank_lost``: a rank died and torchrun ended the others; ``overfitting``: eval loss rose
+    ``monitor.overfit_evals`` evaluations in a row while training loss fell."""
     step: int
     message: str
     rank: int
@@ -272,6 +289,7 @@ class AlertEvent(Envelope, total=False):
 
 PAYLOADS: dict[str, type] = {
     RANKS: RanksEvent,
+    EVAL: EvalEvent,
     ALERT: AlertEvent,
     LOG: LogEvent,
     MEMORY: MemoryEvent,

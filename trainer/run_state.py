@@ -59,7 +59,9 @@ class RunState:
     rank_peaks: dict[int, dict[str, int]] = field(default_factory=dict)
     """Per rank: the highest ``gpu`` used and ``rss`` seen."""
     alerts: list[ev.AlertEvent] = field(default_factory=list)
-    """Things the user must see, such as a rank lost."""
+    """Things the user must see: a rank lost, overfitting."""
+    evals: list[ev.EvalEvent] = field(default_factory=list)
+    """Every evaluation of the held-out loss, in order."""
     mem_series: array[int] = field(default_factory=lambda: array("q"))
     """Memory over time, one value per sample: GPU 0's NVML used bytes, or host RSS
     when there is no GPU reading (see :attr:`mem_series_kind`)."""
@@ -130,6 +132,8 @@ class RunState:
             self._ranks(event)
         elif kind == ev.ALERT:
             self.alerts.append(cast(ev.AlertEvent, event))
+        elif kind == ev.EVAL:
+            self.evals.append(cast(ev.EvalEvent, event))
         elif kind == ev.LOG:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
@@ -225,6 +229,34 @@ class RunState:
         return size if isinstance(size, int) and size > 0 else 1
 
     @property
+    def last_eval(self) -> ev.EvalEvent | None:
+        return self.evals[-1] if self.evals else None
+
+    @property
+    def best_eval(self) -> ev.EvalEvent | None:
+        """The evaluation with the lowest finite eval loss (the first of equals)."""
+        best, lowest = None, math.inf
+        for e in self.evals:
+            loss = e.get("eval_loss")
+            if isinstance(loss, (int, float)) and math.isfinite(loss) and loss < lowest:
+                best, lowest = e, loss
+        return best
+
+    @property
+    def overfitting(self) -> ev.AlertEvent | None:
+        """The latest overfitting alert, if any."""
+        return next((a for a in reversed(self.alerts) if a.get("kind") == "overfitting"), None)
+
+    def eval_seconds(self, start: float, end: float) -> float:
+        """Seconds spent evaluating between two times (unix): left out of training throughput."""
+        total = 0.0
+        for e in self.evals:
+            t, duration = e.get("t"), e.get("duration_s")
+            if isinstance(t, (int, float)) and isinstance(duration, (int, float)) and start < t <= end:
+                total += duration
+        return total
+
+    @property
     def rank_lost(self) -> ev.AlertEvent | None:
         """The alert that names the rank whose death ended the run, if one did."""
         return next((a for a in self.alerts if a.get("kind") == "rank_lost"), None)
@@ -297,6 +329,8 @@ class RunState:
             return None
         lo = max(0, n - 1 - window)
         dt = self.step_t[-1] - self.step_t[lo]
+        if self.evals:
+            dt -= self.eval_seconds(self.step_t[lo], self.step_t[-1])  # evaluating is not training
         if not dt > 0:
             return None
         return (self.steps[-1] - self.steps[lo]) / dt, (self.tokens[-1] - self.tokens[lo]) / dt

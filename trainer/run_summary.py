@@ -62,6 +62,7 @@ def _last_memory(run_dir: Path, index: Index) -> dict[str, Any] | None:
 def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
     """What a summary takes from the events (the rest comes from status.json and config.yaml)."""
     config = state.started.get("config") if state.started else None
+    best_eval = state.best_eval
     return {
         "status": state.status,
         "step": state.last_step,
@@ -70,6 +71,10 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
         "peak_vram": state.peak_gpu_used,
         "spikes": len(state.spikes),
         "spills": max(len(state.spills), _rank_spills(state)),
+        "eval_loss": state.last_eval.get("eval_loss") if state.last_eval else None,
+        "best_eval_loss": best_eval.get("eval_loss") if best_eval else None,
+        "best_eval_step": best_eval.get("step") if best_eval else None,
+        "overfitting_step": state.overfitting.get("step") if state.overfitting else None,
         "world_size": state.world_size,
         "first_t": state.first_t,
         "device": state.device_kind,
@@ -92,6 +97,8 @@ def tokens_per_s(state: RunState) -> float | None:
     if len(state.step_t) < 2:
         return None
     dt = state.step_t[-1] - state.step_t[0]
+    if state.evals:
+        dt -= state.eval_seconds(state.step_t[0], state.step_t[-1])  # evaluating is not training
     if not dt > 0:
         return None
     return (state.tokens[-1] - state.tokens[0]) / dt
@@ -115,7 +122,8 @@ def cached_facts(run_dir: Path) -> dict[str, Any] | None:
 
 _FACT_KEYS = frozenset(
     {"status", "step", "max_steps", "last_loss", "peak_vram", "spikes", "spills", "first_t", "device", "min_loss",
-     "duration", "tokens_per_s", "started_config", "world_size"}
+     "duration", "tokens_per_s", "started_config", "world_size", "eval_loss", "best_eval_loss", "best_eval_step",
+     "overfitting_step"}
 )  # fmt: skip
 
 

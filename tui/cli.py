@@ -19,6 +19,7 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sort",
         choices=SORT_KEYS,
         default="started",
-        help="order: started (running first, then newest; default), name, status, loss (lowest first), "
+        help="order: started (running first, then newest; default), name, status, loss and eval (lowest first), "
         "vram, duration, spikes (highest first)",
     )
 
@@ -233,8 +234,10 @@ def summarise(config: RunConfig, path: Path) -> str:
     q = config.quantization
     lora = config.lora
     t = config.training
+    total_rows = None
     try:
         info = inspect_data(config.data.path, config.data.format)
+        total_rows = info.rows
         rows = f"{info.rows:,} rows" if info.rows is not None else "hub dataset, fetched at run time"
         data = f"{config.data.path} ({rows}, {info.format or config.data.format})"
     except DataProblem as exc:  # pragma: no cover - load_config already checked
@@ -255,11 +258,31 @@ def summarise(config: RunConfig, path: Path) -> str:
             f"  train   lr={t.learning_rate:g} {t.lr_scheduler_type}, {steps}, batch {batch},"
             f" seq {t.max_seq_length}, {t.optim}",
             f"  data    {data}",
+            *_eval_line(config, total_rows),
             *_ranks_line(config),
             f"  output  {config.output_dir}",
             *_unchecked_notes(config),
         ]
     )
+
+
+def _eval_line(config: RunConfig, rows: int | None) -> list[str]:
+    d, t = config.data, config.training
+    when = f"every {t.eval_steps} steps and at the end" if t.eval_steps else "at the end"
+    stop = (
+        f"; early stopping after {t.early_stopping_patience} evals without a better one"
+        if t.early_stopping_patience
+        else ""
+    )
+    if d.eval_path is not None:
+        return [f"  eval    {d.eval_path}, {when}{stop}"]
+    if d.eval_split is None:
+        return ["  eval    none (set data.eval_split or data.eval_path for a held-out loss)"]
+    if rows is not None and d.max_rows:
+        rows = min(rows, d.max_rows)
+    held = int(d.eval_split) if d.eval_split >= 1 else (math.ceil(d.eval_split * rows) if rows else None)
+    count = f"{held:,} rows" if held is not None else f"{d.eval_split:g} of the rows"
+    return [f"  eval    {count} held out (seed {t.seed}), {when}{stop}"]
 
 
 def _ranks_line(config: RunConfig) -> list[str]:

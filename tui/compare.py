@@ -188,6 +188,13 @@ def _rate(value: float | None) -> str:
     return f"{value:,.0f}" if value is not None else NO_VALUE
 
 
+def _best_eval(run: ComparedRun) -> str:
+    s = run.summary
+    if s.best_eval_loss is None:
+        return NO_VALUE
+    return f"{fmt_loss(s.best_eval_loss)} @{s.best_eval_step}" + (" overfit" if s.overfitting_step is not None else "")
+
+
 def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     """What each run came to, formatted for display, one row per measure.
 
@@ -198,9 +205,17 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     # Runs of several ranks: how many, since peak VRAM and spills are then over all of them.
     several = any(r.summary.world_size > 1 for r in runs)
     ranks = [("ranks", [str(r.summary.world_size) for r in runs])] if several else []
+    # Runs with held-out data: the last eval loss and the best, with its step.
+    evals: list[tuple[str, list[str]]] = []
+    if any(r.summary.best_eval_loss is not None for r in runs):
+        evals = [
+            ("eval loss", [fmt_loss(r.summary.eval_loss) for r in runs]),
+            ("best eval", [_best_eval(r) for r in runs]),
+        ]
     return [
         ("final loss", [fmt_loss(r.summary.last_loss) for r in runs]),
         ("min loss", [fmt_loss(r.summary.min_loss) for r in runs]),
+        *evals,
         ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
         *ranks,
         ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),

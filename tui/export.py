@@ -79,7 +79,7 @@ def _rank_max(ranks: dict[str, Any] | None, pick: Any) -> int | None:
     return max(values) if values else None
 
 
-def export_metrics_csv(run_dir: Path, out: Path) -> int:
+def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | None = None) -> int:
     """Write one CSV row per step: loss, lr, grad norm, tokens, epoch, spike, memory.
 
     ``time_s`` counts from the run's first event; ``spike`` holds the severity of a
@@ -94,7 +94,7 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
     Returns:
         How many rows were written (the header not counted).
     """
-    events = load_events(run_dir)
+    events = load_events(run_dir) if events is None else events
     spikes: dict[Any, str] = {}
     for event in events:
         if event["type"] == ev.SPIKE:
@@ -137,7 +137,7 @@ def export_metrics_csv(run_dir: Path, out: Path) -> int:
     return rows
 
 
-def export_events_jsonl(run_dir: Path, out: Path) -> int:
+def export_events_jsonl(run_dir: Path, out: Path, events: list[dict[str, Any]] | None = None) -> int:
     """Write the run's valid events, de-duplicated by ``seq``, in ``seq`` order.
 
     Broken lines are dropped; every line written decodes with :func:`trainer.events.decode_line`.
@@ -149,15 +149,38 @@ def export_events_jsonl(run_dir: Path, out: Path) -> int:
     Returns:
         How many events were written.
     """
-    events = load_events(run_dir)
+    events = load_events(run_dir) if events is None else events
     with open(out, "w") as fh:
         for event in events:
             fh.write(json.dumps(ev.jsonable(event), separators=(",", ":"), allow_nan=False) + "\n")
     return len(events)
 
 
+EVAL_HEADER = ("step", "time_s", "eval_loss", "eval_tokens", "eval_rows", "duration_s", "best_loss", "best_step")
+"""Columns of the eval CSV, one row per ``eval`` event."""
+
+
+def export_eval_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | None = None) -> int:
+    """Write one CSV row per evaluation of the held-out loss. Returns the rows written."""
+    events = load_events(run_dir) if events is None else events
+    first_t = events[0]["t"] if events else 0.0
+    rows = 0
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EVAL_HEADER)
+        for event in events:
+            if event["type"] == ev.EVAL:
+                writer.writerow([
+                    _cell(event.get("step")), f"{event['t'] - first_t:.3f}",
+                    *(_cell(event.get(k)) for k in EVAL_HEADER[2:]),
+                ])  # fmt: skip
+                rows += 1
+    return rows
+
+
 def export_files(run_dir: Path, out_dir: Path) -> list[tuple[Path, int]]:
-    """Write ``<run>-metrics.csv`` and ``<run>-events.jsonl`` into ``out_dir`` (created if needed).
+    """Write ``<run>-metrics.csv`` and ``<run>-events.jsonl`` into ``out_dir`` (created if
+    needed), and ``<run>-eval.csv`` for a run that evaluated a held-out loss.
 
     Returns:
         Each file written with its row count.
@@ -166,9 +189,17 @@ def export_files(run_dir: Path, out_dir: Path) -> list[tuple[Path, int]]:
     name = run_dir.resolve().name
     metrics = out_dir / f"{name}-metrics.csv"
     events = out_dir / f"{name}-events.jsonl"
-    return [(metrics, export_metrics_csv(run_dir, metrics)), (events, export_events_jsonl(run_dir, events))]
+    every = load_events(run_dir)  # read once for all three
+    written = [
+        (metrics, export_metrics_csv(run_dir, metrics, every)),
+        (events, export_events_jsonl(run_dir, events, every)),
+    ]
+    if any(e["type"] == ev.EVAL for e in every):
+        evals = out_dir / f"{name}-eval.csv"
+        written.append((evals, export_eval_csv(run_dir, evals, every)))
+    return written
 
 
 def export_run(run_dir: Path, out_dir: Path) -> list[Path]:
-    """Write a run's metrics CSV and events JSONL into ``out_dir``; the paths written."""
+    """Write a run's metrics CSV, events JSONL (and eval CSV) into ``out_dir``; the paths written."""
     return [path for path, _ in export_files(run_dir, out_dir)]

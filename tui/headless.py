@@ -89,13 +89,29 @@ class HeadlessPrinter:
             self.last_memory = event
         elif kind == ev.RANKS:
             self.last_ranks = event
+        elif kind == ev.EVAL:
+            best = event.get("best_step")
+            best_text = (
+                "best so far" if best == event.get("step") else f"best {fmt_loss(event.get('best_loss'))} @{best}"
+            )
+            took = event.get("duration_s")
+            self._print(
+                f"eval at step {event.get('step')}: loss {fmt_loss(event.get('eval_loss'))} ({best_text}; "
+                f"{event.get('eval_rows')} rows" + (f", {took:.1f} s)" if isinstance(took, (int, float)) else ")")
+            )
         elif kind == ev.ALERT:
             self._print(f"ALERT {event.get('kind', '')}: {event.get('message', '')}")
         elif kind == ev.STEP:
             self._step(event)
         elif kind == ev.CHECKPOINT:
             what = "adapter saved" if event.get("final") else "checkpoint saved"
-            self._print(f"{what} at step {event.get('step')}: {event.get('path')}")
+            last = self.last_step.get("step") if self.last_step else None
+            note = (
+                f" (the best eval's; training ran to step {last})"
+                if event.get("final") and last not in (None, event.get("step"))
+                else ""
+            )
+            self._print(f"{what} at step {event.get('step')}{note}: {event.get('path')}")
         elif kind == ev.SPIKE:
             self._print(
                 f"SPIKE {event.get('severity', '')} at step {event.get('step')}: loss {fmt_loss(event.get('loss'))} "

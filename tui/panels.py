@@ -58,6 +58,8 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     risk = worst_oom(state)
     if risk:
         first += f" · {risk}"
+    if state.overfitting is not None:
+        first += f" · OVERFITTING @{state.overfitting.get('step')}"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
     tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
@@ -65,7 +67,24 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
         f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
         f"elapsed {fmt_duration(state.elapsed(now))} · ETA {fmt_duration(state.eta())} · {tok_s}"
     )
+    evaluated = eval_text(state)
+    if evaluated:
+        second += f" · {evaluated}"
     return first, second
+
+
+def eval_text(state: RunState) -> str | None:
+    """``eval 2.3101 (best 2.2800 @400)``, ``eval 2.2800 (best)``; ``None`` before the first evaluation."""
+    last, best = state.last_eval, state.best_eval
+    if last is None:
+        return None
+    loss = last.get("eval_loss")
+    text = f"eval {fmt_loss(loss if isinstance(loss, (int, float)) else None)}"
+    if best is last:
+        return text + " (best)"
+    if best is not None:
+        text += f" (best {fmt_loss(best.get('eval_loss'))} @{best.get('step')})"
+    return text
 
 
 ACTIVE_SPIKE_STEPS = 20
@@ -234,7 +253,10 @@ def outcome_text(state: RunState) -> str | None:
         line = f"{status} after {duration} at step {state.last_step}"
         if status == "stopped" and state.finished.get("stopped_by"):
             line += f" ({state.finished['stopped_by']})"
-        return line + (f" · adapter: {adapter}" if adapter else "")
+        line += f" · adapter: {adapter}" if adapter else ""
+        if state.finished.get("adapter_step") is not None:
+            line += f" (from step {state.finished['adapter_step']}, the best eval)"
+        return line
     error = state.finished.get("error") or {}
     if status == "disk_full":
         lines = [f"{error.get('message', 'disk full')} (after {duration})"]
@@ -281,7 +303,9 @@ def status_line(state: RunState) -> str:
 
 # -- run history (loratop ls, the home screen, compare) ----------------------------------------
 
-HISTORY_COLUMNS = ("run", "status", "knobs", "step", "final loss", "peak VRAM", "spikes", "spills", "time", "parent")
+HISTORY_COLUMNS = (
+    "run", "status", "knobs", "step", "final loss", "eval (best)", "peak VRAM", "spikes", "spills", "time", "parent"
+)  # fmt: skip
 """The run history's columns, as the home screen titles them (``loratop ls`` in capitals)."""
 
 
@@ -302,6 +326,19 @@ def spills_label(spills: int, device: str | None, cpu_text: str = "n/a (CPU)") -
     return cpu_text if device == "cpu" and not spills else str(spills)
 
 
+def eval_label(run: RunSummary) -> str:
+    """``2.3101 (2.2800)``: the last eval loss and the best; ``overfit@600`` when an alert
+    said so; ``–`` for a run without eval data."""
+    if run.eval_loss is None and run.best_eval_loss is None:
+        return "–"
+    text = fmt_loss(run.eval_loss)
+    if run.best_eval_loss is not None and run.best_eval_loss != run.eval_loss:
+        text += f" ({fmt_loss(run.best_eval_loss)})"
+    if run.overfitting_step is not None:
+        text += f" overfit@{run.overfitting_step}"
+    return text
+
+
 def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[str, ...]:
     """One run's cells under :data:`HISTORY_COLUMNS`."""
     from loratop.tui.runs import knob_label, parent_label
@@ -312,6 +349,7 @@ def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[st
         knob_label(run.config),
         steps_label(run.step, run.max_steps),
         fmt_loss(run.last_loss),
+        eval_label(run),
         peak_vram_label(run.peak_vram, run.device),
         str(run.spikes),
         spills_label(run.spills, run.device, spills_cpu_text),

@@ -66,6 +66,12 @@ class RunSummary:
     """Values of ``status.json`` / ``config.yaml`` that were damaged and left out, in words."""
     world_size: int = 1
     """Ranks the run trained on (torchrun); peak VRAM and spills are then over all of them."""
+    eval_loss: float | None = None
+    """The last evaluation's held-out loss; ``None`` for a run without eval data."""
+    best_eval_loss: float | None = None
+    best_eval_step: int | None = None
+    overfitting_step: int | None = None
+    """Where an overfitting alert said it began, if one was raised."""
 
     @property
     def name(self) -> str:
@@ -169,6 +175,10 @@ def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], 
         parent=str(parent) if parent is not None else None,
         damaged=tuple(damaged + config_damage),
         world_size=facts["world_size"],
+        eval_loss=facts["eval_loss"],
+        best_eval_loss=facts["best_eval_loss"],
+        best_eval_step=facts["best_eval_step"],
+        overfitting_step=facts["overfitting_step"],
     )
 
 
@@ -344,6 +354,7 @@ _SORTS: dict[str, Callable[[RunSummary], tuple[Any, ...]]] = {
         _newest(r),
     ),
     "loss": lambda r: (*_unknown_last(r.last_loss), _newest(r)),
+    "eval": lambda r: (*_unknown_last(r.best_eval_loss), _newest(r)),
     "vram": lambda r: (*_unknown_last(-r.peak_vram if r.peak_vram is not None else None), _newest(r)),
     "duration": lambda r: (*_unknown_last(-r.duration if r.duration is not None else None), _newest(r)),
     "spikes": lambda r: (-r.spikes, _newest(r)),
@@ -352,6 +363,7 @@ _SORTS: dict[str, Callable[[RunSummary], tuple[Any, ...]]] = {
 SORT_KEYS: tuple[str, ...] = tuple(_SORTS)
 """Orders ``loratop ls --sort`` accepts: ``started`` (running first, then newest), ``name``,
 ``status`` (running, then failures, then finished), ``loss`` (final loss, lowest first),
+``eval`` (best eval loss, lowest first),
 ``vram`` (peak, highest first), ``duration`` (longest first), ``spikes`` (most first).
 Unknown values sort last; ties go newest first."""
 

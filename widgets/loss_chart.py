@@ -1,4 +1,4 @@
-"""A live loss curve: raw per-step loss, its smoothed line and spike markers, over steps.
+"""A live loss curve: raw per-step loss, its smoothed line, spike markers and eval points, over steps.
 
 The chart wraps textual-plot's :class:`~textual_plot.PlotWidget`. It never draws more than
 two points per braille sub-column pair: every line is reduced with :func:`downsample` to the
@@ -77,6 +77,9 @@ class LossChart(Widget):
     SMOOTHED_STYLE = "bold bright_cyan"
     SPIKE_STYLE = "bold red"
     SPIKE_MARKER = "x"
+    EVAL_STYLE = "bold yellow"
+    EVAL_MARKER = "◆"
+    """Held-out loss points: a shape of their own, so they read apart from spikes in monochrome too."""
 
     log_scale: reactive[bool] = reactive(False)
     """Plot log10(loss) instead of loss (textual-plot has no log axis); non-positive losses are left out."""
@@ -96,6 +99,7 @@ class LossChart(Widget):
         self._loss: Sequence[float] = ()
         self._smoothed: Sequence[float] = ()
         self._spikes: Sequence[tuple[float, float]] = ()
+        self._evals: Sequence[tuple[float, float]] = ()
         self._x_range: tuple[float, float] | None = None
         self._ylim: tuple[float, float] | None = None
         """The y axis as drawn: kept while the data fits, so a live chart is not redrawn whole each step."""
@@ -137,6 +141,7 @@ class LossChart(Widget):
         smoothed: Sequence[float],
         spikes: Sequence[tuple[float, float]] = (),
         x_range: tuple[float, float] | None = None,
+        evals: Sequence[tuple[float, float]] = (),
     ) -> None:
         """Show a new state of the series; cheap when nothing changed.
 
@@ -149,6 +154,7 @@ class LossChart(Widget):
             loss: The raw per-step loss, one per step.
             smoothed: The smoothed loss, one per step (NaN where undefined).
             spikes: ``(step, loss)`` of each flagged spike, drawn as markers.
+            evals: ``(step, eval loss)`` of each evaluation, drawn as ``◆`` markers.
             x_range: A fixed x axis (a live run's ``(0, max_steps)``): points are then reduced
                 in runs that stay put, and the y axis grows with a margin rather than refitting,
                 so a new step redraws a few cells, not the whole plot (what an SSH link pays for).
@@ -156,6 +162,7 @@ class LossChart(Widget):
         if x_range != self._x_range:
             self._ylim = None
         self._steps, self._loss, self._smoothed, self._spikes = steps, loss, smoothed, spikes
+        self._evals = evals
         self._x_range = x_range
         self._redraw()
 
@@ -174,6 +181,8 @@ class LossChart(Widget):
             len(self._loss),
             len(self._smoothed),
             len(self._spikes),
+            len(self._evals),
+            last(self._evals),
             last(self._steps),
             last(self._loss),
             last(self._smoothed),
@@ -202,17 +211,23 @@ class LossChart(Widget):
             spike_y.append(value)
         if len(spike_x) > buckets:
             spike_x, spike_y = downsample(spike_x, spike_y, max(1, buckets // 2))
+        eval_x = [float(step) for step, _ in self._evals]
+        eval_y = [float(value) for _, value in self._evals]
+        if len(eval_x) > buckets:
+            eval_x, eval_y = downsample(eval_x, eval_y, max(1, buckets // 2))
         if self.log_scale:
             # log10 is monotonic, so reducing first and transforming after keeps each bucket's
             # extremes; a bucket whose minimum is <= 0 just loses that point.
             raw_x, raw_y = _log10_points(raw_x, raw_y)
             smooth_x, smooth_y = _log10_points(smooth_x, smooth_y)
             spike_x, spike_y = _log10_points(spike_x, spike_y)
+            eval_x, eval_y = _log10_points(eval_x, eval_y)
         else:
             spike_x, spike_y = _finite_points(spike_x, spike_y)
+            eval_x, eval_y = _finite_points(eval_x, eval_y)
 
         self.last_buckets = buckets
-        self.last_plotted_points = len(raw_x) + len(smooth_x) + len(spike_x)
+        self.last_plotted_points = len(raw_x) + len(smooth_x) + len(spike_x) + len(eval_x)
         has_lines = bool(raw_x or smooth_x)
         self.set_class(has_lines, "-has-data")
         placeholder = self.query_one("#loss-chart-empty", Static)
@@ -222,7 +237,7 @@ class LossChart(Widget):
             placeholder.update(NO_POSITIVE_TEXT if self.log_scale else NO_FINITE_TEXT)
 
         plot = self.query_one(PlotWidget)
-        xs, ys = [raw_x, smooth_x, spike_x], [raw_y, smooth_y, spike_y]
+        xs, ys = [raw_x, smooth_x, spike_x, eval_x], [raw_y, smooth_y, spike_y, eval_y]
         if self._x_range is not None and (has_lines or spike_x):
             # A live chart: redraw only when a braille dot would move. Each redraw resends the
             # whole plot to the terminal, and most steps move no dot once the axes stay put.
@@ -247,6 +262,8 @@ class LossChart(Widget):
         if spike_x:
             # hires_mode=None draws the marker character itself, one per cell, over the lines.
             plot.scatter(spike_x, spike_y, marker=self.SPIKE_MARKER, marker_style=self.SPIKE_STYLE, hires_mode=None)
+        if eval_x:
+            plot.scatter(eval_x, eval_y, marker=self.EVAL_MARKER, marker_style=self.EVAL_STYLE, hires_mode=None)
 
 
 def _plot_cells(chart: Widget) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -36,6 +37,7 @@ from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
 from loratop.trainer.distributed import AGENT_ENV, RankInfo, backend_for, rank_info, worst_rank
 from loratop.trainer.gpu_devices import row_for_cuda
+from loratop.trainer.overfit import OVERFITTING, EvalTracker
 from loratop.trainer.run_dir import (
     ADAPTER,
     CONFIG,
@@ -125,6 +127,17 @@ class Run:
         """Several ranks: some rank cannot write (a full disk), so none checkpoints."""
         self._synced_at: tuple[float] | None = None
         self._synced_step = 0
+        self.evals = EvalTracker(config.monitor.overfit_evals, config.training.early_stopping_patience)
+        """Every evaluation so far: the best one, overfitting, early stopping."""
+        self._train_losses: list[float] = []
+        """Training losses since the last evaluation."""
+        self._last_eval_step: int | None = None
+        self._eval_tokens: int | None = None
+        self._eval_rows = 0
+        self._best_weights: dict[str, Any] | None = None
+        self._best_step: int | None = None
+        self._restored_step: int | None = None
+        """The step of the weights put back before the final save (early stopping), if any."""
 
     # -- signals ----------------------------------------------------------------
 
@@ -223,6 +236,10 @@ class Run:
             release_reserve(self.run_dir)  # its room is for what follows: the last events and status.json
         fields: dict[str, Any] = {"status": status, "duration_s": round(now() - self.started_at, 3)}
         if trainer is not None and status in (ev.COMPLETED, ev.STOPPED, ev.DISK_FULL):
+            if self.stop_requested == "early stopping":
+                self._restore_best(trainer)
+                if self._restored_step is not None:
+                    fields["adapter_step"] = self._restored_step
             fields["adapter"] = self._save_adapter(trainer)
         if self.stop_requested:
             fields["stopped_by"] = self.stop_requested
@@ -323,7 +340,7 @@ class Run:
                 why = "; ".join(reasons)
                 self.sink.emit(ev.LOG, level="warning", message=f"adapter saved to {path} instead ({why})")
                 print(f"loratop trainer: adapter saved to {path} ({why})", file=sys.stderr)
-            self.sink.emit(ev.CHECKPOINT, step=self._last_step, path=str(path), final=True)
+            self.sink.emit(ev.CHECKPOINT, step=self._adapter_step(), path=str(path), final=True)
             return str(path)
         message = "the adapter could not be saved anywhere: " + "; ".join(reasons)
         self.sink.emit(ev.LOG, level="error", message=message)
@@ -336,7 +353,7 @@ class Run:
         path = self.run_dir / ADAPTER
         trainer.save_model(str(path))  # FULL_STATE_DICT (see _distributed_args): one adapter file
         if self.rank.is_main:
-            self.sink.emit(ev.CHECKPOINT, step=self._last_step, path=str(path), final=True)
+            self.sink.emit(ev.CHECKPOINT, step=self._adapter_step(), path=str(path), final=True)
         return str(path)
 
     # -- several ranks ------------------------------------------------------------
@@ -558,8 +575,8 @@ class Run:
                 raise UserFacingError(f"lora.target_modules = {cfg.lora.target_modules}: {exc}") from None
             raise
 
-        dataset = self._load_dataset()
-        trainer = self._build_trainer(model, tokenizer, dataset, cuda)
+        dataset, eval_set = self._load_dataset()
+        trainer = self._build_trainer(model, tokenizer, dataset, cuda, eval_set)
         self._audit_or_refuse(trainer.model)
         self._watch_memory(trainer, cuda)
         return trainer
@@ -589,34 +606,60 @@ class Run:
             device=self.rank.local_rank if cuda else 0,
         )
 
-    def _load_dataset(self) -> Any:
+    def _load_dataset(self) -> tuple[Any, Any]:
+        """The training rows and the eval rows (``None`` without ``data.eval_split`` / ``eval_path``)."""
+        cfg = self.config.data
+        self.sink.emit(ev.LOG, message=f"loading data from {cfg.path}")
+        dataset, fmt, source = self._read_rows("data.path", cfg.path, cfg.format, cfg.split, cfg.max_rows)
+        eval_set = None
+        if cfg.eval_split is not None:
+            size: float | int = cfg.eval_split if cfg.eval_split < 1 else int(cfg.eval_split)
+            held = size if isinstance(size, int) else math.ceil(size * len(dataset))  # as train_test_split
+            if held < 1 or held >= len(dataset):
+                raise UserFacingError(
+                    f"data.eval_split = {cfg.eval_split:g}: holds out {held} of {len(dataset)} rows; "
+                    "at least 1 must be held out and 1 left to train on"
+                )
+            # The run's seed picks the rows: the same split on every run with that seed.
+            parts = dataset.train_test_split(test_size=size, seed=self.config.training.seed, shuffle=True)
+            dataset, eval_set = parts["train"], parts["test"]
+        elif cfg.eval_path is not None:
+            self.sink.emit(ev.LOG, message=f"loading eval data from {cfg.eval_path}")
+            eval_set, eval_fmt, _ = self._read_rows("data.eval_path", cfg.eval_path, cfg.format, cfg.split, None)
+            if eval_fmt != fmt:
+                raise UserFacingError(
+                    f"data.eval_path = {cfg.eval_path!r}: its rows are {eval_fmt}, the training rows {fmt}; "
+                    "both must have one format"
+                )
+        self._data_info = {"path": cfg.path, "source": source, "rows": len(dataset), "format": fmt}
+        if eval_set is not None:
+            self._data_info["eval_rows"] = len(eval_set)
+        return dataset, eval_set
+
+    def _read_rows(self, key: str, path: str, format: str, split: str, max_rows: int | None) -> tuple[Any, Any, str]:
+        """One data source as a ``datasets.Dataset``, its row format and where it came from."""
         from datasets import Dataset, load_dataset
 
         from loratop.trainer.data_files import DataProblem, inspect_data, load_rows
 
-        cfg = self.config.data
-        self.sink.emit(ev.LOG, message=f"loading data from {cfg.path}")
         try:
-            info = inspect_data(cfg.path, cfg.format)
+            info = inspect_data(path, format)
         except DataProblem as exc:
-            raise UserFacingError(f"data.path = {cfg.path!r}: {exc}") from None
+            raise UserFacingError(f"{key} = {path!r}: {exc}") from None
         if info.file is not None:
             rows = load_rows(info.file)
-            if cfg.max_rows:
-                rows = rows[: cfg.max_rows]
+            if max_rows:
+                rows = rows[:max_rows]
             fmt = info.format
             columns = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}
             keep = columns[fmt or "text"]
-            dataset = Dataset.from_list([{k: row[k] for k in keep} for row in rows])
-        else:
-            dataset = load_dataset(cfg.path, split=cfg.split)
-            if cfg.max_rows:
-                dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
-            fmt = cfg.format
-        self._data_info = {"path": cfg.path, "source": info.source, "rows": len(dataset), "format": fmt}
-        return dataset
+            return Dataset.from_list([{k: row[k] for k in keep} for row in rows]), fmt, info.source
+        dataset = load_dataset(path, split=split)
+        if max_rows:
+            dataset = dataset.select(range(min(max_rows, len(dataset))))
+        return dataset, format, info.source
 
-    def _build_trainer(self, model: Any, tokenizer: Any, dataset: Any, cuda: bool) -> Any:
+    def _build_trainer(self, model: Any, tokenizer: Any, dataset: Any, cuda: bool, eval_set: Any = None) -> Any:
         from trl import SFTConfig, SFTTrainer
 
         cfg = self.config
@@ -649,19 +692,30 @@ class Run:
             include_num_input_tokens_seen="non_padding",
             save_strategy="steps" if t.save_steps else "no",
             save_steps=t.save_steps or 500,
+            eval_strategy="steps" if eval_set is not None and t.eval_steps else "no",
+            eval_steps=t.eval_steps or None,
+            per_device_eval_batch_size=t.per_device_train_batch_size,
+            prediction_loss_only=True,
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
             **self._distributed_args(cuda),
         )
         self.sink.emit(ev.LOG, message=f"tokenising {len(dataset)} rows")
-        return SFTTrainer(
+        trainer = SFTTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=eval_set,
             processing_class=tokenizer,
             callbacks=[_event_callback(self)],
         )
+        if eval_set is not None:
+            tokenised: Any = trainer.eval_dataset
+            ids = tokenised["input_ids"] if "input_ids" in tokenised.column_names else []
+            self._eval_tokens = sum(min(len(row), t.max_seq_length) for row in ids) if len(ids) else None
+            self._eval_rows = len(tokenised)
+        return trainer
 
     def _distributed_args(self, cuda: bool) -> dict[str, Any]:
         """The Trainer's DDP/FSDP settings; nothing for a single process."""
@@ -707,9 +761,80 @@ class Run:
                 raise UserFacingError(audit.refusal())
 
     def fit(self, trainer: Any) -> None:
-        """Train (:meth:`execute` saves the adapter afterwards, also when stopped early)."""
+        """Train, then evaluate once more if the last step had none (:meth:`execute` saves the
+        adapter afterwards, also when stopped early)."""
         trainer.train()
         self._last_step = trainer.state.global_step
+        if trainer.eval_dataset is not None and self._last_eval_step != self._last_step:
+            self.sink.emit(ev.LOG, message=f"evaluating at the last step ({self._last_step})")
+            trainer.evaluate()
+
+    # -- held-out loss ------------------------------------------------------------
+
+    def on_eval(self, step: int, metrics: dict[str, Any], control: Any, model: Any) -> None:
+        """One evaluation: its event, an overfitting alert when it starts, early stopping, and
+        (with early stopping) a copy of the best adapter's weights to keep."""
+        loss = _float_or_none(metrics.get("eval_loss"))
+        self._last_eval_step = step
+        losses = [x for x in self._train_losses if math.isfinite(x)]
+        self._train_losses = []
+        tracker = self.evals
+        tracker.add(step, loss if loss is not None else math.nan, sum(losses) / len(losses) if losses else None)
+        best = tracker.best
+        self.sink.emit(
+            ev.EVAL,
+            step=step,
+            eval_loss=loss,
+            eval_tokens=self._eval_tokens,
+            eval_rows=self._eval_rows,
+            duration_s=_float_or_none(metrics.get("eval_runtime")),
+            best_loss=best.eval_loss if best else None,
+            best_step=best.step if best else None,
+        )
+        if tracker.is_best and self.config.training.early_stopping_patience is not None:
+            self._keep_best(model, step)
+        message = tracker.overfitting()
+        if message is not None:
+            self.sink.emit(ev.ALERT, kind=OVERFITTING, step=step, message=message)
+        why = tracker.should_stop()
+        if why is not None and self.stop_requested is None:
+            self.stop_requested = "early stopping"
+            control.should_training_stop = True
+            self.say(f"{why}: stopping after step {step}")
+
+    def _keep_best(self, model: Any, step: int) -> None:
+        """Copy the adapter's weights of the best evaluation to host memory (a LoRA adapter is
+        small), to save them as the run's adapter if training goes on past its best."""
+        if self.config.distributed.strategy == "fsdp" and self.rank.distributed:
+            return  # sharded weights: the last adapter is saved (README)
+        self._best_weights = {
+            name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
+        }
+        self._best_step = step
+
+    def _adapter_step(self) -> int:
+        """The step whose weights the final adapter holds: the last, or the best evaluation's
+        when early stopping kept that one."""
+        return self._restored_step if self._restored_step is not None else self._last_step
+
+    def _restore_best(self, trainer: Any) -> None:
+        """Before the final save of an early-stopped run: the best evaluation's adapter."""
+        if self._best_weights is None or self._best_step in (None, self._last_step):
+            return
+        import torch
+
+        with torch.no_grad():
+            for name, p in trainer.model.named_parameters():
+                if name in self._best_weights:
+                    p.copy_(self._best_weights[name].to(p.device))
+        self._restored_step = self._best_step
+        best = self.evals.best
+        self.say(
+            f"keeping the adapter of the best evaluation (step {self._best_step}, eval loss "
+            f"{best.eval_loss:.4f}), not of the last step ({self._last_step})"
+            if best
+            else f"keeping the adapter of step {self._best_step}"
+        )
 
     def run_started_fields(self, max_steps: int) -> dict[str, Any]:
         """The ``run_started`` event: everything known once the model is ready."""
@@ -787,6 +912,8 @@ def _event_callback(run: Run) -> Any:
                 step_time_s=round(current - self.last_step_time, 6),
             )
             self.last_step_time = current
+            if loss is not None:
+                run._train_losses.append(loss)
             spike = run.spikes.update(state.global_step, loss, grad_norm)
             if spike is not None:
                 run.on_spike(spike, control)
@@ -812,6 +939,10 @@ def _event_callback(run: Run) -> Any:
                 if not control.should_save and run.sink.write_error is None and not run.agreed_no_save:
                     control.should_save = True
                     run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+            run.on_eval(state.global_step, metrics or {}, control, kwargs.get("model"))
+            self.last_step_time = time.monotonic()  # the next step's time leaves the evaluation out
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -330,7 +330,12 @@ class MonitorScreen(LoratopScreen[str]):
                 self._smoothed = RunningEma(smoothing_alpha(state.max_steps or 1000))
             smoothed = self._smoothed.extend(state.loss)
             x_range = (0.0, float(state.max_steps)) if state.max_steps and live else None
-            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range)
+            evals = [
+                (float(step), float(loss))
+                for e in state.evals
+                if isinstance(step := e.get("step"), int) and isinstance(loss := e.get("eval_loss"), (int, float))
+            ]
+            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range, evals)
             if sparks:
                 self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
         self._set_text("#lr-text", panels.lr_text(state))

@@ -154,10 +154,28 @@ def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+def _add_evals(run_dir: Path) -> None:
+    """Two evaluations before the recorded run's last event (run_finished), with the next seqs."""
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    evals = [
+        {"v": 1, "seq": last["seq"] + i, "t": last["t"] - 0.5 + i / 10, "type": "eval", "step": step,
+         "eval_loss": loss, "eval_rows": 10, "eval_tokens": 900, "duration_s": 0.1}
+        for i, (step, loss) in enumerate([(30, 5.8), (60, 5.9)])
+    ]  # fmt: skip
+    last["seq"] += len(evals)
+    body = [*lines[:-1], *(json.dumps(e) for e in evals), json.dumps(last)]
+    (run_dir / "events.jsonl").write_text("\n".join(body) + "\n")
+
+
+@pytest.mark.parametrize("evals", [False, True], ids=["", "with-eval"])
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
-def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
-    """Every panel visible, inside the screen, none overlapping; screenshot saved for a look."""
+def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int], evals: bool) -> None:
+    """Every panel visible, inside the screen, none overlapping; screenshot saved for a look.
+    With evaluations the header takes a third line, and the chart still gets its rows."""
     run_dir = _recorded_run(tmp_path)
+    if evals:
+        _add_evals(run_dir)
     app = LoratopApp(run_dir)
 
     async def drive() -> None:
@@ -183,6 +201,9 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int]) -> None:
             assert "spills n/a (CPU run)" in text and "base frozen" in text
             memory = "\n".join(line.plain for line in _memory_lines(screen))
             assert "no NVIDIA GPU" in memory
+            if evals:
+                header = str(screen.query_one("#run-header").render())
+                assert regions["#run-header"].height == 3 and header.endswith("eval 5.9000 (best 5.8000 @30)")
             svg = app.export_screenshot()
             out = Path(os.environ.get("LORATOP_SCREENSHOTS", tmp_path))
             out.mkdir(parents=True, exist_ok=True)

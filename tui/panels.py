@@ -67,14 +67,12 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
         f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
         f"elapsed {fmt_duration(state.elapsed(now))} · ETA {fmt_duration(state.eta())} · {tok_s}"
     )
-    evaluated = eval_text(state)
-    if evaluated:
-        second += f" · {evaluated}"
     return first, second
 
 
 def eval_text(state: RunState) -> str | None:
-    """``eval 2.3101 (best 2.2800 @400)``, ``eval 2.2800 (best)``; ``None`` before the first evaluation."""
+    """The header's third line: ``eval 2.3101 (best 2.2800 @400)``, ``eval 2.2800 (best)``;
+    ``None`` before the first evaluation (the header then keeps two lines)."""
     last, best = state.last_eval, state.best_eval
     if last is None:
         return None

@@ -318,7 +318,11 @@ class MonitorScreen(LoratopScreen[str]):
         if live and now - self._drawn_at < DATA_REFRESH_S:
             return
         first, second = panels.header_lines(state, self._clock())
-        self._set_text("#run-header", f"[b]{first}[/b]\n{second}")
+        evaluated = panels.eval_text(state)
+        header = self.query_one("#run-header", Static)
+        header.set_class(evaluated is not None, "-with-eval")
+        third = f"\n{evaluated}" if evaluated else ""
+        self._set_text("#run-header", f"[b]{first}[/b]\n{second}{third}")
         if state.version == self._drawn_version:
             return
         self._drawn_version, self._drawn_at = state.version, now

@@ -145,3 +145,18 @@ def assert_same_fold(fast: RunState, slow: RunState) -> None:
                  "spikes", "spills", "oom_risk", "paged", "first_t", "last_t", "events_seen", "garbage"):  # fmt: skip
         assert getattr(fast, name) == getattr(slow, name), name
     assert list(fast.messages) == list(slow.messages)
+
+
+def add_evals(run_dir: Path, points: list[tuple[int, float]]) -> None:
+    """Evaluations ``(step, eval loss)`` just before a finished run's last event (run_finished),
+    with the seqs that follow, as a trainer with an eval split would have written them."""
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    evals = [
+        {"v": 1, "seq": last["seq"] + i, "t": last["t"] - 0.5 + i / 10, "type": "eval", "step": step,
+         "eval_loss": loss, "eval_rows": 10, "eval_tokens": 900, "duration_s": 0.1}
+        for i, (step, loss) in enumerate(points)
+    ]  # fmt: skip
+    last["seq"] += len(evals)
+    body = [*lines[:-1], *(json.dumps(e) for e in evals), json.dumps(last)]
+    (run_dir / "events.jsonl").write_text("\n".join(body) + "\n")

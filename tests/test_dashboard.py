@@ -22,7 +22,7 @@ from loratop.tui.app import LoratopApp
 from loratop.tui.launcher import launch
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from tests.conftest import DEMO_CONFIG, assert_same_fold, live_status, of_type, read_events, slow_fold, until
+from tests.conftest import DEMO_CONFIG, add_evals, assert_same_fold, live_status, of_type, read_events, slow_fold, until
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -154,20 +154,6 @@ def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
-def _add_evals(run_dir: Path) -> None:
-    """Two evaluations before the recorded run's last event (run_finished), with the next seqs."""
-    lines = (run_dir / "events.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
-    evals = [
-        {"v": 1, "seq": last["seq"] + i, "t": last["t"] - 0.5 + i / 10, "type": "eval", "step": step,
-         "eval_loss": loss, "eval_rows": 10, "eval_tokens": 900, "duration_s": 0.1}
-        for i, (step, loss) in enumerate([(30, 5.8), (60, 5.9)])
-    ]  # fmt: skip
-    last["seq"] += len(evals)
-    body = [*lines[:-1], *(json.dumps(e) for e in evals), json.dumps(last)]
-    (run_dir / "events.jsonl").write_text("\n".join(body) + "\n")
-
-
 @pytest.mark.parametrize("evals", [False, True], ids=["", "with-eval"])
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int], evals: bool) -> None:
@@ -175,7 +161,7 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int], evals: bool)
     With evaluations the header takes a third line, and the chart still gets its rows."""
     run_dir = _recorded_run(tmp_path)
     if evals:
-        _add_evals(run_dir)
+        add_evals(run_dir, [(30, 5.8), (60, 5.9)])
     app = LoratopApp(run_dir)
 
     async def drive() -> None:

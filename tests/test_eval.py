@@ -27,7 +27,7 @@ from loratop.tui.launcher import launch
 from loratop.tui.panels import eval_label, eval_text, header_lines, outcome_text
 from loratop.tui.runs import summarise_run
 from loratop.widgets import LossChart
-from tests.conftest import DEMO_CONFIG, loratop, of_type, read_events
+from tests.conftest import DEMO_CONFIG, add_evals, loratop, of_type, read_events
 
 # -- the tracker (pure) --------------------------------------------------------------------
 
@@ -157,6 +157,33 @@ def test_loss_chart_draws_eval_points() -> None:
             await pilot.pause()
             assert chart.last_plotted_points == without + 3
             assert "◆" in app.export_screenshot()  # a shape of its own: readable in monochrome
+
+    asyncio.run(scenario())
+
+
+def test_compare_shows_and_overlays_the_eval_curves(runs: Path) -> None:
+    from loratop.tui.compare import load_compared, outcome_rows
+    from loratop.widgets import CompareChart, Series
+
+    add_evals(runs / "tiny-r16", [(20, 5.9), (40, 5.7), (60, 5.8)])
+    rows = dict(outcome_rows([load_compared(runs / "tiny-r8"), load_compared(runs / "tiny-r16")]))
+    assert rows["eval loss"] == ["–", "5.8000"] and rows["best eval"] == ["–", "5.7000 @40"]
+
+    class ChartApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield CompareChart()
+
+    async def scenario() -> None:
+        app = ChartApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(CompareChart)
+            steps = [float(i) for i in range(1, 61)]
+            loss = [6.0 - i / 100 for i in range(60)]
+            chart.update([Series("a", steps, loss, "bright_cyan"),
+                          Series("b", steps, loss, "bright_magenta", evals=[(20.0, 5.9), (40.0, 5.7)])])  # fmt: skip
+            await pilot.pause()
+            assert chart.plotted[1] == chart.plotted[0] + 2
+            assert "◆" in app.export_screenshot()
 
     asyncio.run(scenario())
 

@@ -35,6 +35,8 @@ class Series:
     style: str
     spikes: Sequence[tuple[float, float]] = field(default_factory=tuple)
     """``(x, y)`` of each flagged spike, drawn as an ``x`` in the run's colour."""
+    evals: Sequence[tuple[float, float]] = field(default_factory=tuple)
+    """``(x, eval loss)`` of each evaluation, drawn as a ``◆`` in the run's colour: the held-out curve."""
 
 
 class CompareChart(Widget):
@@ -91,7 +93,12 @@ class CompareChart(Widget):
         buckets = _plot_cells(self)
         lines: list[tuple[list[float], list[float], str]] = []
         marks: list[tuple[list[float], list[float], str]] = []
+        diamonds: list[tuple[list[float], list[float], str]] = []
         for s in self._series:
+            ex = [float(x) for x, _ in s.evals]
+            ey = [float(y) for _, y in s.evals]
+            ex, ey = _log10_points(ex, ey) if self.log_scale else _finite_points(ex, ey)
+            diamonds.append((ex, ey, s.style))
             xs, ys = downsample(s.x, s.y, buckets)
             sx = [float(x) for x, _ in s.spikes]
             sy = [float(y) for _, y in s.spikes]
@@ -103,14 +110,15 @@ class CompareChart(Widget):
                 sx, sy = _finite_points(sx, sy)
             lines.append((xs, ys, s.style))
             marks.append((sx, sy, s.style))
-        self.plotted = [len(x) + len(m[0]) for (x, _, _), m in zip(lines, marks, strict=True)]
+        self.plotted = [len(x) + len(m[0]) + len(d[0]) for (x, _, _), m, d in zip(lines, marks, diamonds, strict=True)]
         has_data = any(x for x, _, _ in lines)
         self.set_class(has_data, "-has-data")
         plot = self.query_one(PlotWidget)
         plot.clear()
         if not has_data:
             return
-        _set_limits(plot, [x for x, _, _ in lines + marks], [y for _, y, _ in lines + marks], buckets)
+        everything = lines + marks + diamonds
+        _set_limits(plot, [x for x, _, _ in everything], [y for _, y, _ in everything], buckets)
         plot.set_xlabel(self._x_label)
         plot.set_ylabel(f"log10 {self._y_label}" if self.log_scale else self._y_label)
         for xs, ys, style in lines:
@@ -118,3 +126,6 @@ class CompareChart(Widget):
         for xs, ys, style in marks:
             if xs:
                 plot.scatter(xs, ys, marker="x", marker_style=f"bold {style}", hires_mode=None)
+        for xs, ys, style in diamonds:
+            if xs:
+                plot.scatter(xs, ys, marker="◆", marker_style=f"bold {style}", hires_mode=None)

@@ -63,6 +63,8 @@ class CompareScreen(Screen[None]):
             what = "base" if i == 0 else compare.change_label(base, run.config or {})
             spikes = len(run.state.spikes)
             marks = f" · {spikes} spike{'s' if spikes != 1 else ''} (x)" if spikes else ""
+            if run.state.evals:
+                marks += f" · {len(run.state.evals)} eval{'s' if len(run.state.evals) != 1 else ''} (◆)"
             lines.append(f"[bold ansi_{style}]━ {compare.run_letter(i)}[/] {escape(run.name)}: {escape(what)}{marks}")
         kind = "EMA-smoothed loss" if self.smoothed else "per-step loss"
         lines.append(f"[dim]{kind} over {'tokens seen' if self.x_axis == 'tokens' else 'optimizer steps'}[/dim]")
@@ -85,7 +87,13 @@ class CompareScreen(Screen[None]):
                 index = at.get(int(spike.get("step", -1)))
                 if index is not None:
                     spikes.append((xs[index], float(spike.get("loss") or math.nan)))
-            result.append(Series(run.name, xs, ys, PALETTE[i % len(PALETTE)], spikes))
+            evals = []
+            for e in state.evals:
+                index = at.get(int(e.get("step") or -1))
+                loss = e.get("eval_loss")
+                if index is not None and isinstance(loss, (int, float)):
+                    evals.append((xs[index], float(loss)))
+            result.append(Series(run.name, xs, ys, PALETTE[i % len(PALETTE)], spikes, evals))
         return result
 
     def redraw(self) -> None:

@@ -396,7 +396,7 @@ def test_gather_facts_caps_rows_at_max_rows(
 def test_gather_facts_counts_the_embedded_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     _no_gpu(monkeypatch)
 
-    assert gather_facts(load_config(DEMO, check_files=False)).dataset_rows == 3000
+    assert gather_facts(load_config(DEMO, check_files=False)).dataset_rows == 2850  # 150 held out for eval
 
 
 @pytest.mark.parametrize("path", ["missing.jsonl", "./nowhere/train.jsonl", "embedded:nope", "org/hub-dataset"])

@@ -280,3 +280,14 @@ def test_early_stopping_keeps_the_best_adapter_and_overfitting_is_alerted(tmp_pa
     assert any("keeping the adapter of the best evaluation" in m for m in state.messages)
     listing = loratop("ls", "--runs-dir", str(tmp_path))
     assert f"overfit@{alerts[-1]['step']}" in listing.stdout, listing.stdout  # the latest stretch
+
+
+def test_the_rows_left_to_train_on_leave_the_held_out_ones_out() -> None:
+    from loratop.trainer.advisor import gather_facts
+    from loratop.trainer.data_files import held_out_rows, usable_rows
+
+    assert held_out_rows(0.05, 3000) == 150 and held_out_rows(0.05, 64) == 4 and held_out_rows(200, 3000) == 200
+    assert usable_rows("embedded:tool-chat", "auto", None, 0.05) == 2850
+    assert usable_rows("embedded:tool-chat", "auto", 64, 0.05) == 60
+    # The advisor counts epochs and small-data risks on the rows that train.
+    assert gather_facts(load_config(DEMO_CONFIG, check_files=False)).dataset_rows == 2850

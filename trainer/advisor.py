@@ -326,7 +326,7 @@ def gather_facts(config: RunConfig) -> Facts:
 
     Never raises for a user's mistake: what cannot be found is ``None``.
     """
-    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows)
+    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows, config.data.eval_split)
 
     gpu_total, gpu_name = visible_gpu_total()
     peak: int | None = None

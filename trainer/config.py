@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -528,7 +527,7 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
                     f"{model_type} model; {_accepted_message(name, accepted)}"
                 )
     problems += [f"{where('distributed')}: {line}" for line in _distributed_problems(config.distributed)]
-    from loratop.trainer.data_files import DataProblem, inspect_data
+    from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data
 
     rows = None
     try:
@@ -544,7 +543,7 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     if rows is not None and config.data.max_rows:
         rows = min(rows, config.data.max_rows)
     if split is not None and rows is not None:
-        held = int(split) if split >= 1 else math.ceil(split * rows)  # as datasets' train_test_split
+        held = held_out_rows(split, rows)
         if held < 1 or held >= rows:
             problems.append(
                 f"{where('data.eval_split')}: data.eval_split = {split:g}: holds out {held} of {rows} rows; "

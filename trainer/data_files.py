@@ -8,6 +8,7 @@ The trainer uses the same function to decide how to load the rows.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,8 +176,17 @@ def load_rows(file: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def usable_rows(path: str, fmt: str = "auto", max_rows: int | None = None) -> int | None:
-    """The rows a run would train on (capped by ``data.max_rows``), or ``None`` when unknown.
+def held_out_rows(eval_split: float, rows: int) -> int:
+    """How many of ``rows`` a ``data.eval_split`` holds out: a row count as is, a fraction
+    rounded up (as ``datasets``' ``train_test_split`` does)."""
+    return int(eval_split) if eval_split >= 1 else math.ceil(eval_split * rows)
+
+
+def usable_rows(
+    path: str, fmt: str = "auto", max_rows: int | None = None, eval_split: float | None = None
+) -> int | None:
+    """The rows a run would train on (capped by ``data.max_rows``, less those ``data.eval_split``
+    holds out), or ``None`` when unknown.
 
     ``None`` for a hub dataset (not fetched here) or a data file with a problem; the
     config check reports the problem, callers that only want the count need not.
@@ -187,4 +197,6 @@ def usable_rows(path: str, fmt: str = "auto", max_rows: int | None = None) -> in
         return None
     if rows is not None and max_rows is not None and max_rows > 0:
         rows = min(rows, max_rows)
+    if rows is not None and eval_split is not None:
+        rows = max(0, rows - held_out_rows(eval_split, rows))
     return rows

@@ -19,7 +19,6 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from loratop.trainer.config import (
     parse_overrides,
     read_yaml,
 )
-from loratop.trainer.data_files import DataProblem, inspect_data, usable_rows
+from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data, usable_rows
 from loratop.trainer.run_dir import CONFIG, RunDirError
 from loratop.trainer.value_format import format_value
 from loratop.tui import samples
@@ -175,7 +174,7 @@ def disk_space_warning(config: RunConfig) -> str | None:
         shape = load_model_shape(config.model.name_or_path, download=False)
     except EstimateError:
         return None
-    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows)
+    rows = usable_rows(config.data.path, config.data.format, config.data.max_rows, config.data.eval_split)
     return free_space_warning(config.output_dir or ".", disk_need(shape, config, rows))
 
 
@@ -280,7 +279,7 @@ def _eval_line(config: RunConfig, rows: int | None) -> list[str]:
         return ["  eval    none (set data.eval_split or data.eval_path for a held-out loss)"]
     if rows is not None and d.max_rows:
         rows = min(rows, d.max_rows)
-    held = int(d.eval_split) if d.eval_split >= 1 else (math.ceil(d.eval_split * rows) if rows else None)
+    held = held_out_rows(d.eval_split, rows or 0) if rows or d.eval_split >= 1 else None
     count = f"{held:,} rows" if held is not None else f"{d.eval_split:g} of the rows"
     return [f"  eval    {count} held out (seed {t.seed}), {when}{stop}"]
 

@@ -3,6 +3,7 @@
     time python benchmarks/spikes/evaluate.py        # the tables in RESULTS.md (~30 s on 2 cores)
     python benchmarks/spikes/evaluate.py --held-out  # the same on seeds never used for tuning
     python benchmarks/spikes/evaluate.py --quick     # a quarter of the curves
+    python benchmarks/spikes/evaluate.py --family b  # curves drawn another way (curves_b.py), never tuned on
 
 Every detector sees the same synthetic curves (``curves.py``, fixed seeds), step by step,
 with each step's loss and grad norm:
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curves import BUMP, SHAPES, SPIKE, Curve, clean_curve, injected_curve  # noqa: E402
+from curves_b import CLUSTER, SHAPES_B, clean_curve_b, injected_curve_b  # noqa: E402
 
 from loratop.trainer.spikes import GRAD_NORM_SPIKE, SpikeDetector  # noqa: E402
 
@@ -153,8 +155,9 @@ class CurveScore:
     duplicates: int
 
 
-def _score_injected(seed: int) -> tuple[int, list[CurveScore]]:
-    curve = injected_curve(seed)
+def _score_injected(args: tuple[int, str]) -> tuple[int, list[CurveScore]]:
+    seed, family = args
+    curve = injected_curve(seed) if family == "a" else injected_curve_b(seed)
     scores = []
     for _, make in DETECTORS:
         alarms = _alarms(make(), curve)
@@ -185,19 +188,24 @@ def _score_injected(seed: int) -> tuple[int, list[CurveScore]]:
     return len(curve.loss), scores
 
 
-def _score_clean(args: tuple[int, bool, bool]) -> tuple[int, list[int]]:
-    seed, heavy_tails, reverse_ramp = args
-    curve = clean_curve(seed, heavy_tails=heavy_tails, reverse_ramp=reverse_ramp)
+def _score_clean(args: tuple[int, bool, bool, str]) -> tuple[int, list[int]]:
+    seed, heavy_tails, reverse_ramp, family = args
+    if family == "b":
+        curve = clean_curve_b(seed)
+    else:
+        curve = clean_curve(seed, heavy_tails=heavy_tails, reverse_ramp=reverse_ramp)
     return len(curve.loss), [len(_alarms(make(), curve)) for _, make in DETECTORS]
 
 
-def _clean_run(pool: ProcessPoolExecutor, first_seed: int, target: int, heavy: bool, reverse: bool) -> list[float]:
+def _clean_run(
+    pool: ProcessPoolExecutor, first_seed: int, target: int, heavy: bool, reverse: bool, family: str = "a"
+) -> list[float]:
     """False alarms per 10k steps, per detector, over clean curves totalling >= target steps."""
     steps = 0
     alarms = [0] * len(DETECTORS)
     seed = first_seed
     while steps < target:
-        batch = [(s, heavy, reverse) for s in range(seed, seed + 64)]
+        batch = [(s, heavy, reverse, family) for s in range(seed, seed + 64)]
         seed += 64
         for n, per_detector in pool.map(_score_clean, batch, chunksize=4):
             steps += n
@@ -220,29 +228,37 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the curves")
     parser.add_argument("--held-out", action="store_true", help="other seeds than the ones the detector was tuned on")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--family", choices=("a", "b"), default="a", help="a: curves.py (tuned on); b: curves_b.py")
     args = parser.parse_args()
+    family = args.family
+    shape_list = SHAPES if family == "a" else SHAPES_B
+    sized_shapes = (SPIKE, BUMP) if family == "a" else (SPIKE, BUMP, CLUSTER)
     part = 4 if args.quick else 1
     shift = HELD_OUT_SHIFT if args.held_out else 0
 
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
-        injected = list(pool.map(_score_injected, range(shift, shift + INJECTED_CURVES // part), chunksize=8))
-        clean = _clean_run(pool, shift + CLEAN_SEED, CLEAN_STEPS // part, False, False)
-        heavy = _clean_run(pool, shift + HEAVY_SEED, STRESS_STEPS // part, True, False)
-        reverse = _clean_run(pool, shift + REVERSE_SEED, STRESS_STEPS // part, False, True)
+        seeds = [(s, family) for s in range(shift, shift + INJECTED_CURVES // part)]
+        injected = list(pool.map(_score_injected, seeds, chunksize=8))
+        clean = _clean_run(pool, shift + CLEAN_SEED, CLEAN_STEPS // part, False, False, family)
+        if family == "a":
+            heavy = _clean_run(pool, shift + HEAVY_SEED, STRESS_STEPS // part, True, False)
+            reverse = _clean_run(pool, shift + REVERSE_SEED, STRESS_STEPS // part, False, True)
+        else:  # heavy tails are in every family-B curve already
+            heavy = reverse = [math.nan] * (len(DETECTORS) + 1)
     elapsed = time.perf_counter() - started
 
-    n_events = dict.fromkeys(SHAPES, 0)
+    n_events = dict.fromkeys(shape_list, 0)
     for _, scores in injected:
         for shape, _ in scores[0].events:
             n_events[shape] += 1
     n_total = sum(n_events.values())
     injected_steps = sum(n for n, _ in injected)
-    shapes = [s for s in SHAPES if n_events[s]]
+    shapes = [s for s in shape_list if n_events[s]]
 
     main_rows, bucket_rows, stress_rows = [], [], []
     for d, (name, _) in enumerate(DETECTORS):
-        hits = dict.fromkeys(SHAPES, 0)
+        hits = dict.fromkeys(shape_list, 0)
         sized = [0, 0]
         buckets = [[0, 0] for _ in SIZE_BUCKETS]
         tp = fp = dup = 0
@@ -251,7 +267,7 @@ def main() -> int:
             for (shape, size), ok in zip(score.events, score.detected, strict=True):
                 hits[shape] += ok
                 tp += ok
-                if shape in (SPIKE, BUMP):
+                if shape in sized_shapes:
                     sized[0] += ok
                     sized[1] += 1
                     for b, (lo, hi) in enumerate(SIZE_BUCKETS):
@@ -270,7 +286,11 @@ def main() -> int:
 
     print(
         _table(
-            ["detector", "recall, spikes+bumps ≥4σ", "precision"]
+            [
+                "detector",
+                "recall, spikes+bumps ≥4σ" if family == "a" else "recall, spikes+bumps+clusters ≥5σ",
+                "precision",
+            ]
             + [f"recall {s}" for s in shapes]
             + ["duplicates / event", "false alarms / 10k clean steps"],
             main_rows,
@@ -285,19 +305,20 @@ def main() -> int:
         )
     )
     print()
-    print(
-        _table(
-            ["detector", "false alarms / 10k: Student-t(4) noise", "false alarms / 10k: reversed length ramp"],
-            stress_rows,
+    if family == "a":
+        print(
+            _table(
+                ["detector", "false alarms / 10k: Student-t(4) noise", "false alarms / 10k: reversed length ramp"],
+                stress_rows,
+            )
         )
-    )
-    print()
+        print()
     counts = ", ".join(f"{n_events[s]} {s}" for s in shapes)
     seeds = "held-out seeds" if args.held_out else "tuning seeds"
+    stress = f"; stress sets {int(heavy[-1]):,} and {int(reverse[-1]):,} steps" if family == "a" else ""
     print(
-        f"{seeds}: {len(injected)} injected curves ({injected_steps:,} steps; {counts}); "
-        f"{int(clean[-1]):,} clean steps; stress sets {int(heavy[-1]):,} and {int(reverse[-1]):,} steps; "
-        f"{elapsed:.1f} s on {args.workers} workers."
+        f"family {family}, {seeds}: {len(injected)} injected curves ({injected_steps:,} steps; {counts}); "
+        f"{int(clean[-1]):,} clean steps{stress}; {elapsed:.1f} s on {args.workers} workers."
     )
     return 0
 

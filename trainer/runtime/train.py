@@ -613,8 +613,10 @@ class Run:
         dataset, fmt, source = self._read_rows("data.path", cfg.path, cfg.format, cfg.split, cfg.max_rows)
         eval_set = None
         if cfg.eval_split is not None:
+            from loratop.trainer.data_files import held_out_rows
+
             size: float | int = cfg.eval_split if cfg.eval_split < 1 else int(cfg.eval_split)
-            held = size if isinstance(size, int) else math.ceil(size * len(dataset))  # as train_test_split
+            held = held_out_rows(cfg.eval_split, len(dataset))
             if held < 1 or held >= len(dataset):
                 raise UserFacingError(
                     f"data.eval_split = {cfg.eval_split:g}: holds out {held} of {len(dataset)} rows; "

@@ -170,10 +170,12 @@ class KnobEditor(LoratopScreen[None]):
         from loratop.trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
 
         max_rows = form.get_path(self.base_tree, "data.max_rows")
+        split = form.get_path(self.base_tree, "data.eval_split")
         rows = usable_rows(
             str(form.get_path(self.base_tree, "data.path")),
             str(form.get_path(self.base_tree, "data.format")),
             max_rows if isinstance(max_rows, int) else None,
+            float(split) if isinstance(split, (int, float)) and not isinstance(split, bool) and split > 0 else None,
         )
         note = ""
         try:

@@ -257,7 +257,8 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     if status == ev.COMPLETED:
         return EXIT_OK
     if status == ev.STOPPED:
-        return EXIT_INTERRUPTED
+        # Early stopping is how the run was meant to end; any other stop was asked for.
+        return EXIT_OK if printer.finished.get("stopped_by") == "early stopping" else EXIT_INTERRUPTED
     return EXIT_FAILED
 
 

@@ -314,10 +314,7 @@ def main() -> int:
         )
         print()
     counts = ", ".join(f"{n_events[s]} {s}" for s in shapes)
-    if family == "b":
-        seeds = "never tuned on"
-    else:
-        seeds = "held-out seeds" if args.held_out else "tuning seeds"
+    seeds = {"b": "never tuned on"}.get(family, "held-out seeds" if args.held_out else "tuning seeds")
     stress = f"; stress sets {int(heavy[-1]):,} and {int(reverse[-1]):,} steps" if family == "a" else ""
     print(
         f"family {family}, {seeds}: {len(injected)} injected curves ({injected_steps:,} steps; {counts}); "

@@ -767,7 +767,8 @@ class Run:
         adapter afterwards, also when stopped early)."""
         trainer.train()
         self._last_step = trainer.state.global_step
-        if trainer.eval_dataset is not None and self._last_eval_step != self._last_step:
+        cannot_write = self.stop_requested in ("disk full", "events.jsonl cannot be written", "run folder removed")
+        if trainer.eval_dataset is not None and self._last_eval_step != self._last_step and not cannot_write:
             self.sink.emit(ev.LOG, message=f"evaluating at the last step ({self._last_step})")
             trainer.evaluate()
 
@@ -807,8 +808,8 @@ class Run:
     def _keep_best(self, model: Any, step: int) -> None:
         """Copy the adapter's weights of the best evaluation to host memory (a LoRA adapter is
         small), to save them as the run's adapter if training goes on past its best."""
-        if self.config.distributed.strategy == "fsdp" and self.rank.distributed:
-            return  # sharded weights: the last adapter is saved (README)
+        if (self.config.distributed.strategy == "fsdp" and self.rank.distributed) or not self.rank.is_main:
+            return  # sharded weights: the last adapter is saved (README); DDP: rank 0 saves
         self._best_weights = {
             name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
         }

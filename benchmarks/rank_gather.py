@@ -2,7 +2,7 @@
 
 About every 0.2 s (at a step boundary rank 0 names), the ranks all_reduce seven integers
 (stop and checkpoint requests, the worst OOM level, the most spills, the next step to meet
-at), so all act at one step; at most ``memory_sample_hz`` times a second (2) they also
+at), so all act at one step; every 2 s they also
 all_gather one row each (memory, OOM level, spills) for rank 0 to report. This times both
 alone (2 ranks over gloo on this machine), then a real 2-rank run of the tiny model through
 ``loratop run --no-tui`` (the worst case: its steps take tens of ms), and prints their
@@ -102,10 +102,10 @@ def main() -> None:
     costs = collective_costs_us(args.gathers)
     step = step_time_s(args.steps)
     meetings_per_step = min(1.0, step / 0.2)  # SYNC_INTERVAL_S in trainer/runtime/train.py
-    gathers_per_step = min(1.0, 2.0 * step)  # memory_sample_hz = 2
+    gathers_per_step = min(1.0, step / 2.0)  # RANKS_REPORT_S
     per_step = meetings_per_step * costs["reduce_us"] + gathers_per_step * costs["gather_us"]
     print(f"all_reduce of the 7 flags, 2 ranks, gloo: {costs['reduce_us']:.0f} µs, about every 0.2 s")
-    print(f"all_gather_object of one row each:       {costs['gather_us']:.0f} µs, at most 2 a second")
+    print(f"all_gather_object of one row each:       {costs['gather_us']:.0f} µs, every 2 s")
     print(f"tiny model, 2 CPU ranks: median step {1e3 * step:.1f} ms")
     print(f"loratop's collectives / step: {per_step / 1e6 / step:.2%} "
           f"(every step, both, as first built: {(costs['gather_us']) / 1e6 / step:.2%})")  # fmt: skip

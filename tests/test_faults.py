@@ -835,8 +835,9 @@ def test_a_removed_run_folder_is_said_and_the_trainer_stops_and_rescues_its_adap
             notes.append(str(screen.state.folder_note))
             REAL_KILL(run.process.pid, signal.SIGCONT)
             await until(pilot, lambda: "has exited" in (screen.state.folder_note or ""), 30, "the trainer to stop")
-            await pilot.pause(0.6)
-            notes.append(str(app.screen.query_one("#outcome", Static).render()))
+            outcome = lambda: str(app.screen.query_one("#outcome", Static).render())  # noqa: E731 - redrawn each second
+            await until(pilot, lambda: "has exited" in outcome(), 10, "the outcome to say so")
+            notes.append(outcome())
 
     asyncio.run(drive())
     assert run.process.wait(timeout=30) == 0  # a stop, not a crash

@@ -405,7 +405,7 @@ class Run:
         at, from the pace so far) and at every ``save_steps`` step, over one all_reduce of a
         few integers (the requests, the worst OOM level, the most spills, the next step). The
         rows themselves (a pickled dict each) are gathered only when rank 0 is due to report
-        (``monitor.memory_sample_hz``) or a level or spill count changed; every rank knows
+        (every :data:`RANKS_REPORT_S`) or a level or spill count changed; every rank knows
         when from the same reduced integers. Every decision is made on all ranks alike.
         """
         import torch
@@ -423,7 +423,8 @@ class Run:
         self._synced_at, self._synced_step = (current,), step
         row = self.rank_row()
         code = STOP_CODES.get(self.stop_requested, len(STOP_REASONS)) if self.stop_requested else 0
-        due = self.rank.is_main and time.monotonic() - self._ranks_sent >= 1.0 / self.config.monitor.memory_sample_hz
+        every = max(RANKS_REPORT_S, 1.0 / self.config.monitor.memory_sample_hz)
+        due = self.rank.is_main and time.monotonic() - self._ranks_sent >= every
         level = OOM_LEVELS.index(row["oom_level"]) + 1 if row["oom_level"] in OOM_LEVELS else 0
         mine = [code, self.save_signals, int(self.sink.write_error is not None), int(due), level, row["spills"] or 0]
         mine.append(step + ahead if self.rank.is_main else 0)
@@ -1003,6 +1004,9 @@ SYNC_INTERVAL_S = 0.2
 """How often, at most, the ranks of a run meet to agree on stops and checkpoints: a stop
 lands within this (plus a step) of the signal, on the same step everywhere."""
 MAX_SYNC_GAP = 1000
+RANKS_REPORT_S = 2.0
+"""Rank 0 reports every rank's row at most this often (at once when a level or a spill count
+changes): 8 ranks' rows are ~2 KB, so a six-hour run adds ~20 MB to events.jsonl, not 90."""
 
 
 FOLDER_CHECK_S = 1.0

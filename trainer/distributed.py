@@ -4,7 +4,7 @@ loratop does not launch ranks itself: the agent (:mod:`trainer.runtime.agent`) r
 PyTorch's elastic launcher (``torch.distributed.run``, i.e. ``torchrun``), which starts one
 trainer per GPU and sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``GROUP_RANK`` (the
 node) and ``LOCAL_WORLD_SIZE`` in each. Rank 0 writes the run folder; the other ranks'
-memory and control flags reach it over the process group at every step boundary.
+memory and control flags reach it over the process group at step boundaries (``Run.sync_ranks``).
 
 Standard library only: ``loratop check`` and the dashboard import it.
 """

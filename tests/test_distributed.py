@@ -532,3 +532,34 @@ def test_a_peer_lost_on_another_box_is_said_so(tmp_path: Path) -> None:
     (alert,) = of_type(read_events(run_dir), ev.ALERT)
     assert alert["message"].endswith("exited with code 1 at step 7 after losing a peer (a rank on another box?: "
                                      "see that box's trainer.log)")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_the_agent_killed_the_ranks_stop_gracefully_and_say_why(tmp_path: Path) -> None:
+    """kill -9 of torchrun's agent (the pid status.json names): its ranks, now orphans, notice
+    at their next meeting, stop at one step and save the adapter, rather than train unwatched."""
+    run = launch(_config(tmp_path, "run", "training.max_steps=3000"), DEMO_CONFIG)
+    os.close(run.events_fd)
+    path = run.run_dir / "events.jsonl"
+    deadline = time.monotonic() + 180
+    rows: list[dict[str, Any]] = []
+    while not rows:
+        assert time.monotonic() < deadline, "no ranks report"
+        time.sleep(0.5)
+        reports = of_type(read_events(run.run_dir), ev.RANKS) if path.exists() else []
+        rows = reports[-1]["ranks"] if reports else []
+    ranks = [r["pid"] for r in rows]
+    run.process.kill()  # our own child
+    run.process.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in ranks):
+        assert time.monotonic() < deadline, "the orphaned ranks went on training"
+        time.sleep(0.2)
+    events = read_events(run.run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[-1]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "torchrun agent gone"
+    assert (run.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    log = (run.run_dir / "trainer.log").read_text()
+    steps = set(re.findall(r"loratop rank \d: torchrun agent gone: stopping after step (\d+)", log))
+    assert len(steps) == 1, log[-2000:]

@@ -421,6 +421,10 @@ class Run:
         else:
             ahead = 1
         self._synced_at, self._synced_step = (current,), step
+        if self.stop_requested is None and self._agent_gone():
+            # The agent was killed (kill -9 of the launcher's child): nothing passes signals
+            # on or says how the run ended any more, so the ranks stop now, adapter saved.
+            self.stop_requested = "torchrun agent gone"
         row = self.rank_row()
         code = STOP_CODES.get(self.stop_requested, len(STOP_REASONS)) if self.stop_requested else 0
         every = max(RANKS_REPORT_S, 1.0 / self.config.monitor.memory_sample_hz)
@@ -453,6 +457,11 @@ class Run:
             self._ranks_sent = time.monotonic()
             rows = [g for g in gathered if g]
             self.sink.emit(ev.RANKS, step=step, world_size=self.rank.world_size, ranks=rows, worst=worst_rank(rows))
+
+    def _agent_gone(self) -> bool:
+        """Whether the agent that started this rank has died (this rank was re-parented)."""
+        agent = os.environ.get(AGENT_ENV)
+        return agent is not None and agent.isdigit() and os.getppid() != int(agent)
 
     def on_spike(self, spike: Any, control: Any) -> None:
         """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
@@ -996,7 +1005,10 @@ class _Tolerant:
         return getattr(self._stream, name)
 
 
-STOP_REASONS = ("SIGTERM", "SIGINT", "spike", "disk full", "events.jsonl cannot be written", "run folder removed")
+STOP_REASONS = (
+    "SIGTERM", "SIGINT", "spike", "disk full", "events.jsonl cannot be written", "run folder removed",
+    "torchrun agent gone", "early stopping",
+)  # fmt: skip
 """Why a run stops, as the ranks tell each other (a code each: its place here, plus 1)."""
 STOP_CODES = {reason: i + 1 for i, reason in enumerate(STOP_REASONS)}
 OOM_LEVELS = ("ok", "watch", "danger")

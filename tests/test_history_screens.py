@@ -201,3 +201,13 @@ def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
 
     asyncio.run(drive())
     sink.close()
+
+
+def test_every_sortable_column_names_a_real_column_and_sort() -> None:
+    from loratop.tui.panels import HISTORY_COLUMNS
+    from loratop.tui.runs import SORT_KEYS
+    from loratop.tui.screens.home_screen import HomeScreen
+
+    assert set(HomeScreen.SORT_BY_COLUMN) <= set(HISTORY_COLUMNS)
+    assert set(HomeScreen.SORT_BY_COLUMN.values()) <= set(SORT_KEYS)
+    assert HomeScreen.SORT_BY_COLUMN["eval (best)"] == "eval"  # the held-out loss sorts too

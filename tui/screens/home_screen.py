@@ -43,6 +43,7 @@ class HomeScreen(LoratopScreen[None]):
         "run": "name",
         "status": "status",
         "final loss": "loss",
+        "eval (best)": "eval",
         "peak VRAM": "vram",
         "spikes": "spikes",
         "time": "duration",

@@ -291,3 +291,12 @@ def test_the_rows_left_to_train_on_leave_the_held_out_ones_out() -> None:
     assert usable_rows("embedded:tool-chat", "auto", 64, 0.05) == 60
     # The advisor counts epochs and small-data risks on the rows that train.
     assert gather_facts(load_config(DEMO_CONFIG, check_files=False)).dataset_rows == 2850
+
+
+def test_the_knob_editor_offers_the_eval_schedule() -> None:
+    from loratop.trainer.config import validate_tree
+    from loratop.tui.knob_form import KNOBS
+
+    assert KNOBS["training.eval_steps"].kind == "int"
+    config, problems = validate_tree({"training": {"eval_steps": -5}})
+    assert config is None and "must be greater than or equal to 0" in problems["training.eval_steps"]

@@ -61,6 +61,7 @@ SECTIONS: tuple[tuple[str, tuple[Knob, ...]], ...] = (
             Knob("training.num_train_epochs", "float", "used when max_steps is -1"),
             Knob("training.optim", "choice", "paged_* can spill to host RAM", OPTIMIZERS),
             Knob("training.gradient_checkpointing", "bool", "less memory, ~30% more compute"),
+            Knob("training.eval_steps", "int", "eval loss every N steps; 0: at the end"),
         ),
     ),
     (

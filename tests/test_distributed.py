@@ -222,6 +222,18 @@ def test_relay_passes_whole_lines_and_survives_the_reader_leaving(tmp_path: Path
 # -- real ranks ------------------------------------------------------------------------
 
 
+def _first_ranks_report(run_dir: Path, timeout: float = 180) -> list[dict[str, Any]]:
+    """The rows of the first ``ranks`` event rank 0 writes (the ranks are then training)."""
+    path = run_dir / "events.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = of_type(read_events(run_dir), ev.RANKS) if path.exists() else []
+        if reports:
+            return list(reports[-1]["ranks"])
+        assert time.monotonic() < deadline, "no ranks report"
+        time.sleep(0.5)
+
+
 def _ranks_children(agent: int) -> list[psutil.Process]:
     return psutil.Process(agent).children()
 
@@ -297,14 +309,7 @@ def test_one_rank_killed_ends_the_run_within_seconds_naming_it(tmp_path: Path) -
     """kill -9 of rank 1: torchrun ends rank 0, the agent says which rank died and how."""
     run = launch(_config(tmp_path, "run", "training.max_steps=3000"), DEMO_CONFIG)
     os.close(run.events_fd)
-    path = run.run_dir / "events.jsonl"
-    deadline = time.monotonic() + 180
-    rows: list[dict[str, Any]] = []
-    while not rows:
-        assert time.monotonic() < deadline, "no ranks report"
-        time.sleep(0.5)
-        reports = of_type(read_events(run.run_dir), ev.RANKS) if path.exists() else []
-        rows = reports[-1]["ranks"] if reports else []
+    rows = _first_ranks_report(run.run_dir)
     victim = rows[1]["pid"]
     # Signal only what is proven to be this run's rank: a child of the agent we launched.
     assert victim in [p.pid for p in _ranks_children(run.process.pid)]
@@ -541,14 +546,7 @@ def test_the_agent_killed_the_ranks_stop_gracefully_and_say_why(tmp_path: Path) 
     at their next meeting, stop at one step and save the adapter, rather than train unwatched."""
     run = launch(_config(tmp_path, "run", "training.max_steps=3000"), DEMO_CONFIG)
     os.close(run.events_fd)
-    path = run.run_dir / "events.jsonl"
-    deadline = time.monotonic() + 180
-    rows: list[dict[str, Any]] = []
-    while not rows:
-        assert time.monotonic() < deadline, "no ranks report"
-        time.sleep(0.5)
-        reports = of_type(read_events(run.run_dir), ev.RANKS) if path.exists() else []
-        rows = reports[-1]["ranks"] if reports else []
+    rows = _first_ranks_report(run.run_dir)
     ranks = [r["pid"] for r in rows]
     run.process.kill()  # our own child
     run.process.wait(timeout=10)

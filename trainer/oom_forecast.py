@@ -20,6 +20,8 @@ OK = "ok"
 WATCH = "watch"
 DANGER = "danger"
 NOT_APPLICABLE = "n/a"
+LEVELS = (OK, WATCH, DANGER)
+"""The forecast's levels, least to most alarming."""
 
 WATCH_AT = 0.85
 """Predicted peak above this share of the available memory: watch."""

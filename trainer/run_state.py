@@ -229,6 +229,18 @@ class RunState:
         return size if isinstance(size, int) and size > 0 else 1
 
     @property
+    def rank_rows(self) -> list[ev.RankRow]:
+        """Every rank's row of the latest ``ranks`` report (empty for a single process)."""
+        return list(self.ranks.get("ranks") or []) if self.ranks is not None else []
+
+    def worst_oom_rank(self) -> ev.RankRow | None:
+        """The rank whose OOM forecast is the most alarming, among those that have one."""
+        from loratop.trainer.oom_forecast import LEVELS
+
+        rows = [r for r in self.rank_rows if r.get("oom_level") in LEVELS]
+        return max(rows, key=lambda r: LEVELS.index(str(r.get("oom_level")))) if rows else None
+
+    @property
     def last_eval(self) -> ev.EvalEvent | None:
         return self.evals[-1] if self.evals else None
 

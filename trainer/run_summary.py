@@ -87,9 +87,7 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
 
 def _rank_spills(state: RunState) -> int:
     """Spill events on all ranks together, from the latest ``ranks`` report (0 without one)."""
-    report: Any = state.ranks or {}
-    rows = report.get("ranks") or []
-    return sum(r["spills"] for r in rows if isinstance(r, dict) and isinstance(r.get("spills"), int))
+    return sum(s for r in state.rank_rows if isinstance(s := r.get("spills"), int))
 
 
 def tokens_per_s(state: RunState) -> float | None:

@@ -156,12 +156,6 @@ def events_text(state: RunState) -> str:
     return f"{spikes}\n{spills}\n{oom_text(state)}\n{paged_text(state)}"
 
 
-OOM_ORDER = ("ok", "watch", "danger")
-
-
-def _rank_rows(state: RunState) -> list[Any]:
-    ranks: Any = state.ranks or {}
-    return list(ranks.get("ranks") or [])
 
 
 def _rank_name(row: Any) -> str:
@@ -170,7 +164,7 @@ def _rank_name(row: Any) -> str:
 
 def _worst_rank_spills(state: RunState) -> str | None:
     """With several ranks: the most spills on any rank, and which (``None``: one rank, or nothing paged)."""
-    rows = [r for r in _rank_rows(state) if isinstance(r.get("spills"), int)]
+    rows: list[Any] = [r for r in state.rank_rows if isinstance(r.get("spills"), int)]
     if not rows:
         return None
     worst = max(rows, key=lambda r: r["spills"])
@@ -183,10 +177,9 @@ def _worst_rank_spills(state: RunState) -> str | None:
 def worst_oom(state: RunState) -> str | None:
     """``OOM DANGER`` (``OOM WATCH``) for the header while the forecast says so; with several
     ranks, the worst rank's level and which rank (``OOM DANGER 1:0``)."""
-    rows = [r for r in _rank_rows(state) if r.get("oom_level") in OOM_ORDER]
-    if rows:
-        worst = max(rows, key=lambda r: OOM_ORDER.index(r["oom_level"]))
-        level, where = worst["oom_level"], f" {_rank_name(worst)}"
+    worst = state.worst_oom_rank()
+    if worst is not None:
+        level, where = str(worst.get("oom_level")), f" {_rank_name(worst)}"
     else:
         level, where = str(state.oom_risk.get("level")) if state.oom_risk else "", ""
     if level not in ("watch", "danger") or not state.is_live:
@@ -196,10 +189,10 @@ def worst_oom(state: RunState) -> str | None:
 
 def oom_text(state: RunState) -> str:
     """The OOM-risk level and why; with several ranks, the worst rank's level."""
-    rows = [r for r in _rank_rows(state) if r.get("oom_level") in OOM_ORDER]
-    if rows:
-        worst = max(rows, key=lambda r: OOM_ORDER.index(r["oom_level"]))
-        return f"OOM risk {worst['oom_level'].upper()} (worst of {len(rows)} ranks: {_rank_name(worst)})"
+    worst = state.worst_oom_rank()
+    if worst is not None:
+        rated = sum(1 for r in state.rank_rows if r.get("oom_level") is not None)
+        return f"OOM risk {str(worst.get('oom_level')).upper()} (worst of {rated} ranks: {_rank_name(worst)})"
     risk = state.oom_risk
     if risk is None:
         return "OOM risk –" if state.device_kind != "cuda" else "OOM risk: forecast after 3 steps"

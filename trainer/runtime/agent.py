@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import socket
@@ -201,17 +200,13 @@ def events_tail(path: Path) -> tuple[int, int, dict[str, Any] | None]:
             if fh.tell() > TAIL_BYTES:
                 lines = lines[1:]  # the first may be cut
             for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
+                event = ev.decode_line(line)  # a damaged line is skipped, as every reader does
+                if event is None:
                     continue
-                if not isinstance(event, dict):
-                    continue
-                if isinstance(event.get("seq"), int):
-                    next_seq = event["seq"] + 1
-                if event.get("type") == ev.STEP and isinstance(event.get("step"), int):
+                next_seq = event["seq"] + 1
+                if event["type"] == ev.STEP and isinstance(event.get("step"), int):
                     last_step = event["step"]
-                elif event.get("type") == ev.RUN_FINISHED:
+                elif event["type"] == ev.RUN_FINISHED:
                     finished = event
     except OSError:
         pass

@@ -37,6 +37,7 @@ from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
 from loratop.trainer.distributed import AGENT_ENV, RankInfo, backend_for, rank_info, worst_rank
 from loratop.trainer.gpu_devices import row_for_cuda
+from loratop.trainer.oom_forecast import LEVELS as OOM_LEVELS
 from loratop.trainer.overfit import OVERFITTING, EvalTracker
 from loratop.trainer.run_dir import (
     ADAPTER,
@@ -1011,7 +1012,6 @@ STOP_REASONS = (
 )  # fmt: skip
 """Why a run stops, as the ranks tell each other (a code each: its place here, plus 1)."""
 STOP_CODES = {reason: i + 1 for i, reason in enumerate(STOP_REASONS)}
-OOM_LEVELS = ("ok", "watch", "danger")
 SYNC_INTERVAL_S = 0.2
 """How often, at most, the ranks of a run meet to agree on stops and checkpoints: a stop
 lands within this (plus a step) of the signal, on the same step everywhere."""

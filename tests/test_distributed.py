@@ -561,3 +561,41 @@ def test_the_agent_killed_the_ranks_stop_gracefully_and_say_why(tmp_path: Path) 
     log = (run.run_dir / "trainer.log").read_text()
     steps = set(re.findall(r"loratop rank \d: torchrun agent gone: stopping after step (\d+)", log))
     assert len(steps) == 1, log[-2000:]
+
+
+@pytest.mark.faults
+def test_the_agents_last_words_survive_a_removed_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rank 0 saw its folder removed (and rescued the run): the agent says so and makes nothing again."""
+    import shutil
+
+    from loratop.trainer.runtime.agent import _finish
+
+    run_dir = _ended_run(tmp_path, None)
+    shutil.rmtree(run_dir)
+    failure = {"rank": 0, "node": 0, "local_rank": 0, "pid": 8, "exit_code": -9, "exits": {0: -9}}
+    assert _finish(run_dir, failure, 0, 3.0) == 1
+    assert not run_dir.exists()
+    assert f"{run_dir} is gone" in capsys.readouterr().err
+
+
+@pytest.mark.faults
+def test_the_agents_last_words_on_a_full_disk_are_said_not_raised(tmp_path: Path) -> None:
+    """A file-size limit stands in for a full disk: neither the alert nor status.json fits."""
+    run_dir = _ended_run(tmp_path, None)
+    before = (run_dir / "events.jsonl").read_bytes()
+    limit = len(before)  # not one byte more may be written to any file
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "from pathlib import Path\n"
+        "from loratop.trainer.runtime.agent import _finish\n"
+        "failure = {'rank': 1, 'node': 0, 'local_rank': 1, 'pid': 9, 'exit_code': -9, 'exits': {1: -9}}\n"
+        f"sys.exit(_finish(Path({str(run_dir)!r}), failure, 0, 3.0))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 1, result.stderr  # the run failed; the agent did not crash
+    assert "Traceback" not in result.stderr
+    assert "rank 1 (node 0, local rank 1" in result.stderr  # said where it can still be read: trainer.log
+    assert "cannot write" in result.stderr
+    assert (run_dir / "events.jsonl").read_bytes() == before  # no torn line left behind

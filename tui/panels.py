@@ -156,8 +156,6 @@ def events_text(state: RunState) -> str:
     return f"{spikes}\n{spills}\n{oom_text(state)}\n{paged_text(state)}"
 
 
-
-
 def _rank_name(row: Any) -> str:
     return f"{row.get('node')}:{row.get('local_rank')}"
 

@@ -313,25 +313,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, duration: float) -> int:
-    """Say how the run ended where rank 0 could not, and leave ``status.json`` final."""
+    """Say how the run ended where rank 0 could not, and leave ``status.json`` final.
+
+    Returns the agent's exit code. Never raises for a folder that cannot be written (a full
+    disk, a folder removed under the run): it says so on stderr, into ``trainer.log``.
+    """
     path = run_dir / EVENTS
     next_seq, last_step, finished = events_tail(path)
     status = read_status(run_dir) or {}
     if failure is None:
         if node_rank > 0:  # rank 0 and its events live on node 0: this node's ranks all ended well
-            sink = EventSink(path, start_seq=next_seq)
-            sink.emit(ev.RUN_FINISHED, status=ev.COMPLETED, step=last_step, duration_s=round(duration, 3))
-            sink.close()
-            write_status(run_dir, state="finished", status=ev.COMPLETED, exit_code=EXIT_OK, ended_at=now())
+            end = {"status": ev.COMPLETED, "step": last_step, "duration_s": round(duration, 3)}
+            _write_end(run_dir, next_seq, [(ev.RUN_FINISHED, end)], state="finished", status=ev.COMPLETED,
+                       exit_code=EXIT_OK, ended_at=now())  # fmt: skip
             return EXIT_OK
         if finished is not None:
             code = EXIT_OK if finished.get("status") in (ev.COMPLETED, ev.STOPPED) else EXIT_FAILED
-            write_status(run_dir, exit_code=code)
+            _write_end(run_dir, next_seq, [], exit_code=code)
             return code
         failure = {"message": "the ranks exited without a report from rank 0"}
     elif finished is not None and _ranks_reported(failure, finished):
         # Every rank failed on its own (a refused config, say) and rank 0 said why: no rank was lost.
-        write_status(run_dir, exit_code=EXIT_FAILED)
+        _write_end(run_dir, next_seq, [], exit_code=EXIT_FAILED)
         return EXIT_FAILED
     message = failure.get("message") or describe_failure(failure["rank"], failure)
     message = f"{message} at step {last_step}" if last_step else f"{message} before the first step"
@@ -339,19 +342,21 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
         # No rank here was killed; rank 0 lost a peer: on a run of several boxes, look there.
         message += " after losing a peer (a rank on another box?: see that box's trainer.log)"
     print(f"loratop agent: {message}", file=sys.stderr, flush=True)
-    sink = EventSink(path, start_seq=next_seq)
-    sink.emit(ev.ALERT, kind="rank_lost", step=last_step, message=message, **_failure_fields(failure))
+    events: list[tuple[str, dict[str, Any]]] = [
+        (ev.ALERT, {"kind": "rank_lost", "step": last_step, "message": message, **_failure_fields(failure)})
+    ]
     if finished is None:
-        sink.emit(
-            ev.RUN_FINISHED,
-            status=ev.FAILED,
-            step=last_step,
-            duration_s=round(duration, 3),
-            error={"message": message, "traceback": []},
+        error = {"message": message, "traceback": []}
+        events.append(
+            (
+                ev.RUN_FINISHED,
+                {"status": ev.FAILED, "step": last_step, "duration_s": round(duration, 3), "error": error},
+            )
         )
-    sink.close()
-    write_status(
+    _write_end(
         run_dir,
+        next_seq,
+        events,
         state="finished",
         status=ev.FAILED,
         exit_code=EXIT_FAILED,
@@ -360,6 +365,30 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
         error=message,
     )
     return EXIT_FAILED
+
+
+def _write_end(run_dir: Path, next_seq: int, events: list[tuple[str, dict[str, Any]]], **status: Any) -> None:
+    """Append ``events`` after rank 0's (their seq goes on from ``next_seq``) and merge ``status``
+    into ``status.json``; what cannot be written is said on stderr, never raised. A removed
+    run folder is not made again."""
+    if not run_dir.is_dir():
+        print(f"loratop agent: {run_dir} is gone; how the run ended is in trainer.log only", file=sys.stderr)
+        return
+    if events:
+        try:
+            sink = EventSink(run_dir / EVENTS, start_seq=next_seq)
+        except OSError as exc:
+            print(f"loratop agent: cannot write {run_dir / EVENTS}: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            for kind, fields in events:
+                sink.emit(kind, **fields)  # a failed write is kept by the sink, never raised
+            if sink.write_error is not None:
+                print(f"loratop agent: cannot write {run_dir / EVENTS}: {sink.write_error.strerror}", file=sys.stderr)
+            sink.close()
+    try:
+        write_status(run_dir, **status)
+    except OSError as exc:
+        print(f"loratop agent: cannot write {run_dir / 'status.json'}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def _ranks_reported(failure: dict[str, Any], finished: dict[str, Any]) -> bool:

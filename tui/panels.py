@@ -10,6 +10,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from loratop.trainer.distributed import rank_label
 from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
 from loratop.trainer.run_state import LOST, UNKNOWN, RunState
 from loratop.widgets.units import fmt_bytes
@@ -157,7 +158,7 @@ def events_text(state: RunState) -> str:
 
 
 def _rank_name(row: Any) -> str:
-    return f"{row.get('node')}:{row.get('local_rank')}"
+    return rank_label(row.get("node"), row.get("local_rank"))
 
 
 def _worst_rank_spills(state: RunState) -> str | None:

@@ -270,6 +270,41 @@ def test_recorded_demo_run_has_no_spike() -> None:
     assert [s for s in spikes if s is not None] == []
 
 
+# -- heavy-tailed noise ----------------------------------------------------------------
+
+
+def heavy_tailed(n: int, level: float = 2.0, sigma: float = 0.02, df: float = 3.0, seed: int = 0) -> list[float]:
+    """A plateau with multiplicative Student-t noise (``df`` degrees of freedom)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        t = rng.gauss(0.0, 1.0) / math.sqrt(rng.gammavariate(df / 2.0, 2.0) / df)
+        out.append(level * math.exp(sigma * t))
+    return out
+
+
+class _WithoutTailRule(SpikeDetector):
+    TAIL_RANK = 10**9  # never enough earlier excursions: the tail rule never holds a spike back
+
+
+def test_heavy_tailed_noise_raises_the_bar_for_a_one_step_spike() -> None:
+    alarms = without = 0
+    for seed in range(8):
+        losses = heavy_tailed(3000, df=4.0, seed=seed)
+        alarms += len(feed(losses))
+        without += len(feed(losses, detector=_WithoutTailRule()))
+    assert without >= 30  # the noise's own excursions reach the fixed σ threshold often
+    assert alarms <= without // 2
+
+
+def test_a_large_spike_in_heavy_tailed_noise_still_fires() -> None:
+    losses = heavy_tailed(3000, seed=7)
+    losses[2499] *= 3.0  # a 2.7x jump over its level (gross jumps fire regardless)
+    losses[1999] *= 1.8  # ~30 robust σ: far beyond anything the noise did
+    steps = [e.step for e in feed(losses)]
+    assert 2000 in steps and 2500 in steps
+
+
 # -- scale and sensitivity ------------------------------------------------------------------
 
 
@@ -290,7 +325,7 @@ def test_scale_invariance() -> None:
 
 def test_higher_sensitivity_fires_on_a_smaller_spike() -> None:
     losses = noisy(200, sigma=0.02, seed=11)
-    losses[149] = 2.0 * math.exp(0.09)  # ~3.6σ: below the default 4.25σ, above 3.0σ at 2.0
+    losses[149] = 2.0 * math.exp(0.09)  # ~3.6σ: below the default 4.0σ, above 3.0σ at 2.0
 
     assert 150 not in [e.step for e in feed(losses)]
     assert 150 in [e.step for e in feed(losses, detector=SpikeDetector(sensitivity=2.0))]
@@ -298,7 +333,7 @@ def test_higher_sensitivity_fires_on_a_smaller_spike() -> None:
 
 def test_lower_sensitivity_stays_quiet_on_a_moderate_spike() -> None:
     losses = noisy(200, sigma=0.02, seed=12)
-    losses[149] = 2.0 * math.exp(0.137)  # ~5.1σ: above the default 4.25σ, below 6.0σ at 0.5
+    losses[149] = 2.0 * math.exp(0.137)  # ~5.1σ: above the default 4.0σ, below 5.7σ at 0.5
 
     assert [e.step for e in feed(losses)] == [150]
     assert feed(losses, detector=SpikeDetector(sensitivity=0.5)) == []

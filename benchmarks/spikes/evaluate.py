@@ -155,7 +155,13 @@ class CurveScore:
     duplicates: int
 
 
-def _score_injected(args: tuple[int, str]) -> tuple[int, list[CurveScore]]:
+def _df(curve: Curve) -> float:
+    """A family-B curve's Student-t degrees of freedom (NaN for family A)."""
+    df = curve.params.get("df", math.nan)
+    return float(df) if isinstance(df, (int, float)) else math.nan
+
+
+def _score_injected(args: tuple[int, str]) -> tuple[int, list[CurveScore], float]:
     seed, family = args
     curve = injected_curve(seed) if family == "a" else injected_curve_b(seed)
     scores = []
@@ -185,31 +191,52 @@ def _score_injected(args: tuple[int, str]) -> tuple[int, list[CurveScore]]:
                 false_pos += 1
         events = [(e.shape, e.size_sigma) for e in curve.events]
         scores.append(CurveScore(events, detected, false_pos, duplicates))
-    return len(curve.loss), scores
+    return len(curve.loss), scores, _df(curve)
 
 
-def _score_clean(args: tuple[int, bool, bool, str]) -> tuple[int, list[int]]:
+def _score_clean(args: tuple[int, bool, bool, str]) -> tuple[int, list[int], float]:
     seed, heavy_tails, reverse_ramp, family = args
     if family == "b":
         curve = clean_curve_b(seed)
     else:
         curve = clean_curve(seed, heavy_tails=heavy_tails, reverse_ramp=reverse_ramp)
-    return len(curve.loss), [len(_alarms(make(), curve)) for _, make in DETECTORS]
+    return len(curve.loss), [len(_alarms(make(), curve)) for _, make in DETECTORS], _df(curve)
+
+
+NOISE_BUCKETS = ((3.0, 4.0), (4.0, 6.0), (6.0, 8.0))
+"""Family B's Student-t degrees of freedom, grouped for the split by noise."""
+
+
+def _bucket(df: float) -> int | None:
+    return next((i for i, (lo, hi) in enumerate(NOISE_BUCKETS) if lo <= df < hi or df == hi == 8.0), None)
 
 
 def _clean_run(
-    pool: ProcessPoolExecutor, first_seed: int, target: int, heavy: bool, reverse: bool, family: str = "a"
+    pool: ProcessPoolExecutor,
+    first_seed: int,
+    target: int,
+    heavy: bool,
+    reverse: bool,
+    family: str = "a",
+    by_noise: list[list[int]] | None = None,
 ) -> list[float]:
-    """False alarms per 10k steps, per detector, over clean curves totalling >= target steps."""
+    """False alarms per 10k steps, per detector, over clean curves totalling >= target steps.
+
+    ``by_noise``, when given, gets [steps, default detector's alarms] per noise bucket added.
+    """
     steps = 0
     alarms = [0] * len(DETECTORS)
     seed = first_seed
     while steps < target:
         batch = [(s, heavy, reverse, family) for s in range(seed, seed + 64)]
         seed += 64
-        for n, per_detector in pool.map(_score_clean, batch, chunksize=4):
+        for n, per_detector, df in pool.map(_score_clean, batch, chunksize=4):
             steps += n
             alarms = [a + b for a, b in zip(alarms, per_detector, strict=True)]
+            b = _bucket(df)
+            if by_noise is not None and b is not None:
+                by_noise[b][0] += n
+                by_noise[b][1] += per_detector[0]
     return [a * 10_000 / steps for a in alarms] + [float(steps)]
 
 
@@ -221,6 +248,36 @@ def _table(head: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
+
+
+def _noise_table(
+    injected: list[tuple[int, list[CurveScore], float]], clean_by_noise: list[list[int]], sized: tuple[str, ...]
+) -> str:
+    """The default detector on family B, split by the curves' Student-t degrees of freedom."""
+    rows = []
+    for b, (lo, hi) in enumerate(NOISE_BUCKETS):
+        hits = [[0, 0], [0, 0]]  # all sized events, those >= 10σ
+        for _, scores, df in injected:
+            if _bucket(df) != b:
+                continue
+            score = scores[0]
+            for (shape, size), ok in zip(score.events, score.detected, strict=True):
+                if shape in sized:
+                    hits[0][0] += ok
+                    hits[0][1] += 1
+                    if size >= 10.0:
+                        hits[1][0] += ok
+                        hits[1][1] += 1
+        steps, alarms = clean_by_noise[b]
+        rows.append(
+            [
+                f"Student-t, {lo:g}–{hi:g} df ({steps:,} clean steps)",
+                f"{alarms * 10_000 / steps:.2f}" if steps else "n/a",
+                _ratio(*hits[0]),
+                _ratio(*hits[1]),
+            ]
+        )
+    return _table(["loratop (default), by noise", "false alarms / 10k clean steps", "recall ≥5σ", "recall ≥10σ"], rows)
 
 
 def main() -> int:
@@ -240,7 +297,8 @@ def main() -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         seeds = [(s, family) for s in range(shift, shift + INJECTED_CURVES // part)]
         injected = list(pool.map(_score_injected, seeds, chunksize=8))
-        clean = _clean_run(pool, shift + CLEAN_SEED, CLEAN_STEPS // part, False, False, family)
+        clean_by_noise = [[0, 0] for _ in NOISE_BUCKETS]
+        clean = _clean_run(pool, shift + CLEAN_SEED, CLEAN_STEPS // part, False, False, family, clean_by_noise)
         if family == "a":
             heavy = _clean_run(pool, shift + HEAVY_SEED, STRESS_STEPS // part, True, False)
             reverse = _clean_run(pool, shift + REVERSE_SEED, STRESS_STEPS // part, False, True)
@@ -249,11 +307,11 @@ def main() -> int:
     elapsed = time.perf_counter() - started
 
     n_events = dict.fromkeys(shape_list, 0)
-    for _, scores in injected:
+    for _, scores, _ in injected:
         for shape, _ in scores[0].events:
             n_events[shape] += 1
     n_total = sum(n_events.values())
-    injected_steps = sum(n for n, _ in injected)
+    injected_steps = sum(n for n, _, _ in injected)
     shapes = [s for s in shape_list if n_events[s]]
 
     main_rows, bucket_rows, stress_rows = [], [], []
@@ -262,7 +320,7 @@ def main() -> int:
         sized = [0, 0]
         buckets = [[0, 0] for _ in SIZE_BUCKETS]
         tp = fp = dup = 0
-        for _, scores in injected:
+        for _, scores, _ in injected:
             score = scores[d]
             for (shape, size), ok in zip(score.events, score.detected, strict=True):
                 hits[shape] += ok
@@ -312,6 +370,9 @@ def main() -> int:
                 stress_rows,
             )
         )
+        print()
+    if family == "b":
+        print(_noise_table(injected, clean_by_noise, sized_shapes))
         print()
     counts = ", ".join(f"{n_events[s]} {s}" for s in shapes)
     seeds = {"b": "never tuned on"}.get(family, "held-out seeds" if args.held_out else "tuning seeds")

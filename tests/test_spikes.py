@@ -429,3 +429,12 @@ def test_recorded_lr_too_high_run_is_flagged() -> None:
     assert loss_spikes, events
     assert 60 <= loss_spikes[0].step <= 75  # the climb back to ~6.7
     assert len(events) <= 3
+
+
+def test_a_long_quiet_run_keeps_only_recent_excursions() -> None:
+    rng = random.Random(21)
+    clipped = [2.0 * math.exp(0.02 * max(-2.5, min(2.5, rng.gauss(0.0, 1.0)))) for _ in range(20_000)]
+    detector = SpikeDetector()
+    assert feed(clipped, detector=detector) == []  # no candidate ever prunes on its own
+    assert 0 < len(detector._tail) < SpikeDetector.TAIL_STEPS // 10
+    assert 0 < len(detector._edges) < SpikeDetector.NOVELTY_STEPS // 5

@@ -543,6 +543,7 @@ class SpikeDetector:
                 self._edges.append((step, r - mu))
                 if z < self._z_fire or not novel:
                     self._tail.append((step, z))  # the noise's own excursion, not an event
+                self._forget(step)
             self._prev_z = z
             if z >= self._z_fire and novel:
                 fired = Spike(
@@ -594,6 +595,13 @@ class SpikeDetector:
             return True
         routine = sorted(e for _, e in edges)[-self.NOVELTY_RANK]
         return excess > self.NOVELTY_MARGIN * routine
+
+    def _forget(self, step: int) -> None:
+        """Drop excursions too old to count, so a run of a million quiet steps keeps a few."""
+        while self._edges and self._edges[0][0] <= step - self.NOVELTY_STEPS:
+            self._edges.popleft()
+        while self._tail and self._tail[0][0] <= step - self.TAIL_STEPS:
+            self._tail.popleft()
 
     def _beyond_tail(self, step: int, z: float) -> bool:
         """Whether a one-step spike reaches beyond what the run's noise does by itself."""

@@ -47,6 +47,10 @@ def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]
     tokens = [s["tokens"] for s in steps]
     assert tokens == sorted(tokens) and tokens[0] > 0, "tokens seen grow every step"
     assert len(of_type(events, ev.MEMORY)) >= 1
+    loading = [e["message"] for e in of_type(events, ev.LOG) if e["message"].startswith("loading tiny: ")]
+    assert loading and loading[-1].startswith("loading tiny: Loading weights "), "the load says what it is doing"
+    done, total = loading[-1].rsplit(" ", 1)[1].split("/")
+    assert done == total and int(total) > 0
 
 
 def test_a_finished_demo_leaves_its_index_and_summary_for_ls(demo_run: tuple[Any, Path]) -> None:

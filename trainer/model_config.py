@@ -89,14 +89,81 @@ def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfi
     return ModelConfig(_parse_json(_download_config(name), name), "the hub (config.json only)")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+"""File endings of model weights, as ``from_pretrained`` finds them."""
+
+FETCH_ADVICE = (
+    "download it first where the hub is reachable (`hf download {name}`, then copy "
+    "~/.cache/huggingface/hub here), log in for a gated model (`hf auth login`), or set "
+    "model.name_or_path to a local folder"
+)
+"""How to get a model a run cannot fetch; ``{name}`` is the hub id."""
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, where ``HF_HUB_CACHE`` or ``HF_HOME`` put it."""
+    return Path(
+        os.environ.get("HF_HUB_CACHE")
+        or os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    )
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether a model folder (or a cache snapshot) holds weight files."""
+    try:
+        return any(entry.name.endswith(WEIGHT_SUFFIXES) for entry in folder.iterdir())
+    except OSError:
+        return False
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model's ``main`` revision, when it holds weights."""
+    config = cached_hub_config(repo_id)
+    if config is None or not has_weights(config.parent):
+        return None
+    return config.parent
+
+
+def unavailable_model(name_or_path: str, *, timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+    """Why a run could not load this model's weights here, found within ``timeout`` seconds.
+
+    Without this a run on an offline box sits at "loading" for the hub client's retries
+    (about a minute) and ends in a traceback.
+
+    Returns:
+        One line for the user (what is missing and how to get it), or ``None`` when the
+        weights are local or cached, or the hub answers (it may still refuse a gated model:
+        the run then says so).
+    """
+    if name_or_path == TINY:
+        return None
+    name = name_or_path
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return f"the folder {path} has no config.json"
+        if not has_weights(path):
+            return f"the folder {path} has no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])})"
+        return None
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
+        return f"no such folder {path}, and not a hub id (org/name)"
+    if cached_hub_snapshot(name) is not None:
+        return None
+    where = f"not a local folder and not in the Hugging Face cache ({hub_cache_dir()})"
+    advice = FETCH_ADVICE.format(name=name)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return f"{where}, and HF_HUB_OFFLINE is set: {advice}"
+    unreachable = _hub_unreachable(timeout)
+    if unreachable:
+        return f"{where}, and the hub is unreachable ({unreachable}): {advice}"
+    return None
+
+
 def cached_hub_config(repo_id: str) -> Path | None:
     """The cached ``config.json`` of a hub model, found the way huggingface_hub lays it out."""
     if repo_id.count("/") != 1:
         return None
-    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
-    )
-    repo_dir = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     ref = repo_dir / "refs" / "main"
     try:
         revision = ref.read_text().strip()

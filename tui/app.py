@@ -110,15 +110,15 @@ class LoratopApp(App[str]):
             The run folder, or ``None`` when the folder could not be made (said in a notice).
         """
         from loratop.tui.cli import disk_space_warning
-        from loratop.tui.launcher import launch
+        from loratop.tui.launcher import ModelUnavailable, launch
 
         space = disk_space_warning(config)
         if space is not None:
             self.notify(space, severity="warning", timeout=15)
         try:
             run = launch(config, source)
-        except RunDirError as exc:
-            self.notify(str(exc), title="cannot launch", severity="error", timeout=10)
+        except (RunDirError, ModelUnavailable) as exc:
+            self.notify(str(exc), title="cannot launch", severity="error", timeout=15)
             return None
         monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
         if replace is not None and self.screen is replace:

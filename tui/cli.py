@@ -154,12 +154,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     space = disk_space_warning(config)
     if space is not None:
         warnings.append(space)
+    warnings.extend(launch_warnings(config))
     for line in warnings:
         print(line)
     if warnings:
         count = len(warnings)
         print(f"{count} warning{'s' if count != 1 else ''} (advice only: the config is valid)")
     return 0
+
+
+def launch_warnings(config: RunConfig) -> list[str]:
+    """What would stop or cripple a launch of this config on this box: a model the run
+    cannot fetch (``loratop run`` refuses it), a GPU-sized model on a CPU (hours per epoch)."""
+    from loratop.trainer.cpu_estimate import cpu_training_warning
+    from loratop.trainer.estimate import visible_gpu_total
+    from loratop.trainer.model_config import unavailable_model
+
+    out = []
+    missing = unavailable_model(config.model.name_or_path)
+    if missing is not None:
+        out.append(f"warning: model.name_or_path = {config.model.name_or_path}: {missing} (`loratop run` refuses it)")
+    slow = cpu_training_warning(config, has_gpu=visible_gpu_total()[0] is not None)
+    if slow is not None:
+        out.append(slow)
+    return out
 
 
 def disk_space_warning(config: RunConfig) -> str | None:
@@ -313,18 +331,21 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         config, path = _load(config_arg or args.config, args.overrides)
     except ConfigError as exc:
         return _report(exc)
-    from loratop.tui.launcher import launch
+    from loratop.tui.launcher import ModelUnavailable, launch
 
     preflight = preflight_line(config)
-    if args.no_tui:
-        print(preflight)
     space = disk_space_warning(config)
-    if space is not None:
-        print(space, file=sys.stderr)
     try:
         run = launch(config, path)
     except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
         return _report(ConfigError([f"output_dir: {exc}"]))
+    except ModelUnavailable as exc:  # not local, not cached, hub unreachable: found in seconds
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.no_tui:
+        print(preflight)
+    if space is not None:
+        print(space, file=sys.stderr)
     if config.distributed.node_rank > 0:
         from loratop.tui.headless import follow_worker_node
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from loratop.trainer.config import RunConfig, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
 from loratop.trainer.distributed import python_module
+from loratop.trainer.model_config import unavailable_model
 from loratop.trainer.run_dir import (
     CONFIG,
     LOG,
@@ -33,6 +34,10 @@ TRAINER_COMMAND = python_module("loratop.trainer")
 AGENT_COMMAND = python_module("loratop.trainer.runtime.agent")
 """In place of the trainer when the run has several ranks: torchrun's agent
 (:mod:`trainer.runtime.agent`), which starts one trainer per rank; same arguments."""
+
+
+class ModelUnavailable(Exception):
+    """The run's model cannot be had here (not local, not cached, hub unreachable); one line."""
 
 
 @dataclass
@@ -66,8 +71,16 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     Args:
         config: A config that passed :func:`trainer.config.load_config`.
         config_source: The YAML it came from, recorded in ``status.json``.
+
+    Raises:
+        ModelUnavailable: The model is neither local nor cached and the hub does not answer
+            (found in seconds; nothing is created).
+        RunDirError: The run folder could not be claimed or written.
     """
     assert config.output_dir is not None
+    missing = unavailable_model(config.model.name_or_path)
+    if missing is not None:
+        raise ModelUnavailable(f"model.name_or_path = {config.model.name_or_path}: {missing}")
     run_dir = claim_run_dir(Path(config.output_dir).resolve())  # atomic; raises RunDirError
     resolved = resolved_for_run(config)
     resolved.output_dir = str(run_dir)  # with its suffix, if a parallel launch took the name

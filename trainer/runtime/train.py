@@ -499,7 +499,8 @@ class Run:
         import torch
         import transformers
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        from loratop.trainer.runtime.load_progress import reporting_load_progress
 
         cuda = torch.cuda.is_available()
         if cuda and self.rank.distributed:
@@ -530,31 +531,13 @@ class Run:
             )
 
         self.sink.emit(ev.LOG, message=f"loading {cfg.model.name_or_path}")
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        quantization = None
-        fsdp = cfg.distributed.strategy == "fsdp" and self.rank.distributed
-        if cfg.quantization.load_in_4bit:
-            quantization = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=cfg.quantization.bnb_4bit_quant_type,
-                bnb_4bit_use_double_quant=cfg.quantization.bnb_4bit_use_double_quant,
-                bnb_4bit_compute_dtype=compute_dtype,
-                # FSDP shards parameters of one dtype: the packed 4-bit weights must be stored
-                # in the compute dtype, not uint8, to be sharded with the rest.
-                **({"bnb_4bit_quant_storage": compute_dtype} if fsdp else {}),
-            )
-        # DDP: each rank loads the whole 4-bit base onto its own GPU. FSDP: no device map;
-        # the base is sharded across the GPUs once the Trainer wraps it.
-        device_map = None if fsdp or not cuda else {"": self.rank.local_rank}
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            quantization_config=quantization,
-            dtype=compute_dtype,
-            device_map=device_map,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        name = cfg.model.name_or_path
+
+        def loading(line: str) -> None:  # a download or weight-loading bar moved on
+            self.sink.emit(ev.LOG, message=f"loading {name}: {line}")
+
+        with reporting_load_progress(loading) as bar:
+            tokenizer, model = self._load_model(path, compute_dtype, cuda, bar)
         self._model_info = _model_info(model, cfg)
 
         gc = cfg.training.gradient_checkpointing
@@ -591,6 +574,39 @@ class Run:
         self._audit_or_refuse(trainer.model)
         self._watch_memory(trainer, cuda)
         return trainer
+
+    def _load_model(self, path: str, compute_dtype: Any, cuda: bool, bar: type) -> tuple[Any, Any]:
+        """The tokenizer and the (4-bit) base model; ``bar`` reports the hub's download bars."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        cfg = self.config
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        quantization = None
+        fsdp = cfg.distributed.strategy == "fsdp" and self.rank.distributed
+        if cfg.quantization.load_in_4bit:
+            quantization = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=cfg.quantization.bnb_4bit_quant_type,
+                bnb_4bit_use_double_quant=cfg.quantization.bnb_4bit_use_double_quant,
+                bnb_4bit_compute_dtype=compute_dtype,
+                # FSDP shards parameters of one dtype: the packed 4-bit weights must be stored
+                # in the compute dtype, not uint8, to be sharded with the rest.
+                **({"bnb_4bit_quant_storage": compute_dtype} if fsdp else {}),
+            )
+        # DDP: each rank loads the whole 4-bit base onto its own GPU. FSDP: no device map;
+        # the base is sharded across the GPUs once the Trainer wraps it.
+        device_map = None if fsdp or not cuda else {"": self.rank.local_rank}
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=quantization,
+            dtype=compute_dtype,
+            device_map=device_map,
+            trust_remote_code=cfg.model.trust_remote_code,
+            tqdm_class=bar,  # the hub's download bars, reported as phase messages
+        )
+        return tokenizer, model
 
     def _watch_memory(self, trainer: Any, cuda: bool) -> None:
         """Record batch sizes and prepare the OOM forecast from the tokenised lengths."""

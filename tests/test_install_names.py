@@ -39,7 +39,8 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
     assert {name.split("/")[0] for name in names} == {"loratop", wheel.name.split("-py3")[0] + ".dist-info"}
     for module in ("loratop/tui/cli.py", "loratop/trainer/events.py", "loratop/trainer/runtime/train.py",
                    "loratop/widgets/loss_chart.py", "loratop/trainer/sample_configs/tiny-cpu-demo.yaml",
-                   "loratop/trainer/embedded/tool_chat.jsonl", "loratop/tui/app.tcss"):  # fmt: skip
+                   "loratop/trainer/embedded/tool_chat.jsonl", "loratop/tui/app.tcss",
+                   "loratop/tui/serve_templates/app_index.html"):  # fmt: skip
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt").decode()
     assert "loratop = loratop.tui.cli:main" in entry_points

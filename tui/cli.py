@@ -11,6 +11,8 @@
                                  what changed between runs and what came of it
     loratop export RUN [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
     loratop edit CONFIG|RUN      the knob editor: change knobs, save and/or launch
+    loratop serve [--port N] [--host H]
+                                 the same app in a browser, over an SSH tunnel (a secret link)
 
 A mistake in the config ends in one line per problem and exit code 2, before
 anything is launched.
@@ -115,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="a run's name (under --runs-dir) or folder")
     export.add_argument("-o", "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)")
     export.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
+
+    serve = commands.add_parser("serve", help="the same app in a browser (over an SSH tunnel), behind a secret link")
+    serve.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0: any free one)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)"
+    )
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_ROOT, help="where runs live (default: runs/)")
     return parser
 
@@ -496,6 +505,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the home screen in a browser until Ctrl+C (:mod:`loratop.tui.serve`)."""
+    from loratop.tui.serve import ServeError, serve
+
+    try:
+        serve(args.runs_dir, host=args.host, port=args.port)
+    except ServeError as exc:
+        print(f"loratop serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``loratop`` console script."""
     parser = build_parser()
@@ -528,6 +549,8 @@ def _command(args: argparse.Namespace) -> int:
         return cmd_compare(args)
     if args.command == "export":
         return cmd_export(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     return _dashboard(None, runs_root=args.runs_dir)
 
 

@@ -15,6 +15,7 @@ import pytest
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config
 from loratop.tui.launcher import launch
+from scripts import readme_examples
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, wait_for_exit
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,14 @@ def test_demo_run_completes_with_a_full_event_history(demo_run: tuple[Any, Path]
     assert loading and loading[-1].startswith("loading tiny: Loading weights "), "the load says what it is doing"
     done, total = loading[-1].rsplit(" ", 1)[1].split("/")
     assert done == total and int(total) > 0
+
+
+def test_the_readme_headless_example_is_what_the_demo_prints(demo_run: tuple[Any, Path]) -> None:
+    """README.md's block comes from scripts/readme_examples.py; a change to the output must rerun it."""
+    result, _ = demo_run
+    ours = readme_examples.headless_block(result.stdout + result.stderr)
+    readme = readme_examples.readme_block("demo-headless").removeprefix("```\n").removesuffix("\n```")
+    assert readme_examples.shape(ours) == readme_examples.shape(readme), "rerun scripts/readme_examples.py --write"
 
 
 def test_a_finished_demo_leaves_its_index_and_summary_for_ls(demo_run: tuple[Any, Path]) -> None:
@@ -302,6 +311,11 @@ def test_lr_too_high_sample_really_diverges(tmp_path: Path) -> None:
     spikes = of_type(read_events(run_dir), ev.SPIKE)
     assert spikes, "the detector must flag the divergence"
     assert any(s["kind"] == "loss_spike" and 55 <= s["step"] <= 120 for s in spikes)
+    story = readme_examples.lr_story(read_events(run_dir))
+    told = readme_examples.readme_block("lr-too-high")
+    assert readme_examples.spike_shape(story) == readme_examples.spike_shape(told), (
+        f"README.md tells another story than this run: rerun scripts/readme_examples.py --write\n{story}"
+    )
     assert "SPIKE" in result.stdout, "headless mode prints spikes"
 
 

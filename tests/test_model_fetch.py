@@ -117,10 +117,25 @@ def test_run_refuses_in_one_line_and_creates_nothing(offline_box: dict[str, str]
 
 
 def test_check_warns_that_run_would_refuse_the_model(offline_box: dict[str, str], tmp_path: Path) -> None:
-    result = _loratop("check", "qwen2.5-7b-qlora", cwd=tmp_path, env=offline_box)
+    result = _loratop("check", "qwen2.5-7b-qlora", cwd=tmp_path, env={**offline_box, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
-    assert "`loratop run` refuses it" in result.stdout
-    assert "hub is unreachable" in result.stdout
+    assert "HF_HUB_OFFLINE is set" in result.stdout and "`loratop run` refuses it" in result.stdout
+
+
+def test_check_says_the_run_must_download_the_model_without_trying_the_hub(
+    offline_box: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.trainer import model_config
+    from loratop.tui.cli import main
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a check must not touch the network")
+
+    monkeypatch.setattr(model_config.socket, "create_connection", no_network)
+    assert main(["check", "qwen2.5-7b-qlora", "--set", f"output_dir={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"model.name_or_path = {QWEN}: not a local folder and not in the Hugging Face cache" in out
+    assert "downloads it from the hub first" in out
 
 
 def _qwen_config(tmp_path: Path, *overrides: str) -> object:

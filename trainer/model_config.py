@@ -124,11 +124,27 @@ def cached_hub_snapshot(repo_id: str) -> Path | None:
     return config.parent
 
 
-def unavailable_model(name_or_path: str, *, timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+def needs_download(name_or_path: str) -> bool:
+    """Whether a run must fetch this model's weights from the hub (a hub id, not cached)."""
+    if name_or_path == TINY or Path(name_or_path).expanduser().exists():
+        return False
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1 or "\\" in name_or_path:
+        return False
+    return cached_hub_snapshot(name_or_path) is None
+
+
+def unavailable_model(name_or_path: str, *, probe: bool = True, timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
     """Why a run could not load this model's weights here, found within ``timeout`` seconds.
 
     Without this a run on an offline box sits at "loading" for the hub client's retries
     (about a minute) and ends in a traceback.
+
+    Args:
+        name_or_path: ``tiny``, a local folder, or a hub id.
+        probe: Whether to try a connection to the hub (``loratop check`` does not: it never
+            touches the network); without it only ``HF_HUB_OFFLINE`` makes a hub model
+            unavailable.
+        timeout: Seconds the hub has to answer.
 
     Returns:
         One line for the user (what is missing and how to get it), or ``None`` when the
@@ -153,7 +169,7 @@ def unavailable_model(name_or_path: str, *, timeout: float = HUB_CONNECT_TIMEOUT
     advice = FETCH_ADVICE.format(name=name)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         return f"{where}, and HF_HUB_OFFLINE is set: {advice}"
-    unreachable = _hub_unreachable(timeout)
+    unreachable = _hub_unreachable(timeout) if probe else None
     if unreachable:
         return f"{where}, and the hub is unreachable ({unreachable}): {advice}"
     return None

@@ -174,15 +174,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def launch_warnings(config: RunConfig) -> list[str]:
     """What would stop or cripple a launch of this config on this box: a model the run
-    cannot fetch (``loratop run`` refuses it), a GPU-sized model on a CPU (hours per epoch)."""
+    cannot fetch (``loratop run`` refuses it) or must download first, a GPU-sized model on a
+    CPU (hours per epoch). Never touches the network."""
     from loratop.trainer.cpu_estimate import cpu_training_warning
     from loratop.trainer.estimate import visible_gpu_total
-    from loratop.trainer.model_config import unavailable_model
+    from loratop.trainer.model_config import hub_cache_dir, needs_download, unavailable_model
 
+    name = config.model.name_or_path
     out = []
-    missing = unavailable_model(config.model.name_or_path)
+    missing = unavailable_model(name, probe=False)  # a check never touches the network
     if missing is not None:
-        out.append(f"warning: model.name_or_path = {config.model.name_or_path}: {missing} (`loratop run` refuses it)")
+        out.append(f"warning: model.name_or_path = {name}: {missing} (`loratop run` refuses it)")
+    elif needs_download(name):
+        out.append(
+            f"warning: model.name_or_path = {name}: not a local folder and not in the Hugging Face cache "
+            f"({hub_cache_dir()}): `loratop run` downloads it from the hub first, and refuses it at once "
+            "when the hub does not answer"
+        )
     slow = cpu_training_warning(config, has_gpu=visible_gpu_total()[0] is not None)
     if slow is not None:
         out.append(slow)
@@ -340,21 +348,26 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         config, path = _load(config_arg or args.config, args.overrides)
     except ConfigError as exc:
         return _report(exc)
+    from loratop.trainer.model_config import unavailable_model
     from loratop.tui.launcher import ModelUnavailable, launch
 
+    missing = unavailable_model(config.model.name_or_path)  # in seconds; the only line then
+    if missing is not None:
+        print(f"loratop: model.name_or_path = {config.model.name_or_path}: {missing}", file=sys.stderr)
+        return EXIT_USAGE
     preflight = preflight_line(config)
+    if args.no_tui:
+        print(preflight)
     space = disk_space_warning(config)
+    if space is not None:
+        print(space, file=sys.stderr)
     try:
         run = launch(config, path)
     except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
         return _report(ConfigError([f"output_dir: {exc}"]))
-    except ModelUnavailable as exc:  # not local, not cached, hub unreachable: found in seconds
+    except ModelUnavailable as exc:  # the hub went away since the look above
         print(f"loratop: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.no_tui:
-        print(preflight)
-    if space is not None:
-        print(space, file=sys.stderr)
     if config.distributed.node_rank > 0:
         from loratop.tui.headless import follow_worker_node
 

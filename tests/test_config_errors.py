@@ -332,3 +332,53 @@ def test_set_target_modules_gives_a_list() -> None:
     config = load_config(None, parse_overrides(["lora.target_modules=[q_proj,v_proj]"]), check_files=False)
 
     assert config.lora.target_modules == ["q_proj", "v_proj"]
+
+
+# -- a CONFIG that is not there: every command says so the same way ------------------------------
+
+
+def _samples() -> list[str]:
+    return sorted(p.stem for p in (REPO / "sample_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("command", ["run", "check", "estimate", "edit"])
+def test_a_missing_config_lists_the_samples_and_suggests_the_closest(tmp_path: Path, command: str) -> None:
+    extra = ["--no-tui"] if command == "run" else ["--runs-dir", str(tmp_path / "runs")] if command == "edit" else []
+
+    result = subprocess.run(
+        [sys.executable, "-m", "loratop.tui.cli", command, "tiny-cpu-dem", *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    first = result.stderr.splitlines()[0]
+    assert "tiny-cpu-dem: config file not found" in first
+    assert f"a shipped sample: {', '.join(_samples())}" in first
+    assert first.endswith("did you mean 'tiny-cpu-demo'?")
+    assert not (tmp_path / "runs").exists(), "nothing was launched"
+
+
+def test_a_mistyped_config_path_suggests_the_file_beside_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "my_run.yaml").write_text("lora:\n  r: 8\n")
+
+    assert main(["check", str(tmp_path / "configs" / "my-run.yml")]) == 2
+
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "my-run.yml: config file not found" in line
+    assert line.endswith(f"did you mean '{tmp_path / 'configs' / 'my_run.yaml'}'?")
+
+
+def test_demo_resolves_its_config_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.tui import samples
+
+    monkeypatch.setattr(samples, "DEMO", "tiny-cpu-dem")  # as if the sample were missing from the install
+
+    assert main(["demo", "--no-tui"]) == 2
+
+    assert capsys.readouterr().err.splitlines()[0].endswith("did you mean 'tiny-cpu-demo'?")

@@ -143,10 +143,29 @@ def test_cli_export_writes_files_and_reports_counts(tmp_path: Path, capsys: pyte
 
     assert code == 0
     assert capsys.readouterr().out.splitlines() == [
+        f"exported tiny-lr-high to {out_dir}/",
         f"{out_dir / 'tiny-lr-high-metrics.csv'}  ({steps} steps)",
         f"{out_dir / 'tiny-lr-high-events.jsonl'}  ({events} events)",
     ]
     assert len(_rows(out_dir / "tiny-lr-high-metrics.csv")) == steps
+
+
+def test_cli_export_writes_where_the_dashboard_does_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.tui import app, export
+
+    monkeypatch.chdir(tmp_path)
+
+    assert cli.main(["export", str(RUNS / "tiny-r8")]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "exported tiny-r8 to loratop-exports/", "it says where the files went"
+    assert sorted(p.name for p in (tmp_path / "loratop-exports").iterdir()) == [
+        "tiny-r8-events.jsonl", "tiny-r8-metrics.csv"
+    ]  # fmt: skip
+    assert not list(tmp_path.glob("*.csv")), "nothing in the current folder itself"
+    assert app.EXPORT_DIR is export.EXPORT_DIR == Path("loratop-exports"), "the dashboard's x writes there too"
 
 
 def test_cli_export_of_a_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

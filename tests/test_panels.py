@@ -195,3 +195,32 @@ def test_header_shows_an_oom_forecast_of_watch_or_danger_while_live() -> None:
     assert panels.header_lines(state, now=1003.0)[0] == "x · tiny · H200 · RUNNING · OOM DANGER"
     state.apply({"v": 1, "seq": 10, "t": 1004.0, "type": ev.RUN_FINISHED, "status": "completed"})
     assert "OOM" not in panels.header_lines(state, now=1004.0)[0]  # a forecast is about a live run
+
+
+def test_a_run_that_failed_while_loading_shows_dashes_not_dots_still_to_come() -> None:
+    loading = _state({"type": ev.LOG, "message": "loading meta-llama/Llama-3.1-8B"})
+    failed = _state(
+        {"type": ev.LOG, "message": "loading meta-llama/Llama-3.1-8B"},
+        {"type": ev.RUN_FINISHED, "status": "failed", "duration_s": 1.0, "error": {"message": "OSError: gone"}},
+    )
+
+    assert panels.header_lines(loading, now=1001.0)[0] == "x · … · … · STARTING"  # still to come
+    assert panels.header_lines(failed, now=1001.0)[0] == "x · – · – · FAILED"  # never known
+    assert panels.params_text(failed) == "trainable params – (never loaded)"
+    assert panels.params_text(loading) == "trainable params: waiting for the model"
+    assert panels.events_text(failed).splitlines()[:2] == ["spikes –", "spills –"]
+
+
+def test_the_status_line_drops_a_checkpoint_notice_once_the_checkpoint_is_saved() -> None:
+    said = [
+        _started(),
+        _step(92, 2.0, 1001.0, 10),
+        {"type": ev.LOG, "message": "SIGUSR1: saving a checkpoint after step 92"},
+    ]
+    saved = {"type": ev.CHECKPOINT, "step": 92, "path": "runs/x/checkpoint-92", "final": False}
+
+    assert panels.status_line(_state(*said)).endswith("SIGUSR1: saving a checkpoint after step 92")
+    after = _state(*said, saved, _step(93, 1.9, 1002.0, 20))
+    assert "SIGUSR1" not in panels.status_line(after)
+    stop = _state(*said, saved, {"type": ev.LOG, "message": "SIGTERM: stopping after step 93"})
+    assert panels.status_line(stop).endswith("SIGTERM: stopping after step 93"), "a later notice still shows"

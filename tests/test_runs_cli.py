@@ -14,6 +14,8 @@ import pytest
 from loratop.tui import cli
 from loratop.tui.runs import (
     SORT_KEYS,
+    AmbiguousRun,
+    RunNotFound,
     RunSummary,
     find_run,
     knob_label,
@@ -170,16 +172,22 @@ def test_ls_rejects_an_unknown_sort_key(runs: Path, capsys: pytest.CaptureFixtur
     assert "invalid choice: 'colour'" in capsys.readouterr().err
 
 
-def test_ls_cuts_long_run_names_in_the_middle(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    long_name = "llama-3.1-8b-instruct-r64-alpha128-lr2e-4-seq4096"
+def test_ls_cuts_a_long_name_in_the_middle_only_on_a_narrow_terminal(runs: Path) -> None:
+    from loratop.tui.panels import history_row
+    from loratop.tui.run_table import history_table
+
+    long_name = "llama-3.1-8b-instruct-r64-alpha128-lr2e-4-seq4096-20261129-075650"
     shutil.copytree(runs / "tiny-r8", runs / long_name)
+    rows = [history_row(run, spills_cpu_text="n/a") for run in sort_runs(list_runs(runs), "name")]
 
-    names = [row["RUN"] for row in _ls(capsys, "--runs-dir", str(runs), "--sort", "name")]
-
-    cut = next(name for name in names if "…" in name)
-    assert len(cut) == 28
+    piped, _ = history_table(rows)
+    assert any(line.startswith(long_name + " ") for line in piped), "piped: never cut"
+    lines, left_out = history_table(rows, 60, on_terminal=True)
+    assert all(len(line) <= 60 for line in lines) and "PARENT" in left_out
+    cut = next(line.split()[0] for line in lines if "…" in line)
     head, tail = cut.split("…")
-    assert long_name.startswith(head) and long_name.endswith(tail) and len(head) >= 13 and len(tail) >= 13
+    assert long_name.startswith(head) and long_name.endswith(tail) and len(head) >= 10 and len(tail) >= 10
+    assert find_run(cut, runs) == runs / long_name, "the cut name, as shown, is taken back"
 
 
 def test_summary_reads_config_min_loss_duration_rate_and_parent(runs: Path) -> None:
@@ -274,3 +282,247 @@ def test_sort_runs_puts_unknown_values_last() -> None:
     assert set(SORT_KEYS) == {"started", "name", "status", "loss", "eval", "vram", "duration", "spikes"}
     with pytest.raises(ValueError, match="unknown sort key"):
         sort_runs(runs, "colour")
+
+
+# -- run names: whole in ls, and taken by every command in full, as a folder, or a prefix/suffix ----
+
+DEMO_NAMES = {"tiny-r8": "tiny-cpu-demo-20261129-075650", "tiny-r16": "tiny-cpu-demo-20261129-080012"}
+"""Copies of recorded runs under the names ``loratop demo`` gives (config stem, date, time)."""
+
+
+def _demo_runs(runs: Path) -> Path:
+    for source, name in DEMO_NAMES.items():
+        shutil.copytree(runs / source, runs / name)
+    child = runs / "tiny-cpu-demo-20261129-080012"  # a long parent name as well
+    for file in ("config.yaml", "status.json"):
+        (child / file).write_text(
+            (child / file).read_text().replace("/tmp/fx/tiny-r8", str(runs / DEMO_NAMES["tiny-r8"]))
+        )
+    return runs
+
+
+def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
+    """``loratop ls`` with its stdout on a pseudo-terminal ``columns`` wide: the lines, and stderr."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    cmd = [sys.executable, "-m", "loratop.tui.cli", "ls", "--runs-dir", str(runs)]
+    process = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env, cwd=Path(__file__).parent.parent)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return out.decode().replace("\r\n", "\n").splitlines(), err.decode()
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_ls_on_a_terminal_is_one_line_per_run_with_names_whole(runs: Path, columns: int) -> None:
+    _demo_runs(runs)
+
+    lines, err = _ls_on_a_terminal(runs, columns)
+
+    assert len(lines) == 1 + len(list_runs(runs)), lines  # nothing wrapped onto a line of its own
+    assert all(len(line) <= columns for line in lines), [len(line) for line in lines]
+    assert {line.split()[0] for line in lines[1:]} == {r.name for r in list_runs(runs)}, "names whole"
+    assert "…" not in "".join(lines)
+    header = re.split(r"\s{2,}", lines[0])
+    assert header[:2] == ["RUN", "STATUS"] and {"STEP", "LOSS"} <= set(header)
+    if columns == 120:
+        assert "PARENT" in header and "KNOBS" in header
+        child = next(line for line in lines if line.startswith("tiny-cpu-demo-20261129-080012"))
+        assert child.endswith("tiny-cpu-demo-20261129-075650"), "the parent, whole, on the run's own line"
+    assert err.startswith(f"(left out to fit {columns} columns: ")
+
+
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_ls_piped_prints_every_column_and_names_whole(runs: Path, columns: str | None) -> None:
+    _demo_runs(runs)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+
+    result = loratop("ls", "--runs-dir", str(runs), env=env)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "…" not in result.stdout and result.stderr == ""
+    assert {line.split()[0] for line in lines[1:]} == {r.name for r in list_runs(runs)}
+    assert len(re.split(r"\s{2,}", lines[0])) == 11, "piped (to a script, a pager): every column"
+    child = next(line for line in lines if line.startswith("tiny-cpu-demo-20261129-080012"))
+    assert child.endswith("tiny-cpu-demo-20261129-075650")
+
+
+def test_find_run_takes_a_full_name_a_folder_a_prefix_a_suffix_or_the_cut_name(runs: Path) -> None:
+    _demo_runs(runs)
+    shutil.copytree(runs / "tiny-r8", runs / "tiny-r8-again")
+    first = runs / "tiny-cpu-demo-20261129-075650"
+
+    assert find_run("tiny-cpu-demo-20261129-075650", runs) == first
+    assert find_run(str(first), runs) == first
+    assert find_run("261129-075650", runs) == first  # the time stamp, as a suffix
+    assert find_run("075650", runs) == first
+    assert find_run("tiny-cpu-demo-20261129-07", runs) == first  # a prefix
+    assert find_run("tiny-cpu-demo-…261129-075650", runs) == first  # as a narrow `ls` shows it
+    assert find_run("tiny-r8", runs) == runs / "tiny-r8", "a full name wins over a longer name it begins"
+    with pytest.raises(RunNotFound):
+        find_run("075650", runs, partial=False)
+
+
+def test_an_ambiguous_run_lists_a_few_candidates_in_one_line(runs: Path) -> None:
+    _demo_runs(runs)
+
+    with pytest.raises(AmbiguousRun) as caught:
+        find_run("tiny", runs)
+
+    assert str(caught.value) == (
+        f"'tiny' matches 5 runs under {runs}/: tiny-cpu-demo-20261129-075650, tiny-cpu-demo-20261129-080012, "
+        "tiny-lr-high, tiny-r16 and 1 more; give more of the name (or its time stamp)"
+    )
+    assert len(caught.value.candidates) == 5
+
+
+def test_an_unknown_run_suggests_the_closest_names(runs: Path) -> None:
+    _demo_runs(runs)
+
+    with pytest.raises(RunNotFound) as typo:
+        find_run("tiny-r9", runs)
+    with pytest.raises(RunNotFound) as middle:
+        find_run("20261129-0756", runs)  # neither a prefix nor a suffix, but held by one name
+
+    assert str(typo.value).endswith("; did you mean tiny-r8, tiny-r16, tiny-lr-high?")
+    assert str(middle.value).endswith("; did you mean tiny-cpu-demo-20261129-075650?")
+
+
+def _fake_app(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Replace the dashboard with a recorder of what it was asked to open."""
+    from loratop.tui import app
+
+    opened: list[dict[str, object]] = []
+
+    class Recorder:
+        def __init__(self, run_dir: object = None, *args: object, **kwargs: object) -> None:
+            opened.append({"run_dir": run_dir, **kwargs})
+
+        def run(self) -> None:
+            return None
+
+    monkeypatch.setattr(app, "LoratopApp", Recorder)
+    return opened
+
+
+@pytest.mark.parametrize("given", ["261129-075650", "tiny-cpu-demo-20261129-07", "tiny-cpu-demo-20261129-075650"])
+def test_every_command_that_takes_a_run_takes_a_prefix_or_suffix(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    _demo_runs(runs)
+    run = runs / "tiny-cpu-demo-20261129-075650"
+    opened = _fake_app(monkeypatch)
+    attached: list[Path | None] = []
+    monkeypatch.setattr(cli, "_dashboard", lambda run_dir, *a, **k: attached.append(run_dir) or 0)
+    root = ["--runs-dir", str(runs)]
+
+    assert cli.main(["attach", given, *root]) == 0
+    assert cli.main(["edit", given, *root]) == 0
+    assert cli.main(["export", given, *root, "-o", str(tmp_path / "out")]) == 0
+    assert cli.main(["compare", given, "080012", *root, "--no-tui"]) == 0
+
+    assert attached == [run]
+    assert opened[0]["edit"] == run
+    assert (tmp_path / "out" / f"{run.name}-metrics.csv").is_file()
+    assert "tiny-cpu-demo-20261129-080012  r 8 → 16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["attach", "edit", "export", "compare"])
+def test_every_command_refuses_an_ambiguous_run_in_one_line(
+    runs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    _demo_runs(runs)
+    _fake_app(monkeypatch)
+    args = [command, "tiny-cpu-demo-2026", *(["tiny-r8", "--no-tui"] if command == "compare" else [])]
+
+    assert cli.main([*args, "--runs-dir", str(runs)]) == 2
+
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"loratop: 'tiny-cpu-demo-2026' matches 2 runs under {runs}/: ")
+    assert "tiny-cpu-demo-20261129-075650, tiny-cpu-demo-20261129-080012" in err[0]
+
+
+@pytest.mark.parametrize("command", ["attach", "edit", "export", "compare"])
+def test_every_command_suggests_the_closest_run_for_an_unknown_one(
+    runs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    _demo_runs(runs)
+    _fake_app(monkeypatch)
+    args = [command, "tiny-r9", *(["tiny-r8", "--no-tui"] if command == "compare" else [])]
+
+    assert cli.main([*args, "--runs-dir", str(runs)]) == 2
+
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("loratop: ") and "tiny-r9" in err[0]
+    assert "did you mean" in err[0] and "tiny-r8" in err[0]
+
+
+# -- a run that failed while loading: nothing was measured, so nothing shows as 0 -----------------
+
+
+def failed_while_loading(root: Path, name: str = "hub-fail-20261129-081500") -> Path:
+    """A run whose trainer failed before the model loaded: a phase message, then ``run_finished``."""
+    from loratop.trainer import events as ev
+
+    run = root / name
+    run.mkdir(parents=True)
+    shutil.copy(FIXTURE_RUNS / "tiny-r8" / "config.yaml", run / "config.yaml")
+    error = {"message": "OSError: meta-llama/Llama-3.1-8B is not a local folder", "traceback": []}
+    lines = [
+        ev.encode(0, ev.LOG, {"message": "loading meta-llama/Llama-3.1-8B"}, t=1000.0),
+        ev.encode(1, ev.RUN_FINISHED, {"status": "failed", "duration_s": 1.0, "step": 0, "error": error}, t=1001.0),
+    ]
+    (run / "events.jsonl").write_bytes(b"".join(lines))
+    return run
+
+
+def test_ls_and_the_summary_show_a_dash_for_what_a_run_that_failed_while_loading_never_measured(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = failed_while_loading(runs)
+
+    summary = summarise_run(run)
+    row = next(r for r in _ls(capsys, "--runs-dir", str(runs)) if r["RUN"] == run.name)
+    again = summarise_run(run)  # from the summary cached by the first look
+
+    assert summary.status == "failed" and summary.spikes is None and summary.spills is None
+    assert again.spikes is None and again.spills is None
+    assert (row["SPIKES"], row["SPILLS"], row["PEAK VRAM"], row["FINAL LOSS"]) == ("–", "–", "–", "–")
+    assert row["KNOBS"] == "r8 α16 lr2e-3 b8×1 all7"
+    assert [r["SPIKES"] for r in _ls(capsys, "--runs-dir", str(runs), "--sort", "spikes")][-1] == "–", "unknown last"
+
+
+def test_a_cached_summary_from_an_older_loratop_is_made_again(runs: Path) -> None:
+    import json
+
+    from loratop.trainer.run_index import INDEX
+    from loratop.trainer.run_summary import SUMMARY
+
+    run = failed_while_loading(runs)
+    summarise_run(run)
+    cache = run / INDEX / SUMMARY
+    old = json.loads(cache.read_text())
+    old.pop("version")
+    old["facts"] |= {"spikes": 0, "spills": 0}  # what an older loratop cached
+    cache.write_text(json.dumps(old))
+
+    assert summarise_run(run).spikes is None

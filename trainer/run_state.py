@@ -76,6 +76,8 @@ class RunState:
     """Paged optimizer state, accounted at the first step."""
     messages: deque[str] = field(default_factory=lambda: deque(maxlen=50))
     """The trainer's phase messages (``log`` events), newest last."""
+    message_seq: int | None = None
+    """The ``seq`` of the newest message: what came after it (a checkpoint it announced) can tell."""
     first_t: float | None = None
     """Time of the first event (the trainer's start)."""
     last_t: float | None = None
@@ -137,6 +139,8 @@ class RunState:
         elif kind == ev.LOG:
             level = event.get("level")
             self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
+            seq = event.get("seq")
+            self.message_seq = seq if isinstance(seq, int) else None
 
     def apply_index(self, index: Index, last_memory: dict[str, Any] | None) -> None:
         """Fold a run's compact index (:mod:`trainer.run_index`) into a fresh state: what

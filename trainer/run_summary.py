@@ -69,8 +69,10 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
         "max_steps": state.max_steps,
         "last_loss": state.last_loss,
         "peak_vram": state.peak_gpu_used,
-        "spikes": len(state.spikes),
-        "spills": max(len(state.spills), _rank_spills(state)),
+        # None, not 0, where nothing was watched: no step reached the spike detector, or the
+        # run never started (failed while loading), so no spill could have been counted.
+        "spikes": len(state.spikes) if state.steps or state.spikes else None,
+        "spills": max(len(state.spills), _rank_spills(state)) if state.started or state.spills else None,
         "eval_loss": state.last_eval.get("eval_loss") if state.last_eval else None,
         "best_eval_loss": best_eval.get("eval_loss") if best_eval else None,
         "best_eval_step": best_eval.get("step") if best_eval else None,
@@ -105,6 +107,10 @@ def tokens_per_s(state: RunState) -> float | None:
 SUMMARY = "summary.json"
 """In a finished run's index folder: its :func:`run_facts`, for ``ls`` and the home screen."""
 
+SUMMARY_VERSION = 2
+"""Bumped when :func:`run_facts` changes what a value means (2: ``None`` spikes and spills
+where nothing was watched, not 0): a summary cached by an older loratop is made again."""
+
 
 def cached_facts(run_dir: Path) -> dict[str, Any] | None:
     try:
@@ -114,6 +120,8 @@ def cached_facts(run_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(cached, dict) or cached.get("events") != [stamp.st_size, stamp.st_mtime_ns]:
         return None  # events.jsonl changed since (or this is another run's)
+    if cached.get("version") != SUMMARY_VERSION:
+        return None
     facts = cached.get("facts")
     return facts if isinstance(facts, dict) and facts.keys() == _FACT_KEYS else None
 
@@ -131,7 +139,8 @@ def store_facts(run_dir: Path, facts: dict[str, Any]) -> bool:
     try:
         stamp = (run_dir / EVENTS).stat()
         # NaN stays NaN (a diverged run's last loss): Python's json reads its own NaN back.
-        tmp.write_text(json.dumps({"events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}))
+        body = {"version": SUMMARY_VERSION, "events": [stamp.st_size, stamp.st_mtime_ns], "facts": facts}
+        tmp.write_text(json.dumps(body))
         os.replace(tmp, run_dir / INDEX / SUMMARY)
     except (OSError, ValueError):  # no index folder, read-only: just not cached
         with contextlib.suppress(OSError):

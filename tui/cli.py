@@ -40,9 +40,12 @@ from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data,
 from loratop.trainer.run_dir import CONFIG, RunDirError
 from loratop.trainer.value_format import format_value
 from loratop.tui import samples
-from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, RunNotFound, find_run, list_runs
+from loratop.tui.export import EXPORT_DIR
+from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, AmbiguousRun, RunNotFound, find_run, list_runs
 
 EXIT_USAGE = 2
+
+RUN_HELP = "a run's name under --runs-dir, a unique prefix or suffix of it (its time stamp), or its folder"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
 
     attach = commands.add_parser("attach", help="replay a run's events, then follow it live")
-    attach.add_argument("run", nargs="?", help="a run's name (under --runs-dir) or folder; default: the latest")
+    attach.add_argument("run", nargs="?", help=f"{RUN_HELP}; default: the latest")
     attach.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
 
     ls = commands.add_parser("ls", help="list runs with their knobs, outcome and parent")
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     compare = commands.add_parser("compare", help="compare runs: config diff, outcomes, loss curves")
-    compare.add_argument("run_a", metavar="RUN_A", help="the base run: a name under --runs-dir, or a folder")
+    compare.add_argument("run_a", metavar="RUN_A", help=f"the base run: {RUN_HELP}")
     compare.add_argument("run_b", metavar="RUN_B", help="a run to compare with the base")
     compare.add_argument("more_runs", nargs="*", default=[], metavar="RUN", help="more runs to compare")
     compare.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
@@ -114,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-tui", action="store_true", help="print the comparison as text instead")
 
     export = commands.add_parser("export", help="write a run's metrics (CSV) and events (JSONL) to files")
-    export.add_argument("run", help="a run's name (under --runs-dir) or folder")
-    export.add_argument("-o", "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)")
+    export.add_argument("run", help=RUN_HELP)
+    export.add_argument(
+        "-o", "--out", type=Path, default=EXPORT_DIR, metavar="DIR", help=f"where to write (default: {EXPORT_DIR}/)"
+    )
     export.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
 
     serve = commands.add_parser("serve", help="the same app in a browser (over an SSH tunnel), behind a secret link")
@@ -405,21 +410,45 @@ def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: P
     return 0
 
 
+def _edit_target(given: str, runs_dir: Path) -> Path:
+    """What ``loratop edit`` opens: a run by its folder or full name, else a config file or
+    sample, else a run by a prefix or suffix of its name.
+
+    Raises:
+        RunNotFound: Several runs match, or nothing does (the message lists the samples and
+            suggests the closest runs and configs).
+    """
+    try:
+        return find_run(given, runs_dir, partial=False)
+    except RunNotFound:
+        pass
+    try:
+        path = samples.resolve_config_path(given)
+        if path.is_file():
+            return path
+    except ConfigError:
+        pass
+    try:
+        return find_run(given, runs_dir)
+    except AmbiguousRun as exc:
+        near = samples.closest_configs(given)
+        if not near:
+            raise
+        raise AmbiguousRun(f"{exc}; or did you mean the config {samples.either(near)}?", exc.candidates) from None
+    except RunNotFound as exc:
+        message = samples.config_not_found(given, f"a run under {runs_dir}/", exc.suggestions)
+        raise RunNotFound(message) from None
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     """Open the knob editor on a run (rerun with changes) or a config file."""
     from loratop.tui.app import LoratopApp
 
     try:
-        target = find_run(args.target, args.runs_dir)
-    except RunNotFound:
-        target = samples.resolve_config_path(args.target)
-        if not target.is_file():
-            print(
-                f"loratop: {args.target!r} is neither a config file, a sample ({', '.join(samples.sample_names())}) "
-                f"nor a run under {args.runs_dir}/",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+        target = _edit_target(args.target, args.runs_dir)
+    except RunNotFound as exc:
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         read_yaml(target / CONFIG if target.is_dir() else target)
     except ConfigError as exc:
@@ -438,38 +467,28 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return _dashboard(run_dir)
 
 
-NAME_WIDTH = 28
-"""Run names longer than this are cut in the middle in ``loratop ls``."""
-
-
-def _middle_cut(text: str, width: int) -> str:
-    """``a-very-long…run-name``: keep both ends, which is where run names differ."""
-    if len(text) <= width:
-        return text
-    head = (width - 1) // 2 + (width - 1) % 2
-    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
-    """Print the run history: knobs, outcome and parent of each run."""
-    from loratop.tui.panels import HISTORY_COLUMNS, history_row
+    """Print the run history: knobs, outcome and parent of each run, one line each."""
+    from loratop.tui.panels import history_row
+    from loratop.tui.run_table import history_table
     from loratop.tui.runs import sort_runs
 
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
     if not runs:
         print(f"no runs under {args.runs_dir}/ (start one with: loratop demo)")
         return 0
-    header = tuple(title.upper() for title in HISTORY_COLUMNS)
-    rows = [header]
-    for run in runs:
-        name, *cells, parent = history_row(run, spills_cpu_text="n/a")  # a narrow column
-        rows.append((_middle_cut(name, NAME_WIDTH), *cells, _middle_cut(parent, NAME_WIDTH)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    on_terminal = sys.stdout.isatty()
+    # Piped, every column and every name whole, whatever COLUMNS says: Python's readline, for
+    # one, exports COLUMNS=80 to every child, and a script or pager wants the whole table.
+    width = shutil.get_terminal_size().columns if on_terminal else None
+    rows = [history_row(run, spills_cpu_text="n/a") for run in runs]  # a narrow column
+    lines, left_out = history_table(rows, width, on_terminal=on_terminal)
+    print("\n".join(lines))
     for run in runs:
         if run.damaged:
             print(f"damaged: {run.name}: {'; '.join(run.damaged)} (shown from its events.jsonl)")
+    if left_out:
+        print(f"(left out to fit {width} columns: {', '.join(left_out)}; a wider terminal shows them)", file=sys.stderr)
     return 0
 
 
@@ -512,8 +531,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"loratop: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    print(f"exported {run_dir.resolve().name} to {args.out}/")
     for path, rows in written:
-        kind = "steps" if path.suffix == ".csv" else "events"
+        kind = "events" if path.suffix == ".jsonl" else "evaluations" if path.stem.endswith("-eval") else "steps"
         print(f"{path}  ({rows:,} {kind})")
     return 0
 

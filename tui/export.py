@@ -14,6 +14,10 @@ from typing import Any
 from loratop.trainer import events as ev
 from loratop.trainer.run_dir import EVENTS
 
+EXPORT_DIR = Path("loratop-exports")
+"""Where exports go unless told otherwise (``loratop export -o DIR``), under the current folder:
+the same for ``loratop export`` and the dashboard's ``x`` (which adds the screen as SVG)."""
+
 METRICS_HEADER = (
     "step",
     "time_s",
@@ -178,7 +182,7 @@ def export_eval_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | Non
     return rows
 
 
-def export_files(run_dir: Path, out_dir: Path) -> list[tuple[Path, int]]:
+def export_files(run_dir: Path, out_dir: Path = EXPORT_DIR) -> list[tuple[Path, int]]:
     """Write ``<run>-metrics.csv`` and ``<run>-events.jsonl`` into ``out_dir`` (created if
     needed), and ``<run>-eval.csv`` for a run that evaluated a held-out loss.
 
@@ -200,6 +204,6 @@ def export_files(run_dir: Path, out_dir: Path) -> list[tuple[Path, int]]:
     return written
 
 
-def export_run(run_dir: Path, out_dir: Path) -> list[Path]:
+def export_run(run_dir: Path, out_dir: Path = EXPORT_DIR) -> list[Path]:
     """Write a run's metrics CSV, events JSONL (and eval CSV) into ``out_dir``; the paths written."""
     return [path for path, _ in export_files(run_dir, out_dir)]

@@ -45,9 +45,10 @@ def fmt_duration(seconds: float | None) -> str:
 def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     """The two header lines: who and where, then progress."""
     now = time.time() if now is None else now
-    model = state.started.get("model", {}).get("name_or_path", "?") if state.started else "…"
+    pending = "…" if state.is_live else "–"  # still to come, or never known (it failed while loading)
+    model = state.started.get("model", {}).get("name_or_path", "?") if state.started else pending
     device = state.started.get("device", {}) if state.started else {}
-    where = device.get("name", device.get("kind", "…")) if device else "…"
+    where = device.get("name", device.get("kind", pending)) if device else pending
     if device.get("kind") == "cpu":
         where = "CPU"
     if state.world_size > 1:
@@ -114,7 +115,7 @@ def lr_text(state: RunState) -> str:
 def params_text(state: RunState) -> str:
     """The frozen-base audit: fraction, counts, groups, verdict."""
     if not state.started:
-        return "trainable params: waiting for the model"
+        return "trainable params: waiting for the model" if state.is_live else "trainable params – (never loaded)"
     params = state.started.get("params", {})
     fraction = params.get("fraction", 0.0)
     groups = params.get("groups", {})
@@ -286,9 +287,20 @@ def status_line(state: RunState) -> str:
         parts.append(f"{state.garbage} garbled line(s) skipped")
     if state.filled_from_file:
         parts.append(f"{state.filled_from_file} filled from events.jsonl")
-    if state.messages and (state.started is None or state.messages[-1].startswith(("warning", "error", "SIG"))):
-        parts.append(state.messages[-1])  # loading phases; later only what needs attention
+    last = state.messages[-1] if state.messages else None
+    # Loading phases; later only what needs attention, until it is dealt with.
+    if last and (state.started is None or last.startswith(("warning", "error", "SIG"))) and not _checkpoint_done(state):
+        parts.append(last)
     return " · ".join(parts)
+
+
+def _checkpoint_done(state: RunState) -> bool:
+    """The latest message announced a checkpoint (``SIGUSR1: saving a checkpoint after step 92``)
+    and a checkpoint was saved after it: the message has nothing more to say."""
+    if "saving a checkpoint" not in state.messages[-1] or not state.checkpoints:
+        return False
+    saved, said = state.checkpoints[-1].get("seq"), state.message_seq
+    return isinstance(saved, int) and (said is None or saved > said)
 
 
 # -- run history (loratop ls, the home screen, compare) ----------------------------------------
@@ -311,9 +323,17 @@ def peak_vram_label(peak: int | None, device: str | None) -> str:
     return "n/a (CPU)" if device == "cpu" else "–"
 
 
-def spills_label(spills: int, device: str | None, cpu_text: str = "n/a (CPU)") -> str:
-    """The spill count; on a CPU nothing is paged, so "0" would claim a measurement that never ran."""
-    return cpu_text if device == "cpu" and not spills else str(spills)
+def count_label(count: int | None) -> str:
+    """A count, or ``–`` when nothing was counted (never a made-up 0)."""
+    return "–" if count is None else str(count)
+
+
+def spills_label(spills: int | None, device: str | None, cpu_text: str = "n/a (CPU)") -> str:
+    """The spill count; on a CPU nothing is paged, so "0" would claim a measurement that never
+    ran; ``–`` for a run that never started."""
+    if device == "cpu" and not spills:
+        return cpu_text
+    return count_label(spills)
 
 
 def eval_label(run: RunSummary) -> str:
@@ -341,7 +361,7 @@ def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[st
         fmt_loss(run.last_loss),
         eval_label(run),
         peak_vram_label(run.peak_vram, run.device),
-        str(run.spikes),
+        count_label(run.spikes),
         spills_label(run.spills, run.device, spills_cpu_text),
         fmt_duration(run.duration),
         parent_label(run.run_dir, run.parent),

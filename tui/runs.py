@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,10 @@ class RunSummary:
     last_loss: float | None
     peak_vram: int | None
     """Peak NVML used bytes on any GPU; ``None`` when no GPU reading exists."""
-    spikes: int
-    spills: int
+    spikes: int | None
+    """Loss spikes flagged; ``None`` when no step was ever trained (nothing was watched)."""
+    spills: int | None
+    """Paged-optimizer spill events; ``None`` when the run never started (failed while loading)."""
     started_at: float | None
     device: str | None
     config: dict[str, Any] | None = None
@@ -357,7 +359,7 @@ _SORTS: dict[str, Callable[[RunSummary], tuple[Any, ...]]] = {
     "eval": lambda r: (*_unknown_last(r.best_eval_loss), _newest(r)),
     "vram": lambda r: (*_unknown_last(-r.peak_vram if r.peak_vram is not None else None), _newest(r)),
     "duration": lambda r: (*_unknown_last(-r.duration if r.duration is not None else None), _newest(r)),
-    "spikes": lambda r: (-r.spikes, _newest(r)),
+    "spikes": lambda r: (*_unknown_last(-r.spikes if r.spikes is not None else None), _newest(r)),
 }
 
 SORT_KEYS: tuple[str, ...] = tuple(_SORTS)
@@ -484,17 +486,100 @@ def _ranks_knob(section: Any) -> list[str]:
 
 
 class RunNotFound(Exception):
-    """No run matches; the message says where loratop looked."""
+    """No run matches; the message says where loratop looked and which names came close."""
+
+    def __init__(self, message: str, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.suggestions = list(suggestions)
+        """The closest run names (a did-you-mean), best first; empty when none is close."""
 
 
-def find_run(name_or_dir: str | None, root: Path = DEFAULT_ROOT) -> Path:
-    """A run folder from a name under ``root``, a path, or the latest run when ``None``."""
+class AmbiguousRun(RunNotFound):
+    """More than one run matches a prefix or suffix; :attr:`candidates` lists them all."""
+
+    def __init__(self, message: str, candidates: Sequence[str]) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
+
+
+CANDIDATES_SHOWN = 4
+"""An ambiguous run name lists this many candidates, then "and N more"."""
+
+ELLIPSIS = "…"
+"""Where ``loratop ls`` cut a long name on a narrow terminal (``tiny-cpu-demo-…261129-075650``)."""
+
+
+def run_names(root: Path) -> list[str]:
+    """The names of the run folders under ``root``, sorted (empty when there is no such folder)."""
+    try:
+        return sorted(p.name for p in root.iterdir() if is_run_dir(p))
+    except OSError:
+        return []
+
+
+def matching_runs(given: str, names: Sequence[str]) -> list[str]:
+    """The names ``given`` picks out: a prefix or a suffix of each (or both ends of a name
+    that ``ls`` cut in the middle, ``tiny-cpu-demo-…261129-075650``), in ``names``' order."""
+    if not given:
+        return []
+    if ELLIPSIS in given:
+        head, tail = given.split(ELLIPSIS, 1)
+        return [n for n in names if n.startswith(head) and n.endswith(tail) and len(n) >= len(head) + len(tail)]
+    return [n for n in names if n.startswith(given) or n.endswith(given)]
+
+
+def closest_names(given: str, names: Sequence[str], limit: int = 3) -> list[str]:
+    """A did-you-mean: names that hold ``given`` whole, then the most alike (:mod:`difflib`)."""
+    import difflib
+
+    holding = [n for n in names if given and given in n]
+    alike = difflib.get_close_matches(given, names, n=limit, cutoff=0.6)
+    return list(dict.fromkeys([*holding, *alike]))[:limit]
+
+
+def listed(names: Sequence[str], shown: int = CANDIDATES_SHOWN) -> str:
+    """``a, b, c, d and 3 more``: a few names of many, for a one-line message."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+def find_run(name_or_dir: str | None, root: Path = DEFAULT_ROOT, *, partial: bool = True) -> Path:
+    """The run folder a user means: the one function every command that takes a RUN asks.
+
+    Accepted, in this order: a run folder's path; a run's full name under ``root``; with
+    ``partial``, a unique prefix or suffix of a name under ``root`` (``tiny-cpu-demo-2026``,
+    the time stamp ``261129-075650``) or a name as ``loratop ls`` cut it
+    (``tiny-cpu-demo-…261129-075650``). ``None`` means the latest run.
+
+    Args:
+        name_or_dir: What the user typed, or ``None``.
+        root: Where runs live (``--runs-dir``).
+        partial: Also accept a prefix or suffix; ``False``: only a path or a full name.
+
+    Raises:
+        AmbiguousRun: Several runs match; the message names a few of them.
+        RunNotFound: None does; the message suggests the closest names.
+    """
     if name_or_dir is None:
         runs = list_runs(root)
         if not runs:
             raise RunNotFound(f"no runs under {root}/ (start one with: loratop demo)")
         return max(runs, key=lambda r: r.started_at or 0).run_dir
     for candidate in (Path(name_or_dir), root / name_or_dir):
-        if (candidate / EVENTS).is_file():
+        if is_run_dir(candidate):
             return candidate
-    raise RunNotFound(f"no run {name_or_dir!r}: not a folder with events.jsonl, nor a run under {root}/")
+    names = run_names(root)
+    if partial:
+        matches = matching_runs(name_or_dir, names)
+        if len(matches) == 1:
+            return root / matches[0]
+        if matches:
+            raise AmbiguousRun(
+                f"{name_or_dir!r} matches {len(matches)} runs under {root}/: {listed(matches)}; "
+                "give more of the name (or its time stamp)",
+                matches,
+            )
+    close = closest_names(name_or_dir, names)
+    hint = f"; did you mean {listed(close)}?" if close else ""
+    raise RunNotFound(f"no run {name_or_dir!r}: not a folder with events.jsonl, nor a run under {root}/{hint}", close)

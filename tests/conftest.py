@@ -160,3 +160,33 @@ def add_evals(run_dir: Path, points: list[tuple[int, float]]) -> None:
     last["seq"] += len(evals)
     body = [*lines[:-1], *(json.dumps(e) for e in evals), json.dumps(last)]
     (run_dir / "events.jsonl").write_text("\n".join(body) + "\n")
+
+
+def screen_text(app: Any) -> str:
+    """What a running App shows right now, as plain text: one line per terminal row (the
+    screen under a modal included, as ``export_screenshot`` draws it)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def copy_run(runs: Path, source: str, name: str, parent: str | None = None) -> Path:
+    """A recorded run copied under a new folder name, its recorded ``parent`` replaced by ``parent``."""
+    import shutil
+
+    import yaml
+
+    run_dir = runs / name
+    shutil.copytree(RECORDED_RUNS / source, run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["output_dir"], config["parent"] = str(run_dir), parent
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    status = json.loads((run_dir / "status.json").read_text())
+    status["parent"] = parent
+    (run_dir / "status.json").write_text(json.dumps(status))
+    return run_dir

@@ -13,6 +13,7 @@ from loratop.tui import cli
 from loratop.tui.compare import (
     BLOCKS,
     change_label,
+    column_names,
     config_diff,
     format_compare,
     load_compared,
@@ -118,6 +119,20 @@ def _fixture_facts(name: str) -> dict[str, Any]:
         "steps": len(steps),
         "spikes": len(of_type(events, "spike")),
     }
+
+
+def test_column_names_keep_what_tells_reruns_of_one_config_apart() -> None:
+    """Two reruns of one config differ only in their time stamps, at the end of their names."""
+    names = ["tiny-cpu-demo-edited-20261105-143012", "tiny-cpu-demo-edited-20261105-143105"]
+    labels = column_names(names, 16)
+    assert labels == ["tiny-cpu-…143012", "tiny-cpu-…143105"]
+    assert all(len(label) <= 16 for label in labels) and len(set(labels)) == 2
+    # What differs sits in the middle: both of its ends stay.
+    labels = column_names(["tiny-r8-20261105-143012", "tiny-r16-20261105-143012"], 14)
+    assert labels == ["r8-2026…143012", "r16-202…143012"]
+    # Names that fit stay whole; so does one that fits among longer ones.
+    assert column_names(["tiny-r8", "tiny-r16"], 14) == ["tiny-r8", "tiny-r16"]
+    assert column_names(["tiny-r8", "tiny-cpu-demo-20261105-143012"], 14)[0] == "tiny-r8"
 
 
 def test_outcome_rows_match_the_fixture_events() -> None:

@@ -256,9 +256,9 @@ def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
 
             table = app.screen.query_one(DataTable)
             assert table.row_count == 1
-            row = [str(c) for c in table.get_row_at(0)]
-            assert row[0] == "recorded_run" and row[1] == "completed" and row[3] == "60/60"
-            assert row[2].startswith("r") and " lr" in row[2]  # key knobs, from run_started's config
+            row = {str(key.value): str(cell) for key, cell in zip(table.columns, table.get_row_at(0), strict=True)}
+            assert row["run"] == "recorded_run" and row["status"] == "completed" and row["step"] == "60/60"
+            assert row["knobs"].startswith("r") and " lr" in row["knobs"]  # key knobs, from run_started's config
             await pilot.press("enter")
             await pilot.pause(0.3)
             assert isinstance(app.screen, MonitorScreen)

@@ -203,6 +203,33 @@ def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
     sink.close()
 
 
+def test_a_live_cell_that_grows_is_drawn_whole(runs: Path) -> None:
+    """A running run's step goes from 1/1000 to 100/1000: its column widens, the cell is not cut."""
+    import json
+
+    from loratop.trainer.runtime.event_sink import EventSink
+    from tests.conftest import live_status, screen_text, until
+
+    live = runs / "live"
+    live.mkdir()
+    sink = EventSink(live / "events.jsonl")
+    sink.emit(ev.RUN_STARTED, run_name="live", max_steps=1000, device={"kind": "cpu"}, config={})
+    sink.emit(ev.STEP, step=1, loss=2.0, tokens=10)
+    (live / "status.json").write_text(json.dumps(live_status(state="running", started_at=2e9)))
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 24)) as pilot:
+            await pilot.pause()
+            assert "1/1000" in screen_text(app)
+            for step in range(2, 101):
+                sink.emit(ev.STEP, step=step, loss=2.0, tokens=10 * step)
+            await until(pilot, lambda: "100/1000" in screen_text(app), 6, "the grown cell drawn whole")
+
+    asyncio.run(drive())
+    sink.close()
+
+
 def test_every_sortable_column_names_a_real_column_and_sort() -> None:
     from loratop.tui.panels import HISTORY_COLUMNS
     from loratop.tui.runs import SORT_KEYS
@@ -211,3 +238,172 @@ def test_every_sortable_column_names_a_real_column_and_sort() -> None:
     assert set(HomeScreen.SORT_BY_COLUMN) <= set(HISTORY_COLUMNS)
     assert set(HomeScreen.SORT_BY_COLUMN.values()) <= set(SORT_KEYS)
     assert HomeScreen.SORT_BY_COLUMN["eval (best)"] == "eval"  # the held-out loss sorts too
+
+
+def test_esc_and_q_in_a_monitor_opened_from_home_go_back_to_a_fresh_list(runs: Path) -> None:
+    """Opened from the run history, a monitor's esc (and q) come back to it, as its footer and
+    help say; the list is brought up to date on return. On the history, q quits."""
+    from loratop.tui.screens.help_screen import HelpScreen
+    from tests.conftest import copy_run, screen_text
+
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            home = app.screen
+            table = home.query_one(DataTable)
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, MonitorScreen)
+            footer = screen_text(app).splitlines()[-1]
+            assert "esc back" in footer and "quit" not in footer, footer
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            help_text = " ".join(screen_text(app).split())
+            assert "esc/q back to the run history" in help_text and "q quit (asks" not in help_text
+            await pilot.press("escape")  # closes the help
+            assert isinstance(app.screen, MonitorScreen)
+
+            copy_run(runs, "tiny-r8", "tiny-new")  # a run appears while the monitor is open
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is home
+            assert "tiny-new" in _names(table), "the list is refreshed on return, not 2 s later"
+
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, MonitorScreen)
+            await pilot.press("q")
+            await pilot.pause()
+            assert app.screen is home and app.return_code is None, "q in a monitor opened from home goes back"
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(drive())
+
+
+def test_c_on_a_run_started_from_a_sample_names_the_sample_and_what_changed(runs: Path) -> None:
+    """Its parent is a config: no curve to compare, and the notice says so, with the knobs changed."""
+    from textual.message import Message
+    from textual.notifications import Notify
+
+    from tests.conftest import DEMO_CONFIG, copy_run
+
+    copy_run(runs, "tiny-r16", "tiny-cpu-demo-20261105-143012", parent=str(DEMO_CONFIG))
+    app = LoratopApp(None, runs_root=runs)
+    toasts: list[str] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify):
+            toasts.append(message.notification.message)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24), notifications=True, message_hook=hook) as pilot:
+            await pilot.pause()
+            home = app.screen
+            home.sort_key = "name"
+            home.action_reload()
+            await pilot.pause()
+            table = home.query_one(DataTable)
+            table.move_cursor(row=_names(table).index("tiny-cpu-demo-20261105-143012"))
+            await pilot.press("c")
+            await pilot.pause()
+            assert app.screen is home
+            assert _column(table, "parent")[table.cursor_row] == "tiny-cpu-demo.yaml"
+
+    asyncio.run(drive())
+    said = toasts[-1]
+    assert "no parent run" not in said
+    assert "parent is the sample config tiny-cpu-demo.yaml" in said and "no loss curve" in said
+    assert "r 8 → 16, lora_alpha 16 → 32, learning_rate 2e-3 → 1e-3" in said
+
+
+def test_the_home_screen_shows_dashes_for_a_run_that_failed_while_loading(runs: Path) -> None:
+    from tests.test_runs_cli import failed_while_loading
+
+    failed = failed_while_loading(runs)
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(160, 24)) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            row = _names(table).index(failed.name)
+            assert _column(table, "spikes")[row] == "–" and _column(table, "spills")[row] == "–"
+            assert _column(table, "peak VRAM")[row] == "–" and _column(table, "final loss")[row] == "–"
+            assert _column(table, "spills")[_names(table).index("tiny-r8")] == "n/a (CPU)"
+
+    asyncio.run(drive())
+
+
+def _toast_words(app: LoratopApp) -> list[list[str]]:
+    """The words each toast on screen shows, as drawn (a word broken across lines shows as two)."""
+    from textual.widgets._toast import Toast
+
+    strips = app.screen._compositor.render_strips()
+    lines = ["".join(segment.text for segment in strip) for strip in strips]
+    shown = []
+    for toast in app.screen.query(Toast):
+        region = toast.content_region
+        text = [line[region.x : region.right] for line in lines[region.y : region.bottom]]
+        shown.append(" ".join(text).split())
+    return shown
+
+
+def test_notifications_wrap_at_word_boundaries_at_80_columns(runs: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    run = runs / "tiny-cpu-demo-20261129-075650"  # a name as `loratop demo` gives it
+    shutil.copytree(runs / "tiny-r8", run)
+    app = LoratopApp(run)
+    sent: list[str] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            for _ in range(50):
+                if app.screen.state.finished is not None:
+                    break
+                await pilot.pause(0.1)
+            real_notify = app.notify
+            app.notify = lambda message, **kw: sent.append(message) or real_notify(message, **kw)  # type: ignore[method-assign]
+            await pilot.press("x")
+            from tests.conftest import until
+
+            await until(pilot, lambda: bool(_toast_words(app)), 5, "the notice")
+            assert sent and "loratop-exports" in sent[0]
+            assert _toast_words(app)[-1] == sent[0].split(), "every word of the notice whole on one line"
+
+    asyncio.run(drive())
+    assert (tmp_path / "loratop-exports" / f"{run.name}-metrics.csv").is_file()
+
+
+def test_back_from_the_monitor_of_a_run_this_dashboard_launched_still_reaps_its_trainer(runs: Path) -> None:
+    """The monitor goes, the trainer goes on; when it exits it is reaped (no zombie) all the same."""
+    import os
+    import subprocess
+
+    from tests.conftest import until
+
+    app = LoratopApp(None, runs_root=runs)
+    trainer = subprocess.Popen(["sleep", "1"])  # stands in for the trainer this dashboard launched
+    read_fd, write_fd = os.pipe()
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            home = app.screen
+            app.push_screen(MonitorScreen(runs / "tiny-r8", read_fd, process=trainer))
+            await pilot.pause(0.3)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is home
+            await until(pilot, lambda: trainer.returncode is not None, 10, "the trainer to be reaped")
+
+    try:
+        asyncio.run(drive())
+    finally:
+        os.close(write_fd)
+    assert trainer.returncode == 0

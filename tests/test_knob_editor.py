@@ -162,6 +162,57 @@ def test_an_invalid_value_shows_at_its_field_and_cannot_be_launched(tmp_path: Pa
     assert not list(tmp_path.glob("*.yaml"))
 
 
+def test_the_editor_opens_with_its_first_knob_focused_so_typing_changes_it(tmp_path: Path) -> None:
+    app = LoratopApp(None, runs_root=tmp_path / "runs", edit=DEMO_CONFIG)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await _editor(pilot, app)
+            field = screen.query_one("#knob-lora-r", Input)
+            assert app.focused is field, f"focused on opening: {app.focused}"
+            assert field.value == "8"
+            await pilot.press("end", "backspace", "1", "6")  # no tab first
+            await pilot.pause()
+            assert field.value == "16"
+            assert "α/r = 16/16" in str(screen.query_one("#effective", Static).render())
+
+    asyncio.run(drive())
+
+
+def test_esc_leaves_loratop_edit_and_goes_back_to_the_screen_it_was_opened_from(tmp_path: Path) -> None:
+    """``loratop edit`` opens the editor alone: esc leaves the dashboard. From home, esc goes back home."""
+    from loratop.tui.screens.home_screen import HomeScreen
+
+    runs = tmp_path / "runs"
+    shutil.copytree(RUNS, runs)
+    app = LoratopApp(None, runs_root=runs, edit=DEMO_CONFIG)
+
+    async def alone() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _editor(pilot, app)
+            assert not any(isinstance(s, HomeScreen) for s in app.screen_stack)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.return_code == 0, "esc in loratop edit must leave, not open the home screen"
+
+    asyncio.run(alone())
+
+    from_home = LoratopApp(None, runs_root=runs)
+
+    async def over_home() -> None:
+        async with from_home.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            home = from_home.screen
+            assert isinstance(home, HomeScreen)
+            await pilot.press("e")
+            await _editor(pilot, from_home)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert from_home.screen is home and from_home.return_code is None
+
+    asyncio.run(over_home())
+
+
 def test_the_editor_shows_advice_at_the_field_and_still_allows_launch(tmp_path: Path) -> None:
     app = LoratopApp(None, runs_root=tmp_path / "runs", edit=DEMO_CONFIG)
 
@@ -300,7 +351,7 @@ def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -
 
     assert main(["edit", "no-such-thing", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "'no-such-thing' is neither a config file" in err and "tiny-cpu-demo" in err
+    assert "no-such-thing: config file not found" in err and "tiny-cpu-demo" in err and "a run under" in err
     broken = tmp_path / "broken.yaml"
     broken.write_text("lora: [r: 8\n")
     assert main(["edit", str(broken), "--runs-dir", str(tmp_path)]) == 2

@@ -295,3 +295,25 @@ def test_a_live_chart_keeps_its_axes_and_redraws_only_when_a_dot_moves() -> None
             assert chart.axes is not None and chart.axes[2:] == y_now
 
     asyncio.run(scenario())
+
+
+def test_y_ticks_are_round_evenly_spaced_and_one_to_a_row() -> None:
+    """textual-plot's five-or-so ticks on a four-row plot overwrote each other (7.0, 6.6, 6.2, 6.0)."""
+    from loratop.widgets.loss_chart import _y_ticks_that_fit
+
+    def rows_of(ticks: list[float], lo: float, hi: float, rows: int) -> list[int]:
+        return [math.ceil(rows * (hi - t) / (hi - lo)) + (t == lo) for t in ticks]
+
+    for lo, hi, rows in [(5.85, 7.12, 4), (5.85, 7.12, 7), (5.85, 7.12, 30), (0.001, 0.004, 5), (-0.3, 0.9, 3)]:
+        ticks = _y_ticks_that_fit(lo, hi, rows)
+        assert len(ticks) >= 2, (lo, hi, rows)
+        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}
+        assert len(steps) == 1, ticks
+        step = steps.pop()
+        assert round(step / 10 ** math.floor(math.log10(step)), 6) in (1.0, 2.0, 5.0), ticks
+        at = rows_of(ticks, lo, hi, rows)
+        gap = 2 if rows >= 4 else 1
+        assert all(abs(a - b) >= gap for a, b in zip(at, at[1:], strict=False)), (ticks, at)
+    assert _y_ticks_that_fit(5.85, 7.12, 4) == [6.0, 7.0]
+    assert _y_ticks_that_fit(5.85, 7.12, 7) == [6.0, 6.5, 7.0]
+    assert _y_ticks_that_fit(1.0, 1.0, 5) == [] and _y_ticks_that_fit(1.0, 2.0, 0) == []

@@ -16,18 +16,16 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from loratop.trainer.run_dir import RunDirError
+from loratop.tui.export import EXPORT_DIR
 from loratop.tui.runs import DEFAULT_ROOT
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.home_screen import HomeScreen
-from loratop.tui.screens.key_help import key_help
+from loratop.tui.screens.key_help import KeyHelp, active_key_help, key_help
 from loratop.tui.screens.monitor_screen import MonitorScreen
 
 if TYPE_CHECKING:
     from loratop.trainer.config import RunConfig
-
-EXPORT_DIR = Path("loratop-exports")
-"""Where the dashboard's exports go (metrics CSV, events JSONL, screen SVG), under the current folder."""
 
 
 class LoratopApp(App[str]):
@@ -81,15 +79,22 @@ class LoratopApp(App[str]):
         elif self._compare:
             self.push_screen(CompareScreen(self._compare, self._compare_x))
         elif self._edit is not None:
-            self.push_screen(HomeScreen(self.runs_root))
-            self.open_editor(self._edit)
+            if not self.open_editor(self._edit):  # the CLI checked it; should it fail now, the history
+                self.push_screen(HomeScreen(self.runs_root))
         else:
             self.push_screen(HomeScreen(self.runs_root))
         if self._notice:
             self.notify(self._notice, timeout=10)
 
-    def open_editor(self, target: Path) -> None:
-        """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes)."""
+    def open_editor(self, target: Path) -> bool:
+        """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes).
+
+        Its ``esc`` goes back to the screen it was opened from, or leaves the dashboard when it is
+        the first screen (``loratop edit``).
+
+        Returns:
+            Whether it opened (else a notice says why).
+        """
         from loratop.trainer.config import ConfigError
         from loratop.tui.screens.knob_editor_screen import editor_for_config, editor_for_run
 
@@ -100,8 +105,9 @@ class LoratopApp(App[str]):
                 editor = editor_for_config(target, self.runs_root)
         except ConfigError as exc:
             self.notify("\n".join(exc.problems), title="cannot edit", severity="error", timeout=10)
-            return
+            return False
         self.push_screen(editor)
+        return True
 
     def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
         """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor.
@@ -141,7 +147,9 @@ class LoratopApp(App[str]):
         except OSError as exc:
             self.notify(f"export failed: {exc}", severity="error")
             return []
-        self.notify("exported " + ", ".join(str(p) for p in written), timeout=8)
+        # One file a line, named within the folder: a long path would wrap mid-word in a toast.
+        names = "\n".join(f"  {p.name}" for p in written)
+        self.notify(f"exported to {EXPORT_DIR}/:\n{names}", timeout=8)
         return written
 
     def action_export_screen(self) -> None:
@@ -151,16 +159,23 @@ class LoratopApp(App[str]):
         except OSError as exc:
             self.notify(f"export failed: {exc}", severity="error")
             return
-        self.notify(f"saved {path}")
+        self.notify(f"saved to {EXPORT_DIR}/:\n  {Path(path).name}")
 
     def action_help(self) -> None:
-        """The keys: a run's monitor in full, the run history's in brief (``?`` in the monitor)."""
-        self.push_screen(HelpScreen(MonitorScreen.BINDINGS, elsewhere=[("Home screen", HomeScreen.BINDINGS)]))
+        """The keys (``?``): this screen's in full; a run's monitor's and the run history's in brief."""
+        screen = self.screen
+        elsewhere: list[tuple[str, list[KeyHelp]]] = []
+        if isinstance(screen, HomeScreen):
+            from_here = MonitorScreen.hidden_actions(has_screen_below=True)
+            elsewhere.append(("A run's monitor (enter)", key_help(MonitorScreen.BINDINGS, from_here)))
+        else:
+            elsewhere.append(("Home screen (loratop)", key_help(HomeScreen.BINDINGS)))
+        self.push_screen(HelpScreen(active_key_help(screen), elsewhere))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Every key of the screen under the palette is also in the command palette (ctrl+p), by what it does."""
         yield from super().get_system_commands(screen)
         yield SystemCommand("Save screen as SVG", "into loratop-exports/", self.action_export_screen)
-        for row in key_help(screen.BINDINGS):
+        for row in active_key_help(screen):
             title = row.text[:1].upper() + row.text[1:]
             yield SystemCommand(title, f"key: {row.keys}", partial(screen.run_action, row.action))

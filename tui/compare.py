@@ -15,7 +15,7 @@ from typing import Any
 from loratop.trainer.run_state import RunState
 from loratop.trainer.value_format import format_value as config_value
 from loratop.trainer.value_format import sci
-from loratop.tui.panels import fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
+from loratop.tui.panels import count_label, fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
 from loratop.tui.runs import RunSummary, read_run
 
 IGNORED_KNOBS = frozenset({"output_dir", "parent"})
@@ -63,6 +63,50 @@ def run_letter(index: int) -> str:
         index, rest = divmod(index - 1, 26)
         letters = chr(ord("A") + rest) + letters
     return letters
+
+
+NAME_SEPARATORS = "-_."
+"""Where a run name's parts meet (``tiny-cpu-demo-20261105-143012``)."""
+
+
+def column_names(names: list[str], width: int) -> list[str]:
+    """Run names cut to ``width`` characters each, keeping what tells them apart.
+
+    Two reruns of one config differ only in their time stamps, at the end: a name cut at the
+    end would leave them alike. What the names share from their start (back to a separator) is
+    cut first, to its head and ``…``; should what differs be longer still, it keeps both of its
+    ends (``r8-2026…-143012``).
+
+    Args:
+        names: The runs' names, in column order.
+        width: The most characters a name may take (at least 3).
+
+    Returns:
+        One label per name: the name itself when it fits.
+    """
+    width = max(3, width)
+    shared = _common_prefix(names) if len(names) > 1 else ""
+    cut = max(shared.rfind(sep) for sep in NAME_SEPARATORS) + 1 if shared else 0
+    labels = []
+    for name in names:
+        if len(name) <= width:
+            labels.append(name)
+            continue
+        rest = name[cut:]
+        if cut and len(rest) + 2 <= width:
+            labels.append(f"{name[: width - len(rest) - 1]}…{rest}")
+        else:
+            head = width // 2
+            labels.append(f"{rest[:head]}…{rest[len(rest) - (width - 1 - head) :]}")
+    return labels
+
+
+def _common_prefix(names: list[str]) -> str:
+    first, last = min(names), max(names)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 # -- config diff ----------------------------------------------------------------
@@ -219,7 +263,7 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
         ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
         *ranks,
         ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),
-        ("spikes", [str(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
+        ("spikes", [count_label(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
         ("spills", [_spills(r) for r in runs]),
         ("steps", [steps_label(r.summary.step, r.summary.max_steps) for r in runs]),
         ("duration", [fmt_duration(r.summary.duration) for r in runs]),

@@ -17,7 +17,15 @@ from textual.widgets import Static
 from textual_plot import PlotWidget
 
 from loratop.widgets.downsample import downsample
-from loratop.widgets.loss_chart import _add_line, _finite_points, _log10_points, _plot_cells, _set_limits, _StaticPlot
+from loratop.widgets.loss_chart import (
+    _add_line,
+    _finite_points,
+    _fit_margins,
+    _log10_points,
+    _plot_cells,
+    _set_limits,
+    _StaticPlot,
+)
 
 __all__ = ["PALETTE", "CompareChart", "Series"]
 
@@ -91,6 +99,7 @@ class CompareChart(Widget):
         if not self.is_mounted:
             return
         buckets = _plot_cells(self)
+        rows = _fit_margins(self)
         lines: list[tuple[list[float], list[float], str]] = []
         marks: list[tuple[list[float], list[float], str]] = []
         diamonds: list[tuple[list[float], list[float], str]] = []
@@ -118,7 +127,7 @@ class CompareChart(Widget):
         if not has_data:
             return
         everything = lines + marks + diamonds
-        _set_limits(plot, [x for x, _, _ in everything], [y for _, y, _ in everything], buckets)
+        _set_limits(plot, [x for x, _, _ in everything], [y for _, y, _ in everything], buckets, rows)
         plot.set_xlabel(self._x_label)
         plot.set_ylabel(f"log10 {self._y_label}" if self.log_scale else self._y_label)
         for xs, ys, style in lines:

@@ -30,6 +30,11 @@ NO_POSITIVE_TEXT = "no positive loss to plot on a log axis"
 _FALLBACK_BUCKETS = 200
 _MIN_BUCKETS = 10
 
+COMPACT_BELOW = 16
+"""A chart shorter than this many rows leaves out its x axis title ("step"; the ticks stay),
+so that its plot keeps rows for the curve (an 80×24 terminal)."""
+_NICE_STEPS = (1.0, 2.0, 5.0)
+
 
 class _StaticPlot(PlotWidget, can_focus=False):
     """A PlotWidget that never takes focus, so its zoom/pan keys (arrows, +, -, r) stay the app's."""
@@ -125,6 +130,7 @@ class LossChart(Widget):
         plot = self.query_one(PlotWidget)
         plot.set_xlabel("step")
         plot.set_ylabel("loss")
+        _fit_margins(self)
         self._redraw()
 
     def on_resize(self, event: Resize) -> None:
@@ -169,7 +175,7 @@ class LossChart(Widget):
     def _buckets(self) -> int:
         return _plot_cells(self)
 
-    def _data_key(self, buckets: int) -> tuple[object, ...]:
+    def _data_key(self, buckets: int, rows: int) -> tuple[object, ...]:
         """A cheap fingerprint of what would be drawn: lengths and last values, not the data."""
 
         def last(values: Sequence[object]) -> str:
@@ -189,6 +195,7 @@ class LossChart(Widget):
             last(self._spikes),
             self.log_scale,
             buckets,
+            rows,
             self._x_range,
         )
 
@@ -196,7 +203,8 @@ class LossChart(Widget):
         if not self.is_mounted:
             return
         buckets = self._buckets()
-        key = self._data_key(buckets)
+        rows = _fit_margins(self)
+        key = self._data_key(buckets, rows)
         if key == self._drawn_key:
             return
         self._drawn_key = key
@@ -253,9 +261,9 @@ class LossChart(Widget):
         plot.clear()
         if has_lines or spike_x:
             if self._x_range is None:
-                self.axes = _set_limits(plot, xs, ys, buckets)
+                self.axes = _set_limits(plot, xs, ys, buckets, rows)
             else:
-                self.axes = _set_steady_limits(plot, self._x_range, self._ylim or (0.0, 1.0), buckets)
+                self.axes = _set_steady_limits(plot, self._x_range, self._ylim or (0.0, 1.0), buckets, rows)
         plot.set_ylabel("log10 loss" if self.log_scale else "loss")
         _add_line(plot, raw_x, raw_y, self.RAW_STYLE)
         _add_line(plot, smooth_x, smooth_y, self.SMOOTHED_STYLE)
@@ -276,8 +284,63 @@ def _plot_cells(chart: Widget) -> int:
     return max(_MIN_BUCKETS, width - plot.margin_left - 2)
 
 
+def _fit_margins(chart: Widget) -> int:
+    """Give a chart's plot the margins its height affords; return the plot's rows between its borders.
+
+    textual-plot keeps two rows above the plot (the y axis title, a blank) and three under it
+    (the x ticks, a blank, the x axis title): eleven rows of an 80×24 monitor's chart left
+    four for the curve. One row above always, and under it only the ticks on a short chart.
+    """
+    plot = chart.query_one(PlotWidget)
+    height = chart.content_size.height
+    margins = (1, 1 if height < COMPACT_BELOW else 3)
+    if (plot.margin_top, plot.margin_bottom) != margins:
+        plot.margin_top, plot.margin_bottom = margins
+        plot.refresh(layout=True)  # its canvases take their new sizes before it draws on them again
+    return max(0, height - sum(margins) - 2)
+
+
+def _y_ticks_that_fit(y_lo: float, y_hi: float, rows: int) -> list[float]:
+    """Round, evenly spaced y ticks (a step of 1, 2 or 5 × 10^k), no two labels on one row.
+
+    textual-plot's own ticks aim at about five whatever the height: on a plot four rows tall
+    several land on one row and overwrite each other, leaving labels such as 7.0, 6.6, 6.2,
+    6.0. Here the finest step is taken whose ticks fall a row apart (with one row between
+    them from four rows up), mirroring how textual-plot puts a tick on a row.
+
+    Args:
+        y_lo: The bottom of the y axis.
+        y_hi: The top of the y axis.
+        rows: The plot's rows between its top and bottom borders.
+    """
+    if not (y_hi > y_lo) or rows < 1 or not math.isfinite(y_hi - y_lo):
+        return []
+    gap = 2 if rows >= 4 else 1
+
+    def row(tick: float) -> int:
+        # Row 0 is the top border, rows + 1 the bottom one, where a tick at y_lo is drawn.
+        return math.ceil(rows * (y_hi - tick) / (y_hi - y_lo)) + (1 if tick == y_lo else 0)
+
+    power = math.floor(math.log10(y_hi - y_lo)) - 2
+    coarsest: list[float] = []
+    for exponent in range(power, power + 5):
+        for mantissa in _NICE_STEPS:
+            step = mantissa * 10.0**exponent
+            first, last = math.ceil(y_lo / step - 1e-9), math.floor(y_hi / step + 1e-9)
+            ticks = [t for t in (round(k * step, 12) for k in range(first, last + 1)) if y_lo <= t <= y_hi]
+            if len(ticks) < 2:
+                return coarsest or ticks
+            if len(ticks) > 8:
+                continue
+            coarsest = ticks
+            at = [row(t) for t in ticks]
+            if all(abs(a - b) >= gap for a, b in zip(at, at[1:], strict=False)):
+                return ticks
+    return coarsest
+
+
 def _set_limits(
-    plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int
+    plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int, rows: int
 ) -> tuple[float, float, float, float]:
     """Fit the axes to the data with a margin.
 
@@ -299,6 +362,7 @@ def _set_limits(
     plot.set_xlimits(x_lo, x_hi)
     plot.set_ylimits(y_lo - y_pad, y_hi + y_pad)
     plot.set_xticks(_x_ticks_that_fit(x_lo, x_hi, cells))
+    plot.set_yticks(_y_ticks_that_fit(y_lo - y_pad, y_hi + y_pad, rows))
     return x_lo, x_hi, y_lo - y_pad, y_hi + y_pad
 
 
@@ -318,12 +382,13 @@ def _steady_x_hi(x_range: tuple[float, float], cells: int) -> float:
 
 
 def _set_steady_limits(
-    plot: PlotWidget, x_range: tuple[float, float], ylim: tuple[float, float], cells: int
+    plot: PlotWidget, x_range: tuple[float, float], ylim: tuple[float, float], cells: int, rows: int
 ) -> tuple[float, float, float, float]:
     x_lo, x_hi = x_range[0], _steady_x_hi(x_range, cells)
     plot.set_xlimits(x_lo, x_hi)
     plot.set_ylimits(*ylim)
     plot.set_xticks(_x_ticks_that_fit(x_lo, x_hi, cells))
+    plot.set_yticks(_y_ticks_that_fit(*ylim, rows))
     return x_lo, x_hi, *ylim
 
 

@@ -13,19 +13,24 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.events import Resize
 from textual.markup import escape
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from loratop.tui import compare
-from loratop.widgets import CompareChart, Series
+from loratop.tui.screens.loratop_screen import LoratopScreen
+from loratop.widgets import CompareChart, KeyFooter, Series
 from loratop.widgets.compare_chart import PALETTE
 from loratop.widgets.downsample import ema, smoothing_alpha
 
 X_AXES = ("steps", "tokens")
 
 
-class CompareScreen(Screen[None]):
+MIN_NAME = 12
+"""A column's run name is never cut shorter than this (the table scrolls sideways instead)."""
+
+
+class CompareScreen(LoratopScreen[None]):
     """Runs side by side: overlaid curves (steps or tokens), config diff, outcomes."""
 
     BINDINGS = [
@@ -34,6 +39,7 @@ class CompareScreen(Screen[None]):
         Binding("m", "smooth", "raw/smoothed", tooltip="per-step loss or EMA-smoothed loss"),
         Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
         Binding("p", "app.export_screen", "save SVG", tooltip="save this screen as SVG in loratop-exports/"),
+        Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
 
     def __init__(self, run_dirs: list[Path], x_axis: str = "steps") -> None:
@@ -42,12 +48,14 @@ class CompareScreen(Screen[None]):
         self.x_axis = x_axis if x_axis in X_AXES else "steps"
         self.smoothed = True
         """Draw each run's EMA-smoothed loss (raw per-step losses of several runs overlap into noise)."""
+        self._table_width: int | None = None
+        """The screen width the table's column titles were cut for."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-legend")
         yield CompareChart(id="compare-chart")
         yield DataTable(id="compare-table", zebra_stripes=True, cursor_type="row")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#compare-legend", Static).update(self.legend())
@@ -102,18 +110,39 @@ class CompareScreen(Screen[None]):
         series = self.series()[::-1]
         self.query_one(CompareChart).update(series, "tokens seen" if self.x_axis == "tokens" else "step")
 
+    def _rows(self) -> list[tuple[str, list[str]]]:
+        """The table's rows: the knobs that differ, then the outcomes."""
+        diff = compare.config_diff([run.config or {} for run in self.runs])
+        rows = [(path, compare.format_values(values)) for path, values in diff] or [
+            ("config", ["same" for _ in self.runs])
+        ]
+        return rows + list(compare.outcome_rows(self.runs))
+
+    def column_titles(self, width: int) -> list[str]:
+        """Each run's column title, its letter and its name, cut to share ``width`` columns with
+        the row titles while keeping what tells the names apart (two reruns of one config differ
+        only in their time stamps)."""
+        rows = self._rows()
+        what = max(len(title) for title, _ in rows)
+        letters = [compare.run_letter(i) for i in range(len(self.runs))]
+        # Each column is padded by a cell either side; the table's scrollbar takes two more.
+        room = (width - (what + 2) - 2) // len(self.runs) - 2 - max(len(letter) for letter in letters) - 1
+        names = compare.column_names([run.name for run in self.runs], max(MIN_NAME, room))
+        return [f"{letter} {name}" for letter, name in zip(letters, names, strict=True)]
+
     def _fill_table(self) -> None:
         table = self.query_one(DataTable)
+        table.clear(columns=True)
+        self._table_width = self.app.size.width
         table.add_column("", key="what")
-        for i, run in enumerate(self.runs):
-            table.add_column(f"{compare.run_letter(i)} {run.name}"[:24], key=f"run{i}")
-        diff = compare.config_diff([run.config or {} for run in self.runs])
-        if not diff:
-            table.add_row("config", *["same" for _ in self.runs])
-        for path, values in diff:
-            table.add_row(path, *compare.format_values(values))
-        for name, cells in compare.outcome_rows(self.runs):
+        for i, title in enumerate(self.column_titles(self._table_width)):
+            table.add_column(title, key=f"run{i}")
+        for name, cells in self._rows():
             table.add_row(name, *cells)
+
+    def on_resize(self, event: Resize) -> None:
+        if self._table_width not in (None, event.size.width):
+            self._fill_table()
 
     def action_x_axis(self) -> None:
         """Plot over optimizer steps or over tokens seen."""
@@ -131,7 +160,8 @@ class CompareScreen(Screen[None]):
         chart.log_scale = not chart.log_scale
 
     def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
+        """Back to the run history; opened first (``loratop compare``), leave."""
+        if self.has_screen_below:
             self.dismiss(None)
         else:
             self.app.exit()

@@ -7,16 +7,24 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from loratop.tui import panels
-from loratop.tui.runs import SORT_KEYS, RunCatalog, sort_runs
+from loratop.tui.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
+from loratop.widgets import KeyFooter
 
 LIVE_REFRESH_S = 2.0
 """How often the home screen brings its list up to date (running runs, new and removed ones)."""
+
+HOME_COLUMNS = (
+    "run", "status", "step", "final loss", "eval (best)", "knobs", "peak VRAM", "spikes", "spills", "time", "parent"
+)  # fmt: skip
+"""The home screen's columns, in order: what a user looks for first (name, status, step, final
+loss) fits 80 columns without scrolling, the rest follow. ``loratop ls`` keeps
+:data:`~tui.panels.HISTORY_COLUMNS`' order."""
 
 
 class HomeScreen(LoratopScreen[None]):
@@ -28,14 +36,15 @@ class HomeScreen(LoratopScreen[None]):
 
     BINDINGS = [
         Binding("enter", "open", "open", tooltip="open the run under the cursor"),
-        Binding("e", "edit", "edit/rerun", tooltip="edit it: rerun with changes in the knob editor"),
+        Binding("e", "edit", "rerun", tooltip="edit it: rerun with changes in the knob editor"),
         Binding("space", "mark", "mark", tooltip="mark runs to compare"),
         Binding("c", "compare", "compare", tooltip="compare the marked runs (or a run with its parent)"),
         Binding("o", "sort", "sort", tooltip="change the sort"),
         Binding("n", "new", "new", tooltip="start a run from a sample config"),
         Binding("x", "export", "export", tooltip="export the run's metrics CSV and events JSONL"),
-        Binding("r", "reload", "refresh", tooltip="refresh the list"),
-        Binding("q", "app.quit", "quit"),
+        Binding("r", "reload", "refresh", tooltip="refresh the list now (it refreshes itself every 2 s)"),
+        Binding("q", "app.quit", "quit", tooltip="quit (runs go on training: each in its own session)"),
+        Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
     """The footer shows each description; the help screen and the command palette its tooltip."""
 
@@ -56,8 +65,8 @@ class HomeScreen(LoratopScreen[None]):
         self.sort_key = "started"
         self.marked: list[Path] = []
         """Runs marked for comparison (space), in the order they were marked."""
-        self._parents: dict[Path, str | None] = {}
-        """Each listed run's recorded parent, from the last reload."""
+        self._runs: dict[Path, RunSummary] = {}
+        """Each listed run's summary, from the last look."""
         self._catalog = RunCatalog(root)
         self._shown: list[tuple[str, tuple[str, ...]]] = []
         """The table's rows as drawn: (run folder, cells)."""
@@ -66,16 +75,17 @@ class HomeScreen(LoratopScreen[None]):
         yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="home-hint")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for title in panels.HISTORY_COLUMNS:
+        for title in HOME_COLUMNS:
             table.add_column(title, key=title)
         self.action_reload()
         self.set_interval(LIVE_REFRESH_S, self._refresh_live)
 
     def on_screen_resume(self) -> None:
+        """Back from a run's monitor, the editor or compare: the list as it is now."""
         self.action_reload()
 
     def action_reload(self) -> None:
@@ -89,21 +99,22 @@ class HomeScreen(LoratopScreen[None]):
 
     def _rows(self) -> list[tuple[str, tuple[str, ...]]]:
         runs = sort_runs(self._catalog.runs(), self.sort_key)
-        self._parents = {run.run_dir: run.parent for run in runs}
+        self._runs = {run.run_dir: run for run in runs}
         rows = []
         for run in runs:
-            name, *cells = panels.history_row(run)
-            mark = "● " if run.run_dir in self.marked else ""
-            rows.append((str(run.run_dir), (mark + name, *cells)))
+            cells = dict(zip(panels.HISTORY_COLUMNS, panels.history_row(run), strict=True))
+            if run.run_dir in self.marked:
+                cells["run"] = "● " + cells["run"]
+            rows.append((str(run.run_dir), tuple(cells[title] for title in HOME_COLUMNS)))
         return rows
 
     def _show(self, rows: list[tuple[str, tuple[str, ...]]], rebuild: bool) -> None:
         table = self.query_one(DataTable)
         if not rebuild and [key for key, _ in rows] == [key for key, _ in self._shown]:
             for (key, cells), (_, before) in zip(rows, self._shown, strict=True):
-                for title, cell, old in zip(panels.HISTORY_COLUMNS, cells, before, strict=True):
+                for title, cell, old in zip(HOME_COLUMNS, cells, before, strict=True):
                     if cell != old:
-                        table.update_cell(key, title, cell)
+                        table.update_cell(key, title, cell, update_width=True)  # 99/100 → 100/100: never cut
             self._shown = rows
             return
         cursor = table.cursor_row
@@ -174,11 +185,13 @@ class HomeScreen(LoratopScreen[None]):
         if len(runs) == 1 and current is not None and current != runs[0]:
             runs.append(current)
         elif len(runs) < 2:
-            parent = resolve_parent(current, self._parents.get(current)) if current else None
-            if current is None or parent is None:
-                self.notify("mark two or more runs with space first (this run has no parent run)", severity="warning")
+            summary = self._runs.get(current) if current is not None else None
+            parent = resolve_parent(summary.run_dir, summary.parent) if summary else None
+            if summary is None or parent is None:
+                why = no_parent_run(summary) if summary else "no run here"
+                self.notify(f"{why} · mark two or more runs with space to compare them", severity="warning", timeout=12)
                 return
-            runs = [parent, current]
+            runs = [parent, summary.run_dir]
         self.app.push_screen(CompareScreen(runs))
 
     def action_edit(self) -> None:
@@ -199,3 +212,41 @@ class HomeScreen(LoratopScreen[None]):
                 self.loratop.open_editor(config)
 
         self.app.push_screen(SamplePicker(), picked)
+
+
+def no_parent_run(run: RunSummary) -> str:
+    """Why ``c`` cannot compare ``run`` with its parent, naming the parent.
+
+    A run started from a sample (or any config file) has a config for a parent, which has no
+    loss curve of its own: say which, and what the run changed from it.
+    """
+    if not run.parent:
+        return f"{run.name} has no parent (it was not rerun from another run or a config)"
+    recorded = Path(run.parent)
+    if recorded.suffix not in CONFIG_SUFFIXES and not recorded.is_file():
+        return f"{run.name}'s parent run {recorded.name} is gone (not at {recorded} nor beside this run)"
+    from loratop.tui import samples
+
+    folder = samples.samples_dir()
+    is_sample = folder is not None and recorded.parent.resolve() == folder.resolve()
+    what = f"the sample config {recorded.name}" if is_sample else f"the config {recorded.name}"
+    text = f"{run.name}'s parent is {what}: a config, with no loss curve of its own to compare"
+    changed = _changed_from(recorded, run)
+    return f"{text}; {changed}" if changed else text
+
+
+def _changed_from(config_file: Path, run: RunSummary) -> str | None:
+    """What ``run``'s config changed from ``config_file`` (``changed from it: r 8 → 16, ...``), or
+    that the file can no longer be read; ``None`` when the run recorded no config."""
+    from loratop.trainer.config import ConfigError, load_config, validate_tree
+    from loratop.tui.compare import change_label
+
+    if not run.config:
+        return None
+    try:
+        parent = load_config(config_file, check_files=False).model_dump(mode="json")
+    except (ConfigError, OSError):
+        return f"{config_file} can no longer be read"
+    resolved, _ = validate_tree(run.config)  # both with today's defaults: a knob added since is no change
+    label = change_label(parent, resolved.model_dump(mode="json") if resolved else run.config)
+    return "no knob changed from it" if label == "same config" else f"changed from it: {label}"

@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from loratop.trainer.advisor import Advice, Facts, advise
 from loratop.trainer.config import (
@@ -37,6 +37,7 @@ from loratop.trainer.run_dir import CONFIG, read_status, trainer_alive
 from loratop.tui import knob_form as form
 from loratop.tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
 from loratop.tui.screens.loratop_screen import LoratopScreen
+from loratop.widgets import KeyFooter
 
 
 def _widget_id(path: str) -> str:
@@ -51,7 +52,7 @@ class KnobEditor(LoratopScreen[None]):
     """A form of the knobs that matter, checked live, with their effective values."""
 
     BINDINGS = [
-        Binding("escape", "back", "back", tooltip="back, without saving or launching"),
+        Binding("escape", "back", "back", tooltip="back without saving or launching (opened by loratop edit: leave)"),
         Binding("ctrl+r", "launch", "launch", tooltip="launch the form's config as a new run"),
         Binding("ctrl+s", "save", "save as", tooltip="save the form as a new YAML file"),
         Binding("ctrl+b", "save_and_launch", "save+launch", tooltip="save the form as a new YAML file, then launch it"),
@@ -123,7 +124,7 @@ class KnobEditor(LoratopScreen[None]):
             yield Button("Save", id="save", compact=True)
             yield Button("Launch", id="launch", variant="primary", compact=True)
             yield Button("Save+launch", id="save-launch", compact=True)
-        yield Footer()
+        yield KeyFooter()
 
     def _field(self, knob: Knob) -> Any:
         value = form.get_path(self.base_tree, knob.path)
@@ -160,6 +161,8 @@ class KnobEditor(LoratopScreen[None]):
     def on_mount(self) -> None:
         self.revalidate()
         self.load_facts()
+        first = SECTIONS[0][1][0]
+        self.query_one(f"#{_widget_id(first.path)}").focus()  # typing changes a knob at once
 
     # -- facts that take I/O (a worker) ---------------------------------------------------
 
@@ -388,7 +391,11 @@ class KnobEditor(LoratopScreen[None]):
             self.action_launch()
 
     def action_back(self) -> None:
-        self.dismiss(None)
+        """Back to the screen it was opened from; opened first (``loratop edit``), leave the dashboard."""
+        if self.has_screen_below:
+            self.dismiss(None)
+        else:
+            self.app.exit()
 
 
 def editor_for_config(path: Path, runs_root: Path) -> KnobEditor:

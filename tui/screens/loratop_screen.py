@@ -28,3 +28,10 @@ class LoratopScreen(Screen[ResultT]):
         if not isinstance(app, LoratopApp):
             raise TypeError(f"{type(self).__name__} needs the loratop App, not {type(app).__name__}")
         return app
+
+    @property
+    def has_screen_below(self) -> bool:
+        """Whether this screen was opened over another of the dashboard's (the run history), so that
+        ``esc`` goes back to it; ``False`` for the first screen (``loratop attach``, ``loratop edit``)."""
+        stack = self.app.screen_stack
+        return self in stack and stack.index(self) > 1  # stack[0] is Textual's own default screen

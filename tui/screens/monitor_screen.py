@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
-from textual.widgets import Footer, Log, Sparkline, Static
+from textual.widgets import Log, Sparkline, Static
 from textual.worker import get_current_worker
 
 from loratop.trainer import events as ev
@@ -52,11 +53,13 @@ from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from loratop.widgets import LossChart, MemoryPanel
+from loratop.widgets import KeyFooter, LossChart, MemoryPanel
 from loratop.widgets.downsample import RunningEma, smoothing_alpha
 
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
+SHORT = 30
+"""Below this many rows the log pane is shorter and, while it shows, takes the lr and parameter panels' place."""
 REFRESH_HZ = 4
 DATA_REFRESH_S = 1.0
 """While a run trains, its header, chart and panels are redrawn at most this often."""
@@ -79,14 +82,21 @@ class MonitorScreen(LoratopScreen[str]):
         Binding(
             "d", "detach", "detach", tooltip="detach: leave the run going and quit (loratop attach brings it back)"
         ),
+        Binding("escape,q", "back", "back", tooltip="back to the run history, which lists this run live (it goes on)"),
         Binding("q", "quit_run", "quit", tooltip="quit (asks stop or detach while the run trains)"),
         Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
-        Binding("g", "toggle_log", "log pane", tooltip="show/hide the trainer's log (trainer.log)"),
-        Binding("e", "edit", "rerun w/ changes", tooltip="rerun with changes: the knob editor on this run's config"),
+        Binding(
+            "g", "toggle_log", "log pane", tooltip="show/hide the trainer's log (on a short terminal, over lr/params)"
+        ),
+        Binding("e", "edit", "rerun", tooltip="rerun with changes: the knob editor on this run's config"),
         Binding("x", "export", "export", tooltip="export: metrics CSV, events JSONL and this screen as SVG"),
         Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
-    """The footer shows each description; the help screen and the command palette its tooltip."""
+    """The footer shows each description; the help screen and the command palette its tooltip.
+
+    Opened from the run history, ``esc`` and ``q`` go back to it (the run goes on, listed live
+    there); opened first (``loratop run``, ``loratop attach``), ``q`` quits and ``esc`` does nothing.
+    :meth:`check_action` shows the one that applies."""
 
     def __init__(
         self,
@@ -130,20 +140,37 @@ class MonitorScreen(LoratopScreen[str]):
         yield Static(id="outcome")
         yield Log(id="trainer-log", max_lines=2000)
         yield Static(id="status-line")
-        yield Footer()
+        yield KeyFooter()
+
+    @staticmethod
+    def hidden_actions(has_screen_below: bool) -> frozenset[str]:
+        """The action a monitor hides (key, footer, help): ``quit_run`` over the run history, else ``back``."""
+        return frozenset({"quit_run"} if has_screen_below else {"back"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``esc``/``q`` go back where there is a screen to go back to; else ``q`` quits."""
+        return action not in self.hidden_actions(self.has_screen_below)
 
     def on_mount(self) -> None:
-        self._apply_layout(self.app.size.width)
+        self._apply_layout(self.app.size.width, self.app.size.height)
         self.read_events()
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(0.5, self._tail_trainer_log)
         self.refresh_view()
 
-    def on_resize(self, event: Any) -> None:
-        self._apply_layout(event.size.width)
+    def on_unmount(self) -> None:
+        """Back to the history while the trainer this dashboard launched still runs: it is reaped
+        when it exits (no zombie), by a thread that only waits."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
 
-    def _apply_layout(self, width: int) -> None:
+    def on_resize(self, event: Any) -> None:
+        self._apply_layout(event.size.width, event.size.height)
+
+    def _apply_layout(self, width: int, height: int) -> None:
         self.set_class(width < NARROW, "narrow")
+        self.set_class(height < SHORT, "short")
 
     # -- reading events (worker thread) ---------------------------------------
 
@@ -417,6 +444,10 @@ class MonitorScreen(LoratopScreen[str]):
         if self._signal(signal.SIGUSR1):
             self.notify("checkpoint requested: saved at the next step boundary")
 
+    def action_back(self) -> None:
+        """Back to the run history, which lists this run live; the run goes on."""
+        self.app.pop_screen()
+
     def action_detach(self) -> None:
         """Leave the run going and quit the dashboard."""
         self.app.exit(DETACHED if self.state.is_live else QUIT)
@@ -442,8 +473,8 @@ class MonitorScreen(LoratopScreen[str]):
         chart.log_scale = not chart.log_scale
 
     def action_toggle_log(self) -> None:
-        """Show or hide the trainer's log pane."""
-        self.query_one("#trainer-log", Log).toggle_class("shown")
+        """Show or hide the trainer's log pane (on a short terminal it takes the lr and params panels' place)."""
+        self.toggle_class("-log-shown")
 
     def action_edit(self) -> None:
         """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""

@@ -6,6 +6,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
@@ -23,9 +24,10 @@ class QuitScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Static("The run is still training. Stop it (the adapter is saved), or detach and leave it running?")
             with Horizontal():
-                yield Button("Stop training [s]", variant="error", id="stop")
-                yield Button("Detach [d]", variant="primary", id="detach")
-                yield Button("Cancel", id="cancel")
+                # A label is markup: unescaped, "[s]" would be read as a style and vanish.
+                yield Button(escape("Stop training [s]"), variant="error", id="stop")
+                yield Button(escape("Detach [d]"), variant="primary", id="detach")
+                yield Button(escape("Cancel [esc]"), id="cancel")
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:

@@ -7,3 +7,17 @@ in the working folder, changes nothing. The three folders stay at the repository
 ``loratop/tui``, ``loratop/trainer`` and ``loratop/widgets`` are links to them, so a source
 checkout, an editable install, mypy and the wheel all see one ``loratop`` package.
 """
+
+from typing import Any
+
+__all__ = ["LoratopCallback"]
+
+
+def __getattr__(name: str) -> Any:
+    """``from loratop import LoratopCallback``: imported on first use, so ``import loratop``
+    (the CLI, the dashboard) never loads transformers."""
+    if name == "LoratopCallback":
+        from loratop.trainer.runtime.callback import LoratopCallback
+
+        return LoratopCallback
+    raise AttributeError(f"module 'loratop' has no attribute {name!r}")

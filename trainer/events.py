@@ -266,7 +266,8 @@ class EvalEvent(Envelope, total=False):
     eval_loss: float | None
     eval_tokens: int | None
     """Non-padding tokens in the eval set."""
-    eval_rows: int
+    eval_rows: int | None
+    """Rows in the eval set; ``None`` when the run could not tell (a script's own Trainer)."""
     duration_s: float | None
     """Time the evaluation took (not counted as training time in tokens/s)."""
     best_loss: float | None

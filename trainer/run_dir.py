@@ -157,6 +157,42 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
+CONTROL = "control.json"
+"""Requests to a run that takes them from its folder (a ``LoratopCallback`` run without
+signal handlers): counters of ``stop`` and ``checkpoint`` requests; each rise is one."""
+
+CONTROL_KINDS = ("stop", "checkpoint")
+
+
+def request_control(run_dir: Path, kind: str) -> dict[str, int]:
+    """Ask a run that reads requests from its folder to stop or checkpoint at its next step
+    boundary: one more ``kind`` in ``control.json``, written atomically.
+
+    Raises:
+        ValueError: ``kind`` is not ``stop`` or ``checkpoint``.
+        OSError: the folder cannot be written.
+    """
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"unknown request {kind!r}; one of {', '.join(CONTROL_KINDS)}")
+    counts = read_control(run_dir) or {}
+    counts[kind] = counts.get(kind, 0) + 1
+    tmp = run_dir / f".{CONTROL}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(counts) + "\n")
+    os.replace(tmp, run_dir / CONTROL)
+    return counts
+
+
+def read_control(run_dir: Path) -> dict[str, int] | None:
+    """The request counters of ``control.json``; ``None`` when there are none (or it is damaged)."""
+    try:
+        data = json.loads((run_dir / CONTROL).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: v for k, v in data.items() if k in CONTROL_KINDS and isinstance(v, int) and not isinstance(v, bool)}
+
+
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     """``status.json`` as a dict, or ``None`` if it is missing or unreadable."""
     try:

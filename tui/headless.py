@@ -95,9 +95,11 @@ class HeadlessPrinter:
                 "best so far" if best == event.get("step") else f"best {fmt_loss(event.get('best_loss'))} @{best}"
             )
             took = event.get("duration_s")
+            rows = event.get("eval_rows")
             self._print(
                 f"eval at step {event.get('step')}: loss {fmt_loss(event.get('eval_loss'))} ({best_text}; "
-                f"{event.get('eval_rows')} rows" + (f", {took:.1f} s)" if isinstance(took, (int, float)) else ")")
+                + (f"{rows} rows" if isinstance(rows, int) else "rows –")
+                + (f", {took:.1f} s)" if isinstance(took, (int, float)) else ")")
             )
         elif kind == ev.ALERT:
             self._print(f"ALERT {event.get('kind', '')}: {event.get('message', '')}")

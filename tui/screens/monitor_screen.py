@@ -34,6 +34,7 @@ from loratop.trainer.run_dir import (
     proven_trainer_pid,
     read_status,
     record_lost,
+    request_control,
     rescue_roots,
     why_not_proven,
 )
@@ -423,6 +424,13 @@ class MonitorScreen(LoratopScreen[str]):
             why = "the run has ended" if ended else why_not_proven(status)
             self.notify(f"not signalling: {why}", severity="warning")
             return False
+        if status.get("control") == "requests":  # a script's LoratopCallback: no handler of ours there
+            try:
+                request_control(self.run_dir, "stop" if sig != signal.SIGUSR1 else "checkpoint")
+            except OSError as exc:
+                self.notify(f"cannot ask the run: {exc.strerror or exc}", severity="error")
+                return False
+            return True
         with contextlib.suppress(ProcessLookupError):  # it ended this instant
             os.kill(pid, sig)
         return True

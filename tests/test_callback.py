@@ -1,0 +1,192 @@
+"""LoratopCallback: a training script loratop did not launch, in the same dashboard (issue 17).
+
+The slow tests run a real script (tests/data/hf_scripts/train_with_callback.py: the tiny
+Llama with a LoRA adapter under a plain ``Trainer`` and under TRL's ``SFTTrainer``) as its
+own process, then look at its run folder with loratop's own commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from loratop.trainer import events as ev
+from loratop.trainer.run_dir import proven_trainer_pid, read_status, request_control
+from loratop.trainer.run_summary import fold_run
+from tests.conftest import loratop, of_type, read_events
+
+SCRIPT = Path(__file__).parent / "data" / "hf_scripts" / "train_with_callback.py"
+
+
+def _script(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--runs-dir", "runs", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    folders = sorted((tmp_path / "runs").glob("tiny-script-*"))
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+@pytest.fixture(scope="module", params=["trainer", "sft"])
+def script_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One finished script run per trainer kind: (its working folder, its output)."""
+    work = tmp_path_factory.mktemp(f"script-{request.param}")
+    process = _script(work, "--trainer", request.param, "--max-steps", "12")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return work, output
+
+
+@pytest.mark.slow
+def test_a_script_run_leaves_a_run_folder_like_a_launched_run(script_run: tuple[Path, str]) -> None:
+    work, _ = script_run
+    run_dir = _run_folder(work)
+    events = read_events(run_dir)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    started = of_type(events, ev.RUN_STARTED)[0]
+    assert started["config"]["lora"]["r"] == 8 and started["config"]["training"]["learning_rate"] == 1e-3
+    assert "data" not in started["config"], "what the callback cannot know is left out, not defaulted"
+    assert started["params"]["trainable"] > 0 and started["params"]["base_frozen"] is True
+    assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 13))
+    assert len(of_type(events, ev.EVAL)) >= 2
+    assert of_type(events, ev.MEMORY), "memory sampled on its own thread"
+    assert of_type(events, ev.PAGED_STATE), "the optimizer's state accounted"
+    finished = of_type(events, ev.RUN_FINISHED)
+    assert len(finished) == 1 and finished[0]["status"] == ev.COMPLETED and finished[0]["step"] == 12
+    status = read_status(run_dir) or {}
+    assert status["state"] == "finished" and status["status"] == ev.COMPLETED
+    assert status["control"] == "requests" and status["source"] == "LoratopCallback"
+    state, _ = fold_run(run_dir)
+    assert state.started is not None and state.last_step == 12 and len(state.evals) >= 2
+
+
+@pytest.mark.slow
+def test_ls_export_and_attach_show_a_script_run(script_run: tuple[Path, str]) -> None:
+    work, _ = script_run
+    run_dir = _run_folder(work)
+    listed = loratop("ls", "--runs-dir", "runs", cwd=work)
+    assert listed.returncode == 0, listed.stderr
+    line = next(row for row in listed.stdout.splitlines() if row.startswith(run_dir.name))
+    assert "completed" in line and "12/12" in line and "r8 α16 lr1e-3 b4×1" in line
+    exported = loratop("export", "--runs-dir", "runs", run_dir.name[-15:], cwd=work)  # the time stamp
+    assert exported.returncode == 0, exported.stderr
+    metrics = (work / "loratop-exports" / f"{run_dir.name}-metrics.csv").read_text().splitlines()
+    assert len(metrics) == 1 + 12
+    assert (work / "loratop-exports" / f"{run_dir.name}-eval.csv").exists()
+
+    from loratop.tui.app import LoratopApp
+    from tests.conftest import screen_text
+
+    app = LoratopApp(run_dir, runs_root=work / "runs")
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.5)
+            text = screen_text(app)
+            assert run_dir.name in text and "12/12" in text and "COMPLETED" in text.upper()
+
+    asyncio.run(drive())
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_stop_and_checkpoint_from_the_dashboard_reach_a_script_at_a_step_boundary(tmp_path: Path) -> None:
+    process = _script(tmp_path, "--max-steps", "5000")
+    try:
+        _wait_for(lambda: (tmp_path / "runs").exists() and any((tmp_path / "runs").glob("*/events.jsonl")), 120, "it")
+        run_dir = _run_folder(tmp_path)
+        _wait_for(lambda: len(of_type(read_events(run_dir), ev.STEP)) >= 3, 120, "three steps")
+        status = read_status(run_dir) or {}
+        assert proven_trainer_pid(status) == process.pid, "status.json proves the script's own pid"
+        request_control(run_dir, "checkpoint")
+        _wait_for(lambda: of_type(read_events(run_dir), ev.CHECKPOINT), 60, "the requested checkpoint")
+        request_control(run_dir, "stop")
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[0]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "stop requested"
+    assert finished["step"] < 5000
+    checkpoint = of_type(events, ev.CHECKPOINT)[0]
+    assert Path(checkpoint["path"]).is_dir()
+
+
+# -- without a script ---------------------------------------------------------------
+
+
+def test_signals_are_opt_in_and_a_handler_the_script_set_is_kept() -> None:
+    from loratop.trainer.runtime.callback import LoratopCallback
+
+    def scripts_own(signum: int, frame: Any) -> None:
+        pass
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        assert LoratopCallback()._install_signal_handlers() is False
+        assert signal.getsignal(signal.SIGTERM) is saved[signal.SIGTERM], "nothing installed unless asked"
+        signal.signal(signal.SIGUSR1, scripts_own)
+        callback = LoratopCallback(handle_signals=True)
+        assert callback._install_signal_handlers() is False, "without SIGUSR1 the dashboard must use requests"
+        assert signal.getsignal(signal.SIGUSR1) is scripts_own
+        assert signal.getsignal(signal.SIGTERM) == callback._on_stop
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert LoratopCallback(handle_signals=True)._install_signal_handlers() is True
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_settings_are_read_from_the_script_never_defaulted() -> None:
+    from loratop.trainer.runtime.callback import settings_of
+
+    args = SimpleNamespace(
+        learning_rate=2e-4, per_device_train_batch_size=2, optim=SimpleNamespace(value="adamw_torch")
+    )
+    settings = settings_of(args, model=None)
+    assert settings["training"] == {"learning_rate": 2e-4, "per_device_train_batch_size": 2, "optim": "adamw_torch"}
+    assert "lora" not in settings and "quantization" not in settings and "model" not in settings
+
+
+def test_control_requests_count_up_and_a_damaged_file_is_none(tmp_path: Path) -> None:
+    from loratop.trainer.run_dir import read_control
+
+    assert read_control(tmp_path) is None
+    request_control(tmp_path, "checkpoint")
+    assert request_control(tmp_path, "checkpoint") == {"checkpoint": 2}
+    assert request_control(tmp_path, "stop") == {"checkpoint": 2, "stop": 1}
+    (tmp_path / "control.json").write_text("{not json")
+    assert read_control(tmp_path) is None
+    with pytest.raises(ValueError):
+        request_control(tmp_path, "reboot")
+
+
+def test_import_loratop_does_not_load_transformers() -> None:
+    code = "import sys, loratop; print('transformers' in sys.modules, callable(loratop.LoratopCallback))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -1,0 +1,495 @@
+"""``LoratopCallback``: any Hugging Face ``Trainer`` script in loratop's dashboard.
+
+    from loratop import LoratopCallback
+    trainer = Trainer(..., callbacks=[LoratopCallback()])   # or SFTTrainer, or add_callback
+
+The callback writes the same run folder a launched run has — ``events.jsonl``,
+``status.json`` with the liveness proof (pid, host, boot, start time) — into
+``runs/<output_dir's name>-<date>-<time>`` or the folder it is given, so ``loratop attach``,
+``ls``, the home screen, compare and export work on the script's run unchanged. What it
+reports: every logged step (loss, learning rate, grad norm, tokens, step time) and the
+spike detector's flags on it, memory (NVML per GPU, else the host's RSS) on its own
+thread, the trainable-parameter audit, the paged optimizer's state and spills, evals,
+checkpoints, and how the run ended. What it cannot know (the script's data source, the
+quantization of a model loaded without bitsandbytes) is left out, and shows as ``–``.
+
+Control from the dashboard (``s`` stop, ``c`` checkpoint) reaches the script through a
+request file in the run folder (:func:`trainer.run_dir.request_control`), read at step
+boundaries, so nothing is installed in the script's process. ``handle_signals=True`` also
+stops on SIGTERM/SIGINT and checkpoints on SIGUSR1, for ``kill`` from a shell; a handler
+the script set is never replaced.
+
+Under ``torchrun`` only the main process (``state.is_world_process_zero``) writes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as _dt
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from transformers import TrainerCallback
+
+from loratop.trainer import events as ev
+from loratop.trainer.overfit import OVERFITTING, EvalTracker
+from loratop.trainer.run_dir import (
+    EVENTS,
+    claim_run_dir,
+    process_identity,
+    read_control,
+    write_status,
+)
+from loratop.trainer.run_summary import cache_summary
+from loratop.trainer.runtime.event_sink import EventSink
+from loratop.trainer.runtime.memory_sampler import MemorySampler
+from loratop.trainer.spikes import SpikeDetector
+
+CONTROL_CHECK_S = 0.2
+"""Least time between two looks at the run folder's control requests (at step boundaries)."""
+
+STOPPED_BY_DASHBOARD = "stop requested"
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """A TrainingArguments value as YAML/JSON has it (enums by their value)."""
+    value = getattr(value, "value", value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(str(v) for v in value)
+    return value if isinstance(value, (str, int, float, bool, list, dict)) or value is None else str(value)
+
+
+def settings_of(args: Any, model: Any) -> dict[str, Any]:
+    """The run's settings in the sections of loratop's config, read from the script's
+    ``TrainingArguments`` and the model's PEFT and quantization configs; a setting that
+    cannot be read is left out (shown as ``–``), never filled with loratop's default."""
+    training: dict[str, Any] = {}
+    for key in (
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "warmup_ratio",
+        "max_steps",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "optim",
+        "weight_decay",
+        "max_grad_norm",
+        "gradient_checkpointing",
+        "seed",
+        "save_steps",
+        "eval_steps",
+        "logging_steps",
+    ):
+        if hasattr(args, key):
+            training[key] = _plain(getattr(args, key))
+    length = getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
+    if isinstance(length, int):
+        training["max_seq_length"] = length
+    settings: dict[str, Any] = {"training": training, "source": "LoratopCallback"}
+    base = getattr(model, "get_base_model", lambda: model)()
+    config = getattr(base, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    if name:
+        settings["model"] = {"name_or_path": str(name)}
+    peft_configs = getattr(model, "peft_config", None)
+    if isinstance(peft_configs, dict) and peft_configs:
+        peft = next(iter(peft_configs.values()))
+        lora = {
+            key: _plain(getattr(peft, key))
+            for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
+            if getattr(peft, key, None) is not None
+        }
+        settings["lora"] = lora
+    quant = getattr(config, "quantization_config", None)
+    if quant is not None:
+        q = quant.to_dict() if hasattr(quant, "to_dict") else dict(quant) if isinstance(quant, dict) else {}
+        keys = ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+        settings["quantization"] = {k: _plain(q[k]) for k in keys if k in q}
+    return settings
+
+
+class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers ships partial hints
+    """Watch a Hugging Face ``Trainer`` run in loratop (see the module docstring).
+
+    Args:
+        run_dir: The run folder; by default ``runs_dir/<name>-<date>-<time>``.
+        runs_dir: Where the run folder goes when ``run_dir`` is not given (``runs/``, as
+            ``loratop`` looks by default).
+        name: The run's name; by default the last part of ``TrainingArguments.output_dir``.
+        handle_signals: Also stop on SIGTERM/SIGINT and checkpoint on SIGUSR1 (only where
+            the script left the default handler).
+        spike_sensitivity: The spike detector's sensitivity (``monitor.spike_sensitivity``).
+        memory_sample_hz: Memory samples per second.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        runs_dir: str | os.PathLike[str] = "runs",
+        name: str | None = None,
+        handle_signals: bool = False,
+        spike_sensitivity: float = 1.0,
+        memory_sample_hz: float = 1.0,
+    ) -> None:
+        self._run_dir_arg = Path(run_dir) if run_dir is not None else None
+        self._runs_dir = Path(runs_dir)
+        self._name = name
+        self._handle_signals = handle_signals
+        self.spikes = SpikeDetector(sensitivity=spike_sensitivity)
+        self._hz = memory_sample_hz
+        self.run_dir: Path | None = None
+        """The run folder, once training began (on the main process)."""
+        self.sink: EventSink | None = None
+        self._sampler: MemorySampler | None = None
+        self._watch: Any = None
+        self._started = 0.0
+        self._last_step = 0
+        self._last_step_time = 0.0
+        self._stop: str | None = None
+        self._saves_wanted = 0
+        self._control_seen: dict[str, int] = {}
+        self._control_checked = 0.0
+        self._evals = EvalTracker(3, None)
+        self._train_losses: list[float] = []
+        self._finished = False
+        self._installed: list[tuple[int, Any]] = []
+
+    # -- the run folder -------------------------------------------------------------
+
+    def _folder(self, args: Any) -> Path:
+        if self._run_dir_arg is not None:
+            return self._run_dir_arg
+        name = self._name or Path(str(getattr(args, "output_dir", "") or "hf-run")).name or "hf-run"
+        return self._runs_dir / f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or self.sink is not None:
+            return
+        import torch
+
+        self.run_dir = claim_run_dir(self._folder(args).resolve())
+        self._started = time.time()
+        control_kind = "signals" if self._install_signal_handlers() else "requests"
+        write_status(
+            self.run_dir,
+            pid=os.getpid(),
+            **process_identity(os.getpid()),
+            state="running",
+            launched_at=self._started,
+            started_at=self._started,
+            ended_at=None,
+            control=control_kind,
+            source="LoratopCallback",
+        )
+        self.sink = sink = EventSink(self.run_dir / EVENTS)
+        atexit.register(self._at_exit)
+        cuda = torch.cuda.is_available() and getattr(args, "device", None) is not None and args.device.type == "cuda"
+        device = _device(torch, cuda)
+        self._sampler = MemorySampler(sink.emit, self._hz)
+        if cuda:
+            from loratop.trainer.runtime.train import _torch_cuda_stats
+
+            self._sampler.torch_stats = _torch_cuda_stats
+        params: dict[str, Any] = {}
+        if model is not None and hasattr(model, "get_nb_trainable_parameters"):
+            from loratop.trainer.runtime.audit import audit_parameters
+
+            settings = getattr(model, "peft_config", {}) or {}
+            bias = next(iter(settings.values())).bias if settings else "none"
+            params = audit_parameters(model, train_biases=bias != "none").as_event()
+        settings = settings_of(args, model)
+        logging_steps = getattr(args, "logging_steps", 1)
+        sink.emit(
+            ev.RUN_STARTED,
+            run_name=self.run_dir.name,
+            run_dir=str(self.run_dir),
+            pid=os.getpid(),
+            config=settings,
+            model=_model_info(model, settings),
+            device=device,
+            data={},
+            max_steps=int(state.max_steps or 0),
+            params=params,
+            versions=_versions(),
+        )
+        if logging_steps != 1:
+            sink.emit(
+                ev.LOG,
+                level="warning",
+                message=f"logging_steps = {logging_steps}: loratop sees one loss every {logging_steps} steps "
+                "(their mean); set logging_steps=1 for every step's own loss",
+            )
+        self._sampler.start()
+        self._watch = _memory_watch(sink, self._sampler, kwargs.get("train_dataloader"), args, cuda)
+        if self._watch is not None:
+            self._watch.start()
+        self._last_step_time = time.monotonic()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._watch is not None:
+            self._watch.step_begin()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        sink = self.sink
+        if sink is None or not logs or "loss" not in logs:
+            return
+        current = time.monotonic()
+        self._last_step = state.global_step
+        loss = _float(logs.get("loss"))
+        grad_norm = _float(logs.get("grad_norm"))
+        sink.emit(
+            ev.STEP,
+            step=state.global_step,
+            loss=loss,
+            lr=_float(logs.get("learning_rate")),
+            grad_norm=grad_norm,
+            tokens=int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            epoch=_float(logs.get("epoch", state.epoch)),
+            step_time_s=round(current - self._last_step_time, 6),
+        )
+        self._last_step_time = current
+        if loss is not None:
+            self._train_losses.append(loss)
+        spike = self.spikes.update(state.global_step, loss, grad_norm)
+        if spike is not None:
+            sink.emit(ev.SPIKE, **spike.as_event())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sink is None:
+            return
+        self._last_step = state.global_step
+        if self._watch is not None:
+            self._watch.step_end(state.global_step, kwargs.get("optimizer"))
+        self._read_requests()
+        if self._stop and not control.should_training_stop:
+            control.should_training_stop = True
+            self.sink.emit(ev.LOG, message=f"{self._stop}: stopping after step {state.global_step}")
+        if self._saves_wanted:
+            self._saves_wanted = 0
+            if not control.should_save:
+                control.should_save = True
+                self.sink.emit(ev.LOG, message=f"checkpoint requested: saving after step {state.global_step}")
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        metrics = metrics or {}
+        loss = _float(metrics.get("eval_loss"))
+        losses = [x for x in self._train_losses if math.isfinite(x)]
+        self._train_losses = []
+        self._evals.add(
+            state.global_step, loss if loss is not None else math.nan, sum(losses) / len(losses) if losses else None
+        )
+        best = self._evals.best
+        sink.emit(
+            ev.EVAL,
+            step=state.global_step,
+            eval_loss=loss,
+            eval_tokens=None,
+            eval_rows=_rows(kwargs.get("eval_dataloader")),
+            duration_s=_float(metrics.get("eval_runtime")),
+            best_loss=best.eval_loss if best else None,
+            best_step=best.step if best else None,
+        )
+        message = self._evals.overfitting()
+        if message is not None:
+            sink.emit(ev.ALERT, kind=OVERFITTING, step=state.global_step, message=message)
+        self._last_step_time = time.monotonic()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sink is not None:
+            path = Path(args.output_dir).resolve() / f"checkpoint-{state.global_step}"
+            self.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_step = state.global_step
+        self._end(ev.STOPPED if self._stop else ev.COMPLETED)
+
+    # -- control --------------------------------------------------------------------
+
+    def _read_requests(self) -> None:
+        """The dashboard's stop and checkpoint requests since the last look (a stat a step)."""
+        current = time.monotonic()
+        if current - self._control_checked < CONTROL_CHECK_S or self.run_dir is None:
+            return
+        self._control_checked = current
+        counts = read_control(self.run_dir)
+        if counts is None:
+            return
+        if counts.get("stop", 0) > self._control_seen.get("stop", 0) and self._stop is None:
+            self._stop = STOPPED_BY_DASHBOARD
+        if counts.get("checkpoint", 0) > self._control_seen.get("checkpoint", 0):
+            self._saves_wanted += 1
+        self._control_seen = counts
+
+    def _install_signal_handlers(self) -> bool:
+        """Opt-in: SIGTERM/SIGINT stop, SIGUSR1 checkpoints, where the script kept the default.
+        Returns whether SIGTERM and SIGUSR1 are both ours (then the dashboard may signal)."""
+        if not self._handle_signals:
+            return False
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        ours = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGUSR1: self._on_save}
+        defaults = {
+            signal.SIGTERM: signal.SIG_DFL,
+            signal.SIGINT: signal.default_int_handler,
+            signal.SIGUSR1: signal.SIG_DFL,
+        }
+        for signum, handler in ours.items():
+            current = signal.getsignal(signum)
+            if current is defaults[signum] or current == signal.SIG_DFL:
+                self._installed.append((signum, current))
+                signal.signal(signum, handler)
+        mine = {s for s, _ in self._installed}
+        return signal.SIGTERM in mine and signal.SIGUSR1 in mine
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop is None:
+            self._stop = signal.Signals(signum).name
+
+    def _on_save(self, signum: int, frame: FrameType | None) -> None:
+        self._saves_wanted += 1
+
+    # -- the end --------------------------------------------------------------------
+
+    def _end(self, status: str, error: dict[str, Any] | None = None) -> None:
+        sink, run_dir = self.sink, self.run_dir
+        if sink is None or run_dir is None or self._finished:
+            return
+        self._finished = True
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                self._watch.close(self._last_step)
+        if self._sampler is not None:
+            self._sampler.stop()
+        fields: dict[str, Any] = {"status": status, "duration_s": round(time.time() - self._started, 3)}
+        fields["step"] = self._last_step
+        fields["adapter"] = None  # the script saves its model itself
+        if self._stop:
+            fields["stopped_by"] = self._stop
+        if error:
+            fields["error"] = error
+        sink.emit(ev.RUN_FINISHED, **fields)
+        code = 0 if status in (ev.COMPLETED, ev.STOPPED) else 1
+        with contextlib.suppress(OSError):
+            write_status(
+                run_dir,
+                state="finished",
+                status=status,
+                exit_code=code,
+                last_step=self._last_step,
+                ended_at=time.time(),
+            )
+        indexed = sink.indexed
+        sink.close()
+        if indexed:
+            with contextlib.suppress(OSError):
+                cache_summary(run_dir)
+        for signum, previous in self._installed:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)
+        self._installed = []
+
+    def _at_exit(self) -> None:
+        """The script ended without the Trainer's ``on_train_end`` (an exception, ``sys.exit``):
+        say how, so the run is ``failed`` rather than found ``lost`` later."""
+        if self._finished:
+            return
+        exc = getattr(sys, "last_value", None)
+        if exc is not None:
+            from loratop.trainer.runtime.train import _is_oom
+
+            status = ev.OOM if _is_oom(exc) else ev.FAILED
+            error = {"message": f"{type(exc).__name__}: {exc}".strip(), "traceback": []}
+        else:
+            status, error = ev.FAILED, {"message": "the script ended before training did", "traceback": []}
+        self._end(status, error)
+
+
+def _device(torch: Any, cuda: bool) -> dict[str, Any]:
+    if not cuda:
+        return {"kind": "cpu", "name": platform.processor() or platform.machine(), "count": 0}
+    count = torch.cuda.device_count()
+    return {
+        "kind": "cuda",
+        "count": count,
+        "names": [torch.cuda.get_device_name(i) for i in range(count)],
+        "name": torch.cuda.get_device_name(0),
+    }
+
+
+def _model_info(model: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    base = getattr(model, "get_base_model", lambda: model)() if model is not None else None
+    config = getattr(base, "config", None)
+    linear4bit = sum(1 for m in base.modules() if type(m).__name__ == "Linear4bit") if base is not None else 0
+    quant = settings.get("quantization") or {}
+    return {
+        "name_or_path": (settings.get("model") or {}).get("name_or_path"),
+        "model_type": getattr(config, "model_type", None),
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "quantized_linear_layers": linear4bit,
+        "load_in_4bit": bool(quant.get("load_in_4bit")),
+        "quant_type": quant.get("bnb_4bit_quant_type") if quant.get("load_in_4bit") else None,
+    }
+
+
+def _versions() -> dict[str, str]:
+    """The libraries' versions, of those the script imported."""
+    out = {"python": platform.python_version()}
+    for module in ("torch", "transformers", "peft", "bitsandbytes", "trl"):
+        version = getattr(sys.modules.get(module), "__version__", None)
+        if isinstance(version, str):
+            out[module] = version
+    return out
+
+
+def _rows(dataloader: Any) -> int | None:
+    """Rows in an eval dataloader's dataset, when it has a length."""
+    try:
+        return len(dataloader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+def _memory_watch(sink: EventSink, sampler: MemorySampler, dataloader: Any, args: Any, cuda: bool) -> Any:
+    """The step-boundary memory work (OOM forecast, paged state, spills) of a launched run."""
+    from loratop.trainer.oom_forecast import worst_batch_tokens
+    from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
+
+    batch = int(getattr(args, "per_device_train_batch_size", 1) or 1)
+    collate = getattr(dataloader, "collate_fn", None)
+    recorder = BatchRecorder(collate if collate is not None else (lambda features: features))
+    if collate is not None:
+        with contextlib.suppress(AttributeError, TypeError):
+            dataloader.collate_fn = recorder  # read when the loop makes its iterator: after this
+    dataset: Any = getattr(dataloader, "dataset", None)
+    lengths: list[int] = []
+    if dataset is not None and "input_ids" in (getattr(dataset, "column_names", None) or []):
+        with contextlib.suppress(Exception):
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+    cap = getattr(args, "max_length", None) or (max(lengths) if lengths else 0)
+    worst = worst_batch_tokens(lengths, batch, int(cap)) if lengths else 0
+    optim = str(_plain(getattr(args, "optim", "")))
+    return MemoryWatch(sink.emit, sampler, recorder, cuda, worst, batch, paged_optimizer=optim.startswith("paged_"))

@@ -136,6 +136,35 @@ def test_stop_and_checkpoint_from_the_dashboard_reach_a_script_at_a_step_boundar
     assert Path(checkpoint["path"]).is_dir()
 
 
+@pytest.mark.slow
+def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    result = subprocess.run(
+        [*command, str(SCRIPT), "--runs-dir", "runs", "--max-steps", "12"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    run_dir = _run_folder(tmp_path)  # one folder: the other rank wrote none
+    events = read_events(run_dir)
+    ranks = of_type(events, ev.RANKS)
+    assert [r["step"] for r in ranks] == [1, 10]
+    assert all(sorted(row["rank"] for row in r["ranks"]) == [0, 1] for r in ranks)
+    assert all(row["rss"] and row["pid"] for r in ranks for row in r["ranks"])
+    assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 13))
+    assert of_type(events, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
+    listed = loratop("ls", "--runs-dir", "runs", cwd=tmp_path)
+    line = next(row for row in listed.stdout.splitlines() if row.startswith(run_dir.name))
+    assert "×2" in line and "completed" in line
+
+
 # -- without a script ---------------------------------------------------------------
 
 

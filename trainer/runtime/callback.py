@@ -19,7 +19,10 @@ boundaries, so nothing is installed in the script's process. ``handle_signals=Tr
 stops on SIGTERM/SIGINT and checkpoints on SIGUSR1, for ``kill`` from a shell; a handler
 the script set is never replaced.
 
-Under ``torchrun`` only the main process (``state.is_world_process_zero``) writes.
+Under ``torchrun`` only the main process (``state.is_world_process_zero``) writes; every
+:data:`RANKS_EVERY_STEPS` steps the ranks meet (one ``all_gather_object``), rank 0 reports
+each rank's memory as a ``ranks`` event, and a stop or checkpoint is acted on by all ranks
+at that step.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from loratop.trainer import events as ev
+from loratop.trainer.distributed import RankInfo, rank_info, worst_rank
 from loratop.trainer.overfit import OVERFITTING, EvalTracker
 from loratop.trainer.run_dir import (
     EVENTS,
@@ -55,6 +59,11 @@ from loratop.trainer.spikes import SpikeDetector
 
 CONTROL_CHECK_S = 0.2
 """Least time between two looks at the run folder's control requests (at step boundaries)."""
+
+RANKS_EVERY_STEPS = 10
+"""Under torchrun, the ranks meet every this many steps (and at step 1): each sends rank 0
+its memory row and its stop/checkpoint wishes, and all act on them together at that step.
+A fixed step rhythm, so every rank knows when without asking."""
 
 STOPPED_BY_DASHBOARD = "stop requested"
 
@@ -171,6 +180,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._train_losses: list[float] = []
         self._finished = False
         self._installed: list[tuple[int, Any]] = []
+        self.rank: RankInfo = rank_info()
+        self._device: dict[str, Any] = {}
 
     # -- the run folder -------------------------------------------------------------
 
@@ -181,9 +192,17 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         return self._runs_dir / f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or self.sink is not None:
+        if self.sink is not None or self._sampler is not None:
             return
         import torch
+
+        if not state.is_world_process_zero:
+            # Another rank: it reports only through rank 0 (its memory row at each meeting).
+            cuda = torch.cuda.is_available() and args.device.type == "cuda"
+            self._device = _device(torch, cuda)
+            self._sampler = MemorySampler(lambda *a, **k: None, self._hz)
+            self._sampler.start()
+            return
 
         self.run_dir = claim_run_dir(self._folder(args).resolve())
         self._started = time.time()
@@ -202,7 +221,9 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self.sink = sink = EventSink(self.run_dir / EVENTS)
         atexit.register(self._at_exit)
         cuda = torch.cuda.is_available() and getattr(args, "device", None) is not None and args.device.type == "cuda"
-        device = _device(torch, cuda)
+        device = self._device = _device(torch, cuda)
+        if self.rank.distributed:
+            device.update(rank=self.rank.rank, world_size=self.rank.world_size)
         self._sampler = MemorySampler(sink.emit, self._hz)
         if cuda:
             from loratop.trainer.runtime.train import _torch_cuda_stats
@@ -216,6 +237,9 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             bias = next(iter(settings.values())).bias if settings else "none"
             params = audit_parameters(model, train_biases=bias != "none").as_event()
         settings = settings_of(args, model)
+        if self.rank.distributed:
+            per_node = max(1, self.rank.local_world_size)
+            settings["distributed"] = {"nproc_per_node": per_node, "nnodes": max(1, self.rank.world_size // per_node)}
         logging_steps = getattr(args, "logging_steps", 1)
         sink.emit(
             ev.RUN_STARTED,
@@ -273,12 +297,25 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             sink.emit(ev.SPIKE, **spike.as_event())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.sink is None:
-            return
         self._last_step = state.global_step
         if self._watch is not None:
             self._watch.step_end(state.global_step, kwargs.get("optimizer"))
-        self._read_requests()
+        if self.sink is not None:
+            self._read_requests()
+        if self.rank.distributed:
+            # Ranks act only on what they agreed on at a meeting: one rank stopping alone
+            # would leave the others waiting in a collective.
+            if state.global_step != 1 and state.global_step % RANKS_EVERY_STEPS:
+                return
+            if not self._meet(state.global_step):
+                return
+        if self.sink is None:
+            if self._stop and not control.should_training_stop:
+                control.should_training_stop = True
+            if self._saves_wanted:
+                self._saves_wanted = 0
+                control.should_save = True
+            return
         if self._stop and not control.should_training_stop:
             control.should_training_stop = True
             self.sink.emit(ev.LOG, message=f"{self._stop}: stopping after step {state.global_step}")
@@ -322,7 +359,60 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._last_step = state.global_step
+        if self.sink is None and self._sampler is not None:
+            self._sampler.stop()  # another rank: nothing of its own to write
+            return
         self._end(ev.STOPPED if self._stop else ev.COMPLETED)
+
+    # -- several ranks --------------------------------------------------------------
+
+    def _row(self) -> dict[str, Any]:
+        """This rank's line in the ``ranks`` event (as a launched run's ranks report it)."""
+        sample = (self._sampler.last if self._sampler is not None else None) or {}
+        row: dict[str, Any] = {
+            "rank": self.rank.rank,
+            "node": self.rank.node_rank,
+            "local_rank": self.rank.local_rank,
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "rss": (sample.get("host") or {}).get("rss"),
+            "gpu": None,
+            "oom_level": None,
+            "spills": None,
+            "spill_bytes": None,
+        }
+        if self._device.get("kind") == "cuda":
+            from loratop.trainer.gpu_devices import row_for_cuda
+
+            gpu = row_for_cuda(sample.get("gpus"), self.rank.local_rank)
+            if gpu is not None:
+                row["gpu"] = {
+                    k: gpu[k] for k in ("index", "cuda_index", "name", "used", "total") if gpu.get(k) is not None
+                }
+            watch = self._watch
+            row["oom_level"] = watch.forecaster.level if watch is not None else None
+        else:
+            row["gpu_note"] = sample.get("gpu_note") or "CPU rank"
+        return row
+
+    def _meet(self, step: int) -> bool:
+        """Every rank at the same step: rows and wishes to all; rank 0 reports the rows.
+        Returns whether a meeting happened (torch.distributed is up)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        mine = {"row": self._row(), "stop": self._stop, "saves": self._saves_wanted}
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        stops = [g["stop"] for g in gathered if g and g.get("stop")]
+        if stops and self._stop is None:
+            self._stop = stops[0]
+        self._saves_wanted = 1 if any(g and g.get("saves") for g in gathered) else 0
+        if self.sink is not None:
+            rows = [g["row"] for g in gathered if g]
+            self.sink.emit(ev.RANKS, step=step, world_size=len(rows), ranks=rows, worst=worst_rank(rows))
+        return True
 
     # -- control --------------------------------------------------------------------
 

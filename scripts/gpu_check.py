@@ -399,7 +399,7 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     else:
         trainer = run.setup()
         for callback in list(trainer.callback_handler.callbacks):
-            if type(callback).__name__ == "EventCallback":
+            if type(callback).__name__ == "LaunchedRunCallback":
                 trainer.remove_callback(callback)
         trainer.data_collator = run.watch.recorder.wrapped  # undo the BatchRecorder
         trainer.add_callback(_callback(mark))

@@ -219,3 +219,22 @@ def test_import_loratop_does_not_load_transformers() -> None:
     code = "import sys, loratop; print('transformers' in sys.modules, callable(loratop.LoratopCallback))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_loratops_own_trainer_runs_on_the_same_callback(tmp_path: Path) -> None:
+    """One code path: a launched run's step stream is written by LoratopCallback itself."""
+    from loratop.trainer.config import load_config
+    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.runtime.train import Run, _event_callback
+    from tests.conftest import DEMO_CONFIG
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = load_config(DEMO_CONFIG, {"output_dir": str(run_dir)})
+    sink = EventSink(run_dir / "events.jsonl")
+    callback = _event_callback(Run(config, run_dir, sink))
+    sink.close()
+    assert isinstance(callback, LoratopCallback)
+    for hook in ("on_log", "on_save", "on_step_begin", "on_train_begin"):
+        assert getattr(type(callback), hook) is getattr(LoratopCallback, hook), f"{hook} is the shared one"

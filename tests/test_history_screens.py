@@ -168,18 +168,26 @@ def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, 
     assert svg.startswith("<svg") and "tiny-lr-high" in svg
 
 
-def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
+def _live_run(runs: Path, max_steps: int) -> Any:
+    """A run folder named ``live`` whose trainer (this test) has made one step: its sink."""
     import json
 
     from loratop.trainer.runtime.event_sink import EventSink
-    from tests.conftest import live_status, until
+    from tests.conftest import live_status
 
     live = runs / "live"
     live.mkdir()
     sink = EventSink(live / "events.jsonl")
-    sink.emit(ev.RUN_STARTED, run_name="live", max_steps=100, device={"kind": "cpu"}, config={})
+    sink.emit(ev.RUN_STARTED, run_name="live", max_steps=max_steps, device={"kind": "cpu"}, config={})
     sink.emit(ev.STEP, step=1, loss=2.0, tokens=10)
     (live / "status.json").write_text(json.dumps(live_status(state="running", started_at=2e9)))
+    return sink
+
+
+def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
+    from tests.conftest import until
+
+    sink = _live_run(runs, max_steps=100)
     app = LoratopApp(None, runs_root=runs)
 
     async def drive() -> None:
@@ -205,17 +213,9 @@ def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
 
 def test_a_live_cell_that_grows_is_drawn_whole(runs: Path) -> None:
     """A running run's step goes from 1/1000 to 100/1000: its column widens, the cell is not cut."""
-    import json
+    from tests.conftest import screen_text, until
 
-    from loratop.trainer.runtime.event_sink import EventSink
-    from tests.conftest import live_status, screen_text, until
-
-    live = runs / "live"
-    live.mkdir()
-    sink = EventSink(live / "events.jsonl")
-    sink.emit(ev.RUN_STARTED, run_name="live", max_steps=1000, device={"kind": "cpu"}, config={})
-    sink.emit(ev.STEP, step=1, loss=2.0, tokens=10)
-    (live / "status.json").write_text(json.dumps(live_status(state="running", started_at=2e9)))
+    sink = _live_run(runs, max_steps=1000)
     app = LoratopApp(None, runs_root=runs)
 
     async def drive() -> None:

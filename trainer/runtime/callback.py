@@ -182,6 +182,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._installed: list[tuple[int, Any]] = []
         self.rank: RankInfo = rank_info()
         self._device: dict[str, Any] = {}
+        self._began = False
+        self._watch_closed = False
 
     # -- the run folder -------------------------------------------------------------
 
@@ -191,9 +193,77 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         name = self._name or Path(str(getattr(args, "output_dir", "") or "hf-run")).name or "hf-run"
         return self._runs_dir / f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
+    # -- the hooks: the step stream every run shares -----------------------------------
+    # What differs between a script's run and loratop's own trainer (which subclasses this,
+    # trainer/runtime/train.py) is in _begin, _stepped, _spiked, _controls, _evaluated and
+    # _ended; the events of the stream itself are written here, once, for both.
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if self.sink is not None or self._sampler is not None:
+        if self._began:
             return
+        self._began = True
+        self._begin(args, state, model, kwargs)
+        if self._watch is not None:
+            self._watch.start()
+        self._last_step_time = time.monotonic()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._watch is not None:
+            self._watch.step_begin()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        sink = self.sink
+        if sink is None or not logs or "loss" not in logs:
+            return  # the end-of-training summary has no per-step loss
+        current = time.monotonic()
+        self._last_step = state.global_step
+        loss = _float(logs.get("loss"))
+        grad_norm = _float(logs.get("grad_norm"))
+        sink.emit(
+            ev.STEP,
+            step=state.global_step,
+            loss=loss,
+            lr=_float(logs.get("learning_rate")),
+            grad_norm=grad_norm,
+            tokens=int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            epoch=_float(logs.get("epoch", state.epoch)),
+            step_time_s=round(current - self._last_step_time, 6),
+        )
+        self._last_step_time = current
+        self._stepped(state.global_step, loss)
+        spike = self.spikes.update(state.global_step, loss, grad_norm)
+        if spike is not None:
+            self._spiked(spike, control)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_step = state.global_step
+        if self._watch is not None:
+            self._watch.step_end(state.global_step, kwargs.get("optimizer"))
+        self._controls(args, state, control)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        self._evaluated(state, metrics or {}, control, kwargs)
+        self._last_step_time = time.monotonic()  # the next step's time leaves the evaluation out
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sink is not None:
+            path = Path(args.output_dir).resolve() / f"checkpoint-{state.global_step}"
+            self.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_step = state.global_step
+        self._close_watch()
+        self._ended(state)
+
+    def _close_watch(self) -> None:
+        if self._watch is not None and not self._watch_closed:
+            self._watch_closed = True
+            self._watch.close(self._last_step)
+
+    # -- a script's run: what loratop's own trainer does its own way ---------------------
+
+    def _begin(self, args: Any, state: Any, model: Any, kwargs: dict[str, Any]) -> None:
+        """Make the run folder and its first event (rank 0), or only sample memory (other ranks)."""
         import torch
 
         if not state.is_world_process_zero:
@@ -263,43 +333,18 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             )
         self._sampler.start()
         self._watch = _memory_watch(sink, self._sampler, kwargs.get("train_dataloader"), args, cuda)
-        if self._watch is not None:
-            self._watch.start()
-        self._last_step_time = time.monotonic()
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._watch is not None:
-            self._watch.step_begin()
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        sink = self.sink
-        if sink is None or not logs or "loss" not in logs:
-            return
-        current = time.monotonic()
-        self._last_step = state.global_step
-        loss = _float(logs.get("loss"))
-        grad_norm = _float(logs.get("grad_norm"))
-        sink.emit(
-            ev.STEP,
-            step=state.global_step,
-            loss=loss,
-            lr=_float(logs.get("learning_rate")),
-            grad_norm=grad_norm,
-            tokens=int(getattr(state, "num_input_tokens_seen", 0) or 0),
-            epoch=_float(logs.get("epoch", state.epoch)),
-            step_time_s=round(current - self._last_step_time, 6),
-        )
-        self._last_step_time = current
+    def _stepped(self, step: int, loss: float | None) -> None:
+        """A step's loss arrived: kept for the next evaluation's overfitting check."""
         if loss is not None:
             self._train_losses.append(loss)
-        spike = self.spikes.update(state.global_step, loss, grad_norm)
-        if spike is not None:
-            sink.emit(ev.SPIKE, **spike.as_event())
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._last_step = state.global_step
-        if self._watch is not None:
-            self._watch.step_end(state.global_step, kwargs.get("optimizer"))
+    def _spiked(self, spike: Any, control: Any) -> None:
+        if self.sink is not None:
+            self.sink.emit(ev.SPIKE, **spike.as_event())
+
+    def _controls(self, args: Any, state: Any, control: Any) -> None:
+        """At a step boundary: the dashboard's requests (or signals), agreed between ranks."""
         if self.sink is not None:
             self._read_requests()
         if self.rank.distributed:
@@ -325,11 +370,10 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
                 control.should_save = True
                 self.sink.emit(ev.LOG, message=f"checkpoint requested: saving after step {state.global_step}")
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+    def _evaluated(self, state: Any, metrics: dict[str, Any], control: Any, kwargs: dict[str, Any]) -> None:
         sink = self.sink
         if sink is None:
             return
-        metrics = metrics or {}
         loss = _float(metrics.get("eval_loss"))
         losses = [x for x in self._train_losses if math.isfinite(x)]
         self._train_losses = []
@@ -350,17 +394,11 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         message = self._evals.overfitting()
         if message is not None:
             sink.emit(ev.ALERT, kind=OVERFITTING, step=state.global_step, message=message)
-        self._last_step_time = time.monotonic()
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.sink is not None:
-            path = Path(args.output_dir).resolve() / f"checkpoint-{state.global_step}"
-            self.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._last_step = state.global_step
-        if self.sink is None and self._sampler is not None:
-            self._sampler.stop()  # another rank: nothing of its own to write
+    def _ended(self, state: Any) -> None:
+        if self.sink is None:
+            if self._sampler is not None:
+                self._sampler.stop()  # another rank: nothing of its own to write
             return
         self._end(ev.STOPPED if self._stop else ev.COMPLETED)
 
@@ -468,9 +506,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         if sink is None or run_dir is None or self._finished:
             return
         self._finished = True
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                self._watch.close(self._last_step)
+        with contextlib.suppress(Exception):
+            self._close_watch()  # already closed at train end; not when the script died mid-run
         if self._sampler is not None:
             self._sampler.stop()
         fields: dict[str, Any] = {"status": status, "duration_s": round(time.time() - self._started, 3)}
@@ -518,15 +555,9 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
 
 
 def _device(torch: Any, cuda: bool) -> dict[str, Any]:
-    if not cuda:
-        return {"kind": "cpu", "name": platform.processor() or platform.machine(), "count": 0}
-    count = torch.cuda.device_count()
-    return {
-        "kind": "cuda",
-        "count": count,
-        "names": [torch.cuda.get_device_name(i) for i in range(count)],
-        "name": torch.cuda.get_device_name(0),
-    }
+    from loratop.trainer.runtime.train import _device_info  # the launched trainer's, the same facts
+
+    return _device_info(torch, cuda)
 
 
 def _model_info(model: Any, settings: dict[str, Any]) -> dict[str, Any]:

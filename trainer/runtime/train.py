@@ -906,50 +906,31 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def _event_callback(run: Run) -> Any:
-    """A ``TrainerCallback`` that turns the HF Trainer's hooks into events."""
-    from transformers import TrainerCallback
+    """The Trainer callback of loratop's own runs: the same :class:`LoratopCallback` a script
+    adds (one code path for the step stream, spikes, checkpoints and the memory watch), on
+    this run's sink, detector and watch; the run itself decides stops, checkpoints, what a
+    spike does and what an evaluation leads to (early stopping), and writes how it ended."""
+    from loratop.trainer.runtime.callback import LoratopCallback
 
-    class EventCallback(TrainerCallback):
+    class LaunchedRunCallback(LoratopCallback):
         def __init__(self) -> None:
-            self.last_step_time = time.monotonic()
+            super().__init__()
+            self.spikes = run.spikes
+            self.rank = run.rank
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        def _begin(self, args: Any, state: Any, model: Any, kwargs: dict[str, Any]) -> None:
+            self.sink, self._watch = run.sink, run.watch
             run.sink.emit(ev.RUN_STARTED, **run.run_started_fields(state.max_steps))
-            run.watch.start()
-            self.last_step_time = time.monotonic()
 
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            run.watch.step_begin()
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            run.watch.close(state.global_step)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if not logs or "loss" not in logs:
-                return  # the end-of-training summary has no per-step loss
-            current = time.monotonic()
-            run._last_step = state.global_step
-            loss = _float_or_none(logs.get("loss"))
-            grad_norm = _float_or_none(logs.get("grad_norm"))
-            run.sink.emit(
-                ev.STEP,
-                step=state.global_step,
-                loss=loss,
-                lr=_float_or_none(logs.get("learning_rate")),
-                grad_norm=grad_norm,
-                tokens=int(state.num_input_tokens_seen or 0),
-                epoch=_float_or_none(logs.get("epoch", state.epoch)),
-                step_time_s=round(current - self.last_step_time, 6),
-            )
-            self.last_step_time = current
+        def _stepped(self, step: int, loss: float | None) -> None:
+            run._last_step = step
             if loss is not None:
                 run._train_losses.append(loss)
-            spike = run.spikes.update(state.global_step, loss, grad_norm)
-            if spike is not None:
-                run.on_spike(spike, control)
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            run.watch.step_end(state.global_step, kwargs.get("optimizer"))
+        def _spiked(self, spike: Any, control: Any) -> None:
+            run.on_spike(spike, control)
+
+        def _controls(self, args: Any, state: Any, control: Any) -> None:
             run._last_step = state.global_step
             if run.sink.write_error is not None:
                 run._check_folder()  # the disk filled during this step: stop now, not within a second
@@ -970,15 +951,13 @@ def _event_callback(run: Run) -> Any:
                     control.should_save = True
                     run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
 
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
-            run.on_eval(state.global_step, metrics or {}, control, kwargs.get("model"))
-            self.last_step_time = time.monotonic()  # the next step's time leaves the evaluation out
+        def _evaluated(self, state: Any, metrics: dict[str, Any], control: Any, kwargs: dict[str, Any]) -> None:
+            run.on_eval(state.global_step, metrics, control, kwargs.get("model"))
 
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            run.sink.emit(ev.CHECKPOINT, step=state.global_step, path=str(path), final=False)
+        def _ended(self, state: Any) -> None:
+            pass  # Run.execute writes run_finished once the adapter is saved
 
-    return EventCallback()
+    return LaunchedRunCallback()
 
 
 class NullSink:

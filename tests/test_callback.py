@@ -238,3 +238,55 @@ def test_loratops_own_trainer_runs_on_the_same_callback(tmp_path: Path) -> None:
     assert isinstance(callback, LoratopCallback)
     for hook in ("on_log", "on_save", "on_step_begin", "on_train_begin"):
         assert getattr(type(callback), hook) is getattr(LoratopCallback, hook), f"{hook} is the shared one"
+
+
+def test_a_stalled_disk_never_holds_up_a_step(tmp_path: Path) -> None:
+    """The callback's events are written by a thread of their own: with the disk stalled,
+    emitting returns at once; once it answers, every event lands, in order, with its time."""
+    import threading
+
+    from loratop.trainer.runtime.event_sink import BackgroundSink, EventSink
+
+    sink = EventSink(tmp_path / "events.jsonl")
+    disk = threading.Event()
+    write = sink._write
+
+    def stalled(line: bytes) -> bool:
+        disk.wait(30)  # the disk does not answer until the test says so
+        return write(line)
+
+    sink._write = stalled  # type: ignore[method-assign]
+    queued = BackgroundSink(sink)
+    before = time.time()
+
+    def steps() -> None:
+        for step in range(1, 101):
+            queued.emit(ev.STEP, step=step, loss=1.0, lr=1e-4, grad_norm=0.5, tokens=step, epoch=0.1, step_time_s=0.01)
+
+    emitter = threading.Thread(target=steps)
+    emitter.start()
+    emitter.join(5)
+    assert not emitter.is_alive(), "a step waited for the disk"
+    assert queued.queued >= 99
+    disk.set()
+    queued.close()
+    events = read_events(tmp_path)
+    assert [e["step"] for e in events] == list(range(1, 101)) and [e["seq"] for e in events] == list(range(100))
+    times = [e["t"] for e in events]
+    assert times == sorted(times) and times[-1] < before + 5, "each event keeps the time it happened"
+
+
+def test_a_script_run_writes_its_events_from_a_thread_of_its_own(tmp_path: Path) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.trainer.runtime.event_sink import BackgroundSink
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    callback = LoratopCallback(run_dir=tmp_path / "run")
+    callback.on_train_begin(args, state, control)
+    assert isinstance(callback.sink, BackgroundSink)
+    callback.on_train_end(args, state, control)
+    assert (read_status(tmp_path / "run") or {})["status"] == ev.COMPLETED
+    assert [e["type"] for e in read_events(tmp_path / "run")][-1] == ev.RUN_FINISHED

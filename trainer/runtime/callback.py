@@ -53,7 +53,7 @@ from loratop.trainer.run_dir import (
     write_status,
 )
 from loratop.trainer.run_summary import cache_summary
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.trainer.runtime.event_sink import BackgroundSink, EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.spikes import SpikeDetector
 
@@ -166,7 +166,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._hz = memory_sample_hz
         self.run_dir: Path | None = None
         """The run folder, once training began (on the main process)."""
-        self.sink: EventSink | None = None
+        self.sink: Any = None
+        """Where events go: a :class:`BackgroundSink` (loratop's own trainer: its EventSink)."""
         self._sampler: MemorySampler | None = None
         self._watch: Any = None
         self._started = 0.0
@@ -288,7 +289,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             control=control_kind,
             source="LoratopCallback",
         )
-        self.sink = sink = EventSink(self.run_dir / EVENTS)
+        # Written by a thread of its own: the script's steps never wait for the disk.
+        self.sink = sink = BackgroundSink(EventSink(self.run_dir / EVENTS))
         atexit.register(self._at_exit)
         cuda = torch.cuda.is_available() and getattr(args, "device", None) is not None and args.device.type == "cuda"
         device = self._device = _device(torch, cuda)
@@ -518,6 +520,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         if error:
             fields["error"] = error
         sink.emit(ev.RUN_FINISHED, **fields)
+        sink.close()  # what is still queued is written first, then status.json says it ended
         code = 0 if status in (ev.COMPLETED, ev.STOPPED) else 1
         with contextlib.suppress(OSError):
             write_status(
@@ -528,9 +531,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
                 last_step=self._last_step,
                 ended_at=time.time(),
             )
-        indexed = sink.indexed
-        sink.close()
-        if indexed:
+        if sink.indexed and sink.queued == 0:
             with contextlib.suppress(OSError):
                 cache_summary(run_dir)
         for signum, previous in self._installed:
@@ -594,7 +595,7 @@ def _rows(dataloader: Any) -> int | None:
         return None
 
 
-def _memory_watch(sink: EventSink, sampler: MemorySampler, dataloader: Any, args: Any, cuda: bool) -> Any:
+def _memory_watch(sink: BackgroundSink, sampler: MemorySampler, dataloader: Any, args: Any, cuda: bool) -> Any:
     """The step-boundary memory work (OOM forecast, paged state, spills) of a launched run."""
     from loratop.trainer.oom_forecast import worst_batch_tokens
     from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch

@@ -20,6 +20,7 @@ import errno
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,13 @@ class EventSink:
         """Whether writing the file failed because the disk (or the quota) is full."""
         return self.write_error is not None and self.write_error.errno in DISK_FULL_ERRNOS
 
-    def emit(self, type_: str, **fields: Any) -> None:
+    def emit(self, type_: str, *, at: float | None = None, **fields: Any) -> None:
         """Write one event to the file (or keep it, once the file cannot be written), then offer
-        it to the pipe without blocking. Never raises for a failed write."""
+        it to the pipe without blocking. Never raises for a failed write.
+
+        ``at``: when the event happened (its ``t``), if earlier than now (a queued event)."""
         with self._lock:
-            t = time.time()
+            t = time.time() if at is None else at
             line = encode(self._seq, type_, fields, t)
             self._seq += 1
             if self.write_error is not None or self._fd is None:  # closed: a sampler that outlived close()
@@ -173,6 +176,71 @@ class EventSink:
                 self._fd = None
             if self._index is not None:
                 self._index.close()
+
+
+class BackgroundSink:
+    """An :class:`EventSink` written by a thread of its own: ``emit`` only queues the event
+    (with its time), so a training step never waits for a slow or stalled disk.
+
+    For a script's ``LoratopCallback``, whose steps are someone else's to keep fast. The
+    events keep their order and times; :meth:`close` writes what is queued (waiting up to
+    ``close_timeout`` seconds for the disk) and closes the file.
+
+    Args:
+        sink: The sink the thread writes through.
+        close_timeout: Seconds :meth:`close` waits for the queue to be written.
+    """
+
+    def __init__(self, sink: EventSink, close_timeout: float = 10.0) -> None:
+        self._sink = sink
+        self._close_timeout = close_timeout
+        self._queue: deque[tuple[str, dict[str, Any], float]] = deque()
+        self._ready = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._write_queued, name="loratop-events", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Events waiting for the disk."""
+        return len(self._queue)
+
+    @property
+    def write_error(self) -> OSError | None:
+        return self._sink.write_error
+
+    @property
+    def disk_full(self) -> bool:
+        return self._sink.disk_full
+
+    @property
+    def indexed(self) -> bool:
+        return self._sink.indexed
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        """Queue one event; never waits for the disk, never raises."""
+        with self._ready:
+            self._queue.append((type_, fields, time.time()))
+            self._ready.notify()
+
+    def _write_queued(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                type_, fields, t = self._queue.popleft()
+            self._sink.emit(type_, at=t, **fields)
+
+    def close(self) -> None:
+        """Write what is queued (up to ``close_timeout`` seconds), then close the sink."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._thread.join(self._close_timeout)
+        if not self._thread.is_alive():
+            self._sink.close()
 
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -407,33 +407,11 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
     # -- several ranks --------------------------------------------------------------
 
     def _row(self) -> dict[str, Any]:
-        """This rank's line in the ``ranks`` event (as a launched run's ranks report it)."""
-        sample = (self._sampler.last if self._sampler is not None else None) or {}
-        row: dict[str, Any] = {
-            "rank": self.rank.rank,
-            "node": self.rank.node_rank,
-            "local_rank": self.rank.local_rank,
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "rss": (sample.get("host") or {}).get("rss"),
-            "gpu": None,
-            "oom_level": None,
-            "spills": None,
-            "spill_bytes": None,
-        }
-        if self._device.get("kind") == "cuda":
-            from loratop.trainer.gpu_devices import row_for_cuda
+        """This rank's line in the ``ranks`` event, as a launched run's ranks report it."""
+        from loratop.trainer.runtime.memory_watch import rank_memory_row
 
-            gpu = row_for_cuda(sample.get("gpus"), self.rank.local_rank)
-            if gpu is not None:
-                row["gpu"] = {
-                    k: gpu[k] for k in ("index", "cuda_index", "name", "used", "total") if gpu.get(k) is not None
-                }
-            watch = self._watch
-            row["oom_level"] = watch.forecaster.level if watch is not None else None
-        else:
-            row["gpu_note"] = sample.get("gpu_note") or "CPU rank"
-        return row
+        sample = self._sampler.last if self._sampler is not None else None
+        return rank_memory_row(self.rank, sample, self._device.get("kind"), self._watch)
 
     def _meet(self, step: int) -> bool:
         """Every rank at the same step: rows and wishes to all; rank 0 reports the rows.

@@ -210,3 +210,47 @@ class MemoryWatch:
         if self.spills is not None:
             for event in self.spills.close(step):
                 self._emit_spill(event)
+
+
+def rank_memory_row(rank: Any, sample: Mapping[str, Any] | None, device_kind: str | None, watch: Any) -> dict[str, Any]:
+    """One rank's line in the ``ranks`` event: where it runs, its GPU (NVML and torch's peak)
+    or its host RSS, its OOM level and its spills. The same for loratop's own ranks and for a
+    script's under ``LoratopCallback``.
+
+    Args:
+        rank: The rank's :class:`~loratop.trainer.distributed.RankInfo`.
+        sample: Its memory sampler's latest sample (``None`` before the first).
+        device_kind: ``cuda`` or ``cpu``.
+        watch: Its :class:`MemoryWatch`, or ``None`` where it has none.
+    """
+    import os
+    import platform
+
+    sample = sample or {}
+    row: dict[str, Any] = {
+        "rank": rank.rank,
+        "node": rank.node_rank,
+        "local_rank": rank.local_rank,
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "rss": (sample.get("host") or {}).get("rss"),
+        "gpu": None,
+    }
+    gpu = row_for_cuda(sample.get("gpus"), rank.local_rank) if device_kind == "cuda" else None
+    if gpu is not None:
+        torch_figures = gpu.get("torch") or {}
+        row["gpu"] = {
+            k: v
+            for k, v in {**gpu, "peak": torch_figures.get("peak")}.items()
+            if k in ("index", "cuda_index", "name", "used", "total", "peak") and v is not None
+        }
+    else:
+        row["gpu_note"] = sample.get("gpu_note") or ("CPU rank" if device_kind == "cpu" else "")
+    row["oom_level"] = watch.forecaster.level if watch is not None and device_kind == "cuda" else None
+    spills = watch.spills if watch is not None else None
+    if spills is not None and spills.method != "n/a":
+        totals = spills.totals()
+        row["spills"], row["spill_bytes"] = totals.events, totals.bytes
+    else:
+        row["spills"] = row["spill_bytes"] = None
+    return row

@@ -36,7 +36,6 @@ from typing import Any
 from loratop.trainer import events as ev
 from loratop.trainer.config import ConfigError, RunConfig, dump_config, load_config
 from loratop.trainer.distributed import AGENT_ENV, RankInfo, backend_for, rank_info, worst_rank
-from loratop.trainer.gpu_devices import row_for_cuda
 from loratop.trainer.oom_forecast import LEVELS as OOM_LEVELS
 from loratop.trainer.overfit import OVERFITTING, EvalTracker
 from loratop.trainer.run_dir import (
@@ -367,36 +366,10 @@ class Run:
             print(f"loratop rank {self.rank.rank}: {message}", flush=True)
 
     def rank_row(self) -> dict[str, Any]:
-        """This rank's line in the ``ranks`` event, plus the control flags the ranks share."""
-        sample = self._sampler.last or {}
-        row: dict[str, Any] = {
-            "rank": self.rank.rank,
-            "node": self.rank.node_rank,
-            "local_rank": self.rank.local_rank,
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "rss": (sample.get("host") or {}).get("rss"),
-            "gpu": None,
-        }
-        gpu = row_for_cuda(sample.get("gpus"), self.rank.local_rank) if self._device.get("kind") == "cuda" else None
-        if gpu is not None:
-            torch_figures = gpu.get("torch") or {}
-            row["gpu"] = {
-                k: v
-                for k, v in {**gpu, "peak": torch_figures.get("peak")}.items()
-                if k in ("index", "cuda_index", "name", "used", "total", "peak") and v is not None
-            }
-        else:
-            row["gpu_note"] = sample.get("gpu_note") or ("CPU rank" if self._device.get("kind") == "cpu" else "")
-        watch = self.watch
-        row["oom_level"] = watch.forecaster.level if watch is not None and self._device.get("kind") == "cuda" else None
-        spills = watch.spills if watch is not None else None
-        if spills is not None and spills.method != "n/a":
-            totals = spills.totals()
-            row["spills"], row["spill_bytes"] = totals.events, totals.bytes
-        else:
-            row["spills"] = row["spill_bytes"] = None
-        return row
+        """This rank's line in the ``ranks`` event (:func:`~loratop.trainer.runtime.memory_watch.rank_memory_row`)."""
+        from loratop.trainer.runtime.memory_watch import rank_memory_row
+
+        return rank_memory_row(self.rank, self._sampler.last, self._device.get("kind"), self.watch)
 
     def sync_ranks(self, step: int, control: Any) -> None:
         """At a step boundary, on every rank: any rank's stop or checkpoint request becomes

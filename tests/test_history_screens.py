@@ -338,6 +338,21 @@ def test_the_home_screen_shows_dashes_for_a_run_that_failed_while_loading(runs: 
     asyncio.run(drive())
 
 
+def test_the_monitor_of_a_run_that_never_trained_says_so_not_that_it_waits(runs: Path) -> None:
+    from tests.conftest import screen_text, until
+    from tests.test_runs_cli import failed_while_loading
+
+    failed = failed_while_loading(runs)
+    app = LoratopApp(failed, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: "no step was trained" in screen_text(app), 6, "the ended chart")
+            assert "waiting for the first step" not in screen_text(app)
+
+    asyncio.run(drive())
+
+
 def _toast_words(app: LoratopApp) -> list[list[str]]:
     """The words each toast on screen shows, as drawn (a word broken across lines shows as two)."""
     from textual.widgets._toast import Toast

@@ -23,6 +23,7 @@ from loratop.widgets.downsample import downsample
 __all__ = ["LossChart"]
 
 EMPTY_TEXT = "waiting for the first step…"
+ENDED_EMPTY_TEXT = "no step was trained: the run ended before its first step"
 NO_FINITE_TEXT = "no finite loss to plot yet"
 NO_POSITIVE_TEXT = "no positive loss to plot on a log axis"
 
@@ -120,6 +121,8 @@ class LossChart(Widget):
         """Buckets the last redraw reduced each line to (each line has at most twice as many points)."""
         self.redraw_count = 0
         """How many times the data was actually re-plotted (updates with unchanged data do not count)."""
+        self.ended = False
+        """The run is over (:meth:`show_ended`): an empty chart then says no step was trained."""
 
     def compose(self) -> ComposeResult:
         yield Static(EMPTY_TEXT, id="loss-chart-empty")
@@ -139,6 +142,13 @@ class LossChart(Widget):
     def watch_log_scale(self) -> None:
         self._ylim = None
         self._redraw()
+
+    def show_ended(self) -> None:
+        """The run is over: a chart still without a step says so, rather than that it waits."""
+        if not self.ended:
+            self.ended = True
+            self._drawn_key = None
+            self._redraw()
 
     def update(
         self,
@@ -240,7 +250,7 @@ class LossChart(Widget):
         self.set_class(has_lines, "-has-data")
         placeholder = self.query_one("#loss-chart-empty", Static)
         if not len(self._steps):
-            placeholder.update(EMPTY_TEXT)
+            placeholder.update(ENDED_EMPTY_TEXT if self.ended else EMPTY_TEXT)
         elif not has_lines:
             placeholder.update(NO_POSITIVE_TEXT if self.log_scale else NO_FINITE_TEXT)
 

@@ -370,6 +370,8 @@ class MonitorScreen(LoratopScreen[str]):
             self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range, evals)
             if sparks:
                 self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
+        elif state.finished is not None or state.trainer_gone:
+            self.query_one(LossChart).show_ended()  # not "waiting": no step will come
         self._set_text("#lr-text", panels.lr_text(state))
         self._set_text("#params", panels.params_text(state))
         self.query_one(MemoryPanel).update(state.memory, state.ranks)

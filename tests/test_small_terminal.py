@@ -93,6 +93,7 @@ def test_monitor_at_80x24_footer_ticks_and_the_log_pane(runs: Path, tmp_path: Pa
         async with app.run_test(size=SIZE) as pilot:
             screen = await _replayed(pilot, app)
             text = screen_text(app)
+            await until(pilot, lambda: _footer(app).strip() != "", 5, "the footer drawn")
             footer = _footer(app)
             for key in ("s stop", "q quit", "e rerun", "x export", "? help"):
                 assert key in footer, f"the footer drops {key!r}: {footer!r}"
@@ -198,6 +199,7 @@ def test_home_at_80x24_shows_name_status_step_and_final_loss_without_scrolling(r
                 assert title in header, f"{title!r} needs scrolling right at 80 columns: {header!r}"
             row = next(line for line in lines if "143012" in line)  # the name keeps its time stamp
             assert "completed" in row and "60/60" in row and "6.0724" in row, row
+            await until(pilot, lambda: _footer(app).strip() != "", 5, "the footer drawn")
             footer = _footer(app)
             for key in ("e rerun", "c compare", "x export", "r refresh", "q quit", "? help"):
                 assert key in footer, f"the footer drops {key!r}: {footer!r}"
@@ -226,7 +228,7 @@ def test_compare_at_80x24_every_column_header_is_distinct_and_whole(runs: Path, 
             header = next(line for line in screen_text(app).splitlines() if "143012" in line and "143105" in line)
             assert all(label in header for label in labels), header
             _assert_even_ticks(screen_text(app))
-            assert "esc back" in _footer(app)
+            await until(pilot, lambda: "esc back" in _footer(app), 5, "the footer's esc back")
             _save(app, "compare", tmp_path)
 
     asyncio.run(drive())
@@ -246,6 +248,7 @@ def test_editor_at_80x24_opens_on_its_first_knob_with_its_actions_in_view(tmp_pa
             assert isinstance(app.focused, Input) and app.focused.id == "knob-lora-r"
             for part in ("Save", "Launch", "Save+launch", "α/r = 16/8"):
                 assert part in text, f"{part!r} is not in view"
+            await until(pilot, lambda: _footer(app).strip() != "", 5, "the footer drawn")  # a busy box draws late
             footer = _footer(app)
             for key in ("esc", "launch", "save"):
                 assert key in footer, footer

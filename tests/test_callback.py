@@ -165,6 +165,41 @@ def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: 
     assert "×2" in line and "completed" in line
 
 
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_script_that_dies_mid_run_is_failed_with_its_error_not_lost(tmp_path: Path) -> None:
+    process = _script(tmp_path, "--max-steps", "50", "--fail-at-step", "5")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 1 and "the script's own bug" in output
+    run_dir = _run_folder(tmp_path)
+    finished = of_type(read_events(run_dir), ev.RUN_FINISHED)
+    assert len(finished) == 1 and finished[0]["status"] == ev.FAILED
+    assert "RuntimeError: the script's own bug at step 5" in finished[0]["error"]["message"]
+    assert (read_status(run_dir) or {})["status"] == ev.FAILED
+
+
+@pytest.mark.faults
+def test_a_run_folder_that_cannot_be_made_never_stops_the_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from loratop.trainer.runtime.callback import LoratopCallback
+
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    callback = LoratopCallback(runs_dir=tmp_path / "runs")
+    callback.on_train_begin(args, state, control)  # must not raise
+    for step in (1, 2):
+        state.global_step = step
+        callback.on_log(args, state, control, logs={"loss": 1.0})
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert callback.run_dir is None and callback.sink is None
+    assert "loratop: not watching this run:" in capsys.readouterr().err
+
+
 # -- without a script ---------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from loratop.trainer.distributed import RankInfo, rank_info, worst_rank
 from loratop.trainer.overfit import OVERFITTING, EvalTracker
 from loratop.trainer.run_dir import (
     EVENTS,
+    RunDirError,
     claim_run_dir,
     process_identity,
     read_control,
@@ -264,8 +265,14 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
     # -- a script's run: what loratop's own trainer does its own way ---------------------
 
     def _begin(self, args: Any, state: Any, model: Any, kwargs: dict[str, Any]) -> None:
-        """Make the run folder and its first event (rank 0), or only sample memory (other ranks)."""
+        """Make the run folder and its first event (rank 0), or only sample memory (other ranks).
+
+        A folder that cannot be made or written (a file in the way, a full or read-only disk)
+        is said in one line on stderr and the callback stands aside: a watcher must never
+        end someone's training."""
         import torch
+
+        from loratop.trainer.runtime.train import _device_info as _device
 
         if not state.is_world_process_zero:
             # Another rank: it reports only through rank 0 (its memory row at each meeting).
@@ -275,22 +282,31 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             self._sampler.start()
             return
 
-        self.run_dir = claim_run_dir(self._folder(args).resolve())
+        folder = self._folder(args).resolve()
         self._started = time.time()
-        control_kind = "signals" if self._install_signal_handlers() else "requests"
-        write_status(
-            self.run_dir,
-            pid=os.getpid(),
-            **process_identity(os.getpid()),
-            state="running",
-            launched_at=self._started,
-            started_at=self._started,
-            ended_at=None,
-            control=control_kind,
-            source="LoratopCallback",
-        )
+        try:
+            self.run_dir = claim_run_dir(folder)
+            write_status(
+                self.run_dir,
+                pid=os.getpid(),
+                **process_identity(os.getpid()),
+                state="running",
+                launched_at=self._started,
+                started_at=self._started,
+                ended_at=None,
+                control="requests",
+                source="LoratopCallback",
+            )
+            events = EventSink(self.run_dir / EVENTS)
+        except (OSError, RunDirError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"loratop: not watching this run: {folder}: {why}", file=sys.stderr)
+            self.run_dir = None
+            return
+        if self._install_signal_handlers():
+            write_status(self.run_dir, control="signals")
         # Written by a thread of its own: the script's steps never wait for the disk.
-        self.sink = sink = BackgroundSink(EventSink(self.run_dir / EVENTS))
+        self.sink = sink = BackgroundSink(events)
         atexit.register(self._at_exit)
         cuda = torch.cuda.is_available() and getattr(args, "device", None) is not None and args.device.type == "cuda"
         device = self._device = _device(torch, cuda)
@@ -531,12 +547,6 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         else:
             status, error = ev.FAILED, {"message": "the script ended before training did", "traceback": []}
         self._end(status, error)
-
-
-def _device(torch: Any, cuda: bool) -> dict[str, Any]:
-    from loratop.trainer.runtime.train import _device_info  # the launched trainer's, the same facts
-
-    return _device_info(torch, cuda)
 
 
 def _model_info(model: Any, settings: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="out/tiny-script")
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--handle-signals", action="store_true")
+    parser.add_argument("--fail-at-step", type=int, default=None, help="raise at this step (a script that dies)")
     args = parser.parse_args()
 
     folder, _ = tiny_model_dir()
@@ -82,6 +83,15 @@ def main() -> None:
             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
             callbacks=[callback],
         )
+    if args.fail_at_step is not None:
+        from transformers import TrainerCallback
+
+        class Fail(TrainerCallback):
+            def on_step_end(self, args_: object, state: object, control: object, **kwargs: object) -> None:
+                if getattr(state, "global_step", 0) >= args.fail_at_step:
+                    raise RuntimeError(f"the script's own bug at step {args.fail_at_step}")
+
+        trainer.add_callback(Fail())
     trainer.train()
     if callback.run_dir is not None:
         print(f"loratop run folder: {callback.run_dir}", flush=True)

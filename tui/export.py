@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,10 @@ def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | 
             if step not in spikes or _SEVERITY_RANK.get(severity, 0) >= _SEVERITY_RANK.get(spikes[step], 0):
                 spikes[step] = severity
     first_t = events[0]["t"] if events else 0.0
-    memory: dict[str, Any] | None = None
-    ranks: dict[str, Any] | None = None
-    rows = 0
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(METRICS_HEADER)
+
+    def metric_rows() -> Iterator[list[str]]:
+        memory: dict[str, Any] | None = None
+        ranks: dict[str, Any] | None = None
         for event in events:
             if event["type"] == ev.MEMORY:
                 memory = event
@@ -120,25 +119,35 @@ def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | 
                 ranks = event
             elif event["type"] == ev.STEP:
                 step = event.get("step")
-                writer.writerow(
-                    [
-                        _cell(step),
-                        f"{event['t'] - first_t:.3f}",
-                        _cell(event.get("loss")),
-                        _cell(event.get("lr")),
-                        _cell(event.get("grad_norm")),
-                        _cell(event.get("tokens")),
-                        _cell(event.get("epoch")),
-                        spikes.get(step, ""),
-                        _cell(_gpu_used(memory)),
-                        _cell(_host_rss(memory)),
-                        _cell(ranks.get("world_size")) if ranks else "",
-                        _cell(_rank_max(ranks, lambda r: (r.get("gpu") or {}).get("used"))),
-                        _cell(_rank_max(ranks, lambda r: r.get("rss"))),
-                    ]
-                )
-                rows += 1
-    return rows
+                yield [
+                    _cell(step),
+                    f"{event['t'] - first_t:.3f}",
+                    _cell(event.get("loss")),
+                    _cell(event.get("lr")),
+                    _cell(event.get("grad_norm")),
+                    _cell(event.get("tokens")),
+                    _cell(event.get("epoch")),
+                    spikes.get(step, ""),
+                    _cell(_gpu_used(memory)),
+                    _cell(_host_rss(memory)),
+                    _cell(ranks.get("world_size")) if ranks else "",
+                    _cell(_rank_max(ranks, lambda r: (r.get("gpu") or {}).get("used"))),
+                    _cell(_rank_max(ranks, lambda r: r.get("rss"))),
+                ]
+
+    return _write_csv(out, METRICS_HEADER, metric_rows())
+
+
+def _write_csv(out: Path, header: Sequence[str], rows: Iterable[list[str]]) -> int:
+    """A CSV file of a header and ``rows`` (replaced if it exists); returns the rows written."""
+    written = 0
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row)
+            written += 1
+    return written
 
 
 def export_events_jsonl(run_dir: Path, out: Path, events: list[dict[str, Any]] | None = None) -> int:
@@ -168,18 +177,12 @@ def export_eval_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | Non
     """Write one CSV row per evaluation of the held-out loss. Returns the rows written."""
     events = load_events(run_dir) if events is None else events
     first_t = events[0]["t"] if events else 0.0
-    rows = 0
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(EVAL_HEADER)
-        for event in events:
-            if event["type"] == ev.EVAL:
-                writer.writerow([
-                    _cell(event.get("step")), f"{event['t'] - first_t:.3f}",
-                    *(_cell(event.get(k)) for k in EVAL_HEADER[2:]),
-                ])  # fmt: skip
-                rows += 1
-    return rows
+    rows = (
+        [_cell(e.get("step")), f"{e['t'] - first_t:.3f}", *(_cell(e.get(k)) for k in EVAL_HEADER[2:])]
+        for e in events
+        if e["type"] == ev.EVAL
+    )
+    return _write_csv(out, EVAL_HEADER, rows)
 
 
 def export_files(run_dir: Path, out_dir: Path = EXPORT_DIR) -> list[tuple[Path, int]]:

@@ -224,3 +224,33 @@ def test_the_status_line_drops_a_checkpoint_notice_once_the_checkpoint_is_saved(
     assert "SIGUSR1" not in panels.status_line(after)
     stop = _state(*said, saved, {"type": ev.LOG, "message": "SIGTERM: stopping after step 93"})
     assert panels.status_line(stop).endswith("SIGTERM: stopping after step 93"), "a later notice still shows"
+
+
+def test_a_step_that_is_not_known_never_shows_as_at_none() -> None:
+    from loratop.tui.panels import at_step
+
+    assert at_step(5) == " @5" and at_step(0) == " @0"
+    assert at_step(None) == "" and at_step("7") == "" and at_step(True) == ""
+
+
+def test_eval_points_keep_step_zero_and_skip_what_is_not_a_point() -> None:
+    from loratop.trainer.run_state import RunState
+
+    state = RunState(Path("run"))
+    for i, event in enumerate(
+        [
+            {"step": 0, "eval_loss": 2.5},
+            {"step": 10, "eval_loss": None},
+            {"eval_loss": 2.0},
+            {"step": 20, "eval_loss": 1.5},
+        ]
+    ):
+        state.apply({"v": 1, "seq": i, "t": float(i), "type": "eval", **event})
+    assert state.eval_points() == [(0, 2.5), (20, 1.5)]
+
+
+def test_the_home_screen_shows_every_history_column() -> None:
+    from loratop.tui.panels import HISTORY_COLUMNS
+    from loratop.tui.screens.home_screen import HOME_COLUMNS
+
+    assert sorted(HOME_COLUMNS) == sorted(HISTORY_COLUMNS) and len(set(HOME_COLUMNS)) == len(HOME_COLUMNS)

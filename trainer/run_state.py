@@ -258,6 +258,16 @@ class RunState:
                 best, lowest = e, loss
         return best
 
+    def eval_points(self) -> list[tuple[int, float]]:
+        """``(step, eval loss)`` of every evaluation with both (what the charts mark)."""
+        return [
+            (step, float(loss))
+            for e in self.evals
+            if isinstance(step := e.get("step"), int)
+            and not isinstance(step, bool)
+            and isinstance(loss := e.get("eval_loss"), (int, float))
+        ]
+
     @property
     def overfitting(self) -> ev.AlertEvent | None:
         """The latest overfitting alert, if any."""

@@ -8,6 +8,7 @@ every other run is described by how its config differs from A's.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 from loratop.trainer.run_state import RunState
 from loratop.trainer.value_format import format_value as config_value
 from loratop.trainer.value_format import sci
-from loratop.tui.panels import count_label, fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
-from loratop.tui.runs import RunSummary, read_run
+from loratop.tui.panels import at_step, count_label, fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
+from loratop.tui.run_table import middle_cut
+from loratop.tui.runs import ELLIPSIS, RunSummary, read_run
 
 IGNORED_KNOBS = frozenset({"output_dir", "parent"})
 """Top-level config keys that differ between any two runs and say nothing about them."""
@@ -85,7 +87,7 @@ def column_names(names: list[str], width: int) -> list[str]:
         One label per name: the name itself when it fits.
     """
     width = max(3, width)
-    shared = _common_prefix(names) if len(names) > 1 else ""
+    shared = os.path.commonprefix(names) if len(names) > 1 else ""
     cut = max(shared.rfind(sep) for sep in NAME_SEPARATORS) + 1 if shared else 0
     labels = []
     for name in names:
@@ -94,19 +96,10 @@ def column_names(names: list[str], width: int) -> list[str]:
             continue
         rest = name[cut:]
         if cut and len(rest) + 2 <= width:
-            labels.append(f"{name[: width - len(rest) - 1]}…{rest}")
+            labels.append(f"{name[: width - len(rest) - 1]}{ELLIPSIS}{rest}")
         else:
-            head = width // 2
-            labels.append(f"{rest[:head]}…{rest[len(rest) - (width - 1 - head) :]}")
+            labels.append(middle_cut(rest, width))
     return labels
-
-
-def _common_prefix(names: list[str]) -> str:
-    first, last = min(names), max(names)
-    n = 0
-    while n < min(len(first), len(last)) and first[n] == last[n]:
-        n += 1
-    return first[:n]
 
 
 # -- config diff ----------------------------------------------------------------
@@ -236,7 +229,8 @@ def _best_eval(run: ComparedRun) -> str:
     s = run.summary
     if s.best_eval_loss is None:
         return NO_VALUE
-    return f"{fmt_loss(s.best_eval_loss)} @{s.best_eval_step}" + (" overfit" if s.overfitting_step is not None else "")
+    overfit = " overfit" if s.overfitting_step is not None else ""
+    return f"{fmt_loss(s.best_eval_loss)}{at_step(s.best_eval_step)}{overfit}"
 
 
 def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:

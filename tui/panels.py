@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loratop.trainer.distributed import rank_label
+from loratop.trainer.oom_forecast import LEVELS as OOM_LEVELS
 from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
 from loratop.trainer.run_state import LOST, UNKNOWN, RunState
 from loratop.widgets.units import fmt_bytes
@@ -61,7 +62,7 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
     if risk:
         first += f" · {risk}"
     if state.overfitting is not None:
-        first += f" · OVERFITTING @{state.overfitting.get('step')}"
+        first += f" · OVERFITTING{at_step(state.overfitting.get('step'))}"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
     tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
@@ -83,7 +84,7 @@ def eval_text(state: RunState) -> str | None:
     if best is last:
         return text + " (best)"
     if best is not None:
-        text += f" (best {fmt_loss(best.get('eval_loss'))} @{best.get('step')})"
+        text += f" (best {fmt_loss(best.get('eval_loss'))}{at_step(best.get('step'))})"
     return text
 
 
@@ -99,7 +100,7 @@ def active_spike(state: RunState) -> str | None:
     severity = str(last.get("severity", "?"))
     if severity != "fatal" and state.last_step - int(last.get("step") or 0) > ACTIVE_SPIKE_STEPS:
         return None
-    return f"SPIKE {severity.upper()} @{last.get('step')}"
+    return f"SPIKE {severity.upper()}{at_step(last.get('step'))}"
 
 
 def lr_text(state: RunState) -> str:
@@ -191,7 +192,7 @@ def oom_text(state: RunState) -> str:
     """The OOM-risk level and why; with several ranks, the worst rank's level."""
     worst = state.worst_oom_rank()
     if worst is not None:
-        rated = sum(1 for r in state.rank_rows if r.get("oom_level") is not None)
+        rated = sum(1 for r in state.rank_rows if r.get("oom_level") in OOM_LEVELS)
         return f"OOM risk {str(worst.get('oom_level')).upper()} (worst of {rated} ranks: {_rank_name(worst)})"
     risk = state.oom_risk
     if risk is None:
@@ -294,13 +295,18 @@ def status_line(state: RunState) -> str:
     return " · ".join(parts)
 
 
+def at_step(step: object) -> str:
+    """`` @N`` for a step that is known, nothing otherwise (never ``@None`` on screen)."""
+    return f" @{step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+
+
 def _checkpoint_done(state: RunState) -> bool:
     """The latest message announced a checkpoint (``SIGUSR1: saving a checkpoint after step 92``)
     and a checkpoint was saved after it: the message has nothing more to say."""
     if "saving a checkpoint" not in state.messages[-1] or not state.checkpoints:
         return False
     saved, said = state.checkpoints[-1].get("seq"), state.message_seq
-    return isinstance(saved, int) and (said is None or saved > said)
+    return isinstance(saved, int) and isinstance(said, int) and saved > said
 
 
 # -- run history (loratop ls, the home screen, compare) ----------------------------------------

@@ -147,7 +147,6 @@ class LossChart(Widget):
         """The run is over: a chart still without a step says so, rather than that it waits."""
         if not self.ended:
             self.ended = True
-            self._drawn_key = None
             self._redraw()
 
     def update(
@@ -207,6 +206,7 @@ class LossChart(Widget):
             buckets,
             rows,
             self._x_range,
+            self.ended,
         )
 
     def _redraw(self) -> None:

@@ -95,12 +95,7 @@ class CompareScreen(LoratopScreen[None]):
                 index = at.get(int(spike.get("step", -1)))
                 if index is not None:
                     spikes.append((xs[index], float(spike.get("loss") or math.nan)))
-            evals = []
-            for e in state.evals:
-                index = at.get(int(e.get("step") or -1))
-                loss = e.get("eval_loss")
-                if index is not None and isinstance(loss, (int, float)):
-                    evals.append((xs[index], float(loss)))
+            evals = [(xs[at[step]], loss) for step, loss in state.eval_points() if step in at]  # step 0 too
             result.append(Series(run.name, xs, ys, PALETTE[i % len(PALETTE)], spikes, evals))
         return result
 

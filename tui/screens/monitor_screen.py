@@ -362,11 +362,7 @@ class MonitorScreen(LoratopScreen[str]):
                 self._smoothed = RunningEma(smoothing_alpha(state.max_steps or 1000))
             smoothed = self._smoothed.extend(state.loss)
             x_range = (0.0, float(state.max_steps)) if state.max_steps and live else None
-            evals = [
-                (float(step), float(loss))
-                for e in state.evals
-                if isinstance(step := e.get("step"), int) and isinstance(loss := e.get("eval_loss"), (int, float))
-            ]
+            evals = [(float(step), loss) for step, loss in state.eval_points()]
             self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range, evals)
             if sparks:
                 self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
@@ -456,7 +452,7 @@ class MonitorScreen(LoratopScreen[str]):
 
     def action_back(self) -> None:
         """Back to the run history, which lists this run live; the run goes on."""
-        self.app.pop_screen()
+        self.dismiss()
 
     def action_detach(self) -> None:
         """Leave the run going and quit the dashboard."""

@@ -55,6 +55,11 @@ class ModelConfig:
     """In words: a path, ``the Hugging Face cache``, ``the hub (config.json only)``, or the tiny model."""
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether a model name has the shape of a hub id (``org/name``), not of a path."""
+    return not name.startswith(("/", ".", "~")) and name.count("/") == 1 and "\\" not in name
+
+
 def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfig:
     """A model's ``config.json``, never its weights.
 
@@ -79,7 +84,7 @@ def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfi
     prefix = f"cannot read config.json for {name}"
     if path.is_dir():
         raise ModelConfigError(f"{prefix}: the folder {path} has no config.json")
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
+    if not is_hub_id(name):
         raise ModelConfigError(f"{prefix}: no such folder, and not a hub id (org/name)")
     cached = cached_hub_config(name)
     if cached is not None:
@@ -128,7 +133,7 @@ def needs_download(name_or_path: str) -> bool:
     """Whether a run must fetch this model's weights from the hub (a hub id, not cached)."""
     if name_or_path == TINY or Path(name_or_path).expanduser().exists():
         return False
-    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1 or "\\" in name_or_path:
+    if not is_hub_id(name_or_path):
         return False
     return cached_hub_snapshot(name_or_path) is None
 
@@ -161,7 +166,7 @@ def unavailable_model(name_or_path: str, *, probe: bool = True, timeout: float =
         if not has_weights(path):
             return f"the folder {path} has no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])})"
         return None
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name:
+    if not is_hub_id(name):
         return f"no such folder {path}, and not a hub id (org/name)"
     if cached_hub_snapshot(name) is not None:
         return None

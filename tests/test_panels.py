@@ -254,3 +254,21 @@ def test_the_home_screen_shows_every_history_column() -> None:
     from loratop.tui.screens.home_screen import HOME_COLUMNS
 
     assert sorted(HOME_COLUMNS) == sorted(HISTORY_COLUMNS) and len(set(HOME_COLUMNS)) == len(HOME_COLUMNS)
+
+
+def test_the_best_eval_is_the_one_the_trainer_named() -> None:
+    """The trainer's tracker names the best (best_step); the dashboard shows that one, not its own pick."""
+    from loratop.trainer.run_state import RunState
+
+    state = RunState(Path("run"))
+    events = [
+        {"step": 10, "eval_loss": 2.0, "best_step": 10, "best_loss": 2.0},
+        {"step": 20, "eval_loss": 2.0, "best_step": 20, "best_loss": 2.0},  # whichever the trainer named wins
+    ]
+    for i, event in enumerate(events):
+        state.apply({"v": 1, "seq": i, "t": float(i), "type": "eval", **event})
+    best = state.best_eval
+    assert best is not None and best["step"] == 20
+    state = RunState(Path("old"))
+    state.apply({"v": 1, "seq": 0, "t": 0.0, "type": "eval", "step": 5, "eval_loss": 1.0})  # no best_step: scanned
+    assert (state.best_eval or {}).get("step") == 5

@@ -250,7 +250,13 @@ class RunState:
 
     @property
     def best_eval(self) -> ev.EvalEvent | None:
-        """The evaluation with the lowest finite eval loss (the first of equals)."""
+        """The best evaluation as the trainer named it (the last ``eval`` event's ``best_step``),
+        else the one with the lowest finite eval loss (the first of equals)."""
+        named = self.evals[-1].get("best_step") if self.evals else None
+        if isinstance(named, int):
+            for e in reversed(self.evals):
+                if e.get("step") == named:
+                    return e
         best, lowest = None, math.inf
         for e in self.evals:
             loss = e.get("eval_loss")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fake_cuda import FakeCudaMemory
 from fake_nvml import FakePynvml, four_gpus, install
 
 from loratop.trainer import events as ev
@@ -100,19 +101,27 @@ def test_batch_recorder_and_paged_state_on_a_real_bitsandbytes_optimizer() -> No
     import bitsandbytes as bnb
     import torch
 
-    from loratop.trainer.runtime.memory_watch import BatchRecorder, paged_state
+    from loratop.trainer.runtime.memory_watch import BatchRecorder, paged_state, paged_tensors
 
-    recorder = BatchRecorder(lambda rows: {"input_ids": torch.zeros(len(rows), 37, dtype=torch.long)})
-    recorder(["a", "b", "c"])
-    recorder(["a"])
+    model = torch.nn.Embedding(10, 4)
+    recorder = BatchRecorder()
+    recorder.attach(model)
+    model(torch.zeros(3, 37, dtype=torch.long))
+    model(input=torch.zeros(1, 37, dtype=torch.long))  # a batch under another name: not counted
+    model(torch.zeros(1, 37, dtype=torch.long))
     assert recorder.last_tokens == 37 and recorder.step_max_tokens == 3 * 37
+    model.eval()
+    model(torch.zeros(8, 99, dtype=torch.long))  # an evaluation pass is not a training batch
+    assert recorder.step_max_tokens == 3 * 37
+    recorder.detach()
+    recorder.detach()
 
     big = torch.nn.Parameter(torch.randn(400, 300))  # 120,000 elements: paged on a GPU
     small = torch.nn.Parameter(torch.randn(10, 10))
     optimizer = bnb.optim.PagedAdamW8bit([big, small], lr=1e-3)
     (big.sum() + small.sum()).backward()
     optimizer.step()
-    state = paged_state(optimizer)
+    state = paged_state(optimizer, paged_tensors())
     # On CPU bitsandbytes falls back to ordinary state: nothing is paged, all of it counted as unpaged.
     assert state["available"] and state["paged_bytes"] == 0 and state["paged_tensors"] == 0
     assert state["params_below_page_threshold"] == 1
@@ -131,22 +140,22 @@ def test_the_forecast_reads_the_gpu_the_run_trains_on(
     """cuda:0 is the first visible GPU, not NVML's GPU 0 (another job's, on a shared box)."""
     install(monkeypatch, FakePynvml(four_gpus()), visible)
     sampler = MemorySampler(lambda *a, **k: None, 2.0)  # the real NVML adapter, over the fake
-    recorder = BatchRecorder(lambda rows: rows)
+    recorder = BatchRecorder()
     # CUDA is hardware CI lacks: torch's allocator counters of cuda:0, 1 GiB reserved
-    stats = {"allocated_bytes.all.peak": 0, "reserved_bytes.all.current": GIB}
+    gpu = FakeCudaMemory(base=GIB, per_token=1024**2, reserved=GIB)
     emitted: list[tuple[str, dict[str, Any]]] = []
     watch = MemoryWatch(
         lambda kind, **fields: emitted.append((kind, fields)),
         sampler,
         recorder,
-        cuda=True,
+        gpu,
         worst_tokens=4000,
         batch_size=1,
-        cuda_memory_stats=lambda: stats,
     )
     for step, tokens in enumerate((1000, 2000, 3000), start=1):
-        recorder.step_max_tokens = tokens
-        stats["allocated_bytes.all.peak"] = GIB + tokens * 1024**2
+        watch.step_begin()
+        recorder.record(tokens)
+        gpu.peak = GIB + tokens * 1024**2
         sampler.last = sampler.sample()
         watch.step_end(step, optimizer=None)
 
@@ -160,18 +169,16 @@ def test_no_row_for_the_training_gpu_means_no_forecast(monkeypatch: pytest.Monke
     install(monkeypatch, FakePynvml(four_gpus()), "")
     sampler = MemorySampler(lambda *a, **k: None, 2.0)
     emitted: list[Any] = []
-    stats = {"allocated_bytes.all.peak": GIB, "reserved_bytes.all.current": GIB}
     watch = MemoryWatch(
         lambda *a, **k: emitted.append(a),
         sampler,
-        BatchRecorder(lambda rows: rows),
-        True,
+        BatchRecorder(),
+        FakeCudaMemory(base=GIB, reserved=GIB),
         4000,
         1,
-        cuda_memory_stats=lambda: stats,
     )
     for step in (1, 2, 3):
-        watch.recorder.step_max_tokens = 1000 * step
+        watch.recorder.record(1000 * step)
         sampler.last = sampler.sample()
         watch.step_end(step, optimizer=None)
 

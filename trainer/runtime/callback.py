@@ -187,6 +187,12 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._began = False
         self._watch_closed = False
 
+    @property
+    def memory_watch(self) -> Any:
+        """The run's :class:`~loratop.trainer.runtime.memory_watch.MemoryWatch` (batch tokens, OOM
+        forecast, spills) once training began on the main process; ``None`` before or elsewhere."""
+        return self._watch
+
     # -- the run folder -------------------------------------------------------------
 
     def _folder(self, args: Any) -> Path:
@@ -314,9 +320,9 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             device.update(rank=self.rank.rank, world_size=self.rank.world_size)
         self._sampler = MemorySampler(sink.emit, self._hz)
         if cuda:
-            from loratop.trainer.runtime.train import _torch_cuda_stats
+            from loratop.trainer.runtime.memory_watch import cuda_figures
 
-            self._sampler.torch_stats = _torch_cuda_stats
+            self._sampler.torch_stats = cuda_figures
         params: dict[str, Any] = {}
         if model is not None and hasattr(model, "get_nb_trainable_parameters"):
             from loratop.trainer.runtime.audit import audit_parameters
@@ -350,7 +356,20 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
                 "(their mean); set logging_steps=1 for every step's own loss",
             )
         self._sampler.start()
-        self._watch = _memory_watch(sink, self._sampler, kwargs.get("train_dataloader"), args, cuda)
+        self._watch = _memory_watch(
+            sink, self._sampler, model, kwargs.get("train_dataloader"), args, self.gpu_memory(args, cuda)
+        )
+
+    def gpu_memory(self, args: Any, cuda: bool) -> Any:
+        """The GPU this process trains on, as the memory watch reads it
+        (:class:`~loratop.trainer.runtime.memory_watch.CudaMemory`), or ``None`` on a CPU run.
+        The one place a test without a GPU puts a stand-in."""
+        from loratop.trainer.runtime.memory_watch import CudaMemory
+
+        if not cuda:
+            return None
+        index = getattr(getattr(args, "device", None), "index", None)
+        return CudaMemory(index if index is not None else self.rank.local_rank)
 
     def _stepped(self, step: int, loss: float | None) -> None:
         """A step's loss arrived: kept for the next evaluation's overfitting check."""
@@ -583,17 +602,17 @@ def _rows(dataloader: Any) -> int | None:
         return None
 
 
-def _memory_watch(sink: BackgroundSink, sampler: MemorySampler, dataloader: Any, args: Any, cuda: bool) -> Any:
-    """The step-boundary memory work (OOM forecast, paged state, spills) of a launched run."""
+def _memory_watch(
+    sink: BackgroundSink, sampler: MemorySampler, model: Any, dataloader: Any, args: Any, gpu: Any
+) -> Any:
+    """The step-boundary memory work (OOM forecast, paged state, spills) of a script's run."""
     from loratop.trainer.oom_forecast import worst_batch_tokens
     from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 
     batch = int(getattr(args, "per_device_train_batch_size", 1) or 1)
-    collate = getattr(dataloader, "collate_fn", None)
-    recorder = BatchRecorder(collate if collate is not None else (lambda features: features))
-    if collate is not None:
-        with contextlib.suppress(AttributeError, TypeError):
-            dataloader.collate_fn = recorder  # read when the loop makes its iterator: after this
+    recorder = BatchRecorder()
+    if model is not None and hasattr(model, "register_forward_pre_hook"):
+        recorder.attach(model)  # the batch the model runs, not the one collated ahead of it
     dataset: Any = getattr(dataloader, "dataset", None)
     lengths: list[int] = []
     if dataset is not None and "input_ids" in (getattr(dataset, "column_names", None) or []):
@@ -602,4 +621,4 @@ def _memory_watch(sink: BackgroundSink, sampler: MemorySampler, dataloader: Any,
     cap = getattr(args, "max_length", None) or (max(lengths) if lengths else 0)
     worst = worst_batch_tokens(lengths, batch, int(cap)) if lengths else 0
     optim = str(_plain(getattr(args, "optim", "")))
-    return MemoryWatch(sink.emit, sampler, recorder, cuda, worst, batch, paged_optimizer=optim.startswith("paged_"))
+    return MemoryWatch(sink.emit, sampler, recorder, gpu, worst, batch, paged_optimizer=optim.startswith("paged_"))

@@ -1,15 +1,18 @@
 """Per-step memory bookkeeping in the trainer: batch sizes, peaks, OOM risk, paged state.
 
-:class:`BatchRecorder` wraps the data collator to learn each micro-batch's padded
-token count (peak memory follows it). :class:`MemoryWatch` is called at every step
-boundary: it resets torch's peak counter, feeds the OOM forecaster and reports a
-level change, and accounts the paged optimizer state once the optimizer exists.
+:class:`BatchRecorder` reads each micro-batch's padded token count off the model's own
+forward call (peak memory follows it). :class:`MemoryWatch` is called at every step
+boundary: it resets the GPU's peak counter, feeds the OOM forecaster and reports a level
+change, and accounts the paged optimizer state once the optimizer exists. What it reads of
+the GPU goes through one adapter, :class:`CudaMemory` (torch's allocator counters,
+bitsandbytes' paged buffers, the CUPTI spill source); tests without a GPU hand it a
+stand-in with the same methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from loratop.trainer import events as ev
 from loratop.trainer.gpu_devices import row_for_cuda
@@ -21,31 +24,137 @@ PAGE_MIN_ELEMENTS = 100_000
 elements (``Optimizer8bit.get_state_buffer``); smaller ones keep ordinary state."""
 
 
-class BatchRecorder:
-    """A data collator wrapper that remembers padded tokens per micro-batch."""
+def batch_tokens(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """Padded tokens (rows × padded length) of one forward call's batch: ``input_ids`` as a
+    keyword or the first positional argument, else ``inputs_embeds``; ``None`` if neither has
+    a 2-D shape (a packed, padding-free batch is one row of all its tokens: still right)."""
+    ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    shape = getattr(ids, "shape", None)
+    if shape is None or len(shape) != 2:
+        shape = getattr(kwargs.get("inputs_embeds"), "shape", None)
+        if shape is None or len(shape) != 3:
+            return None
+    return int(shape[0]) * int(shape[1])
 
-    def __init__(self, collator: Callable[[Any], Any]) -> None:
-        self._collator = collator
+
+class BatchRecorder:
+    """Padded tokens of each micro-batch the model runs, read off the model's forward call.
+
+    Not from the data collator: the Trainer collates all of a step's micro-batches before
+    the step begins, and accelerate's data loader collates one batch ahead of that, so a
+    count taken at collation time belongs to a later step (on the H200 every step's
+    maximum read 0). A forward pre-hook sees the batch the model actually runs, also the
+    one it runs out of memory on. Evaluation passes (the model in eval mode) are left out.
+    """
+
+    def __init__(self) -> None:
         self.last_tokens = 0
-        """Padded tokens (rows × padded length) of the latest micro-batch."""
+        """Padded tokens of the latest micro-batch the model ran in training."""
         self.step_max_tokens = 0
         """The largest micro-batch of the current optimizer step."""
+        self._handle: Any = None
 
-    def __call__(self, features: Any) -> Any:
-        batch = self._collator(features)
-        ids = batch.get("input_ids") if hasattr(batch, "get") else None
-        if ids is not None and hasattr(ids, "shape") and len(ids.shape) == 2:
-            self.last_tokens = int(ids.shape[0] * ids.shape[1])
-            self.step_max_tokens = max(self.step_max_tokens, self.last_tokens)
-        return batch
+    def attach(self, model: Any) -> None:
+        """Start watching ``model``'s forward calls (the top-level module the Trainer calls)."""
+        self.detach()
+        self._handle = model.register_forward_pre_hook(self._seen, with_kwargs=True)
 
-    @property
-    def wrapped(self) -> Callable[[Any], Any]:
-        """The collator this one records for."""
-        return self._collator
+    def detach(self) -> None:
+        """Stop watching (safe to call twice)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
-    def __getattr__(self, name: str) -> Any:  # TRL inspects collator attributes
-        return getattr(self._collator, name)
+    def step_begin(self) -> None:
+        """A new optimizer step: its maximum starts again."""
+        self.step_max_tokens = 0
+
+    def record(self, tokens: int) -> None:
+        """One micro-batch of ``tokens`` padded tokens ran."""
+        self.last_tokens = tokens
+        self.step_max_tokens = max(self.step_max_tokens, tokens)
+
+    def _seen(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not getattr(module, "training", True):
+            return None
+        tokens = batch_tokens(args, kwargs)
+        if tokens is not None:
+            self.record(tokens)
+        return None  # the call goes on unchanged
+
+
+class GpuMemory(Protocol):
+    """What the watch reads of the GPU the run trains on. The real adapter is
+    :class:`CudaMemory`; a test without a GPU hands in a stand-in with these methods."""
+
+    device: int
+    """Torch's ordinal of the GPU (``cuda:<device>``)."""
+
+    def reset_peak(self) -> None:
+        """Start a new peak (at each step's beginning)."""
+        ...
+
+    def stats(self) -> Mapping[str, Any]:
+        """Torch's allocator counters, as ``torch.cuda.memory_stats`` names them."""
+        ...
+
+    def paged_tensors(self) -> list[Any] | None:
+        """The paged optimizer buffers (``None``: bitsandbytes cannot say)."""
+        ...
+
+    def spill_source(self) -> Any:
+        """The exact spill source (a :class:`~loratop.trainer.spills.SpillSource`)."""
+        ...
+
+
+class CudaMemory:
+    """The real adapter: torch's CUDA allocator, bitsandbytes' page manager, CUPTI.
+
+    Args:
+        device: Torch's ordinal of the GPU the run trains on (``cuda:0`` is the first GPU
+            ``CUDA_VISIBLE_DEVICES`` shows, whatever NVML numbers it).
+    """
+
+    def __init__(self, device: int = 0) -> None:
+        self.device = device
+
+    def reset_peak(self) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def stats(self) -> Mapping[str, Any]:
+        import torch
+
+        return torch.cuda.memory_stats(self.device)
+
+    def paged_tensors(self) -> list[Any] | None:
+        return paged_tensors()
+
+    def spill_source(self) -> Any:
+        from loratop.trainer.runtime.cupti_spills import CuptiUvmSource
+
+        return CuptiUvmSource(device=self.device)
+
+
+def cuda_figures(index: int) -> dict[str, int] | None:
+    """Torch's allocator figures for one GPU (the memory sampler's ``torch`` row); ``peak``
+    is since the current step began."""
+    import torch
+
+    if index >= torch.cuda.device_count():
+        return None
+    stats = torch.cuda.memory_stats(index)
+    return {
+        "allocated": int(stats.get("allocated_bytes.all.current", 0)),
+        "reserved": int(stats.get("reserved_bytes.all.current", 0)),
+        "peak": int(stats.get("allocated_bytes.all.peak", 0)),
+        "inactive_split": int(stats.get("inactive_split_bytes.all.current", 0)),
+        "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
+        "num_ooms": int(stats.get("num_ooms", 0)),
+    }
 
 
 def paged_tensors() -> list[Any] | None:
@@ -59,13 +168,15 @@ def paged_tensors() -> list[Any] | None:
         return None
 
 
-def paged_state(optimizer: Any) -> dict[str, Any]:
+def paged_state(optimizer: Any, paged: list[Any] | None) -> dict[str, Any]:
     """Bytes and tensors of paged optimizer state, and of state that is not paged.
 
-    Paged buffers are listed by bitsandbytes' ``GlobalPageManager``; torch's allocator
-    never counts them. State of parameters under 1e5 elements is ordinary memory.
+    Args:
+        optimizer: The run's optimizer (its ``state`` is read).
+        paged: The paged buffers, as bitsandbytes' ``GlobalPageManager`` lists them
+            (:func:`paged_tensors`); torch's allocator never counts them. State of
+            parameters under 1e5 elements is ordinary memory.
     """
-    paged = paged_tensors()
     if paged is None:
         return {"available": False, "note": "bitsandbytes GlobalPageManager not found"}
     paged_ids = {id(t) for t in paged}
@@ -95,15 +206,11 @@ class MemoryWatch:
     Args:
         emit: The run's event emitter.
         sampler: The memory sampler (its latest sample gives NVML figures).
-        recorder: The collator wrapper.
-        cuda: Whether the run is on a GPU.
+        recorder: The batch recorder (attached to the model by whoever trains it).
+        gpu: The GPU the run trains on (:class:`CudaMemory`), or ``None`` on a CPU run.
         worst_tokens: Padded tokens of the worst batch the data can produce.
         batch_size: Rows per micro-batch.
         paged_optimizer: Whether the optimizer pages its state (else no spill can happen).
-        device: Torch's ordinal of the GPU the run trains on (``cuda:0``: the first GPU
-            ``CUDA_VISIBLE_DEVICES`` shows, whatever NVML numbers it).
-        cuda_memory_stats: Torch's allocator counters of that GPU; ``torch.cuda.memory_stats``
-            by default (tests stand in for CUDA here).
     """
 
     def __init__(
@@ -111,29 +218,30 @@ class MemoryWatch:
         emit: Callable[..., None],
         sampler: MemorySampler,
         recorder: BatchRecorder,
-        cuda: bool,
+        gpu: GpuMemory | None,
         worst_tokens: int,
         batch_size: int,
         paged_optimizer: bool = True,
-        device: int = 0,
-        cuda_memory_stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._emit = emit
         self._sampler = sampler
         self.recorder = recorder
-        self._cuda = cuda
+        self.gpu = gpu
         self.forecaster = OomForecaster(worst_tokens, batch_size)
         self._retries = 0
         self._paged_optimizer = paged_optimizer
-        self._device = device
-        self._cuda_memory_stats = cuda_memory_stats or self._torch_memory_stats
         self.paged: dict[str, Any] | None = None
         self.spills: Any = None
         """The run's SpillCounter, from the first step on."""
 
+    @property
+    def device(self) -> int:
+        """Torch's ordinal of the GPU the run trains on (0 on a CPU run)."""
+        return self.gpu.device if self.gpu is not None else 0
+
     def start(self) -> None:
         """At train begin: on CPU say once that there is nothing to forecast."""
-        if not self._cuda:
+        if self.gpu is None:
             self._emit(
                 ev.OOM_RISK,
                 level=NOT_APPLICABLE,
@@ -144,11 +252,9 @@ class MemoryWatch:
             )
 
     def step_begin(self) -> None:
-        self.recorder.step_max_tokens = 0
-        if self._cuda:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self._device)
+        self.recorder.step_begin()
+        if self.gpu is not None:
+            self.gpu.reset_peak()
 
     def step_end(self, step: int, optimizer: Any) -> None:
         """Feed the forecaster; report a new risk level; account paged state once."""
@@ -157,16 +263,16 @@ class MemoryWatch:
         if self.spills is not None:
             for event in self.spills.step(step, self._sampler.last):
                 self._emit_spill(event)
-        if not self._cuda:
+        if self.gpu is None:
             return
-        stats = self._cuda_memory_stats()
+        stats = self.gpu.stats()
         peak = int(stats.get("allocated_bytes.all.peak", 0))
         reserved = int(stats.get("reserved_bytes.all.current", 0))
         allocated = int(stats.get("allocated_bytes.all.current", 0))
         retries = int(stats.get("num_alloc_retries", 0))
         self.forecaster.observe(self.recorder.step_max_tokens, peak)
         sample = self._sampler.last or {}
-        gpu = row_for_cuda(sample.get("gpus"), self._device)
+        gpu = row_for_cuda(sample.get("gpus"), self.device)
         if gpu is None:
             return
         note = fragmentation_note(reserved, allocated, retries, self._retries)
@@ -178,19 +284,20 @@ class MemoryWatch:
 
     def _account_paged(self, step: int, optimizer: Any) -> None:
         """Once the optimizer exists: how much is paged, and how spills will be counted."""
-        from loratop.trainer.runtime.cupti_spills import CuptiUvmSource
         from loratop.trainer.spills import make_spill_counter, paged_ranges
 
-        self.paged = paged_state(optimizer)
-        if not self._cuda:
+        gpu = self.gpu
+        paged = gpu.paged_tensors() if gpu is not None else paged_tensors()
+        self.paged = paged_state(optimizer, paged)
+        if gpu is None:
             self.paged["note"] = "CPU run: bitsandbytes keeps optimizer state unpaged"
         self.spills = make_spill_counter(
-            "cuda" if self._cuda else "cpu",
+            "cuda" if gpu is not None else "cpu",
             int(self.paged.get("paged_bytes") or 0),
-            paged_ranges(paged_tensors() or []) if self._cuda else [],
-            device=self._device,
+            paged_ranges(paged or [], self.device) if gpu is not None else [],
+            device=self.device,
             paged_optimizer=self._paged_optimizer,
-            cupti_factory=lambda: CuptiUvmSource(device=self._device),
+            cupti_factory=gpu.spill_source if gpu is not None else None,
         )
         self._emit(
             ev.PAGED_STATE, step=step, spill_method=self.spills.method, spill_reason=self.spills.reason, **self.paged
@@ -200,13 +307,11 @@ class MemoryWatch:
         totals = self.spills.totals()
         self._emit(ev.SPILL, **event.as_event(), total_events=totals.events, total_bytes=totals.bytes)
 
-    def _torch_memory_stats(self) -> Mapping[str, Any]:
-        import torch
-
-        return torch.cuda.memory_stats(self._device)
-
     def close(self, step: int) -> None:
-        """At the end of training: close the last spill cluster."""
+        """However the run ended (completed, stopped, out of memory, an exception, a signal):
+        drain the spill source's buffers and emit what they held, close the last spill
+        cluster, stop the source, and stop reading batches. Safe to call twice."""
+        self.recorder.detach()
         if self.spills is not None:
             for event in self.spills.close(step):
                 self._emit_spill(event)

@@ -223,6 +223,7 @@ class Run:
                     error.update(self._oom_post_mortem())
                 traceback.print_exception(exc)  # the whole thing, into trainer.log
         finally:
+            self._close_watch()
             self._sampler.stop()
             if main:
                 self._folder_watch.stop()
@@ -250,6 +251,17 @@ class Run:
             fields["rescued_to"] = str(self._rescue)
         self.sink.emit(ev.RUN_FINISHED, **fields)
         return self._finish(EXIT_BY_STATUS[status], status)
+
+    def _close_watch(self) -> None:
+        """However training ended (also out of memory, an exception or a second Ctrl-C, where the
+        Trainer's ``on_train_end`` never came): the spills CUPTI still held are emitted before
+        ``run_finished``. Already done at a normal end; never raises over the real ending."""
+        if self.watch is None:
+            return
+        try:
+            self.watch.close(self._last_step)
+        except Exception as exc:
+            print(f"loratop trainer: could not read the last spill records: {exc}", file=sys.stderr)
 
     def _finish(self, code: int, status: str) -> int:
         """The last writes: events kept in memory, status.json, and a copy of the run in its
@@ -483,7 +495,9 @@ class Run:
             self._device["rank"] = self.rank.rank
             self._device["world_size"] = self.rank.world_size
         if cuda:
-            self._sampler.torch_stats = _torch_cuda_stats
+            from loratop.trainer.runtime.memory_watch import cuda_figures
+
+            self._sampler.torch_stats = cuda_figures
         transformers.set_seed(cfg.training.seed)
 
         path = cfg.model.name_or_path
@@ -587,8 +601,8 @@ class Run:
         from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 
         t = self.config.training
-        recorder = BatchRecorder(trainer.data_collator)
-        trainer.data_collator = recorder
+        recorder = BatchRecorder()
+        recorder.attach(trainer.model)  # the batch the model runs, not the one collated ahead
         lengths: list[int] = []
         if "input_ids" in getattr(trainer.train_dataset, "column_names", []):
             lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
@@ -599,12 +613,17 @@ class Run:
             self.sink.emit,
             self._sampler,
             recorder,
-            cuda,
+            self.gpu_memory(cuda),
             worst,
             t.per_device_train_batch_size,
             paged_optimizer=t.optim.startswith("paged_"),
-            device=self.rank.local_rank if cuda else 0,
         )
+
+    def gpu_memory(self, cuda: bool) -> Any:
+        """The GPU this rank trains on, for the memory watch (``None`` on a CPU run)."""
+        from loratop.trainer.runtime.memory_watch import CudaMemory
+
+        return CudaMemory(self.rank.local_rank) if cuda else None
 
     def _load_dataset(self) -> tuple[Any, Any]:
         """The training rows and the eval rows (``None`` without ``data.eval_split`` / ``eval_path``)."""
@@ -1059,23 +1078,6 @@ def _device_info(torch: Any, cuda: bool) -> dict[str, Any]:
         "count": count,
         "names": [torch.cuda.get_device_name(i) for i in range(count)],
         "name": torch.cuda.get_device_name(0),
-    }
-
-
-def _torch_cuda_stats(index: int) -> dict[str, int] | None:
-    """Torch's allocator figures for one GPU; ``peak`` is since the current step began."""
-    import torch
-
-    if index >= torch.cuda.device_count():
-        return None
-    stats = torch.cuda.memory_stats(index)
-    return {
-        "allocated": int(stats.get("allocated_bytes.all.current", 0)),
-        "reserved": int(stats.get("reserved_bytes.all.current", 0)),
-        "peak": int(stats.get("allocated_bytes.all.peak", 0)),
-        "inactive_split": int(stats.get("inactive_split_bytes.all.current", 0)),
-        "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
-        "num_ooms": int(stats.get("num_ooms", 0)),
     }
 
 

@@ -8,11 +8,13 @@ On a GPU, three parts, each read back from the runs' own ``events.jsonl``:
 1. **throughput**: the same QLoRA run (a ~1B random-init Llama, r=64 on all seven
    projections) with loratop's callbacks and memory sampler, and as a plain SFTTrainer run
    with neither, interleaved ``--pairs`` times; tokens/s after a warm-up. Target ≥ 0.99×.
-2. **memory truth**: one run with everything on; after step ``--ballast-at`` a ballast
-   fills the GPU so the paged optimizer state must be evicted; after ``--oom-at`` (0: never)
-   the ballast takes the rest, so the next step runs out of memory. It shows NVML used next
-   to torch reserved/allocated and the paged bytes, the spill events and their method, the
-   OOM-risk levels, and the OOM post-mortem.
+2. **memory truth**: one run with everything on; after step ``--ballast-at`` (and every
+   ``--squeeze-every`` steps after it) a ballast of plain device allocations fills the GPU and
+   pushes past full, so the driver evicts paged optimizer state, then gives some back so
+   training goes on and pages it back in (``scripts/gpu_pressure.py`` says how and why);
+   after ``--oom-at`` (0: never) the ballast takes the rest, so the next step runs out of
+   memory. It shows NVML used next to torch reserved/allocated and the paged bytes, the
+   spill events and their method, the OOM-risk levels, and the OOM post-mortem.
 3. **verdict**: one ``CHECK name: PASS|FAIL|n/a — why`` line per criterion of issue 10;
    the exit code is 1 if any check failed.
 
@@ -39,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):  # loratop, and gpu_pressure beside this script
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from loratop.trainer import events as ev  # noqa: E402
 from loratop.trainer import oom_forecast as oom  # noqa: E402
@@ -55,7 +58,6 @@ THROUGHPUT_TARGET = 0.99
 """loratop's tokens/s over a bare SFTTrainer's, median of the interleaved runs (issue 10)."""
 WARMUP_STEPS = 5
 """Steps left out of a throughput figure: the first ones compile kernels and fill caches."""
-CHUNK = 256 * MIB
 
 
 # -- verdicts: pure functions of a run's events (tests/test_gpu_check.py runs them on CPU) --
@@ -117,7 +119,8 @@ def check_nvml_vs_torch(events: list[dict[str, Any]], ballast_step: int | None =
 
 
 def check_spills(events: list[dict[str, Any]]) -> Check:
-    """Spill events > 0, counted by the exact (CUPTI) method."""
+    """Spill events > 0, counted by the exact (CUPTI) method, and training went on after the first
+    (so the optimizer paged its state back in: the refill bytes say how much came back)."""
     paged = next(iter(_of(events, ev.PAGED_STATE)), None)
     if paged is None:
         return Check("spills-exact", FAIL, "no paged_state event: the first step never ended")
@@ -126,11 +129,23 @@ def check_spills(events: list[dict[str, Any]]) -> Check:
         return Check("spills-exact", NA, f"{paged.get('spill_reason')}")
     spills = _of(events, ev.SPILL)
     total = sum(int(s.get("bytes") or 0) for s in spills)
+    refilled = sum(int(s.get("refill_bytes") or 0) for s in spills)
     if method != SPILLS_EXACT:
         return Check("spills-exact", FAIL, f"spills counted by method {method!r}: {paged.get('spill_reason')}")
     if not spills:
         return Check("spills-exact", FAIL, f"method exact, but no spill event ({_gib(paged.get('paged_bytes'))} paged)")
-    return Check("spills-exact", PASS, f"{len(spills)} spill events, {_gib(total)} evicted, method exact (CUPTI)")
+    inexact = [s for s in spills if s.get("method") != SPILLS_EXACT]
+    if inexact:
+        why = f"{len(inexact)} of {len(spills)} spill events not exact (CUPTI failed mid-run?)"
+        return Check("spills-exact", FAIL, why)
+    after = [e for e in _of(events, ev.STEP) if e["seq"] > spills[0]["seq"]]
+    why = (
+        f"{len(spills)} spill events at steps {', '.join(str(s.get('step')) for s in spills[:8])},"
+        f" {total / MIB:.1f} MiB evicted, {refilled / MIB:.1f} MiB paged back in, method exact (CUPTI)"
+    )
+    if not after:
+        return Check("spills-exact", FAIL, f"{why}; but no step trained after the first spill")
+    return Check("spills-exact", PASS, f"{why}; {len(after)} steps trained after the first")
 
 
 def check_risk_before_oom(events: list[dict[str, Any]], ballast_step: int | None) -> Check:
@@ -155,12 +170,17 @@ def check_risk_before_oom(events: list[dict[str, Any]], ballast_step: int | None
             f"levels {levels}; none rose after the ballast" + (" before the OOM" if oom_seq else ""),
         )
     first = raised[0]
+    blind = [r for r in risks if r.get("level") != oom.NOT_APPLICABLE and not r.get("seen_tokens")]
+    if blind:
+        why = f"levels {levels}; but {len(blind)} forecasts saw no batch (seen_tokens 0 or missing)"
+        return Check("oom-risk-rises", FAIL, f"{why}: {blind[0].get('reason')}")
     return Check(
         "oom-risk-rises",
         PASS,
         f"levels {levels}; {first.get('level')} at step {first.get('step')}"
         f" (predicted {_gib(first.get('predicted_peak'))} of {_gib(first.get('available'))})"
-        + (", before the OOM" if oom_seq else ""),
+        + (", before the OOM" if oom_seq else "")
+        + f"; largest batch seen {max(int(r.get('seen_tokens') or 0) for r in raised):,} tokens",
     )
 
 
@@ -277,56 +297,6 @@ def build_model(folder: Path, layers: int) -> Path:
     return folder
 
 
-class Ballast:
-    """Tensors that crowd the trainer out of the GPU, as another job on a shared box would."""
-
-    def __init__(self) -> None:
-        self.tensors: list[Any] = []
-
-    def fill(self, keep_free: int, push: int = 0) -> int:
-        """Allocate until ``keep_free`` bytes are left, then ``push`` bytes more (which only
-        fit once the driver evicts managed memory: the paged optimizer state). Returns bytes held."""
-        import torch
-
-        while True:
-            free, _ = torch.cuda.mem_get_info()
-            if free - CHUNK < keep_free:
-                break
-            if not self._grab(CHUNK):
-                break
-        pushed = 0
-        for size in (CHUNK, 64 * MIB, 16 * MIB, 4 * MIB):
-            while pushed + size <= push and self._grab(size):
-                pushed += size
-        return self.held
-
-    def take_the_rest(self) -> int:
-        """Empty torch's cache and take every byte left: the next step must run out of memory."""
-        import torch
-
-        torch.cuda.empty_cache()
-        for size in (CHUNK, 64 * MIB, 16 * MIB, 4 * MIB, MIB):
-            while self._grab(size):
-                pass
-        return self.held
-
-    def _grab(self, size: int) -> bool:
-        import torch
-
-        try:
-            self.tensors.append(torch.empty(size, dtype=torch.uint8, device="cuda"))
-        except torch.OutOfMemoryError:
-            return False
-        return True
-
-    @property
-    def held(self) -> int:
-        return sum(t.numel() for t in self.tensors)
-
-    def release(self) -> None:
-        self.tensors.clear()
-
-
 def _callback(on_step_end: Callable[[Any], None]) -> Any:
     from transformers import TrainerCallback
 
@@ -401,7 +371,7 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
         for callback in list(trainer.callback_handler.callbacks):
             if type(callback).__name__ == "LaunchedRunCallback":
                 trainer.remove_callback(callback)
-        trainer.data_collator = run.watch.recorder.wrapped  # undo the BatchRecorder
+        run.watch.recorder.detach()  # no batch recorder either
         trainer.add_callback(_callback(mark))
         trainer.train()
         run.sink.close()
@@ -425,8 +395,24 @@ def throughput(model: Path | None, out: Path, pairs: int, steps: int) -> Through
     return verdict
 
 
-def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, oom_at: int) -> int:
-    """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code."""
+def squeeze_due(step: int, ballast_at: int, every: int, oom_at: int) -> bool:
+    """Whether the ballast squeezes after ``step``: at ``ballast_at``, then every ``every`` steps
+    (0: only once), never at or after ``oom_at`` (where it takes the rest instead)."""
+    if step < ballast_at or (oom_at and step >= oom_at):
+        return False
+    return step == ballast_at or (every > 0 and (step - ballast_at) % every == 0)
+
+
+def memory_run(
+    model: Path | None, run_dir: Path, steps: int, ballast_at: int, oom_at: int, squeeze_every: int = 5
+) -> int:
+    """The memory-truth run, in this process so the ballast shares its GPU. Returns the exit code.
+
+    After step ``ballast_at`` and every ``squeeze_every`` steps after it (before ``oom_at``), a
+    :class:`~gpu_pressure.Squeeze` fills the GPU to full with plain allocations and pushes the
+    paged bytes past full, so the driver evicts paged optimizer state, then gives back the push
+    and 512 MiB: training goes on and the optimizer pages its state back in. After ``oom_at``
+    the ballast takes the rest, so the next step runs out of memory."""
     import torch
 
     from loratop.trainer.runtime.event_sink import EventSink
@@ -435,31 +421,39 @@ def memory_run(model: Path | None, run_dir: Path, steps: int, ballast_at: int, o
     cuda = torch.cuda.is_available()
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(_config(model, run_dir, steps), run_dir, EventSink(run_dir / "events.jsonl"))
-    ballast = Ballast()
+    squeeze: Any = None
+    if cuda:
+        from gpu_pressure import CudaRuntime, CudaUnavailable, Squeeze
+
+        try:
+            squeeze = Squeeze(CudaRuntime(torch.cuda.current_device()))
+        except CudaUnavailable as exc:
+            print(f"no ballast: the raw CUDA runtime is unavailable ({exc}); nothing will be evicted", flush=True)
 
     def crowd(state: Any) -> None:
-        if state.global_step == ballast_at:
-            paged = run.watch.paged or {}
-            held = ballast.fill(keep_free=512 * MIB, push=int(paged.get("paged_bytes") or 0))
-            print(
-                f"ballast after step {ballast_at}: {_gib(held)} held; {_gib(torch.cuda.mem_get_info()[0])} free",
-                flush=True,
-            )
-        if oom_at and state.global_step == oom_at:
-            held = ballast.take_the_rest()
+        step = state.global_step
+        paged = int((run.watch.paged or {}).get("paged_bytes") or 0)
+        if oom_at and step == oom_at:
+            torch.cuda.empty_cache()  # the training's cached blocks too: its next step must allocate
+            held = squeeze.take_the_rest(evict=max(paged, 64 * MIB))
             print(f"ballast after step {oom_at}: takes the rest, {_gib(held)} held: the next step must OOM", flush=True)
+        elif squeeze_due(step, ballast_at, squeeze_every, oom_at):
+            torch.cuda.synchronize()
+            result = squeeze.squeeze(evict=max(paged, 2 * MIB), margin=512 * MIB)
+            print(result.line(step, squeeze.held_bytes), flush=True)
 
     setup = run.setup
 
     def setup_with_ballast() -> Any:
         trainer = setup()
-        if cuda:
+        if squeeze is not None:
             trainer.add_callback(_callback(crowd))
         return trainer
 
     run.setup = setup_with_ballast  # type: ignore[method-assign]
     code = run.execute()
-    ballast.release()
+    if squeeze is not None:
+        squeeze.release_all()
     _release_gpu()
     print(f"trainer finished with exit code {code}", flush=True)
     return code
@@ -513,6 +507,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps of the memory-truth run")
     parser.add_argument("--ballast-at", type=int, default=15, help="step after which the ballast fills the GPU")
     parser.add_argument("--oom-at", type=int, default=0, help="step after which the ballast takes the rest (0: never)")
+    parser.add_argument(
+        "--squeeze-every", type=int, default=5, help="steps between squeezes after --ballast-at (0: one squeeze)"
+    )
     parser.add_argument("--pairs", type=int, default=3, help="interleaved throughput pairs (loratop vs bare)")
     parser.add_argument("--pair-steps", type=int, default=30, help="steps per throughput run")
     parser.add_argument("--layers", type=int, default=22, help="decoder layers of the random-init Llama (22: ~1B)")
@@ -564,7 +561,7 @@ def main() -> int:
     )
     run_dir = out / "run"
     try:
-        memory_run(model, run_dir, steps, ballast_at, oom_at)
+        memory_run(model, run_dir, steps, ballast_at, oom_at, args.squeeze_every)
         _section("what the events say")
         events, skipped = report(run_dir)
         checks += [

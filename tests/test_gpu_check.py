@@ -4,6 +4,7 @@ feeds them real figures is scripts/gpu_check.sh on a GPU box (docs/gpu-check.md)
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -51,14 +52,20 @@ def _write(
 
 
 def _gpu_run(
-    *, spills: int = 2, method: str = "exact", rise_at: int | None = 16, oom: bool = True, post_mortem: bool = True
+    *,
+    spills: int = 2,
+    method: str = "exact",
+    rise_at: int | None = 16,
+    oom: bool = True,
+    post_mortem: bool = True,
+    seen_tokens: int = 4096,
 ) -> list[tuple[str, dict[str, Any]]]:
     """A GPU run's events as the trainer emits them: steps, memory samples, paged state, the
     ballast after step 15, spills, an OOM-risk rise, and an OOM at step 21."""
     script: list[tuple[str, dict[str, Any]]] = [
         ("memory", {"host": {"rss": GIB}, "gpu_state": "ok", "gpus": [_gpu(1.0, 0.0)]}),
         ("oom_risk", {"step": 1, "level": "ok", "predicted_peak": 8 * GIB, "available": 139 * GIB, "headroom": 1,
-                      "reason": "fits"}),
+                      "reason": "fits", "seen_tokens": 4096}),
     ]  # fmt: skip
     for step in range(1, 22):
         script.append(("step", {"step": step, "loss": 2.0, "tokens": step * 4096}))
@@ -72,7 +79,8 @@ def _gpu_run(
                 script.append(("spill", {"step": 17, "bytes": 256 * 1024**2, "method": method, "total_events": i + 1}))
         if rise_at is not None and step == rise_at:
             script.append(("oom_risk", {"step": rise_at, "level": "danger", "predicted_peak": 139 * GIB,
-                                        "available": 139 * GIB, "headroom": 0, "reason": "ballast"}))  # fmt: skip
+                                        "available": 139 * GIB, "headroom": 0, "reason": "ballast",
+                                        "seen_tokens": seen_tokens}))  # fmt: skip
     error: dict[str, Any] = {"message": "OutOfMemoryError: CUDA out of memory", "traceback": []}
     if post_mortem:
         error.update(step=21, batch_tokens=4096, last_memory={}, suggestions=["lower the batch", "shorter rows"])
@@ -93,8 +101,10 @@ def test_a_healthy_gpu_run_passes_every_memory_check(tmp_path: Path) -> None:
     assert [c.result for c in checks] == ["PASS"] * 4, [c.line() for c in checks]
     # The difference is explained on the steady sample before the ballast: 12 − 10 GiB, 0.5 paged.
     assert "NVML − reserved = 2.00 GiB" in checks[0].why and "≥ 1.50 GiB is the CUDA context" in checks[0].why
-    assert "2 spill events" in checks[1].why and "exact (CUPTI)" in checks[1].why
+    assert "2 spill events at steps 17, 17, 512.0 MiB evicted" in checks[1].why and "exact (CUPTI)" in checks[1].why
+    assert "4 steps trained after the first" in checks[1].why
     assert "danger at step 16" in checks[2].why and "before the OOM" in checks[2].why
+    assert "largest batch seen 4,096 tokens" in checks[2].why
     assert "status oom at step 21" in checks[3].why
 
 
@@ -114,6 +124,22 @@ def test_estimated_or_absent_spills_fail(tmp_path: Path, kwargs: dict[str, Any],
     events, _ = _write(tmp_path, _gpu_run(**kwargs))
     check = gc.check_spills(events)
     assert check.result == "FAIL" and expected in check.why
+
+
+def test_a_forecast_that_saw_no_batch_fails_even_when_the_level_rose(tmp_path: Path) -> None:
+    """The H200's first run: the level rose on the ballast alone while every batch read 0 tokens."""
+    events, _ = _write(tmp_path, _gpu_run(seen_tokens=0))
+    check = gc.check_risk_before_oom(events, ballast_step=15)
+    assert check.result == "FAIL" and "1 forecasts saw no batch" in check.why
+
+
+def test_a_spill_with_no_training_after_it_fails(tmp_path: Path) -> None:
+    """The check is that the optimizer paged its state back in and trained on, not only that
+    something was evicted on the way out."""
+    script = [e for e in _gpu_run() if not (e[0] == "step" and e[1]["step"] > 17)]
+    events, _ = _write(tmp_path, script)
+    check = gc.check_spills(events)
+    assert check.result == "FAIL" and "no step trained after the first spill" in check.why
 
 
 @pytest.mark.parametrize(("rise_at", "why"), [(None, "none rose"), (10, "none rose"), (30, "none rose")])
@@ -171,3 +197,78 @@ def test_tokens_per_second_leaves_out_the_warm_up() -> None:
     marks += [(5.0 + 0.5 * i, 5000 + 1000 * i) for i in range(1, 11)]
     assert gc.tokens_per_s(marks, warmup=5) == pytest.approx(2000.0)
     assert gc.tokens_per_s(marks[:3], warmup=5) == pytest.approx(1000.0)  # too short: from the first mark
+
+
+# -- the squeeze that makes the driver evict paged state (scripts/gpu_pressure.py) ---------
+
+gp = importlib.import_module("gpu_pressure")  # scripts/ is on sys.path once gpu_check is loaded
+MIB = 1024**2
+
+
+class FakeDevice:
+    """A GPU's memory as the driver manages it: plain allocations take free memory first, then
+    (when ``evicts``) managed pages that are resident, which move to the host (the PMA
+    eviction the UVM driver does for the resource manager's allocations)."""
+
+    def __init__(self, total: int, used: int, managed: int, evicts: bool = True) -> None:
+        self.total, self.used, self.managed_resident, self.evicts = total, used, managed, evicts
+        self.evicted = 0
+        self.allocations: dict[int, int] = {}
+        self._next = 1
+
+    def free_bytes(self) -> int:
+        return self.total - self.used - self.managed_resident - sum(self.allocations.values())
+
+    def alloc(self, size: int) -> int | None:
+        short = size - self.free_bytes()
+        if short > 0:
+            if not self.evicts or short > self.managed_resident:
+                return None
+            self.managed_resident -= short
+            self.evicted += short
+        self.allocations[self._next] = size
+        self._next += 1
+        return self._next - 1
+
+    def release(self, pointer: int) -> None:
+        del self.allocations[pointer]
+
+
+def test_a_squeeze_fills_to_full_pushes_the_paged_bytes_past_it_and_gives_back_room() -> None:
+    device = FakeDevice(total=140 * GIB, used=20 * GIB + 3 * MIB, managed=96 * MIB)
+    squeeze = gp.Squeeze(device)
+    result = squeeze.squeeze(evict=96 * MIB, margin=512 * MIB)
+    assert device.evicted == 96 * MIB - MIB, "what was free (1 MiB under a 2 MiB piece) plus evictions"
+    assert result.pushed == result.asked == 96 * MIB
+    assert 608 * MIB <= result.free_after < 610 * MIB, "the push and the 512 MiB margin are free again"
+    assert device.managed_resident == MIB, "the 1 MiB the push did not need to evict"
+    assert squeeze.held_bytes == 140 * GIB - 20 * GIB - 3 * MIB - MIB - result.free_after
+    assert "pushed 96 of 96 MiB past full: the driver made room" in result.line(15, squeeze.held_bytes)
+    # Training pages its state back in (96 MiB of the free room), and the next squeeze evicts it again.
+    device.managed_resident += 96 * MIB - MIB
+    device.evicted = 0
+    again = squeeze.squeeze(evict=96 * MIB, margin=512 * MIB)
+    assert again.pushed == 96 * MIB and device.evicted > 90 * MIB
+    squeeze.release_all()
+    assert device.allocations == {} and squeeze.held_bytes == 0
+
+
+def test_a_driver_that_evicts_nothing_is_reported_not_assumed() -> None:
+    device = FakeDevice(total=80 * GIB, used=GIB, managed=96 * MIB, evicts=False)
+    squeeze = gp.Squeeze(device)
+    result = squeeze.squeeze(evict=96 * MIB, margin=512 * MIB)
+    assert result.pushed == 0 and device.evicted == 0 and device.managed_resident == 96 * MIB
+    assert "refused: the driver evicted nothing" in result.line(15, squeeze.held_bytes)
+
+
+def test_taking_the_rest_leaves_nothing_free() -> None:
+    device = FakeDevice(total=80 * GIB, used=GIB, managed=96 * MIB)
+    squeeze = gp.Squeeze(device)
+    squeeze.take_the_rest(evict=96 * MIB)
+    assert device.free_bytes() == 0 and device.managed_resident == 0
+
+
+def test_the_squeezes_come_after_the_ballast_step_and_stop_before_the_forced_oom() -> None:
+    assert [s for s in range(1, 41) if gc.squeeze_due(s, 15, 5, 35)] == [15, 20, 25, 30]
+    assert [s for s in range(1, 41) if gc.squeeze_due(s, 15, 0, 35)] == [15]
+    assert [s for s in range(1, 41) if gc.squeeze_due(s, 15, 10, 0)] == [15, 25, 35]

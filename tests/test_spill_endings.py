@@ -19,10 +19,12 @@ from fake_nvml import FakeGpu, FakePynvml, install
 
 from loratop.trainer import events as ev
 from loratop.trainer.config import load_config, parse_overrides
+from loratop.trainer.run_summary import fold_run
 from loratop.trainer.runtime.event_sink import EventSink
 from loratop.trainer.runtime.memory_watch import batch_tokens
 from loratop.trainer.runtime.train import Run
 from loratop.trainer.spills import EXACT
+from loratop.tui import panels
 from tests.conftest import REPO, of_type, read_events
 
 FAIL_IN_STEP = 4
@@ -90,6 +92,8 @@ def test_a_spill_just_before_the_run_dies_is_in_events_jsonl(
     assert len(finished) == 1 and finished[0]["status"] == status
     assert spill["seq"] < finished[0]["seq"], "written before the run says it ended"
     assert source.stopped, "CUPTI is stopped at the end"
+    state, _ = fold_run(tmp_path / "run")  # what the dashboard, ls and attach read
+    assert "spills 1  48 MiB (exact)" in panels.events_text(state)
     if status == ev.OOM:
         post_mortem = finished[0]["error"]
         assert post_mortem["batch_tokens"] == died_on["tokens"] > 0, "the batch that ran out, not one collated ahead"

@@ -153,6 +153,8 @@ class OomRiskEvent(Envelope, total=False):
     available: int | None
     headroom: int | None
     reason: str
+    seen_tokens: int
+    """The largest batch (padded tokens) the forecast has seen run so far."""
 
 
 class Params(TypedDict, total=False):

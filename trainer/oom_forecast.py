@@ -88,6 +88,8 @@ class Risk:
     available: int | None
     headroom: int | None
     reason: str
+    seen_tokens: int = 0
+    """The largest batch (padded tokens) observed so far."""
 
     def as_event(self) -> dict[str, object]:
         return {
@@ -96,6 +98,7 @@ class Risk:
             "available": self.available,
             "headroom": self.headroom,
             "reason": self.reason,
+            "seen_tokens": self.seen_tokens,
         }
 
 
@@ -152,7 +155,7 @@ class OomForecaster:
         reason = f"{basis}; predicted peak {predicted / GIB:.1f} GiB of {available / GIB:.1f} GiB available"
         if fragmentation:
             reason += f"; {fragmentation}"
-        return Risk(level, predicted, available, available - predicted, reason)
+        return Risk(level, predicted, available, available - predicted, reason, seen_max_tokens)
 
     def changed(self, risk: Risk | None) -> bool:
         """Whether ``risk`` is a new level (and remember it)."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 from loratop.trainer.run_dir import STAMPED, foreign_files
+from loratop.trainer.yaml_files import MAX_YAML_BYTES, YamlTooBig, load_yaml
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -388,8 +389,11 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
             problems.append(f"--set {text}: expected section.key=value, e.g. --set lora.r=16")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw) if raw.strip() else ""
+        except YamlTooBig as exc:
+            problems.append(f"--set {key}: the value {exc}")
+            continue
+        except (yaml.YAMLError, ValueError):
             value = raw
         result[key] = value
     if problems:
@@ -411,7 +415,7 @@ def _apply_override(tree: dict[str, Any], dotted: str, value: Any) -> str | None
     return None
 
 
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = MAX_YAML_BYTES
 """A run config is a page of YAML; past 1 MiB it is a data file given by mistake (and YAML
 would parse it for minutes)."""
 
@@ -432,12 +436,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YamlTooBig as exc:
+        raise ConfigError([f"{path}: refused: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}{where}: malformed YAML: {problem}"]) from None
+    except ValueError as exc:  # a value PyYAML cannot build, e.g. an integer of 5,000 digits
+        raise ConfigError([f"{path}: malformed YAML: {str(exc).splitlines()[0][:200]}"]) from None
     if data is None:
         return {}  # empty: every value a default (the CLI says so, see tui.cli._load)
     if not isinstance(data, dict):

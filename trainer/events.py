@@ -310,6 +310,9 @@ PAYLOADS: dict[str, type] = {
 Check = Callable[[Any], bool]
 
 
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+"""The range of an integer in an event (int64, as the index stores it)."""
+
 _SCALARS: dict[Any, frozenset[type]] = {
     type(None): frozenset({type(None)}),
     bool: frozenset({bool}),
@@ -335,6 +338,10 @@ def _checker(hint: Any) -> Check:
     run's file calls these millions of times."""
     scalars = _scalar_types(hint)
     if scalars is not None:
+        if int in scalars:
+            # Every integer of the protocol is a count, a size or a time: one past int64 is a
+            # damaged line (and would overflow the compact arrays it is folded into).
+            return lambda value: type(value) in scalars and (type(value) is not int or INT_MIN <= value <= INT_MAX)
         return lambda value: type(value) in scalars
     if hint is Any:
         return lambda value: True
@@ -456,14 +463,14 @@ def decode_line(line: bytes | str) -> dict[str, Any] | None:
         if isinstance(line, bytes):
             line = line.decode()
         obj = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested past Python's stack
         return None
     if not isinstance(obj, dict):
         return None
     seq, t, type_, v = obj.get("seq"), obj.get("t"), obj.get("type"), obj.get("v")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= INT_MAX:
         return None
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or (isinstance(t, int) and not INT_MIN <= t <= INT_MAX):
         return None
     if not isinstance(v, int) or type_ not in EVENT_TYPES:
         return None

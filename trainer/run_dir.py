@@ -182,23 +182,42 @@ def request_control(run_dir: Path, kind: str) -> dict[str, int]:
     return counts
 
 
-def read_control(run_dir: Path) -> dict[str, int] | None:
-    """The request counters of ``control.json``; ``None`` when there are none (or it is damaged)."""
+MAX_JSON_BYTES = 1 << 20
+"""A run folder's small JSON files (status, control, the index's meta and summary) are a few
+hundred bytes; one larger than this is damaged, and is not read."""
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A small JSON file of a run folder, or ``None`` when it is missing, too big, not JSON, or
+    nested past Python's stack. Whatever such a file holds never raises out of here: it may
+    have been torn by a crash, edited by hand or written by anyone."""
     try:
-        data = json.loads((run_dir / CONTROL).read_text())
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return None
+        return json.loads(data)
+    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8, a 5000-digit number
         return None
+
+
+def read_control(run_dir: Path) -> dict[str, int] | None:
+    """The request counters of ``control.json``; ``None`` when there are none (or it is damaged).
+
+    Read at the step boundaries of someone else's training (``LoratopCallback``): it never raises."""
+    data = read_json(run_dir / CONTROL)
     if not isinstance(data, dict):
         return None
-    return {k: v for k, v in data.items() if k in CONTROL_KINDS and isinstance(v, int) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in data.items()
+        if k in CONTROL_KINDS and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+    }
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     """``status.json`` as a dict, or ``None`` if it is missing or unreadable."""
-    try:
-        data = json.loads((run_dir / STATUS).read_text())
-    except (OSError, ValueError):
-        return None
+    data = read_json(run_dir / STATUS)
     return data if isinstance(data, dict) else None
 
 
@@ -338,7 +357,7 @@ def trainer_alive(status: dict[str, Any]) -> bool:
     launched = status.get("launched_at") or status.get("started_at") or 0
     try:
         return time.time() - float(launched) < LAUNCH_GRACE_S
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False  # a damaged time: not provably starting
 
 

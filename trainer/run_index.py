@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS
+from loratop.trainer.run_dir import EVENTS, read_json
 
 INDEX = ".loratop-index"
 FORMAT = 2
@@ -221,10 +221,18 @@ def _columns(data: bytes, fields: tuple[tuple[str, str], ...]) -> Columns:
 
 def load_index(run_dir: Path) -> Index | None:
     """The run's index, or ``None`` when it is missing, of another format or another run's,
-    or claims more than ``events.jsonl`` holds (the file was rewritten): then rebuild it."""
-    folder = run_dir / INDEX
+    claims more than ``events.jsonl`` holds (the file was rewritten), or is damaged in any way
+    (an index is a cache of the events: anything wrong with it means reading them instead)."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        return _load_index(run_dir)
+    except (ValueError, IndexError, OverflowError, TypeError, KeyError, RecursionError, MemoryError):
+        return None
+
+
+def _load_index(run_dir: Path) -> Index | None:
+    folder = run_dir / INDEX
+    meta = read_json(folder / "meta.json")
+    try:
         with open(run_dir / EVENTS, "rb") as fh:
             first = fh.readline()
             size = os.fstat(fh.fileno()).st_size
@@ -279,7 +287,7 @@ def _first_missing(steps: Columns, memory: Columns, rare: list[dict[str, Any]]) 
         return None  # seq 0 .. count-1, each once: nothing missing
     seen = bytearray(count + 1)
     for seq in (*steps["seq"], *memory["seq"], *(e["seq"] for e in rare)):
-        if seq <= count:
+        if 0 <= seq <= count:
             seen[seq] = 1
     return seen.index(0)
 

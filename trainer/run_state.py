@@ -98,7 +98,15 @@ class RunState:
     """Bumped on every change, so a redraw timer can tell whether anything is new."""
 
     def apply(self, event: dict[str, Any]) -> None:
-        """Fold one event into the state."""
+        """Fold one event into the state. An event that cannot be folded (a value no decoder
+        check foresaw) is counted in :attr:`garbage`, never raised: one run's damage must not
+        take down the screen or the list that shows it."""
+        try:
+            self._apply(event)
+        except (OverflowError, ValueError, TypeError, AttributeError, KeyError):
+            self.garbage += 1
+
+    def _apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         t = event.get("t")
         if isinstance(t, (int, float)):
@@ -108,11 +116,14 @@ class RunState:
         self.events_seen += 1
         self.version += 1
         if kind == ev.STEP:
-            self.steps.append(int(event.get("step", len(self.steps) + 1)))
-            self.loss.append(_num(event.get("loss")))
-            self.lr.append(_num(event.get("lr")))
-            self.grad_norm.append(_num(event.get("grad_norm")))
-            self.tokens.append(int(event.get("tokens") or 0))
+            # Every value first, then the appends: a value that fails leaves no column longer than another.
+            step, tokens = _int64(event.get("step", len(self.steps) + 1)), _int64(event.get("tokens") or 0)
+            loss, lr, grad_norm = _num(event.get("loss")), _num(event.get("lr")), _num(event.get("grad_norm"))
+            self.steps.append(step)
+            self.loss.append(loss)
+            self.lr.append(lr)
+            self.grad_norm.append(grad_norm)
+            self.tokens.append(tokens)
             self.step_t.append(float(t) if isinstance(t, (int, float)) else math.nan)
         elif kind == ev.MEMORY:
             self._memory(event)
@@ -200,7 +211,7 @@ class RunState:
             if isinstance(used, int):
                 self.peak_gpu_used = max(self.peak_gpu_used or 0, used)
         kind, value = ("gpu", gpus[0].get("used")) if gpus else ("host", rss)
-        if isinstance(value, int):
+        if isinstance(value, int) and _INT_MIN <= value <= _INT_MAX:
             if kind != self.mem_series_kind:
                 self.mem_series = array("q")  # never mix GPU and host figures in one line
                 self.mem_series_kind = kind
@@ -395,3 +406,14 @@ def _ints(column: array[Any]) -> array[int]:
 
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+_INT_MIN, _INT_MAX = ev.INT_MIN, ev.INT_MAX
+
+
+def _int64(value: Any) -> int:
+    """An integer for an ``array('q')`` column; :class:`OverflowError` outside int64."""
+    number = int(value)
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise OverflowError(f"{number} is outside int64")
+    return number

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loratop.trainer import events as ev
-from loratop.trainer.run_dir import EVENTS
+from loratop.trainer.run_dir import EVENTS, read_json
 from loratop.trainer.run_index import INDEX, Index, fold_file, load_index
 from loratop.trainer.run_state import RunState, finite_extreme
 
@@ -113,17 +113,19 @@ where nothing was watched, not 0): a summary cached by an older loratop is made 
 
 
 def cached_facts(run_dir: Path) -> dict[str, Any] | None:
+    cached = read_json(run_dir / INDEX / SUMMARY)
     try:
-        cached = json.loads((run_dir / INDEX / SUMMARY).read_text())
         stamp = (run_dir / EVENTS).stat()
-    except (OSError, ValueError):
+    except OSError:
         return None
     if not isinstance(cached, dict) or cached.get("events") != [stamp.st_size, stamp.st_mtime_ns]:
         return None  # events.jsonl changed since (or this is another run's)
     if cached.get("version") != SUMMARY_VERSION:
         return None
     facts = cached.get("facts")
-    return facts if isinstance(facts, dict) and facts.keys() == _FACT_KEYS else None
+    if not isinstance(facts, dict) or facts.keys() != _FACT_KEYS:
+        return None
+    return facts if all(_FACT_TYPES[key](value) for key, value in facts.items()) else None  # else: fold again
 
 
 _FACT_KEYS = frozenset(
@@ -131,6 +133,29 @@ _FACT_KEYS = frozenset(
      "duration", "tokens_per_s", "started_config", "world_size", "eval_loss", "best_eval_loss", "best_eval_step",
      "overfitting_step"}
 )  # fmt: skip
+
+
+def _number(value: Any) -> bool:
+    return value is None or type(value) is float or (type(value) is int and -(2**63) <= value < 2**63)
+
+
+def _count(value: Any) -> bool:
+    return value is None or (type(value) is int and 0 <= value < 2**63)
+
+
+_FACT_TYPES: dict[str, Any] = {
+    **dict.fromkeys(
+        ("last_loss", "min_loss", "duration", "tokens_per_s", "eval_loss", "best_eval_loss", "first_t"), _number
+    ),
+    **dict.fromkeys(
+        ("step", "max_steps", "peak_vram", "spikes", "spills", "best_eval_step", "overfitting_step"), _count
+    ),
+    "world_size": lambda v: type(v) is int and 1 <= v < 1 << 20,
+    "status": lambda v: type(v) is str,
+    "device": lambda v: v is None or type(v) is str,
+    "started_config": lambda v: v is None or type(v) is dict,
+}
+"""What each cached fact may be; a summary with anything else is folded again from the events."""
 
 
 def store_facts(run_dir: Path, facts: dict[str, Any]) -> bool:

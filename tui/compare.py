@@ -143,7 +143,10 @@ def config_diff(configs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A number a float can hold (an integer of 400 digits is shown as written, never converted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or -(10**300) < value < 10**300
 
 
 def _needs_sci(value: Any) -> bool:

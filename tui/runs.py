@@ -32,6 +32,7 @@ from loratop.trainer.run_index import fold_file
 from loratop.trainer.run_state import RUNNING, UNKNOWN, RunState
 from loratop.trainer.run_summary import cached_facts, fold_run, run_facts, store_facts
 from loratop.trainer.value_format import sci
+from loratop.trainer.yaml_files import MAX_YAML_BYTES, load_yaml
 
 DEFAULT_ROOT = Path("runs")
 
@@ -87,8 +88,10 @@ class RunSummary:
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """A run folder's ``config.yaml`` as a dict, or ``None`` when missing or unreadable."""
     try:
-        data = yaml.safe_load((run_dir / CONFIG).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        with open(run_dir / CONFIG, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)  # a 50 MB file is damage: not read whole
+        data = load_yaml(raw.decode())
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # ValueError: UTF-8, too big, a 5000-digit int
         return None
     return data if isinstance(data, dict) else None
 
@@ -99,7 +102,9 @@ _CONFIG_SECTIONS = ("model", "quantization", "lora", "training", "data", "monito
 
 
 def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A Unix time: a number within ±1e12 s (NaN and infinities fail the comparison; a huge
+    integer is compared, never converted, so 10**400 is no time and no OverflowError)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e12 < value < 1e12
 
 
 def checked_status(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -228,10 +233,25 @@ def summarise_run(run_dir: Path) -> RunSummary:
     return _look(run_dir)[0]
 
 
+def unreadable_run(run_dir: Path, exc: BaseException) -> RunSummary:
+    """The line of a run that could not be read at all: listed as damaged, with why, so that
+    every other run is still listed (a reader's last line of defence, after every check of
+    the files themselves)."""
+    why = f"cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+    return RunSummary(run_dir, UNKNOWN, 0, None, None, None, None, None, None, None, damaged=(why,))
+
+
 def _look(run_dir: Path, now: float | None = None) -> tuple[RunSummary, RunState | None, int]:
     """A run's summary, and for a run not finished yet its state and the offset it was folded
     to (a :class:`RunCatalog` grows it from there); a finished run's facts come from (or go to)
-    its cache."""
+    its cache. A run that cannot be read is listed as damaged (:func:`unreadable_run`)."""
+    try:
+        return _read_look(run_dir, now)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+        return unreadable_run(run_dir, exc), None, 0
+
+
+def _read_look(run_dir: Path, now: float | None) -> tuple[RunSummary, RunState | None, int]:
     facts = cached_facts(run_dir)
     if facts is not None:
         status_file, damaged = checked_status(run_dir)
@@ -305,6 +325,12 @@ class RunCatalog:
         return _Known(stamp, summary, state, offset)
 
     def _grow(self, folder: Path, known: _Known, stamp: tuple[int | None, ...], now: float) -> _Known:
+        try:
+            return self._grown(folder, known, stamp, now)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            return _Known(stamp, unreadable_run(folder, exc))
+
+    def _grown(self, folder: Path, known: _Known, stamp: tuple[int | None, ...], now: float) -> _Known:
         state = known.state
         assert state is not None
         offset, skipped = fold_file(folder, state.apply, start=known.offset)

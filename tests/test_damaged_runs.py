@@ -243,3 +243,34 @@ def test_an_alias_bomb_or_a_deep_config_is_refused_in_one_line(
         out = capsys.readouterr()
         assert why in out.err + out.out, (name, out)
         assert "Traceback" not in out.err + out.out
+
+
+@pytest.mark.parametrize("extreme", [1e308, -1e308, 1.7e308])
+def test_a_loss_at_the_edge_of_a_float_is_drawn_not_a_crash(extreme: float) -> None:
+    """A diverged (or forged) run's loss of ±1e308 once crashed the dashboard's chart."""
+    import asyncio
+
+    from textual.app import App, ComposeResult
+
+    from loratop.widgets import LossChart
+
+    class ChartApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LossChart()
+
+    async def scenario() -> None:
+        app = ChartApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            steps = [float(i) for i in range(1, 41)]
+            loss = [2.0 - i / 40 for i in range(40)]
+            loss[20] = extreme
+            chart.update(steps, loss, loss, spikes=[(21.0, extreme)])
+            await pilot.pause()
+            assert chart.last_plotted_points > 0
+            chart.log_scale = True
+            await pilot.pause()
+            chart.update([1.0, 2.0], [extreme, -extreme], [extreme, -extreme])
+            await pilot.pause()
+
+    asyncio.run(scenario())

@@ -241,6 +241,8 @@ class LossChart(Widget):
             spike_x, spike_y = _log10_points(spike_x, spike_y)
             eval_x, eval_y = _log10_points(eval_x, eval_y)
         else:
+            raw_x, raw_y = _finite_points(raw_x, raw_y)
+            smooth_x, smooth_y = _finite_points(smooth_x, smooth_y)
             spike_x, spike_y = _finite_points(spike_x, spike_y)
             eval_x, eval_y = _finite_points(eval_x, eval_y)
 
@@ -451,12 +453,18 @@ def _log10_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
     return out_x, out_y
 
 
+MAX_DRAWN = 1e150
+"""Larger losses (a diverged or forged run's 1e308) are left off the linear axis like
+infinities: the span between ±1e308 overflows a float, and no axis shows them beside the
+rest. The header still says the number; the log axis still draws them."""
+
+
 def _finite_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-    """The points whose x and y are both finite."""
+    """The points whose x and y are both finite (and y within ±:data:`MAX_DRAWN`)."""
     out_x: list[float] = []
     out_y: list[float] = []
     for x, y in zip(xs, ys, strict=True):
-        if math.isfinite(x) and math.isfinite(y):
+        if math.isfinite(x) and -MAX_DRAWN <= y <= MAX_DRAWN:  # NaN fails the comparison
             out_x.append(x)
             out_y.append(y)
     return out_x, out_y

@@ -802,6 +802,66 @@ def test_a_full_disk_stops_the_run_keeps_whole_lines_and_saves_the_adapter_where
         ), console
 
 
+CALLBACK_FULL_DISK_SCRIPT = r"""
+import shutil, subprocess, sys, time
+from pathlib import Path
+
+mount, out, script, steps = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+with open(out / "script.out", "w") as log:
+    run = subprocess.Popen(
+        [sys.executable, script, "--runs-dir", str(mount / "runs"), "--max-steps", steps],
+        cwd=out, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None:
+        found = list((mount / "runs").glob("*/events.jsonl"))
+        if found and found[0].read_bytes().count(b'"type":"step"') >= 3:
+            break
+        time.sleep(0.2)
+    with open(mount / "filler", "wb", buffering=0) as filler:  # the disk fills up under the run
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
+    (out / "script.rc").write_text(str(run.wait(timeout=400)))
+for folder in (mount / "runs").iterdir():
+    shutil.copytree(folder, out / "run")
+"""
+
+
+@pytest.mark.slow
+def test_a_script_run_on_a_disk_that_fills_trains_on_says_so_and_ends_recorded_not_lost(tmp_path: Path) -> None:
+    """issue 24, item 4: LoratopCallback never stops someone's training for its own disk; it says
+    so once on the script's console, keeps the events in memory, and at the end the reserve it
+    set aside at the start gives room for them, run_finished and status.json: the run reads as
+    completed, not lost, and no temp file is left behind."""
+    from tests.conftest import read_events
+    from tests.test_callback import SCRIPT
+
+    mount, out = tmp_path / "disk", tmp_path / "out"
+    mount.mkdir()
+    out.mkdir()
+    (tmp_path / "script.py").write_text(CALLBACK_FULL_DISK_SCRIPT)
+    shell = 'mount -t tmpfs -o size=4m loratop-test "$1" && shift && exec "$@"'
+    subprocess.run(
+        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
+         str(tmp_path / "script.py"), str(mount), str(out), str(SCRIPT), "40"],
+        check=True, timeout=540,
+    )  # fmt: skip
+    console = (out / "script.out").read_text()
+    assert (out / "script.rc").read_text() == "0", console
+    assert "the disk is full" in console and "training goes on" in console, console
+    assert console.count("loratop: ") == 1, "said once"
+    events = read_events(out / "run")
+    assert [e["seq"] for e in events] == list(range(len(events))), "every event kept, in order"
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, 41))
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed"
+    status = json.loads((out / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["status"] == "completed" and status["last_step"] == 40
+    assert not list((out / "run").glob(".*.tmp")) and not (out / "run" / ".loratop-reserve").exists()
+
+
 # -- the run folder removed under a live run (item 7) ---------------------------------------------
 
 

@@ -152,8 +152,13 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     status = read_status(run_dir) or {}
     status.update(fields)
     tmp = run_dir / f".{STATUS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, run_dir / STATUS)
+    try:
+        tmp.write_text(json.dumps(status, indent=2) + "\n")
+        os.replace(tmp, run_dir / STATUS)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk leaves no empty temp file behind
+        raise
     return status
 
 
@@ -457,6 +462,12 @@ def make_reserve(run_dir: Path, size: int = RESERVE_BYTES) -> bool:
             path.unlink()
         return False
     return True
+
+
+def shrink_reserve(run_dir: Path, keep: int) -> None:
+    """Give back all of the reserve's room but ``keep`` bytes (for the very last writes)."""
+    with contextlib.suppress(OSError):
+        os.truncate(run_dir / RESERVE, keep)
 
 
 def release_reserve(run_dir: Path) -> None:

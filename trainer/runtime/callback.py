@@ -49,8 +49,11 @@ from loratop.trainer.run_dir import (
     EVENTS,
     RunDirError,
     claim_run_dir,
+    make_reserve,
     process_identity,
     read_control,
+    release_reserve,
+    shrink_reserve,
     write_status,
 )
 from loratop.trainer.run_summary import cache_summary
@@ -186,6 +189,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._device: dict[str, Any] = {}
         self._began = False
         self._watch_closed = False
+        self._said_write_error = False
 
     @property
     def memory_watch(self) -> Any:
@@ -311,6 +315,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             return
         if self._install_signal_handlers():
             write_status(self.run_dir, control="signals")
+        make_reserve(self.run_dir)  # room for the last words should the disk fill (see _end)
         # Written by a thread of its own: the script's steps never wait for the disk.
         self.sink = sink = BackgroundSink(events)
         atexit.register(self._at_exit)
@@ -384,6 +389,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         """At a step boundary: the dashboard's requests (or signals), agreed between ranks."""
         if self.sink is not None:
             self._read_requests()
+            self._say_write_error(state.global_step)
         if self.rank.distributed:
             # Ranks act only on what they agreed on at a meeting: one rank stopping alone
             # would leave the others waiting in a collective.
@@ -484,6 +490,21 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             self._saves_wanted += 1
         self._control_seen = counts
 
+    def _say_write_error(self, step: int) -> None:
+        """Once, on the script's console, when the run folder stopped taking events: a watcher
+        never stops someone's training for its own disk, but says what it can no longer do."""
+        error = self.sink.write_error if self.sink is not None else None
+        if error is None or self._said_write_error:
+            return
+        self._said_write_error = True
+        why = "the disk is full" if self.sink.disk_full else (error.strerror or str(error))
+        print(
+            f"loratop: {self.run_dir}: {why} (at step {step}): events are kept in memory and written when"
+            " room is made; training goes on",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def _install_signal_handlers(self) -> bool:
         """Opt-in: SIGTERM/SIGINT stop, SIGUSR1 checkpoints, where the script kept the default.
         Returns whether SIGTERM and SIGUSR1 are both ours (then the dashboard may signal)."""
@@ -533,9 +554,14 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         if error:
             fields["error"] = error
         sink.emit(ev.RUN_FINISHED, **fields)
-        sink.close()  # what is still queued is written first, then status.json says it ended
+        # What is still queued is written first, then status.json says it ended. After a full
+        # disk the reserve set aside at the start gives its room back in two steps: most of it
+        # for the events kept in memory, the rest for run_finished and status.json.
+        sink.close(make_room=[lambda: shrink_reserve(run_dir, 64 << 10), lambda: release_reserve(run_dir)])
+        release_reserve(run_dir)
         code = 0 if status in (ev.COMPLETED, ev.STOPPED) else 1
-        with contextlib.suppress(OSError):
+        final: dict[str, Any] = {"events_lost": sink.lost} if sink.lost else {}
+        try:
             write_status(
                 run_dir,
                 state="finished",
@@ -543,7 +569,10 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
                 exit_code=code,
                 last_step=self._last_step,
                 ended_at=time.time(),
+                **final,
             )
+        except OSError as exc:
+            print(f"loratop: cannot write {run_dir / 'status.json'}: {exc.strerror or exc}", file=sys.stderr)
         if sink.indexed and sink.queued == 0:
             with contextlib.suppress(OSError):
                 cache_summary(run_dir)

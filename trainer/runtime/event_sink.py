@@ -59,7 +59,10 @@ class EventSink:
         self.write_error: OSError | None = None
         """The first failed write to the file (``ENOSPC``: the disk is full), or ``None``."""
         self.unwritten: list[bytes] = []
-        """Lines that could not go to the file since :attr:`write_error`, in ``seq`` order."""
+        """Lines that could not go to the file since :attr:`write_error`, in ``seq`` order (at
+        most :data:`MAX_UNWRITTEN`: a run that trains on past a full disk drops the oldest)."""
+        self.lost = 0
+        """Lines dropped for good: past :data:`MAX_UNWRITTEN`, or with no room at the end."""
         if pipe_fd is not None:
             os.set_blocking(pipe_fd, False)
 
@@ -89,7 +92,7 @@ class EventSink:
             line = encode(self._seq, type_, fields, t)
             self._seq += 1
             if self.write_error is not None or self._fd is None:  # closed: a sampler that outlived close()
-                self.unwritten.append(line)
+                self._keep(line)
             elif self._write(line) and self._index is not None:
                 self._index.add(line, self._size, {"seq": self._seq - 1, "t": t, "type": type_, **fields})
             self._offer(line)
@@ -103,7 +106,7 @@ class EventSink:
                 written += os.write(self._fd, line[written:])
         except OSError as exc:
             self.write_error = exc
-            self.unwritten.append(line)
+            self._keep(line)
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # never leave half a line behind
             if self._index is not None:  # from here on the index would have a hole: it ends here
@@ -112,6 +115,30 @@ class EventSink:
             return False
         self._size += len(line)
         return True
+
+    def _keep(self, line: bytes) -> None:
+        self.unwritten.append(line)
+        if len(self.unwritten) > MAX_UNWRITTEN:
+            drop = len(self.unwritten) - MAX_UNWRITTEN // 2  # in halves: no list shift per event
+            del self.unwritten[:drop]
+            self.lost += drop
+
+    def land_unwritten(self, make_room: list[Any]) -> bool:
+        """At the end, after the file could not be written: write the kept lines, calling each
+        of ``make_room`` in turn (freeing a reserve) until they fit. When they do not, the
+        older ones are dropped (counted in :attr:`lost`) so the last line — ``run_finished`` —
+        still lands. Returns whether the last line was written."""
+        if self.flush_unwritten():
+            return True
+        for i, free in enumerate(make_room):
+            free()
+            if self.flush_unwritten():
+                return True
+            if i < len(make_room) - 1:  # the last room is for the last line
+                with self._lock:
+                    self.lost += max(0, len(self.unwritten) - 1)
+                    self.unwritten = self.unwritten[-1:]
+        return False
 
     def flush_unwritten(self) -> bool:
         """Try again to append the kept lines (after room was made). Returns whether all went."""
@@ -224,6 +251,7 @@ class BackgroundSink:
             self._ready.notify()
 
     def _write_queued(self) -> None:
+        retried = time.monotonic()
         while True:
             with self._ready:
                 while not self._queue and not self._closing:
@@ -231,17 +259,34 @@ class BackgroundSink:
                 if not self._queue:
                     return
                 type_, fields, t = self._queue.popleft()
+            if self._sink.write_error is not None and time.monotonic() - retried > RETRY_FULL_DISK_S:
+                retried = time.monotonic()
+                self._sink.flush_unwritten()  # room may have been made since: what was kept lands
             self._sink.emit(type_, at=t, **fields)
 
-    def close(self) -> None:
-        """Write what is queued (up to ``close_timeout`` seconds), then close the sink."""
+    @property
+    def lost(self) -> int:
+        """Events dropped for good (the disk stayed full)."""
+        return self._sink.lost
+
+    def close(self, make_room: list[Any] | None = None) -> None:
+        """Write what is queued (up to ``close_timeout`` seconds), then close the sink. After a
+        full disk, ``make_room`` (callables that free space, in turn) lets the kept events and
+        the last one land (:meth:`EventSink.land_unwritten`)."""
         with self._ready:
             self._closing = True
             self._ready.notify()
         self._thread.join(self._close_timeout)
         if not self._thread.is_alive():
+            if self._sink.write_error is not None:
+                self._sink.land_unwritten(make_room or [])
             self._sink.close()
 
+
+MAX_UNWRITTEN = 200_000
+"""Lines kept in memory after the file could not be written (tens of MB at most)."""
+RETRY_FULL_DISK_S = 30.0
+"""How often a :class:`BackgroundSink` tries the file again after a failed write."""
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 """A write failed because there is no room: the disk, or this user's quota, is full."""

@@ -84,7 +84,7 @@ class LoratopApp(App[str]):
         else:
             self.push_screen(HomeScreen(self.runs_root))
         if self._notice:
-            self.notify(self._notice, timeout=10)
+            self.notify(self._notice, timeout=10, markup=False)
 
     def open_editor(self, target: Path) -> bool:
         """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes).
@@ -104,7 +104,7 @@ class LoratopApp(App[str]):
             else:
                 editor = editor_for_config(target, self.runs_root)
         except ConfigError as exc:
-            self.notify("\n".join(exc.problems), title="cannot edit", severity="error", timeout=10)
+            self.notify("\n".join(exc.problems), title="cannot edit", severity="error", timeout=10, markup=False)
             return False
         self.push_screen(editor)
         return True
@@ -120,11 +120,11 @@ class LoratopApp(App[str]):
 
         space = disk_space_warning(config)
         if space is not None:
-            self.notify(space, severity="warning", timeout=15)
+            self.notify(space, severity="warning", timeout=15, markup=False)
         try:
             run = launch(config, source)
         except (RunDirError, ModelUnavailable) as exc:
-            self.notify(str(exc), title="cannot launch", severity="error", timeout=15)
+            self.notify(str(exc), title="cannot launch", severity="error", timeout=15, markup=False)
             return None
         monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
         if replace is not None and self.screen is replace:
@@ -132,7 +132,8 @@ class LoratopApp(App[str]):
         else:
             self.push_screen(monitor)
         self.notify(
-            f"launched {run.run_dir.name}" + (f" (parent: {Path(config.parent).name})" if config.parent else "")
+            f"launched {run.run_dir.name}" + (f" (parent: {Path(config.parent).name})" if config.parent else ""),
+            markup=False,
         )
         return run.run_dir
 
@@ -145,11 +146,11 @@ class LoratopApp(App[str]):
             if screen:
                 written.append(Path(self.save_screenshot(filename=f"{run_dir.name}.svg", path=str(EXPORT_DIR))))
         except OSError as exc:
-            self.notify(f"export failed: {exc}", severity="error")
+            self.notify(f"export failed: {exc}", severity="error", markup=False)
             return []
         # One file a line, named within the folder: a long path would wrap mid-word in a toast.
         names = "\n".join(f"  {p.name}" for p in written)
-        self.notify(f"exported to {EXPORT_DIR}/:\n{names}", timeout=8)
+        self.notify(f"exported to {EXPORT_DIR}/:\n{names}", timeout=8, markup=False)
         return written
 
     def action_export_screen(self) -> None:
@@ -157,9 +158,9 @@ class LoratopApp(App[str]):
         try:
             path = self.save_screenshot(path=str(EXPORT_DIR))
         except OSError as exc:
-            self.notify(f"export failed: {exc}", severity="error")
+            self.notify(f"export failed: {exc}", severity="error", markup=False)
             return
-        self.notify(f"saved to {EXPORT_DIR}/:\n  {Path(path).name}")
+        self.notify(f"saved to {EXPORT_DIR}/:\n  {Path(path).name}", markup=False)
 
     def action_help(self) -> None:
         """The keys (``?``): this screen's in full; a run's monitor's and the run history's in brief."""

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loratop.trainer.advisor import advise, gather_facts
 from loratop.trainer.architectures import model_type_of
@@ -42,6 +43,9 @@ from loratop.trainer.value_format import format_value
 from loratop.tui import samples
 from loratop.tui.export import EXPORT_DIR
 from loratop.tui.runs import DEFAULT_ROOT, SORT_KEYS, AmbiguousRun, RunNotFound, find_run, list_runs
+
+if TYPE_CHECKING:
+    from loratop.tui.app import LoratopApp
 
 EXIT_USAGE = 2
 
@@ -396,18 +400,34 @@ def _dashboard(
     from loratop.tui.app import LoratopApp
     from loratop.tui.screens.monitor_screen import DETACHED
 
-    outcome = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process).run()
-    if outcome == DETACHED and run_dir is not None:
+    outcome, code = run_app(LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process))
+    if code and run_dir is not None:
+        print(
+            f"loratop: the dashboard ended on an error (above); the run is not affected: loratop attach {run_dir}",
+            file=sys.stderr,
+        )
+    elif outcome == DETACHED and run_dir is not None:
         print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
-    return 0
+    return code
+
+
+def run_app(app: LoratopApp) -> tuple[str | None, int]:
+    """Run the dashboard until it ends.
+
+    Returns:
+        How the session ended (``LoratopApp.run``'s value) and the exit code: ``0``, or
+        Textual's ``1`` when the app ended on an unhandled exception (a bug: Textual has
+        printed its traceback), so that the shell, a script or ``loratop serve`` sees the crash.
+    """
+    outcome = app.run()
+    return outcome, app.return_code or 0
 
 
 def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: Path = DEFAULT_ROOT) -> int:
     """Open the compare screen on finished (or running) runs."""
     from loratop.tui.app import LoratopApp
 
-    LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis).run()
-    return 0
+    return run_app(LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis))[1]
 
 
 def _edit_target(given: str, runs_dir: Path) -> Path:
@@ -453,8 +473,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         read_yaml(target / CONFIG if target.is_dir() else target)
     except ConfigError as exc:
         return _report(exc)
-    LoratopApp(None, runs_root=args.runs_dir, edit=target).run()
-    return 0
+    return run_app(LoratopApp(None, runs_root=args.runs_dir, edit=target))[1]
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import RenderableType
 from rich.text import Text
+from textual.content import Content
 from textual.widget import Widget
 
 from loratop.widgets.units import GIB, fmt_bytes
@@ -268,9 +269,10 @@ class MemoryPanel(Widget):
         if sample == self._sample and ranks == self._ranks:
             return
         self._sample, self._ranks = sample, ranks
-        # The full NVML error can be longer than the panel; the tooltip keeps all of it.
+        # The full NVML error can be longer than the panel; the tooltip keeps all of it (as
+        # Content: a str tooltip would be read as markup).
         if sample is not None and sample.get("gpu_state") == "nvml_error":
-            self.tooltip = str(sample.get("gpu_note") or "")
+            self.tooltip = Content(str(sample.get("gpu_note") or ""))
         else:
             self.tooltip = None
         self.refresh(layout=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.events import Resize
-from textual.markup import escape
 from textual.widgets import DataTable, Static
 
 from loratop.tui import compare
@@ -62,7 +63,7 @@ class CompareScreen(LoratopScreen[None]):
         self._fill_table()
         self.redraw()
 
-    def legend(self) -> str:
+    def legend(self) -> Content:
         """One line per run: its letter in its colour, its name, and what differs from A."""
         base = self.runs[0].config or {}
         lines = []
@@ -73,10 +74,12 @@ class CompareScreen(LoratopScreen[None]):
             marks = f" · {spikes} spike{'s' if spikes != 1 else ''} (x)" if spikes else ""
             if run.state.evals:
                 marks += f" · {len(run.state.evals)} eval{'s' if len(run.state.evals) != 1 else ''} (◆)"
-            lines.append(f"[bold ansi_{style}]━ {compare.run_letter(i)}[/] {escape(run.name)}: {escape(what)}{marks}")
+            letter = f"[bold ansi_{style}]━ {compare.run_letter(i)}[/]"  # ours; the name and the change are data
+            lines.append(Content.from_markup(f"{letter} $name: $what$marks", name=run.name, what=what, marks=marks))
         kind = "EMA-smoothed loss" if self.smoothed else "per-step loss"
-        lines.append(f"[dim]{kind} over {'tokens seen' if self.x_axis == 'tokens' else 'optimizer steps'}[/dim]")
-        return "\n".join(lines)
+        over = "tokens seen" if self.x_axis == "tokens" else "optimizer steps"
+        lines.append(Content.from_markup(f"[dim]{kind} over {over}[/dim]"))
+        return Content("\n").join(lines)
 
     def series(self) -> list[Series]:
         """Each run's line and spike marks, on the chosen x axis."""
@@ -130,10 +133,11 @@ class CompareScreen(LoratopScreen[None]):
         table.clear(columns=True)
         self._table_width = self.app.size.width
         table.add_column("", key="what")
+        # A str title or cell would be read as markup: a run lora[r16], a data.path chats[/v2].jsonl.
         for i, title in enumerate(self.column_titles(self._table_width)):
-            table.add_column(title, key=f"run{i}")
+            table.add_column(Text(title), key=f"run{i}")
         for name, cells in self._rows():
-            table.add_row(name, *cells)
+            table.add_row(Text(name), *map(Text, cells))
 
     def on_resize(self, event: Resize) -> None:
         if self._table_width not in (None, event.size.width):

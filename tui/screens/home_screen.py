@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.widgets import DataTable, Static
 
 from loratop.tui import panels
@@ -72,9 +74,9 @@ class HomeScreen(LoratopScreen[None]):
         """The table's rows as drawn: (run folder, cells)."""
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]loratop[/b] · runs in {self.root}/", id="run-header")
+        yield Static(Content.from_markup("[b]loratop[/b] · runs in $root/", root=str(self.root)), id="run-header")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Static(id="home-hint")
+        yield Static(id="home-hint", markup=False)
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -114,13 +116,13 @@ class HomeScreen(LoratopScreen[None]):
             for (key, cells), (_, before) in zip(rows, self._shown, strict=True):
                 for title, cell, old in zip(HOME_COLUMNS, cells, before, strict=True):
                     if cell != old:
-                        table.update_cell(key, title, cell, update_width=True)  # 99/100 → 100/100: never cut
+                        table.update_cell(key, title, Text(cell), update_width=True)  # 99/100 → 100/100: never cut
             self._shown = rows
             return
         cursor = table.cursor_row
         table.clear()
         for key, cells in rows:
-            table.add_row(*cells, key=key)
+            table.add_row(*map(Text, cells), key=key)  # a str cell would be read as markup: lora[r16]
         self._shown = rows
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
@@ -189,7 +191,12 @@ class HomeScreen(LoratopScreen[None]):
             parent = resolve_parent(summary.run_dir, summary.parent) if summary else None
             if summary is None or parent is None:
                 why = no_parent_run(summary) if summary else "no run here"
-                self.notify(f"{why} · mark two or more runs with space to compare them", severity="warning", timeout=12)
+                self.notify(
+                    f"{why} · mark two or more runs with space to compare them",
+                    severity="warning",
+                    timeout=12,
+                    markup=False,
+                )
                 return
             runs = [parent, summary.run_dir]
         self.app.push_screen(CompareScreen(runs))

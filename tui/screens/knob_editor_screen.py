@@ -19,7 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.markup import escape
+from textual.content import Content
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from loratop.trainer.advisor import Advice, Facts, advise
@@ -106,7 +106,7 @@ class KnobEditor(LoratopScreen[None]):
     # -- layout -----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]edit knobs[/b] · from {self.origin}", id="editor-title")
+        yield Static(Content.from_markup("[b]edit knobs[/b] · from $origin", origin=self.origin), id="editor-title")
         with VerticalScroll(id="knob-form"):
             for title, knobs in SECTIONS:
                 yield Static(f"[b]{title}[/b]", classes="form-section")
@@ -149,7 +149,7 @@ class KnobEditor(LoratopScreen[None]):
             for name in ALL_PROJECTIONS:
                 yield Checkbox(name, name in chosen or "all-linear" in chosen, id=f"target-{name}", compact=True)
         if self._extra_targets:
-            yield Static(f"also kept: {', '.join(self._extra_targets)}", classes="knob-extra")
+            yield Static(f"also kept: {', '.join(self._extra_targets)}", classes="knob-extra", markup=False)
 
     def _default_save_path(self) -> str:
         stem = form.base_name(self.base_name)
@@ -253,17 +253,17 @@ class KnobEditor(LoratopScreen[None]):
         for path in [*KNOBS, TARGETS]:
             note = self.query_one(f"#{_note_id(path)}", Static)
             if path in errors:
-                note.update(f"[b]✗[/b] {escape(errors[path])}")
+                note.update(Content.from_markup("[b]✗[/b] $error", error=errors[path]))
                 note.set_classes("knob-note error")
             elif path in advice_at:
-                note.update("⚠ " + escape(" ".join(advice_at[path])))
+                note.update(Content("⚠ " + " ".join(advice_at[path])))
                 note.set_classes("knob-note advice")
             else:
                 note.update(KNOBS[path].hint if path in KNOBS else "presets")
                 note.set_classes("knob-note")
         # Advice on knobs that are not on the form (lora.bias, ...) and problems elsewhere in the file.
-        elsewhere = [f"✗ {escape(t)}" for p, t in errors.items() if p not in KNOBS and p != TARGETS]
-        elsewhere += [f"⚠ {i.field}: {escape(i.message)}" for i in self.advice if i.field not in [*KNOBS, TARGETS]]
+        elsewhere = [f"✗ {t}" for p, t in errors.items() if p not in KNOBS and p != TARGETS]
+        elsewhere += [f"⚠ {i.field}: {i.message}" for i in self.advice if i.field not in [*KNOBS, TARGETS]]
         self._show_problems(elsewhere)
         self.query_one("#effective", Static).update(self._effective_text())
         for button in ("#launch", "#save", "#save-launch"):
@@ -271,7 +271,7 @@ class KnobEditor(LoratopScreen[None]):
 
     def _show_problems(self, lines: list[str]) -> None:
         box = self.query_one("#editor-problems", Static)
-        box.update("\n".join(lines))
+        box.update(Content("\n".join(lines)))  # they quote the config's values: data, never markup
         box.display = bool(lines)
 
     def _estimate_for(self, config: RunConfig | None) -> Estimate | None:
@@ -285,39 +285,46 @@ class KnobEditor(LoratopScreen[None]):
         peak = self._estimate.row(self._estimate.selected).total if self._estimate and total else None
         return Facts(dataset_rows=self.dataset_rows, peak_bytes=peak, gpu_total_bytes=total)
 
-    def _effective_text(self) -> str:
+    def _effective_text(self) -> Content:
         config = self.config
         if config is None:
             count = len(self.errors)
-            return f"[b]{count} problem{'s' if count != 1 else ''}[/b] marked ✗: fix them to save or launch"
-        lines = [f"{form.scale_text(config)} · {form.batch_text(config, self.dataset_rows)}"]
+            return Content.from_markup(
+                f"[b]{count} problem{'s' if count != 1 else ''}[/b] marked ✗: fix them to save or launch"
+            )
+        # Our own styling in markup; what comes from the config or the model's files is plain Content.
+        lines = [Content(f"{form.scale_text(config)} · {form.batch_text(config, self.dataset_rows)}")]
         est = self._estimate
         if est is None:
-            lines.append(f"trainable params, pre-flight estimate: {self._facts_note}")
+            lines.append(Content(f"trainable params, pre-flight estimate: {self._facts_note}"))
         else:
             trainable = adapter_param_count(est.shape, config.lora.target_modules, config.lora.r)
             total = est.params.total + trainable
             lines.append(
-                f"trainable {trainable:,} adapter params ({trainable / total:.2%} of {total:,}), "
-                f"{len(config.lora.target_modules)} modules × {est.shape.num_hidden_layers} layers"
+                Content(
+                    f"trainable {trainable:,} adapter params ({trainable / total:.2%} of {total:,}), "
+                    f"{len(config.lora.target_modules)} modules × {est.shape.num_hidden_layers} layers"
+                )
             )
             row = est.row(est.selected)
             fit = fit_label(row, est.gpu_name)
             fit = f"n/a ({fit})" if row.fits is None else fit
             method = row.name.split(",")[0]
-            lines.append(f"pre-flight estimate: {method} peak {fmt_size(row.total)} · {fit}")
+            lines.append(Content(f"pre-flight estimate: {method} peak {fmt_size(row.total)} · {fit}"))
         if self.parent_still_training:
             lines.append(
-                f"[yellow]⚠ {escape(self.origin)} is still training: a launch runs alongside it, "
-                "sharing its CPU/GPU[/yellow]"
+                Content.from_markup(
+                    "[yellow]⚠ $origin is still training: a launch runs alongside it, sharing its CPU/GPU[/yellow]",
+                    origin=self.origin,
+                )
             )
         warnings = len(self.advice)
         lines.append(
-            f"[yellow]{warnings} warning{'s' if warnings != 1 else ''} (⚠, advice only)[/yellow]"
+            Content.from_markup(f"[yellow]{warnings} warning{'s' if warnings != 1 else ''} (⚠, advice only)[/yellow]")
             if warnings
-            else "no advice"
+            else Content("no advice")
         )
-        return "\n".join(lines)
+        return Content("\n").join(lines)
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -357,7 +364,9 @@ class KnobEditor(LoratopScreen[None]):
             return None
         path = Path(text).expanduser()
         if path.exists():
-            self.notify(f"{path} already exists; choose a new name (nothing was overwritten)", severity="error")
+            self.notify(
+                f"{path} already exists; choose a new name (nothing was overwritten)", severity="error", markup=False
+            )
             return None
         to_save = config.model_copy(deep=True)
         to_save.output_dir, to_save.parent = None, self.parent_ref
@@ -365,10 +374,10 @@ class KnobEditor(LoratopScreen[None]):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"# saved by loratop's knob editor from {self.origin}\n" + dump_config(to_save))
         except OSError as exc:
-            self.notify(f"cannot save {path}: {exc.strerror or exc}", severity="error")
+            self.notify(f"cannot save {path}: {exc.strerror or exc}", severity="error", markup=False)
             return None
         self.saved_path = path
-        self.notify(f"saved {path} · run it with: loratop run {path}")
+        self.notify(f"saved {path} · run it with: loratop run {path}", markup=False)
         return path
 
     def action_launch(self) -> None:
@@ -381,8 +390,8 @@ class KnobEditor(LoratopScreen[None]):
         run.parent = self.parent_ref
         problems = check_outside(run, source="editor")
         if problems:
-            self._show_problems([f"✗ {escape(p)}" for p in problems])
-            self.notify("\n".join(problems), title="cannot launch", severity="error", timeout=10)
+            self._show_problems([f"✗ {p}" for p in problems])
+            self.notify("\n".join(problems), title="cannot launch", severity="error", timeout=10, markup=False)
             return
         self.loratop.launch_config(run, self.saved_path or self.source_path, replace=self)
 

@@ -21,6 +21,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
+from textual.content import Content
 from textual.widgets import Log, Sparkline, Static
 from textual.worker import get_current_worker
 
@@ -126,21 +127,22 @@ class MonitorScreen(LoratopScreen[str]):
         self._garbage_base = 0
 
     def compose(self) -> ComposeResult:
-        yield Static(id="run-header")
+        # markup=False: every text here is the run's (its name, errors, log lines), never markup.
+        yield Static(id="run-header", markup=False)
         with Container(id="body"):
             yield LossChart(id="loss-chart")
             with Container(id="side"):
                 with Vertical(classes="panel", id="lr-panel"):
-                    yield Static(id="lr-text")
+                    yield Static(id="lr-text", markup=False)
                     yield Sparkline([], id="lr-spark")
-                yield Static(classes="panel", id="params")
+                yield Static(classes="panel", id="params", markup=False)
                 with Vertical(classes="panel", id="memory-panel"):
                     yield MemoryPanel(id="memory")
                     yield Sparkline([], id="mem-spark")
-                yield Static(classes="panel", id="events-panel")
-        yield Static(id="outcome")
+                yield Static(classes="panel", id="events-panel", markup=False)
+        yield Static(id="outcome", markup=False)
         yield Log(id="trainer-log", max_lines=2000)
-        yield Static(id="status-line")
+        yield Static(id="status-line", markup=False)
         yield KeyFooter()
 
     @staticmethod
@@ -350,7 +352,7 @@ class MonitorScreen(LoratopScreen[str]):
         header = self.query_one("#run-header", Static)
         header.set_class(evaluated is not None, "-with-eval")
         third = f"\n{evaluated}" if evaluated else ""
-        self._set_text("#run-header", f"[b]{first}[/b]\n{second}{third}")
+        self._set_text("#run-header", Content.from_markup("[b]$first[/b]\n$rest", first=first, rest=second + third))
         if state.version == self._drawn_version:
             return
         self._drawn_version, self._drawn_at = state.version, now
@@ -385,10 +387,11 @@ class MonitorScreen(LoratopScreen[str]):
             kind = state.status if state.status in ("completed", "stopped", "failed", "oom", "disk_full") else "lost"
             box.set_classes(f"shown {kind}")
 
-    def _set_text(self, selector: str, text: str) -> None:
+    def _set_text(self, selector: str, text: str | Content) -> None:
         """Update a Static only when its text changes (an update redraws it, unchanged or not)."""
-        if self._texts.get(selector) != text:
-            self._texts[selector] = text
+        plain = text.plain if isinstance(text, Content) else text
+        if self._texts.get(selector) != plain:
+            self._texts[selector] = plain
             self.query_one(selector, Static).update(text)
 
     def _tail_trainer_log(self) -> None:
@@ -420,13 +423,13 @@ class MonitorScreen(LoratopScreen[str]):
         if pid is None or not self.state.is_live:
             ended = self.state.finished is not None or self.state.trainer_gone
             why = "the run has ended" if ended else why_not_proven(status)
-            self.notify(f"not signalling: {why}", severity="warning")
+            self.notify(f"not signalling: {why}", severity="warning", markup=False)
             return False
         if status.get("control") == "requests":  # a script's LoratopCallback: no handler of ours there
             try:
                 request_control(self.run_dir, "stop" if sig != signal.SIGUSR1 else "checkpoint")
             except OSError as exc:
-                self.notify(f"cannot ask the run: {exc.strerror or exc}", severity="error")
+                self.notify(f"cannot ask the run: {exc.strerror or exc}", severity="error", markup=False)
                 return False
             return True
         with contextlib.suppress(ProcessLookupError):  # it ended this instant

@@ -8,6 +8,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
@@ -25,7 +26,7 @@ class SamplePicker(ModalScreen[Path | None]):
         with Vertical(classes="dialog"):
             yield Static("Start from a sample config: enter opens it in the knob editor · esc cancels")
             names = samples.sample_names() if folder else []
-            options = [Option(name, id=str(folder / f"{name}.yaml")) for name in names] if folder else []
+            options = [Option(Content(name), id=str(folder / f"{name}.yaml")) for name in names] if folder else []
             yield OptionList(*options, id="samples")
 
     @on(OptionList.OptionSelected)

@@ -414,6 +414,8 @@ def _fake_app(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     opened: list[dict[str, object]] = []
 
     class Recorder:
+        return_code = 0  # what LoratopApp says after a clean end
+
         def __init__(self, run_dir: object = None, *args: object, **kwargs: object) -> None:
             opened.append({"run_dir": run_dir, **kwargs})
 

@@ -108,11 +108,49 @@ def test_c_and_s_never_signal_a_reused_pid(
     assert any("not signalling" in note for note in notes), notes
 
 
-def test_c_signals_a_proven_trainer(tmp_path: Path, kills: list[Any], bystander: subprocess.Popen[bytes]) -> None:
-    """The counterpart: with a proven identity, ``c`` does send SIGUSR1 (recorded, not sent)."""
+HOLD_LOCK = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); " \
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"  # fmt: skip
+
+
+def test_c_signals_a_proven_trainer(tmp_path: Path, kills: list[Any]) -> None:
+    """The counterpart: a process with the run's identity that holds the run's lock, as every
+    loratop trainer does, is this run's trainer: ``c`` sends it SIGUSR1 (recorded, not sent)."""
+    run_dir = _live_looking_run(tmp_path, {"state": "running"})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / "trainer.lock")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        (run_dir / "status.json").write_text(json.dumps({**live_status(holder.pid), "state": "running"}))
+        _press_c_and_s(run_dir, stop=False)
+        assert kills == [(holder.pid, signal.SIGUSR1)]
+    finally:
+        REAL_KILL(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+def test_c_and_s_never_signal_a_process_whose_identity_was_copied(
+    tmp_path: Path, kills: list[Any], bystander: subprocess.Popen[bytes]
+) -> None:
+    """issue 24, item 7: host, boot id and start time are readable by anyone; a status.json
+    that copies a live process's identity must not make ``c`` or ``s`` signal it."""
     run_dir = _live_looking_run(tmp_path, {**live_status(bystander.pid), "state": "running"})
-    _press_c_and_s(run_dir, stop=False)
-    assert kills == [(bystander.pid, signal.SIGUSR1)]
+    notes = _press_c_and_s(run_dir)
+    assert kills == [] and bystander.poll() is None
+    assert any(f"pid {bystander.pid} does not hold trainer.lock" in note for note in notes), notes
+
+
+def test_a_trainer_lock_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    """issue 24, item 8: a trainer.lock planted as a symbolic link would have been opened,
+    truncated and written through (any file the user can write)."""
+    from loratop.trainer.run_dir import RunDirTaken, hold_run_dir
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "trainer.lock").symlink_to(precious)
+    with pytest.raises(RunDirTaken, match="is a symbolic link"):
+        hold_run_dir(run_dir)
+    assert precious.read_text() == "keep me"
 
 
 def _press_c_and_s(run_dir: Path, stop: bool = True) -> list[str]:
@@ -189,6 +227,81 @@ def test_a_named_folder_that_holds_a_run_is_refused_not_shared(tmp_path: Path) -
     assert claim_run_dir(tmp_path / "my-run") == tmp_path / "my-run"
     with pytest.raises(RunDirTaken, match="already holds a run"):
         claim_run_dir(tmp_path / "my-run")
+
+
+def test_a_trainer_started_by_hand_on_a_finished_run_refuses_to_train_into_it(tmp_path: Path) -> None:
+    """issue 24, item 8: it retrained into the folder and overwrote the finished run's adapter."""
+    run_dir = tmp_path / "tiny-r8"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "tiny-r8", run_dir)
+    before = (run_dir / "events.jsonl").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "loratop.trainer", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "already holds a run (events.jsonl is not empty); not training into it" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (run_dir / "events.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_numpy_cannot_take_is_refused_by_check(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 24, item 8: it passed check, then the trainer died with a numpy traceback."""
+    assert cli.main(["check", str(DEMO), "--set", f"training.seed={seed}"]) == 2
+    out = capsys.readouterr()
+    assert "training.seed" in out.err + out.out and "Traceback" not in out.err + out.out
+
+
+def test_escape_sequences_in_a_run_name_never_reach_the_terminal_raw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 24, item 8: a run folder named with an escape sequence (retitle the window, clear
+    the screen) was printed raw by ls; it is written out instead, and the run still found."""
+    runs = tmp_path / "runs"
+    name = "evil\x1b]0;pwned\x07\x1b[2J-run"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "tiny-r8", runs / name)
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "tiny-r16", runs / "tiny-r16")
+    assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
+    assert cli.main(["compare", "tiny-r16", name, "--runs-dir", str(runs), "--no-tui"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J-run" in out
+
+
+def test_a_stopped_trainer_reads_paused_with_how_to_resume_it(
+    tmp_path: Path, bystander: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 24, item 8: a SIGSTOPped trainer read RUNNING. The process here is this test's own
+    child, standing in for a trainer whose identity status.json proves."""
+    from loratop.tui.panels import outcome_text
+    from loratop.tui.runs import list_runs, read_run
+
+    run_dir = _live_looking_run(tmp_path, {**live_status(bystander.pid), "state": "running"})
+    REAL_KILL(bystander.pid, signal.SIGSTOP)
+    try:
+        _wait_for(lambda: Path(f"/proc/{bystander.pid}/stat").read_text().rpartition(")")[2].split()[0] == "T")
+        (run,) = list_runs(run_dir.parent)
+        assert run.status == "paused" and run.is_running
+        state, _ = read_run(run_dir)
+        assert (
+            outcome_text(state)
+            == f"the trainer (pid {bystander.pid}) is stopped: kill -CONT {bystander.pid} resumes it"
+        )
+        assert cli.main(["ls", "--runs-dir", str(run_dir.parent)]) == 0
+        assert "paused" in capsys.readouterr().out
+    finally:
+        REAL_KILL(bystander.pid, signal.SIGCONT)
+    _wait_for(lambda: list_runs(run_dir.parent)[0].status == "running")
+
+
+def _wait_for(condition: Any, timeout: float = 30.0) -> None:
+    """Wait on a condition (never a fixed sleep a busy machine can outrun)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def run_dir_held(run_dir: Path) -> bool:

@@ -151,8 +151,8 @@ class TrainingSection(_Section):
     """Gradient clipping norm (0.3 in the QLoRA paper)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, ~30% more compute."""
-    seed: int = 42
-    """Seed for adapter init, data order and dropout."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seed for adapter init, data order and dropout (0 to 2**32 - 1: numpy's range)."""
     save_steps: int = Field(default=0, ge=0)
     """Save an adapter checkpoint every N steps; 0 saves only at the end."""
     eval_steps: int = Field(default=0, ge=0)

@@ -8,12 +8,14 @@ watch a run from another terminal.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
 import signal
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -131,7 +133,14 @@ def hold_run_dir(run_dir: Path) -> int:
     Raises:
         RunDirTaken: another live process holds it (named by its pid).
     """
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # O_NOFOLLOW: a trainer.lock that is a symbolic link is never followed (its target
+        # would be truncated and written: any file the user can write).
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirTaken(f"{run_dir / LOCK}: is a symbolic link, not this run's lock; refusing it") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -345,6 +354,60 @@ def proven_trainer_pid(status: dict[str, Any]) -> int | None:
     (same host, same boot, same start time, not a zombie), else ``None``. The only pid
     that may be signalled."""
     return valid_pid(status.get("pid")) if why_not_proven(status) is None else None
+
+
+def lock_holders(run_dir: Path) -> set[int] | None:
+    """The pids that hold the run's :data:`LOCK` (``flock``), as the kernel lists them in
+    ``/proc/locks`` (matched by the lock file's inode); ``None`` where the kernel cannot say
+    (no ``/proc/locks``: not Linux). A lock file that is missing or not a plain file has none."""
+    try:
+        st = os.lstat(run_dir / LOCK)
+        if not stat.S_ISREG(st.st_mode):
+            return set()
+    except OSError:
+        return set()
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    holders = set()
+    for line in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 10998 fe:00:2163115 0 EOF"; a waiter's line reads "1: -> FLOCK ..."
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        pid, where = parts[4], parts[5]
+        inode = where.rsplit(":", 1)[-1]
+        if pid.isdigit() and inode.isdigit() and int(inode) == st.st_ino:
+            holders.add(int(pid))
+    return holders
+
+
+def signal_target(run_dir: Path, status: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The pid that may be signalled for this run, or ``None`` and why not.
+
+    The identity in ``status.json`` (pid, host, boot, start time) is readable by anyone and
+    so can be copied from any live process; it must also be the process that holds this run
+    folder's lock (every loratop trainer takes it first, and holds it until it exits).
+    """
+    pid = proven_trainer_pid(status)
+    if pid is None:
+        return None, why_not_proven(status)
+    holders = lock_holders(run_dir)
+    if holders is not None and pid not in holders:
+        return None, f"pid {pid} does not hold {LOCK}: it is not this run's trainer"
+    return pid, None
+
+
+def process_paused(pid: int) -> bool:
+    """Whether a process is stopped (``SIGSTOP``, ``SIGTSTP``, a debugger): its state in
+    ``/proc/<pid>/stat`` is ``T`` or ``t``. ``False`` where that cannot be read."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat_line.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return bool(fields) and fields[0] in ("T", "t")
 
 
 LAUNCH_GRACE_S = 60.0

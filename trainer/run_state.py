@@ -26,6 +26,9 @@ STARTING = "starting"
 RUNNING = "running"
 # LOST (from trainer.run_dir): the trainer is gone without a ``run_finished`` event (killed,
 # crashed hard); :attr:`RunState.lost_cause` says how.
+PAUSED = "paused"
+"""The trainer is alive but stopped (``SIGSTOP``, Ctrl-Z, a debugger): no step will come until it
+is continued; :attr:`RunState.paused` says how."""
 UNKNOWN = "unknown"
 """Nothing proves the trainer still runs, nor that it is gone (recorded on another host, or
 by an older loratop without a start time): see :attr:`RunState.not_proven`."""
@@ -92,6 +95,8 @@ class RunState:
     """How it went, once :attr:`trainer_gone`: ``killed by SIGKILL``, ``trainer gone, no report``."""
     folder_note: str | None = None
     """Set when the run folder was removed under a live run: what became of the trainer."""
+    paused: str | None = None
+    """Why the live trainer makes no progress: it is stopped (``kill -CONT PID`` resumes it)."""
     not_proven: str | None = None
     """Why this machine cannot tell whether the trainer still runs (status ``unknown``), or ``None``."""
     version: int = 0
@@ -315,6 +320,8 @@ class RunState:
             return LOST
         if self.not_proven is not None:
             return UNKNOWN
+        if self.paused is not None:
+            return PAUSED
         return RUNNING if self.started is not None else STARTING
 
     @property

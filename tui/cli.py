@@ -489,7 +489,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the run history: knobs, outcome and parent of each run, one line each."""
     from loratop.tui.panels import history_row
-    from loratop.tui.run_table import history_table
+    from loratop.tui.run_table import history_table, terminal_safe
     from loratop.tui.runs import sort_runs
 
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
@@ -500,12 +500,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     # Piped, every column and every name whole, whatever COLUMNS says: Python's readline, for
     # one, exports COLUMNS=80 to every child, and a script or pager wants the whole table.
     width = shutil.get_terminal_size().columns if on_terminal else None
-    rows = [history_row(run, spills_cpu_text="n/a") for run in runs]  # a narrow column
+    # A narrow spills column; every cell shown harmlessly (a run's name may hold escape sequences).
+    rows = [tuple(map(terminal_safe, history_row(run, spills_cpu_text="n/a"))) for run in runs]
     lines, left_out = history_table(rows, width, on_terminal=on_terminal)
     print("\n".join(lines))
     for run in runs:
         if run.damaged:
-            print(f"damaged: {run.name}: {'; '.join(run.damaged)} (shown from its events.jsonl)")
+            print(terminal_safe(f"damaged: {run.name}: {'; '.join(run.damaged)}") + " (shown from its events.jsonl)")
     if left_out:
         print(f"(left out to fit {width} columns: {', '.join(left_out)}; a wider terminal shows them)", file=sys.stderr)
     return 0
@@ -514,6 +515,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare runs: text with ``--no-tui``, else the compare screen."""
     from loratop.tui.compare import format_compare, load_compared
+    from loratop.tui.run_table import terminal_safe
 
     names = [args.run_a, args.run_b, *args.more_runs]
     run_dirs: list[Path] = []
@@ -531,7 +533,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_dirs.append(run_dir)
     if args.no_tui:
         width = shutil.get_terminal_size((80, 24)).columns
-        print(format_compare([load_compared(d) for d in run_dirs], width=width, x=args.x))
+        text = format_compare([load_compared(d) for d in run_dirs], width=width, x=args.x)
+        print("\n".join(terminal_safe(line) for line in text.split("\n")))
         return 0
     return _compare_dashboard(run_dirs, args.x, args.runs_dir)
 

@@ -54,6 +54,14 @@ class TrainerNotProven(Message):
 
 
 @dataclass
+class TrainerPaused(Message):
+    """The live trainer is stopped (SIGSTOP, Ctrl-Z, a debugger): ``why`` says how to resume it;
+    ``None`` once it runs again."""
+
+    why: str | None
+
+
+@dataclass
 class FolderRemoved(Message):
     """The run folder was removed while this dashboard followed it; ``note`` says what of the trainer."""
 

@@ -230,6 +230,8 @@ def outcome_text(state: RunState) -> str | None:
             return lost_text(state)
         if state.status == UNKNOWN:
             return f"not known to be running: {state.not_proven}"
+        if state.paused is not None:
+            return state.paused
         return None
     status = state.finished.get("status")
     duration = fmt_duration(state.finished.get("duration_s"))

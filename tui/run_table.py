@@ -34,6 +34,15 @@ MIN_NAME = 16
 """A name is never cut shorter than this (both ends are kept, where run names differ)."""
 
 
+def terminal_safe(text: str) -> str:
+    """Text from a run (a name, a config value, an error) as a terminal shows it harmlessly:
+    control characters — an escape sequence that would move the cursor, retitle the window or
+    hide the rest of the line — are written out as ``\\x1b`` and the like, never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def middle_cut(text: str, width: int) -> str:
     """``tiny-cpu-demo-…261129-075650``: keep both ends, which is where run names differ.
 

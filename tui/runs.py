@@ -21,7 +21,9 @@ from loratop.trainer.run_dir import (
     LOST,
     NO_REPORT,
     STATUS,
+    process_paused,
     proof_of_death,
+    proven_trainer_pid,
     read_status,
     record_lost,
     trainer_alive,
@@ -29,7 +31,7 @@ from loratop.trainer.run_dir import (
     why_not_proven,
 )
 from loratop.trainer.run_index import fold_file
-from loratop.trainer.run_state import RUNNING, UNKNOWN, RunState
+from loratop.trainer.run_state import PAUSED, RUNNING, UNKNOWN, RunState
 from loratop.trainer.run_summary import cached_facts, fold_run, run_facts, store_facts
 from loratop.trainer.value_format import sci
 from loratop.trainer.yaml_files import MAX_YAML_BYTES, load_yaml
@@ -82,7 +84,7 @@ class RunSummary:
 
     @property
     def is_running(self) -> bool:
-        return self.status in ("running", "starting")
+        return self.status in ("running", "starting", "paused")
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
@@ -197,6 +199,7 @@ def judge_trainer(state: RunState, status: dict[str, Any]) -> None:
     (another host's pid, no start time recorded): ``unknown``.
     """
     verdict, why = trainer_verdict(status)
+    state.paused = why if verdict == PAUSED else None
     if verdict == LOST:
         if status.get("state") != LOST:
             record_lost(state.run_dir, why or NO_REPORT, last_step=state.last_step, ended_at=state.last_t)
@@ -216,6 +219,9 @@ def trainer_verdict(status: dict[str, Any]) -> tuple[str, str | None]:
     if status.get("state") == LOST:
         return LOST, str(status.get("lost_cause") or NO_REPORT)
     if trainer_alive(status):
+        pid = proven_trainer_pid(status)
+        if pid is not None and process_paused(pid):
+            return PAUSED, f"the trainer (pid {pid}) is stopped: kill -CONT {pid} resumes it"
         return RUNNING, None
     if "pid" not in status:
         return UNKNOWN, "status.json names no trainer pid"
@@ -361,7 +367,9 @@ def _stamp(folder: Path) -> tuple[int | None, ...] | None:
 
 # -- history: sorting, parents, knobs -----------------------------------------
 
-_STATUS_ORDER = ("running", "starting", "unknown", "lost", "failed", "oom", "disk_full", "stopped", "completed")
+_STATUS_ORDER = (
+    "running", "paused", "starting", "unknown", "lost", "failed", "oom", "disk_full", "stopped", "completed"
+)  # fmt: skip
 
 
 def _newest(run: RunSummary) -> float:

@@ -49,6 +49,7 @@ from loratop.trainer.run_dir import (
     EVENTS,
     RunDirError,
     claim_run_dir,
+    hold_run_dir,
     make_reserve,
     process_identity,
     read_control,
@@ -190,6 +191,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._began = False
         self._watch_closed = False
         self._said_write_error = False
+        self._lock_fd: int | None = None
 
     @property
     def memory_watch(self) -> Any:
@@ -296,6 +298,9 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._started = time.time()
         try:
             self.run_dir = claim_run_dir(folder)
+            # Held until the end, as a launched trainer holds its own: what proves to the
+            # dashboard that a pid in status.json is this run's before it sends a signal.
+            self._lock_fd = hold_run_dir(self.run_dir)
             write_status(
                 self.run_dir,
                 pid=os.getpid(),
@@ -580,6 +585,10 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, previous)
         self._installed = []
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # the run is over: the folder's lock goes
+            self._lock_fd = None
 
     def _at_exit(self) -> None:
         """The script ended without the Trainer's ``on_train_end`` (an exception, ``sys.exit``):

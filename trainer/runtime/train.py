@@ -1126,6 +1126,15 @@ def take_run_dir(run_dir: Path, config: RunConfig, who: str, *, hold: bool, writ
         run_dir.mkdir(parents=True, exist_ok=True)
         if hold:
             hold_run_dir(run_dir)  # its fd stays open (and the lock held) until the process exits
+            if (run_dir / EVENTS).is_file() and (run_dir / EVENTS).stat().st_size > 0:
+                # A folder that holds a run (finished, or lost) is that run's record: training
+                # again into it would mix two runs' events and overwrite its adapter.
+                print(
+                    f"{who}: {run_dir} already holds a run ({EVENTS} is not empty); not training into it:"
+                    " give a new folder (loratop run makes one per run)",
+                    file=sys.stderr,
+                )
+                return False
         if write_config and not (run_dir / CONFIG).exists():
             (run_dir / CONFIG).write_text(dump_config(config))
     except RunDirTaken as exc:

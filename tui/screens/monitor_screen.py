@@ -37,9 +37,10 @@ from loratop.trainer.run_dir import (
     record_lost,
     request_control,
     rescue_roots,
+    signal_target,
     why_not_proven,
 )
-from loratop.trainer.run_state import RunState
+from loratop.trainer.run_state import PAUSED, RunState
 from loratop.trainer.run_summary import fold_run
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
@@ -50,6 +51,7 @@ from loratop.tui.messages import (
     TrainerExited,
     TrainerGone,
     TrainerNotProven,
+    TrainerPaused,
 )
 from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
@@ -245,6 +247,7 @@ class MonitorScreen(LoratopScreen[str]):
             finished = False
         last_alive_check = 0.0
         not_proven: str | None = None
+        paused: str | None = None
         status: dict[str, Any] = {}
         while not worker.is_cancelled:
             batch = [e for e in follower.poll() if e["seq"] >= skip_to]
@@ -261,6 +264,10 @@ class MonitorScreen(LoratopScreen[str]):
                     self._follow_removed_folder(status, worker)
                     return
                 verdict, why = trainer_verdict(status)
+                paused_now = why if verdict == PAUSED else None
+                if paused_now != paused:
+                    paused = paused_now
+                    self.post_message(TrainerPaused(paused))
                 if verdict == LOST:
                     final = [e for e in follower.poll() if e["seq"] >= skip_to]
                     if final:
@@ -325,6 +332,11 @@ class MonitorScreen(LoratopScreen[str]):
     def _trainer_exited(self, message: TrainerExited) -> None:
         if self.state.finished is None:  # it exited without a report: its exit code says how
             self._trainer_gone(TrainerGone(exit_cause(message.returncode), message.returncode))
+
+    @on(TrainerPaused)
+    def _trainer_paused(self, message: TrainerPaused) -> None:
+        self.state.paused = message.why
+        self.state.version += 1
 
     @on(TrainerNotProven)
     def _trainer_not_proven(self, message: TrainerNotProven) -> None:
@@ -419,13 +431,16 @@ class MonitorScreen(LoratopScreen[str]):
     def _signal(self, sig: signal.Signals) -> bool:
         """Signal this run's trainer, only once status.json proves the pid is still it."""
         status = read_status(self.run_dir) or {}
-        pid = proven_trainer_pid(status)
+        requests = status.get("control") == "requests"  # a script's LoratopCallback: no signal, a file
+        pid, not_it = (
+            (proven_trainer_pid(status), why_not_proven(status)) if requests else signal_target(self.run_dir, status)
+        )
         if pid is None or not self.state.is_live:
             ended = self.state.finished is not None or self.state.trainer_gone
-            why = "the run has ended" if ended else why_not_proven(status)
+            why = "the run has ended" if ended else not_it
             self.notify(f"not signalling: {why}", severity="warning", markup=False)
             return False
-        if status.get("control") == "requests":  # a script's LoratopCallback: no handler of ours there
+        if requests:
             try:
                 request_control(self.run_dir, "stop" if sig != signal.SIGUSR1 else "checkpoint")
             except OSError as exc:

@@ -274,3 +274,42 @@ def test_a_loss_at_the_edge_of_a_float_is_drawn_not_a_crash(extreme: float) -> N
             await pilot.pause()
 
     asyncio.run(scenario())
+
+
+def test_attach_to_a_run_it_cannot_read_says_so_instead_of_starting_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 24, item 8: attach on a finished run it could not fold read STARTING forever (the
+    reader's error was swallowed). The fold is made to fail here as an unreadable file would."""
+    import asyncio
+
+    from textual.widgets import Static
+
+    import loratop.tui.screens.monitor_screen as monitor
+    from loratop.tui.app import LoratopApp
+
+    root = _runs(tmp_path, lambda run: None)
+
+    def unreadable(run_dir: Path) -> object:
+        raise PermissionError(13, "Permission denied", str(run_dir / "events.jsonl"))
+
+    monkeypatch.setattr(monitor, "fold_run", unreadable)
+
+    async def drive() -> None:
+        app = LoratopApp(root / "damaged")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+
+            def shown(selector: str) -> str:
+                return str(screen.query_one(selector, Static).render())
+
+            for _ in range(200):  # the header is redrawn a few times a second: wait for it
+                if "UNKNOWN" in shown("#run-header"):
+                    break
+                await pilot.pause(0.05)
+            header, outcome = shown("#run-header"), shown("#outcome")
+            assert "UNKNOWN" in header and "STARTING" not in header
+            assert "cannot read this run's events: PermissionError" in outcome
+            app.exit()
+
+    asyncio.run(drive())

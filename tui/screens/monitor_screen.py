@@ -23,7 +23,7 @@ from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.content import Content
 from textual.widgets import Log, Sparkline, Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratop.trainer import events as ev
 from loratop.trainer.run_dir import (
@@ -332,6 +332,14 @@ class MonitorScreen(LoratopScreen[str]):
     def _trainer_exited(self, message: TrainerExited) -> None:
         if self.state.finished is None:  # it exited without a report: its exit code says how
             self._trainer_gone(TrainerGone(exit_cause(message.returncode), message.returncode))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The events reader failed (a run's files no reader check foresaw): say so on screen,
+        instead of a header that reads STARTING forever."""
+        if event.worker.group == "events" and event.state == WorkerState.ERROR and not self.state.trainer_gone:
+            error = event.worker.error
+            self.state.not_proven = f"cannot read this run's events: {type(error).__name__}: {error}"
+            self.state.version += 1
 
     @on(TrainerPaused)
     def _trainer_paused(self, message: TrainerPaused) -> None:

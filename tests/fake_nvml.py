@@ -29,6 +29,8 @@ class FakeGpu:
     """MIG mode on: its instance slots (``None``: an empty slot). ``None``: no MIG mode."""
     processes: dict[int, int] = field(default_factory=dict)
     """pid → bytes used."""
+    util: int = 42
+    """NVML's utilisation (busy %) of the last sample period."""
 
 
 class NVMLError(Exception):
@@ -109,7 +111,7 @@ class FakePynvml(types.ModuleType):
         return instance
 
     def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu) -> Any:  # noqa: N802
-        return types.SimpleNamespace(gpu=42, memory=10)
+        return types.SimpleNamespace(gpu=handle.util, memory=10)
 
     def nvmlDeviceGetTemperature(self, handle: FakeGpu, sensor: int) -> int:  # noqa: N802
         return 55

@@ -141,7 +141,7 @@ def test_outcome_rows_match_the_fixture_events() -> None:
     facts = [_fixture_facts(n) for n in names]
 
     assert list(rows) == [
-        "final loss", "min loss", "peak VRAM", "tokens/s", "spikes", "spills", "steps", "duration", "status"
+        "final loss", "min loss", "peak VRAM", "tokens/s", "GPU busy", "spikes", "spills", "steps", "duration", "status"
     ]  # fmt: skip
     assert rows["final loss"] == [fmt_loss(f["final"]) for f in facts]
     assert rows["min loss"] == [fmt_loss(f["min"]) for f in facts]

@@ -18,7 +18,7 @@ from tests.conftest import of_type, read_events
 
 HEADER = (
     "step,time_s,loss,lr,grad_norm,tokens,epoch,spike,gpu_used_bytes,host_rss_bytes,"
-    "ranks,max_rank_gpu_used_bytes,max_rank_rss_bytes"
+    "ranks,max_rank_gpu_used_bytes,max_rank_rss_bytes,gpu_busy_pct,mfu_pct"
 )
 
 

@@ -67,7 +67,8 @@ def test_ls_prints_the_table(tmp_path: Path) -> None:
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
-        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "EVAL (BEST)", "PEAK VRAM", "SPIKES", "SPILLS", "TIME", "PARENT"
+        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "EVAL (BEST)", "PEAK VRAM", "GPU BUSY", "SPIKES", "SPILLS",
+        "TIME", "PARENT",
     ]  # fmt: skip
     assert lines[3].startswith("done-run") and "completed" in lines[3] and "60/60" in lines[3] and "6.0403" in lines[3]
     assert "n/a (CPU)" in lines[3]
@@ -361,7 +362,7 @@ def test_ls_piped_prints_every_column_and_names_whole(runs: Path, columns: str |
     lines = result.stdout.splitlines()
     assert "…" not in result.stdout and result.stderr == ""
     assert {line.split()[0] for line in lines[1:]} == {r.name for r in list_runs(runs)}
-    assert len(re.split(r"\s{2,}", lines[0])) == 11, "piped (to a script, a pager): every column"
+    assert len(re.split(r"\s{2,}", lines[0])) == 12, "piped (to a script, a pager): every column"
     child = next(line for line in lines if line.startswith("tiny-cpu-demo-20261129-080012"))
     assert child.endswith("tiny-cpu-demo-20261129-075650")
 

@@ -32,8 +32,8 @@ FAIL_IN_STEP = 4
 EVICTED = 48 * MIB
 
 
-def _run(run_dir: Path, gpu: FakeCudaMemory) -> Run:
-    sets = [f"output_dir={run_dir}", "training.max_steps=8", "training.save_steps=0", "data.eval_split=null"]
+def _run(run_dir: Path, gpu: FakeCudaMemory, steps: int = 8) -> Run:
+    sets = [f"output_dir={run_dir}", f"training.max_steps={steps}", "training.save_steps=0", "data.eval_split=null"]
     sets += ["data.max_rows=120"]
     config = load_config(REPO / "sample_configs/tiny-cpu-demo.yaml", parse_overrides(sets), check_files=False)
     run_dir.mkdir(parents=True)

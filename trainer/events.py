@@ -279,9 +279,14 @@ class EvalEvent(Envelope, total=False):
 class AlertEvent(Envelope, total=False):
     kind: str
     """``rank_lost``: a rank died and torchrun ended the others; ``overfitting``: eval loss rose
-    ``monitor.overfit_evals`` evaluations in a row while training loss fell."""
+    ``monitor.overfit_evals`` evaluations in a row while training loss fell; ``gpu_starved``:
+    the GPU stayed under 30 % busy for a minute while steps ran."""
     step: int
     message: str
+    busy_pct: float
+    """``gpu_starved``: the GPU's mean busy % over the window."""
+    knobs: list[str]
+    """``gpu_starved``: the knobs to try, most likely first (``section.name: value``)."""
     rank: int
     node: int
     local_rank: int

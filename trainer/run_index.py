@@ -36,17 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from loratop.trainer import events as ev
+from loratop.trainer.gpu_busy import busy_pct
 from loratop.trainer.run_dir import EVENTS, read_json
 
 INDEX = ".loratop-index"
-FORMAT = 2
+FORMAT = 3
+"""3: memory records carry ``busy`` (NVML utilisation of the GPU rank 0 trains on)."""
 STEP_FIELDS = (("seq", "q"), ("end", "q"), ("step", "q"), ("loss", "d"), ("lr", "d"), ("grad_norm", "d"),
                ("tokens", "q"), ("t", "d"))  # fmt: skip
 """Name and type (``q`` int64, ``d`` float64) of each field of a step record."""
 MEMORY_FIELDS = (("seq", "q"), ("end", "q"), ("t", "d"), ("kind", "d"), ("value", "d"), ("max_gpu_used", "d"),
-                 ("rss", "d"))  # fmt: skip
+                 ("rss", "d"), ("busy", "d"))  # fmt: skip
 """``kind``: 0 when ``value`` is GPU 0's NVML used bytes, 1 when it is host RSS, NaN when
-neither was read. ``max_gpu_used``: the highest used bytes of any GPU in the sample."""
+neither was read. ``max_gpu_used``: the highest used bytes of any GPU in the sample. ``busy``:
+NVML's busy % of the GPU rank 0 trains on (``cuda:0``), NaN when not reported."""
 GPU, HOST = 0.0, 1.0
 Columns = dict[str, "array[Any]"]
 """A record file's fields as columns: ``array('q')`` or ``array('d')`` by the field's type."""
@@ -96,7 +99,9 @@ def memory_record(event: dict[str, Any], end: int) -> bytes:
         kind, value = (GPU, _num(first)) if isinstance(first, int) else (_NAN, _NAN)
     else:
         kind, value = (HOST, rss) if not math.isnan(rss) else (_NAN, _NAN)
-    return MEMORY_RECORD.pack(event["seq"], end, _num(event.get("t")), kind, value, max(used, default=_NAN), rss)
+    busy = busy_pct(gpus)
+    top, busy_value = max(used, default=_NAN), _NAN if busy is None else busy
+    return MEMORY_RECORD.pack(event["seq"], end, _num(event.get("t")), kind, value, top, rss, busy_value)
 
 
 def _fingerprint(first_line: bytes) -> str:
@@ -242,6 +247,9 @@ def _load_index(run_dir: Path) -> Index | None:
         return None
     steps = _columns(_read(folder / "steps.bin"), STEP_FIELDS)
     memory = _columns(_read(folder / "memory.bin"), MEMORY_FIELDS)
+    for cols in (steps, memory):  # damaged records (at C speed): read the events instead
+        if cols["seq"] and (min(cols["seq"]) < 0 or min(cols["end"]) <= 0 or max(cols["end"]) > size):
+            return None
     rare: list[dict[str, Any]] = []
     rare_ends: list[int] = []
     rare_lines: list[bytes] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from loratop.trainer import events as ev
+from loratop.trainer.gpu_busy import GPU_STARVED, busy_pct, mfu
 from loratop.trainer.run_dir import LOST
 from loratop.trainer.run_index import GPU, Columns, Index
 
@@ -70,6 +71,11 @@ class RunState:
     when there is no GPU reading (see :attr:`mem_series_kind`)."""
     mem_series_kind: str | None = None
     """``gpu`` or ``host``: what :attr:`mem_series` holds."""
+    busy: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=600))
+    """(time, NVML busy %) of the GPU rank 0 trains on, the latest samples."""
+    busy_sum: float = 0.0
+    busy_n: int = 0
+    """Busy % summed and counted over the samples taken while steps ran (for the run's mean)."""
     checkpoints: list[ev.CheckpointEvent] = field(default_factory=list)
     spikes: list[ev.SpikeEvent] = field(default_factory=list)
     spills: list[ev.SpillEvent] = field(default_factory=list)
@@ -176,10 +182,23 @@ class RunState:
             self.last_t = max(times + ([self.last_t] if self.last_t is not None else []))
         if mem["seq"]:
             self._memory_columns(mem)
+            self._busy_columns(mem, steps["t"][0] if steps["t"] else None)
             self.memory = cast(ev.MemoryEvent, last_memory) if last_memory is not None else self.memory
         self.events_seen = index.count
         self.garbage = index.skipped
         self.version += 1
+
+    def _busy_columns(self, mem: Columns, first_step_t: float | None) -> None:
+        """The busy % series and the run's mean from an index's memory columns, as
+        :meth:`_busy_sample` keeps them (the index holds no run_finished: see :meth:`apply`)."""
+        end = self.finished.get("t") if self.finished else None
+        for t, busy in zip(mem["t"], mem["busy"], strict=True):
+            if busy != busy:  # NaN: not reported
+                continue
+            self.busy.append((t, busy))
+            if first_step_t is not None and t >= first_step_t and (end is None or t <= end):
+                self.busy_sum += busy
+                self.busy_n += 1
 
     def _memory_columns(self, mem: Columns) -> None:
         peak = finite_extreme(max, mem["max_gpu_used"])
@@ -207,6 +226,9 @@ class RunState:
 
     def _memory(self, event: dict[str, Any]) -> None:
         self.memory = cast(ev.MemoryEvent, event)
+        busy, t = busy_pct(event.get("gpus")), event.get("t")
+        if busy is not None and isinstance(t, (int, float)):
+            self._busy_sample(float(t), busy)
         rss = event.get("host", {}).get("rss")
         if isinstance(rss, int):
             self.peak_rss = max(self.peak_rss or 0, rss)
@@ -221,6 +243,48 @@ class RunState:
                 self.mem_series = array("q")  # never mix GPU and host figures in one line
                 self.mem_series_kind = kind
             self.mem_series.append(value)
+
+    def _busy_sample(self, t: float, busy: float) -> None:
+        self.busy.append((t, busy))
+        if self.steps and self.finished is None:  # while training: not loading, not after the end
+            self.busy_sum += busy
+            self.busy_n += 1
+
+    def recent_busy(self, window_s: float = 30.0) -> float | None:
+        """The GPU's mean busy % over the last ``window_s`` seconds of samples; ``None``
+        without a reading (a CPU run, or NVML reports no utilisation)."""
+        if not self.busy:
+            return None
+        since = self.busy[-1][0] - window_s
+        recent = [b for t, b in self.busy if t >= since]
+        return sum(recent) / len(recent)
+
+    @property
+    def mean_busy(self) -> float | None:
+        """The GPU's mean busy % over the samples taken while steps ran."""
+        return self.busy_sum / self.busy_n if self.busy_n else None
+
+    @property
+    def gpu_names(self) -> list[str]:
+        """The GPUs the run trains on (as torch numbers them), by name; empty on a CPU run."""
+        device = self.started.get("device", {}) if self.started else {}
+        if device.get("kind") != "cuda":
+            return []
+        names = device.get("names")
+        names = names if isinstance(names, list) and names else [device.get("name")]
+        return [str(name) for name in names[: max(1, self.world_size)] if name]
+
+    def mfu(self, tokens_per_s: float | None) -> float | None:
+        """Model-FLOPs utilisation at ``tokens_per_s`` (:func:`trainer.gpu_busy.mfu`)."""
+        params = self.started.get("params", {}).get("total") if self.started else None
+        return mfu(tokens_per_s, params if isinstance(params, int) else None, self.gpu_names)
+
+    @property
+    def starved(self) -> ev.AlertEvent | None:
+        """The latest starved-GPU alert, while it stands (the run not finished)."""
+        if self.finished is not None:
+            return None
+        return next((a for a in reversed(self.alerts) if a.get("kind") == GPU_STARVED), None)
 
     def _ranks(self, event: dict[str, Any]) -> None:
         self.ranks = cast(ev.RanksEvent, event)

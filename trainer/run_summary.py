@@ -83,6 +83,8 @@ def run_facts(state: RunState, now: float | None) -> dict[str, Any]:
         "min_loss": finite_extreme(min, state.loss),
         "duration": state.elapsed(time.time() if now is None else now),  # frozen once it is gone
         "tokens_per_s": tokens_per_s(state),
+        "gpu_busy": state.mean_busy,
+        "mfu": state.mfu(tokens_per_s(state)),
         "started_config": config if isinstance(config, dict) else None,
     }
 
@@ -107,9 +109,10 @@ def tokens_per_s(state: RunState) -> float | None:
 SUMMARY = "summary.json"
 """In a finished run's index folder: its :func:`run_facts`, for ``ls`` and the home screen."""
 
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 """Bumped when :func:`run_facts` changes what a value means (2: ``None`` spikes and spills
-where nothing was watched, not 0): a summary cached by an older loratop is made again."""
+where nothing was watched, not 0; 3: GPU busy % and MFU): a summary cached by an older
+loratop is made again."""
 
 
 def cached_facts(run_dir: Path) -> dict[str, Any] | None:
@@ -131,7 +134,7 @@ def cached_facts(run_dir: Path) -> dict[str, Any] | None:
 _FACT_KEYS = frozenset(
     {"status", "step", "max_steps", "last_loss", "peak_vram", "spikes", "spills", "first_t", "device", "min_loss",
      "duration", "tokens_per_s", "started_config", "world_size", "eval_loss", "best_eval_loss", "best_eval_step",
-     "overfitting_step"}
+     "overfitting_step", "gpu_busy", "mfu"}
 )  # fmt: skip
 
 
@@ -145,7 +148,18 @@ def _count(value: Any) -> bool:
 
 _FACT_TYPES: dict[str, Any] = {
     **dict.fromkeys(
-        ("last_loss", "min_loss", "duration", "tokens_per_s", "eval_loss", "best_eval_loss", "first_t"), _number
+        (
+            "last_loss",
+            "min_loss",
+            "duration",
+            "tokens_per_s",
+            "eval_loss",
+            "best_eval_loss",
+            "first_t",
+            "gpu_busy",
+            "mfu",
+        ),
+        _number,
     ),
     **dict.fromkeys(
         ("step", "max_steps", "peak_vram", "spikes", "spills", "best_eval_step", "overfitting_step"), _count

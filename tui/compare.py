@@ -16,7 +16,16 @@ from typing import Any
 from loratop.trainer.run_state import RunState
 from loratop.trainer.value_format import format_value as config_value
 from loratop.trainer.value_format import sci
-from loratop.tui.panels import at_step, count_label, fmt_duration, fmt_loss, peak_vram_label, spills_label, steps_label
+from loratop.tui.panels import (
+    at_step,
+    busy_label,
+    count_label,
+    fmt_duration,
+    fmt_loss,
+    peak_vram_label,
+    spills_label,
+    steps_label,
+)
 from loratop.tui.run_table import middle_cut
 from loratop.tui.runs import ELLIPSIS, RunSummary, read_run
 
@@ -239,8 +248,8 @@ def _best_eval(run: ComparedRun) -> str:
 def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     """What each run came to, formatted for display, one row per measure.
 
-    Rows: final loss, min loss, peak VRAM, tokens/s, spikes, spills, steps, duration,
-    status. Nothing unmeasured shows as zero: VRAM on a CPU run is ``n/a (CPU)``, an
+    Rows: final loss, min loss, peak VRAM, tokens/s, GPU busy and MFU, spikes, spills, steps,
+    duration, status. Nothing unmeasured shows as zero: VRAM on a CPU run is ``n/a (CPU)``, an
     unknown value ``–``.
     """
     # Runs of several ranks: how many, since peak VRAM and spills are then over all of them.
@@ -260,6 +269,7 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
         ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
         *ranks,
         ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),
+        ("GPU busy", [busy_label(r.summary.gpu_busy, r.summary.mfu, r.summary.device) for r in runs]),
         ("spikes", [count_label(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
         ("spills", [_spills(r) for r in runs]),
         ("steps", [steps_label(r.summary.step, r.summary.max_steps) for r in runs]),

@@ -8,12 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from loratop.trainer import events as ev
+from loratop.trainer.gpu_busy import busy_pct
 from loratop.trainer.run_dir import EVENTS
+from loratop.trainer.run_state import RunState
 
 EXPORT_DIR = Path("loratop-exports")
 """Where exports go unless told otherwise (``loratop export -o DIR``), under the current folder:
@@ -33,10 +36,14 @@ METRICS_HEADER = (
     "ranks",
     "max_rank_gpu_used_bytes",
     "max_rank_rss_bytes",
+    "gpu_busy_pct",
+    "mfu_pct",
 )
-"""Columns of the metrics CSV, one row per ``step`` event. The last three are for runs of
-several ranks (torchrun): the world size, and the fullest rank's GPU and RSS at the latest
-report; empty for a single process."""
+"""Columns of the metrics CSV, one row per ``step`` event. ``ranks`` and the two after it are
+for runs of several ranks (torchrun): the world size, and the fullest rank's GPU and RSS at the
+latest report; empty for a single process. ``gpu_busy_pct``: NVML's busy % of the GPU rank 0
+trains on, at the latest sample; ``mfu_pct``: model-FLOPs utilisation over the last 20 steps
+(:mod:`trainer.gpu_busy`); both empty on a CPU run (or an unknown GPU peak, for MFU)."""
 
 _SEVERITY_RANK = {"warn": 1, "severe": 2, "fatal": 3}
 
@@ -109,6 +116,21 @@ def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | 
                 spikes[step] = severity
     first_t = events[0]["t"] if events else 0.0
 
+    state = RunState(run_dir)  # what MFU needs: the model's size, the GPUs' names, the world size
+    for event in events:
+        if event["type"] in (ev.RUN_STARTED, ev.RANKS):
+            state.apply(event)
+    recent: deque[tuple[float, int]] = deque(maxlen=21)
+
+    def mfu_pct(event: dict[str, Any]) -> float | None:
+        tokens = event.get("tokens")
+        if not isinstance(tokens, int):
+            return None
+        recent.append((float(event["t"]), tokens))
+        (t0, n0), (t1, n1) = recent[0], recent[-1]
+        value = state.mfu((n1 - n0) / (t1 - t0)) if t1 > t0 else None
+        return None if value is None else round(100 * value, 3)
+
     def metric_rows() -> Iterator[list[str]]:
         memory: dict[str, Any] | None = None
         ranks: dict[str, Any] | None = None
@@ -133,6 +155,8 @@ def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | 
                     _cell(ranks.get("world_size")) if ranks else "",
                     _cell(_rank_max(ranks, lambda r: (r.get("gpu") or {}).get("used"))),
                     _cell(_rank_max(ranks, lambda r: r.get("rss"))),
+                    _cell(busy_pct(memory.get("gpus")) if memory else None),
+                    _cell(mfu_pct(event)),
                 ]
 
     return _write_csv(out, METRICS_HEADER, metric_rows())

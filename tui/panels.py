@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loratop.trainer.distributed import rank_label
+from loratop.trainer.gpu_busy import fmt_pct
 from loratop.trainer.oom_forecast import LEVELS as OOM_LEVELS
 from loratop.trainer.run_dir import NO_REPORT, SIGKILL_HINT
 from loratop.trainer.run_state import LOST, UNKNOWN, RunState
@@ -43,8 +44,9 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
-    """The two header lines: who and where, then progress."""
+def header_lines(state: RunState, now: float | None = None, width: int | None = None) -> tuple[str, str]:
+    """The two header lines: who and where, then progress; ``width`` (columns): the progress
+    line drops its least useful words rather than being cut."""
     now = time.time() if now is None else now
     pending = "…" if state.is_live else "–"  # still to come, or never known (it failed while loading)
     model = state.started.get("model", {}).get("name_or_path", "?") if state.started else pending
@@ -63,14 +65,37 @@ def header_lines(state: RunState, now: float | None = None) -> tuple[str, str]:
         first += f" · {risk}"
     if state.overfitting is not None:
         first += f" · OVERFITTING{at_step(state.overfitting.get('step'))}"
+    if state.starved is not None:
+        first += " · GPU STARVED"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
     tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
-    second = (
-        f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
-        f"elapsed {fmt_duration(state.elapsed(now))} · ETA {fmt_duration(state.eta())} · {tok_s}"
-    )
+    busy = gpu_busy_text(state, rate[1] if rate else None)
+    head = f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
+    elapsed, eta = fmt_duration(state.elapsed(now)), fmt_duration(state.eta())
+    for second in (
+        f"{head}elapsed {elapsed} · ETA {eta} · {tok_s}{busy}",
+        f"{head}{elapsed} · ETA {eta} · {tok_s}{busy}",
+        f"{head}ETA {eta} · {tok_s}{busy}",
+        f"{head}ETA {eta} · {tok_s}{busy.replace(' busy', '')}",
+        f"{head}ETA {eta} · {tok_s}{busy.replace(' busy', '').split(' · MFU')[0]}",
+    ):
+        if width is None or len(second) <= width:
+            break
     return first, second
+
+
+def gpu_busy_text(state: RunState, tokens_per_s: float | None) -> str:
+    """`` · GPU 16% busy · MFU 1.2%`` after tokens/s: NVML's busy % over the last 30 s and the
+    model-FLOPs utilisation (``MFU ?``: the GPU's peak is not in the table); `` · GPU n/a``
+    on a CPU run; nothing before the first sample."""
+    if state.device_kind == "cpu":
+        return " · GPU n/a (CPU)"
+    busy = state.recent_busy()
+    if busy is None:
+        return ""
+    mfu = state.mfu(tokens_per_s)
+    return f" · GPU {fmt_pct(busy)} busy · MFU {fmt_pct(100 * mfu) if mfu is not None else '?'}"
 
 
 def eval_text(state: RunState) -> str | None:
@@ -232,6 +257,9 @@ def outcome_text(state: RunState) -> str | None:
             return f"not known to be running: {state.not_proven}"
         if state.paused is not None:
             return state.paused
+        starved = state.starved
+        if starved is not None:
+            return f"GPU starved at step {starved.get('step')}: {starved.get('message')}"
         return None
     status = state.finished.get("status")
     duration = fmt_duration(state.finished.get("duration_s"))
@@ -314,7 +342,8 @@ def _checkpoint_done(state: RunState) -> bool:
 # -- run history (loratop ls, the home screen, compare) ----------------------------------------
 
 HISTORY_COLUMNS = (
-    "run", "status", "knobs", "step", "final loss", "eval (best)", "peak VRAM", "spikes", "spills", "time", "parent"
+    "run", "status", "knobs", "step", "final loss", "eval (best)", "peak VRAM", "GPU busy", "spikes", "spills", "time",
+    "parent",
 )  # fmt: skip
 """The run history's columns, as the home screen titles them (``loratop ls`` in capitals)."""
 
@@ -329,6 +358,16 @@ def peak_vram_label(peak: int | None, device: str | None) -> str:
     if peak is not None:
         return fmt_bytes(peak)
     return "n/a (CPU)" if device == "cpu" else "–"
+
+
+def busy_label(busy: float | None, mfu_value: float | None, device: str | None, cpu_text: str = "n/a (CPU)") -> str:
+    """``16% · MFU 1.2%``: the GPU's mean busy % while training and the model-FLOPs
+    utilisation (``MFU ?`` where the GPU's peak is unknown); ``n/a (CPU)`` on a CPU run."""
+    if device == "cpu":
+        return cpu_text
+    if busy is None:
+        return "–"
+    return f"{fmt_pct(busy)} · MFU {fmt_pct(100 * mfu_value) if mfu_value is not None else '?'}"
 
 
 def count_label(count: int | None) -> str:
@@ -369,6 +408,7 @@ def history_row(run: RunSummary, spills_cpu_text: str = "n/a (CPU)") -> tuple[st
         fmt_loss(run.last_loss),
         eval_label(run),
         peak_vram_label(run.peak_vram, run.device),
+        busy_label(run.gpu_busy, run.mfu, run.device, spills_cpu_text),
         count_label(run.spikes),
         spills_label(run.spills, run.device, spills_cpu_text),
         fmt_duration(run.duration),

@@ -18,13 +18,14 @@ GAP = "  "
 """Between two columns: two spaces, so a cell may hold single spaces (``r8 α16 ...``)."""
 
 KEPT_FIRST = (
-    "run", "status", "step", "final loss", "knobs", "parent", "spikes", "eval (best)", "peak VRAM", "time", "spills"
+    "run", "status", "step", "final loss", "knobs", "parent", "spikes", "eval (best)", "peak VRAM", "GPU busy", "time",
+    "spills",
 )  # fmt: skip
 """The columns in the order they are kept when the table must narrow (the first four always)."""
 
 ESSENTIAL = KEPT_FIRST[:4]
 
-SHORT_TITLES = {"final loss": "loss", "eval (best)": "eval", "peak VRAM": "vram"}
+SHORT_TITLES = {"final loss": "loss", "eval (best)": "eval", "peak VRAM": "vram", "GPU busy": "busy"}
 """Narrower titles for a narrowed table."""
 
 NOT_MEASURED = frozenset({"–", "n/a", "n/a (CPU)"})

@@ -77,6 +77,11 @@ class RunSummary:
     best_eval_step: int | None = None
     overfitting_step: int | None = None
     """Where an overfitting alert said it began, if one was raised."""
+    gpu_busy: float | None = None
+    """The GPU's mean NVML busy % while steps ran; ``None`` on CPU (or where NVML does not say)."""
+    mfu: float | None = None
+    """Model-FLOPs utilisation (0..1) over the run (:mod:`trainer.gpu_busy`); ``None`` on CPU or
+    where the GPU's peak is unknown."""
 
     @property
     def name(self) -> str:
@@ -188,6 +193,8 @@ def _summary(run_dir: Path, facts: dict[str, Any], status_file: dict[str, Any], 
         best_eval_loss=facts["best_eval_loss"],
         best_eval_step=facts["best_eval_step"],
         overfitting_step=facts["overfitting_step"],
+        gpu_busy=facts["gpu_busy"],
+        mfu=facts["mfu"],
     )
 
 

@@ -369,6 +369,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._watch = _memory_watch(
             sink, self._sampler, model, kwargs.get("train_dataloader"), args, self.gpu_memory(args, cuda)
         )
+        self._watch.knobs = settings["training"]
 
     def gpu_memory(self, args: Any, cuda: bool) -> Any:
         """The GPU this process trains on, as the memory watch reads it

@@ -11,10 +11,13 @@ stand-in with the same methods.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from loratop.trainer import events as ev
+from loratop.trainer.gpu_busy import GPU_STARVED, StarvedGpu, row_busy, starved_causes, starved_message
 from loratop.trainer.gpu_devices import row_for_cuda
 from loratop.trainer.oom_forecast import NOT_APPLICABLE, OomForecaster, fragmentation_note
 from loratop.trainer.runtime.memory_sampler import MemorySampler
@@ -24,10 +27,10 @@ PAGE_MIN_ELEMENTS = 100_000
 elements (``Optimizer8bit.get_state_buffer``); smaller ones keep ordinary state."""
 
 
-def batch_tokens(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
-    """Padded tokens (rows × padded length) of one forward call's batch: ``input_ids`` as a
-    keyword or the first positional argument, else ``inputs_embeds``; ``None`` if neither has
-    a 2-D shape (a packed, padding-free batch is one row of all its tokens: still right)."""
+def batch_shape(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(rows, padded length) of one forward call's batch: ``input_ids`` as a keyword or the
+    first positional argument, else ``inputs_embeds``; ``None`` if neither has a batch shape
+    (a packed, padding-free batch is one row of all its tokens: still right)."""
     ids = kwargs.get("input_ids")
     if ids is None and args:
         ids = args[0]
@@ -36,7 +39,13 @@ def batch_tokens(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None
         shape = getattr(kwargs.get("inputs_embeds"), "shape", None)
         if shape is None or len(shape) != 3:
             return None
-    return int(shape[0]) * int(shape[1])
+    return int(shape[0]), int(shape[1])
+
+
+def batch_tokens(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """Padded tokens (rows × padded length) of one forward call's batch (:func:`batch_shape`)."""
+    shape = batch_shape(args, kwargs)
+    return shape[0] * shape[1] if shape is not None else None
 
 
 class BatchRecorder:
@@ -54,6 +63,8 @@ class BatchRecorder:
         """Padded tokens of the latest micro-batch the model ran in training."""
         self.step_max_tokens = 0
         """The largest micro-batch of the current optimizer step."""
+        self.shapes: deque[tuple[int, int]] = deque(maxlen=64)
+        """(rows, padded length) of the latest micro-batches (do shapes repeat?)."""
         self._handle: Any = None
 
     def attach(self, model: Any) -> None:
@@ -79,9 +90,10 @@ class BatchRecorder:
     def _seen(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not getattr(module, "training", True):
             return None
-        tokens = batch_tokens(args, kwargs)
-        if tokens is not None:
-            self.record(tokens)
+        shape = batch_shape(args, kwargs)
+        if shape is not None:
+            self.shapes.append(shape)
+            self.record(shape[0] * shape[1])
         return None  # the call goes on unchanged
 
 
@@ -211,6 +223,8 @@ class MemoryWatch:
         worst_tokens: Padded tokens of the worst batch the data can produce.
         batch_size: Rows per micro-batch.
         paged_optimizer: Whether the optimizer pages its state (else no spill can happen).
+        knobs: The run's ``training`` settings (the starved-GPU alert suggests none it has).
+        clock: Monotonic seconds (tests step it).
     """
 
     def __init__(
@@ -222,6 +236,8 @@ class MemoryWatch:
         worst_tokens: int,
         batch_size: int,
         paged_optimizer: bool = True,
+        knobs: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._emit = emit
         self._sampler = sampler
@@ -233,6 +249,16 @@ class MemoryWatch:
         self.paged: dict[str, Any] | None = None
         self.spills: Any = None
         """The run's SpillCounter, from the first step on."""
+        self.starved = StarvedGpu()
+        self.knobs = dict(knobs or {})
+        """The run's ``training`` settings: the starved-GPU alert suggests none it already has."""
+        self._clock = clock
+        self._began: float | None = None
+        self._ended: float | None = None
+        self._timing: deque[tuple[float, float]] = deque(maxlen=20)
+        """(seconds between the last step's end and this one's begin, seconds of the step)."""
+        self.last_risk: Any = None
+        """The latest OOM forecast (every step, not only when its level changed)."""
 
     @property
     def device(self) -> int:
@@ -253,6 +279,7 @@ class MemoryWatch:
 
     def step_begin(self) -> None:
         self.recorder.step_begin()
+        self._began = self._clock()
         if self.gpu is not None:
             self.gpu.reset_peak()
 
@@ -263,6 +290,10 @@ class MemoryWatch:
         if self.spills is not None:
             for event in self.spills.step(step, self._sampler.last):
                 self._emit_spill(event)
+        now = self._clock()
+        if self._began is not None and self._ended is not None and self._began >= self._ended:
+            self._timing.append((self._began - self._ended, now - self._began))
+        self._ended = now
         if self.gpu is None:
             return
         stats = self.gpu.stats()
@@ -278,9 +309,36 @@ class MemoryWatch:
         note = fragmentation_note(reserved, allocated, retries, self._retries)
         self._retries = retries
         risk = self.forecaster.forecast(gpu["total"], gpu["used"] - reserved, note)
+        self.last_risk = risk or self.last_risk
         if self.forecaster.changed(risk):
             assert risk is not None
             self._emit(ev.OOM_RISK, step=step, **risk.as_event())
+        self._check_starved(step, now, gpu)
+
+    def _check_starved(self, step: int, now: float, gpu: Mapping[str, Any]) -> None:
+        """The starved-GPU alert, once the GPU stayed under 30 % busy for a minute of steps."""
+        mean = self.starved.step(step, now, row_busy(gpu))
+        if mean is None:
+            return
+        waited = sum(gap for gap, _ in self._timing)
+        total = waited + sum(took for _, took in self._timing)
+        risk = self.last_risk
+        causes = starved_causes(
+            shapes=list(self.recorder.shapes),
+            between_steps_share=waited / total if total > 0 else None,
+            predicted_peak=risk.predicted_peak if risk is not None else None,
+            available=risk.available if risk is not None else None,
+            gpu_name=str(gpu.get("name") or ""),
+            knobs=self.knobs,
+        )
+        self._emit(
+            ev.ALERT,
+            kind=GPU_STARVED,
+            step=step,
+            message=starved_message(mean, self.starved.window_s, causes),
+            busy_pct=round(mean, 1),
+            knobs=[cause.knob for cause in causes],
+        )
 
     def _account_paged(self, step: int, optimizer: Any) -> None:
         """Once the optimizer exists: how much is paged, and how spills will be counted."""

@@ -617,6 +617,7 @@ class Run:
             worst,
             t.per_device_train_batch_size,
             paged_optimizer=t.optim.startswith("paged_"),
+            knobs=t.model_dump(),
         )
 
     def gpu_memory(self, cuda: bool) -> Any:

@@ -22,7 +22,8 @@ LIVE_REFRESH_S = 2.0
 """How often the home screen brings its list up to date (running runs, new and removed ones)."""
 
 HOME_COLUMNS = (
-    "run", "status", "step", "final loss", "eval (best)", "knobs", "peak VRAM", "spikes", "spills", "time", "parent"
+    "run", "status", "step", "final loss", "eval (best)", "knobs", "peak VRAM", "GPU busy", "spikes", "spills", "time",
+    "parent",
 )  # fmt: skip
 """The home screen's columns, in order: what a user looks for first (name, status, step, final
 loss) fits 80 columns without scrolling, the rest follow. ``loratop ls`` keeps

@@ -40,7 +40,7 @@ from loratop.trainer.run_dir import (
     signal_target,
     why_not_proven,
 )
-from loratop.trainer.run_state import PAUSED, RunState
+from loratop.trainer.run_state import PAUSED, RUNNING, RunState
 from loratop.trainer.run_summary import fold_run
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
@@ -367,9 +367,9 @@ class MonitorScreen(LoratopScreen[str]):
         live = state.is_live
         if live and now - self._drawn_at < DATA_REFRESH_S:
             return
-        first, second = panels.header_lines(state, self._clock())
-        evaluated = panels.eval_text(state)
         header = self.query_one("#run-header", Static)
+        first, second = panels.header_lines(state, self._clock(), header.content_size.width or None)
+        evaluated = panels.eval_text(state)
         header.set_class(evaluated is not None, "-with-eval")
         third = f"\n{evaluated}" if evaluated else ""
         self._set_text("#run-header", Content.from_markup("[b]$first[/b]\n$rest", first=first, rest=second + third))
@@ -405,7 +405,11 @@ class MonitorScreen(LoratopScreen[str]):
         if outcome is not None:
             self._set_text("#outcome", outcome)
             kind = state.status if state.status in ("completed", "stopped", "failed", "oom", "disk_full") else "lost"
+            if state.status in (RUNNING, PAUSED):
+                kind = "stopped"  # a warning while it trains (starved, paused), not an ending
             box.set_classes(f"shown {kind}")
+        elif box.has_class("shown"):
+            box.set_classes("")  # what it said no longer holds (the trainer was continued)
 
     def _set_text(self, selector: str, text: str | Content) -> None:
         """Update a Static only when its text changes (an update redraws it, unchanged or not)."""

@@ -317,3 +317,22 @@ def test_y_ticks_are_round_evenly_spaced_and_one_to_a_row() -> None:
     assert _y_ticks_that_fit(5.85, 7.12, 4) == [6.0, 7.0]
     assert _y_ticks_that_fit(5.85, 7.12, 7) == [6.0, 6.5, 7.0]
     assert _y_ticks_that_fit(1.0, 1.0, 5) == [] and _y_ticks_that_fit(1.0, 2.0, 0) == []
+
+
+def test_the_y_title_is_rewritten_whole_when_the_scale_toggles_twice() -> None:
+    """issue 26, item 6: ``l`` twice left ``loglossoss`` (the shorter title written over the longer)."""
+
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            steps, loss, smoothed = _series(200, spike_at=50)
+            chart.update(steps, loss, smoothed)
+            await pilot.pause()
+            for log in (True, False):
+                chart.log_scale = log
+                await pilot.pause()
+            screen = _screen_text(app)
+            assert "loglossoss" not in screen and "log10" not in screen and " loss " in screen
+
+    asyncio.run(scenario())

@@ -25,6 +25,7 @@ from loratop.widgets.loss_chart import (
     _plot_cells,
     _set_limits,
     _StaticPlot,
+    axis_label,
 )
 
 __all__ = ["PALETTE", "CompareChart", "Series"]
@@ -129,7 +130,8 @@ class CompareChart(Widget):
         everything = lines + marks + diamonds
         _set_limits(plot, [x for x, _, _ in everything], [y for _, y, _ in everything], buckets, rows)
         plot.set_xlabel(self._x_label)
-        plot.set_ylabel(f"log10 {self._y_label}" if self.log_scale else self._y_label)
+        longest = f"log10 {self._y_label}"
+        plot.set_ylabel(axis_label(longest if self.log_scale else self._y_label, longest))
         for xs, ys, style in lines:
             _add_line(plot, xs, ys, style)
         for xs, ys, style in marks:

@@ -276,7 +276,7 @@ class LossChart(Widget):
                 self.axes = _set_limits(plot, xs, ys, buckets, rows)
             else:
                 self.axes = _set_steady_limits(plot, self._x_range, self._ylim or (0.0, 1.0), buckets, rows)
-        plot.set_ylabel("log10 loss" if self.log_scale else "loss")
+        plot.set_ylabel(axis_label("log10 loss" if self.log_scale else "loss", "log10 loss"))
         _add_line(plot, raw_x, raw_y, self.RAW_STYLE)
         _add_line(plot, smooth_x, smooth_y, self.SMOOTHED_STYLE)
         if spike_x:
@@ -284,6 +284,12 @@ class LossChart(Widget):
             plot.scatter(spike_x, spike_y, marker=self.SPIKE_MARKER, marker_style=self.SPIKE_STYLE, hires_mode=None)
         if eval_x:
             plot.scatter(eval_x, eval_y, marker=self.EVAL_MARKER, marker_style=self.EVAL_STYLE, hires_mode=None)
+
+
+def axis_label(label: str, longest: str) -> str:
+    """``label`` centred in the width of the ``longest`` one it replaces: textual-plot writes a
+    y label over the last one without clearing it, so ``l`` twice once read ``loglossoss``."""
+    return f"{label:^{max(len(label), len(longest))}}"
 
 
 def _plot_cells(chart: Widget) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,56 @@ def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("LORATOP_CACHE", None)
     else:
         os.environ["LORATOP_CACHE"] = previous
+
+
+TRAINER_MARKS = ("loratop.trainer", "loratop.tui.cli", "torch.distributed.run", "train_with_callback.py")
+"""What a training process this suite starts has on its command line."""
+
+
+@pytest.fixture(autouse=True)
+def _end_the_trainers_a_test_started() -> Iterator[None]:
+    """Every training process a test started and left running is ended when the test ends,
+    pass or fail: a leaked CPU trainer slows every later test on a 2-core box."""
+    before = descendant_pids()
+    yield
+    end_trainers_started_since(before)
+
+
+def descendant_pids() -> set[int]:
+    import psutil
+
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def end_trainers_started_since(before: set[int]) -> list[int]:
+    """End this process's descendants that are not in ``before`` and run a trainer (or the
+    command that launched one). Only our own descendants are touched, and psutil checks each
+    pid's start time before it signals, so a reused pid is never hit; trainers first (they run
+    in sessions of their own and would outlive the command that launched them). Returns the
+    pids it ended."""
+    import psutil
+
+    started = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in before and any(mark in " ".join(_cmdline(child)) for mark in TRAINER_MARKS):
+            started.append(child)
+    started.sort(key=lambda child: "loratop.trainer" not in " ".join(_cmdline(child)))
+    for child in started:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(started, timeout=15)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [child.pid for child in started]
+
+
+def _cmdline(process: Any) -> list[str]:
+    try:
+        return list(process.cmdline())
+    except Exception:  # gone already (psutil.Error), or not ours to read
+        return []
 
 
 @pytest.fixture

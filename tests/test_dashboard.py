@@ -41,7 +41,9 @@ def _recorded_run(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path) -> None:
     """``loratop run sample_configs/tiny-cpu-demo.yaml`` in-process, with the real trainer subprocess."""
-    config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path / 'run'}"]))
+    # 120 of the demo's 300 steps: the same run, shorter (a busy 2-core box once took > 300 s for all).
+    overrides = [f"output_dir={tmp_path / 'run'}", "training.max_steps=120"]
+    config = load_config(DEMO_CONFIG, parse_overrides(overrides))
     run = launch(config, DEMO_CONFIG)
     app = LoratopApp(run.run_dir, run.events_fd, process=run.process)
 
@@ -49,7 +51,7 @@ def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path)
         async with app.run_test(size=(120, 40)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await until(pilot, lambda: screen.state.finished is not None, 300, "the run to finish")
+            await until(pilot, lambda: screen.state.finished is not None, 900, "the run to finish")
             # The dashboard reaps the trainer it launched as soon as it exits: no zombie while it stays open.
             await until(pilot, lambda: not Path(f"/proc/{run.process.pid}").exists(), 30, "the trainer to be reaped")
             assert run.process.returncode == 0

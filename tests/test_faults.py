@@ -1046,3 +1046,22 @@ def test_a_full_disk_at_launch_is_one_line_and_leaves_nothing_behind(tmp_path: P
     problems = [line for line in result.stderr.splitlines() if not line.startswith(("warning:", "loratop: 1 problem"))]
     assert len(problems) == 1 and "No space left on device" in problems[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_trainer_a_test_leaves_running_is_ended_when_the_test_ends() -> None:
+    """issue 26, item 1: a timed-out test left its trainer training for 18 minutes. conftest ends
+    what a test started (here: a stand-in whose command line names the trainer), and nothing else."""
+    from tests.conftest import descendant_pids, end_trainers_started_since
+
+    before = descendant_pids()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "not-a-trainer"])
+    leaked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "loratop.trainer"])
+    try:
+        assert end_trainers_started_since(before) == [leaked.pid]
+        leaked.wait(timeout=20)  # ended (psutil reaped it already: its code reads 0 here)
+        assert other.poll() is None, "only trainers are ended"
+    finally:
+        for process in (other, leaked):
+            if process.poll() is None:
+                REAL_KILL(process.pid, signal.SIGKILL)
+            process.wait()

@@ -2,24 +2,39 @@
 # The GPU check as one offline call: install loratop from the wheel bundle with no network,
 # run scripts/gpu_check.py and `pytest -m gpu`, and write everything printed to OUTDIR.
 #
-#   scripts/gpu_check.sh OUTDIR [gpu_check.py arguments...]
+#   scripts/gpu_check.sh OUTDIR [--speed | --speed-only] [gpu_check.py arguments...]
+#
+# --speed also runs scripts/gpu_speed.py (issue 25's speed knobs against today's settings, ~7 minutes
+# on an H200) after the GPU tests; --speed-only installs and runs only that, to fit one 10-minute call.
 #
 # Environment:
 #   LORATOP_GPU_BUNDLE  the wheels from scripts/gpu_bundle.sh (default .gpu-bundle/)
 #   LORATOP_GPU_WORK    where the model and the runs go (default: a new temp folder)
 #   PYTHON              the interpreter to install into and run (default python3)
+#   LORATOP_GPU_SPEED_ARGS  arguments for gpu_speed.py (e.g. "--workloads gpu_check")
 #
 # OUTDIR gets at most 8 files (what the borrowed machine sends back): gpu_check.log (all of
 # it, the in-process trainer's output too), pytest-gpu.log, and the memory-truth run's
-# events.jsonl and status.json.
-# The exit code is 0 only if the install, every GPU check and the GPU tests passed.
+# events.jsonl and status.json; with --speed or --speed-only, gpu_speed.log too.
+# The exit code is 0 only if the install, every GPU check and the GPU tests passed (and, when asked,
+# every gpu_speed.py run ended cleanly: a missed speed goal is a finding, not a failure).
 # What each line must show: docs/gpu-check.md.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 
-out="${1:?usage: scripts/gpu_check.sh OUTDIR [gpu_check.py arguments...]}"
+out="${1:?usage: scripts/gpu_check.sh OUTDIR [--speed | --speed-only] [gpu_check.py arguments...]}"
 shift
+speed=no
+check_args=()
+for arg in "$@"; do
+    case "$arg" in
+        --speed) speed=yes ;;
+        --speed-only) speed=only ;;
+        *) check_args+=("$arg") ;;
+    esac
+done
+set -- ${check_args[@]+"${check_args[@]}"}
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 bundle="${LORATOP_GPU_BUNDLE:-$repo/.gpu-bundle}"
@@ -99,25 +114,39 @@ except Exception as exc:  # a CPU box has no libcupti: say so; the GPU check say
     print(f"import cupti: {type(exc).__name__}: {exc}")
 EOF
 
-echo
-echo "== scripts/gpu_check.py $*"
-"$python" -u scripts/gpu_check.py --out "$work" "$@" || fail "scripts/gpu_check.py exited non-zero"
-for name in events.jsonl status.json; do
-    [ -f "$work/run/$name" ] && cp "$work/run/$name" "$out/$name"
-done
+if [ $speed = only ]; then
+    echo
+    echo "== --speed-only: scripts/gpu_check.py, check_gpu_devices.py and pytest -m gpu are skipped"
+else
+    echo
+    echo "== scripts/gpu_check.py $*"
+    "$python" -u scripts/gpu_check.py --out "$work" "$@" || fail "scripts/gpu_check.py exited non-zero"
+    for name in events.jsonl status.json; do
+        [ -f "$work/run/$name" ] && cp "$work/run/$name" "$out/$name"
+    done
 
-echo
-echo "== scripts/check_gpu_devices.py (NVML adapter vs torch, per CUDA_VISIBLE_DEVICES)"
-"$python" -u scripts/check_gpu_devices.py || fail "scripts/check_gpu_devices.py exited non-zero"
+    echo
+    echo "== scripts/check_gpu_devices.py (NVML adapter vs torch, per CUDA_VISIBLE_DEVICES)"
+    "$python" -u scripts/check_gpu_devices.py || fail "scripts/check_gpu_devices.py exited non-zero"
 
-echo
-echo "== pytest -m gpu"
-"$python" -m pytest -m gpu -rA -p no:cacheprovider tests 2>&1 | tee "$out/pytest-gpu.log"
-code=${PIPESTATUS[0]}
-[ "$code" -eq 0 ] || fail "pytest -m gpu exited $code"
-# On one GPU the two-GPU tests skip, saying so; any other skip on a GPU machine is a failure.
-if [ $gpu = yes ] && grep "SKIPPED" "$out/pytest-gpu.log" | grep -qv "needs two CUDA GPUs"; then
-    fail "a GPU test skipped on a machine with a GPU (see the SKIPPED lines)"
+    echo
+    echo "== pytest -m gpu"
+    "$python" -m pytest -m gpu -rA -p no:cacheprovider tests 2>&1 | tee "$out/pytest-gpu.log"
+    code=${PIPESTATUS[0]}
+    [ "$code" -eq 0 ] || fail "pytest -m gpu exited $code"
+    # On one GPU the two-GPU tests skip, saying so; any other skip on a GPU machine is a failure.
+    if [ $gpu = yes ] && grep "SKIPPED" "$out/pytest-gpu.log" | grep -qv "needs two CUDA GPUs"; then
+        fail "a GPU test skipped on a machine with a GPU (see the SKIPPED lines)"
+    fi
+fi
+
+if [ $speed != no ]; then
+    echo
+    echo "== scripts/gpu_speed.py ${LORATOP_GPU_SPEED_ARGS:-}"
+    # shellcheck disable=SC2086  # word-split on purpose: several arguments in one variable
+    "$python" -u scripts/gpu_speed.py --out "$work/speed" ${LORATOP_GPU_SPEED_ARGS:-} 2>&1 | tee "$out/gpu_speed.log"
+    code=${PIPESTATUS[0]}
+    [ "$code" -eq 0 ] || fail "scripts/gpu_speed.py exited $code (a run failed)"
 fi
 
 echo

@@ -15,7 +15,7 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -60,6 +60,10 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 """The ``lr_scheduler_type`` values accepted (transformers' ``SchedulerType``)."""
+
+SdpaBackend = Literal["auto", "flash", "efficient", "cudnn", "math"]
+SDPA_BACKENDS: tuple[str, ...] = get_args(SdpaBackend)
+"""The ``training.sdpa_backend`` values: PyTorch's choice, or the attention kernel it tries first."""
 
 
 def _yaml_number(value: Any) -> Any:
@@ -161,6 +165,49 @@ class TrainingSection(_Section):
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop gracefully after this many evaluations without a new best eval loss, and keep
     the adapter of the best evaluation as the run's adapter. Unset: no early stopping."""
+    pad_to_multiple_of: int | None = Field(default=None, ge=1)
+    """Pad each batch to a multiple of this many tokens (TRL's ``pad_to_multiple_of``; 64 is
+    a good value), so batch shapes repeat and a GPU reuses the attention plans it made for
+    them. The loss is the same: padding is masked. At most ``max_seq_length``. Unset: each
+    batch is padded to its own longest row."""
+    group_by_length: bool = False
+    """Batch rows of similar length together (transformers' ``train_sampling_strategy:
+    group_by_length``; the longest batch comes first): less padding, fewer shapes. Which rows
+    share a step changes, so each step's loss moves more; the loss per token does not."""
+    packing: bool = False
+    """Pack whole rows into sequences of up to ``max_seq_length`` tokens (TRL's ``packing``,
+    best-fit): no padding at all, and each row attends only to itself (packing is always
+    padding-free, see ``padding_free``). A batch is then ``per_device_train_batch_size``
+    packed sequences, so a step holds more tokens than unpacked: fewer, larger steps. The
+    eval loss is computed on unpacked rows, as without packing."""
+    padding_free: bool = False
+    """Flatten each batch into one row with position ids instead of padding it (TRL's
+    ``padding_free``): the same rows per step and the same loss, no padded tokens. Made for
+    flash-attention kernels; with sdpa (transformers' default, loratop's) transformers masks
+    each row off from the others: correct, but attention then spans the whole batch."""
+    sdpa_backend: SdpaBackend = "auto"
+    """The kernel PyTorch's scaled-dot-product attention prefers while training. ``auto``:
+    PyTorch's choice (cuDNN on Hopper GPUs, which plans a graph for each new batch shape).
+    ``flash``, ``efficient`` (memory-efficient) or ``cudnn``: that kernel first and, where it
+    cannot run a call (flash takes no padding mask), the others but cuDNN; ``math``: the
+    plain reference kernel alone (slow; for checking). The same math every way. On CPU:
+    ``auto``, ``flash`` or ``math``."""
+    dataloader_num_workers: int = Field(default=0, ge=0, le=64)
+    """Worker processes that collate batches ahead of the training loop (transformers'
+    ``dataloader_num_workers``); 0 collates in the training process, between steps."""
+    dataloader_pin_memory: bool = True
+    """Collate batches into page-locked host memory, for faster copies to the GPU
+    (transformers' default; a CPU run never pins)."""
+
+    @field_validator("pad_to_multiple_of")
+    @classmethod
+    def _pad_within_length(cls, value: int | None, info: ValidationInfo) -> int | None:
+        longest = info.data.get("max_seq_length")
+        if value is not None and isinstance(longest, int) and value > longest:
+            raise ValueError(
+                f"at most training.max_seq_length ({longest}): every batch would be padded past it; try 64"
+            )
+        return value
 
     @field_validator("optim")
     @classmethod
@@ -535,6 +582,9 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
                     f"{model_type} model; {_accepted_message(name, accepted)}"
                 )
     problems += [f"{where('distributed')}: {line}" for line in _distributed_problems(config.distributed)]
+    kernel = _sdpa_problem(config.training.sdpa_backend)
+    if kernel is not None:
+        problems.append(f"{where('training.sdpa_backend')}: {kernel}")
     from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data
 
     rows = None
@@ -587,6 +637,37 @@ def _distributed_problems(section: DistributedSection) -> list[str]:
         return check_distributed(section, visible, gpus.note)
     finally:
         gpus.close()
+
+
+SDPA_ON_CPU = ("auto", "flash", "math")
+"""The ``training.sdpa_backend`` values that run on a CPU: PyTorch has a CPU flash kernel and the
+math one, but no CPU memory-efficient or cuDNN kernel."""
+
+
+def sdpa_cpu_problem(backend: str) -> str | None:
+    """Why ``training.sdpa_backend`` cannot run on a CPU, or ``None`` when it can (the trainer
+    says the same at launch, when torch finds no GPU)."""
+    if backend in SDPA_ON_CPU:
+        return None
+    return (
+        f"training.sdpa_backend = {backend!r}: no NVIDIA GPU is visible, and PyTorch has no {backend} attention "
+        f"kernel for a CPU; accepted on CPU: {', '.join(SDPA_ON_CPU)}"
+    )
+
+
+def _sdpa_problem(backend: str) -> str | None:
+    """:func:`sdpa_cpu_problem` when NVML sees no GPU on this box (a GPU's own limits are the trainer's
+    to check at launch, where torch knows them)."""
+    if backend in SDPA_ON_CPU:
+        return None
+    from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_OK, GpuDevices
+
+    gpus = GpuDevices()
+    try:
+        none_here = gpus.state == NO_NVIDIA_GPU or (gpus.state == NVML_OK and not gpus.devices)
+    finally:
+        gpus.close()
+    return sdpa_cpu_problem(backend) if none_here else None  # an NVML error proves nothing: launch checks
 
 
 def _looks_local(name: str) -> bool:

@@ -11,15 +11,23 @@ sequences and look for text. Without chromium the browser tests skip, unless ``C
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import fcntl
+import functools
+import ipaddress
+import json
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +41,7 @@ import pytest
 
 from loratop.trainer.config import load_config, parse_overrides
 from loratop.tui.launcher import launch
+from loratop.tui.serve import APP_QUIT_GRACE_S, MAX_COLUMNS, MAX_ROWS, banner
 from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events
 
 URL_LINE = re.compile(r"^\s*(http://\S+/\?token=\S+)$")
@@ -481,7 +490,19 @@ def test_every_interface_is_allowed_with_a_warning(runs: Path, serve: Callable[.
     assert [(a.ip, a.port) for a in listening] == [("0.0.0.0", _port(url))]
     stderr = served.finish()
     assert stderr.startswith("warning: listening on every interface") and "anyone who can reach" in stderr
-    assert "has the token" in stderr and stderr.count("\n") == 1
+    assert "has the token" in stderr and stderr.count("\n") == 2
+    assert "plain HTTP" in stderr and f"ssh -L {_port(url)}:127.0.0.1:{_port(url)} " in stderr
+
+
+def test_off_loopback_the_warning_says_plain_http_and_gives_the_tunnel(tmp_path: Path) -> None:
+    for host in ("0.0.0.0", "::", "10.1.2.3"):
+        _, warnings = banner(tmp_path, ipaddress.ip_address(host), 8000, "secret")
+        said = "\n".join(warnings)
+        assert "plain HTTP" in said and "the link's token and the whole session" in said, said
+        assert "travel unencrypted" in said and "SSH tunnel" in said, said
+        assert "ssh -L 8000:127.0.0.1:8000 " in said, said
+    for host in ("127.0.0.1", "::1"):
+        assert banner(tmp_path, ipaddress.ip_address(host), 8000, "secret")[1] == []
 
 
 def test_a_port_in_use_and_a_bad_host_end_in_one_line() -> None:
@@ -498,3 +519,187 @@ def test_a_port_in_use_and_a_bad_host_end_in_one_line() -> None:
             assert process.returncode == 2, (args, stdout, stderr)
             assert stderr.startswith("loratop serve: ") and expected in stderr and stderr.count("\n") == 1, stderr
             assert stdout == "", stdout
+
+
+# --- the size a browser asks for, and the end of a connection (no browser) -----------------
+
+CURSOR_TO = re.compile(r"\x1b\[(\d+);(\d+)H")
+
+
+def drawn_extent(text: str) -> tuple[int, int]:
+    """(columns, rows) that terminal output reaches: Textual starts each line with a cursor move."""
+    columns = rows = 0
+    parts = CURSOR_TO.split(text)  # before the first move, then (row, column, what follows) for each
+    for row, column, after in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+        rows = max(rows, int(row))
+        columns = max(columns, int(column) - 1 + len(screen_text(after).split("\n")[0]))
+    return columns, rows
+
+
+async def _drawn_until(websocket: aiohttp.ClientWebSocketResponse, rows: int) -> tuple[int, int]:
+    """Read the app's frames until one reaches row ``rows``; the extent of all of them."""
+    extent = (0, 0)
+    while extent[1] < rows:
+        message = await websocket.receive(timeout=SCREEN_S)
+        assert message.type == aiohttp.WSMsgType.BINARY, message
+        drawn = drawn_extent(message.data.decode("utf-8", "replace"))  # a frame is one message: whole lines
+        extent = (max(extent[0], drawn[0]), max(extent[1], drawn[1]))
+    return extent
+
+
+@pytest.mark.faults
+def test_a_huge_terminal_asked_for_is_bounded(runs: Path, serve: Callable[..., Served]) -> None:
+    served = serve("--runs-dir", str(runs), "--port", "0")
+    url = served.url()
+    base = f"http://127.0.0.1:{_port(url)}"
+
+    async def check() -> None:
+        _, _, cookies = await _get(url)
+        async with (
+            aiohttp.ClientSession(cookies=cookies) as session,
+            session.ws_connect(
+                f"{base.replace('http', 'ws')}/ws?width=999999&height=30", headers={"Origin": base}, max_msg_size=0
+            ) as websocket,
+        ):
+            assert await _drawn_until(websocket, rows=30) == (MAX_COLUMNS, 30)
+            await websocket.send_json(["resize", {"width": "wide", "height": None}])  # not numbers: dropped
+            await websocket.send_json(["resize", {"width": 20000, "height": 20000}])
+            assert await _drawn_until(websocket, rows=MAX_ROWS) == (MAX_COLUMNS, MAX_ROWS)
+
+    asyncio.run(check())
+    assert "Traceback" not in served.finish()
+
+
+def _wait_until(condition: Callable[[], Any], what: str, timeout: float = SCREEN_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+    return found
+
+
+def _app_of(served: Served) -> psutil.Process:
+    """The app process the server started for the one connection open (its child, running: see ``RawTab``)."""
+    children = _wait_until(lambda: psutil.Process(served.process.pid).children(), "app process", STARTUP_S)
+    assert len(children) == 1, children
+    return children[0]
+
+
+class RawTab:
+    """A browser tab's websocket, by hand on a socket: it can stop reading, and go without a goodbye.
+
+    A small receive buffer, so that a tab that reads nothing soon holds the server back.
+    """
+
+    def __init__(self, url: str, width: int, height: int) -> None:
+        port, token = _port(url), _token(url)
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.socket.settimeout(STARTUP_S)
+        self.socket.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.socket.sendall(
+            f"GET /ws?width={width}&height={height}&token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: http://127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.socket.recv(1)  # one byte at a time: nothing past the handshake is read
+            assert chunk, f"the server closed the handshake: {head!r}"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        # The app's first bytes, peeked at (still unread): it runs. Until its exec a child is
+        # half made, and one stopped then would hold the server in vfork().
+        assert self.socket.recv(1, socket.MSG_PEEK), "the server closed the websocket"
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """One frame, masked as a client's must be (a short one: its length fits in 7 bits)."""
+        assert len(payload) < 126, payload
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.socket.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def resize(self, width: int, height: int) -> None:
+        self.send(0x1, json.dumps(["resize", {"width": width, "height": height}]).encode())
+
+    def close(self) -> None:
+        """Close as a closing tab does ("going away"), and drop what was never read (a reset)."""
+        with contextlib.suppress(OSError):
+            self.send(0x8, struct.pack("!H", 1001))
+        self.socket.close()
+
+
+def _stdout_backed_up(app: psutil.Process) -> bool:
+    """The app is stuck writing to its stdout: nobody reads it (Linux ``/proc``).
+
+    One of its threads sleeps in the kernel's pipe write (its ``wchan``); where the kernel
+    hides that, its stdout pipe (reopened through ``/proc``, no byte taken) is all but full.
+    """
+    for task in Path(f"/proc/{app.pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that has just ended
+            if "pipe_write" in (task / "wchan").read_text():
+                return True
+    fd = os.open(f"/proc/{app.pid}/fd/1", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        queued = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+        return queued > fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) - select.PIPE_BUF
+    finally:
+        os.close(fd)
+
+
+def _repainted_or_backed_up(app: psutil.Process, written: int) -> bool:
+    assert app.is_running(), "the app ended with its tab still open (the server's heartbeat gave up on it?)"
+    return _stdout_backed_up(app) or app.io_counters().write_chars > written + 50_000
+
+
+def _backed_up_for_good(app: psutil.Process) -> bool:
+    """Still stuck a second on, with no write finished meanwhile: not a server that is merely behind.
+
+    (A false "for good" only makes the test milder; it cannot fail a server that works.)
+    """
+    written = app.io_counters().write_chars
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if not _stdout_backed_up(app) or app.io_counters().write_chars != written:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.faults
+def test_a_tab_that_fell_behind_then_closed_ends_its_app(runs: Path, serve: Callable[..., Served]) -> None:
+    """It read nothing while the app repainted; the server stopped reading the app, whose writes
+    blocked. Closing the tab must end the app all the same."""
+    served = serve("--runs-dir", str(runs), "--port", "0")
+    tab = RawTab(served.url(), MAX_COLUMNS, MAX_ROWS)
+    try:
+        app = _app_of(served)
+        for repaint in range(80):  # each a full screen (~0.4 MB); the socket buffers hold a few MB
+            written = app.io_counters().write_chars
+            tab.resize(MAX_COLUMNS - 1 + repaint % 2, MAX_ROWS - 1 + repaint % 2)
+            _wait_until(functools.partial(_repainted_or_backed_up, app, written), "repaint")
+            if _stdout_backed_up(app) and _backed_up_for_good(app):
+                break
+        else:
+            raise AssertionError("the app's output never backed up: the server read all of it")
+    finally:
+        tab.close()
+    _, alive = psutil.wait_procs([app], timeout=APP_QUIT_GRACE_S + 10)
+    assert not alive, f"the app outlived its connection: {alive}"
+    assert "Traceback" not in served.finish()
+
+
+@pytest.mark.faults
+def test_an_app_that_will_not_quit_is_killed_when_its_tab_closes(runs: Path, serve: Callable[..., Served]) -> None:
+    served = serve("--runs-dir", str(runs), "--port", "0")
+    tab = RawTab(served.url(), 80, 24)
+    try:
+        app = _app_of(served)
+        app.suspend()  # SIGSTOP: it reads no quit message, as a wedged app would not
+    finally:
+        tab.close()
+    _, alive = psutil.wait_procs([app], timeout=APP_QUIT_GRACE_S + 10)
+    assert not alive, f"the app outlived its connection: {alive}"
+    assert "Traceback" not in served.finish()

@@ -10,6 +10,10 @@ On a shared GPU box anyone there can reach ``127.0.0.1``, so a port is no secret
 link printed at start carries a random token; opening it sets an HttpOnly, SameSite=Strict
 cookie, and every request without that cookie (or the token) gets a 403. The websocket
 must also come from a page of this server (its ``Origin`` matches its ``Host``).
+
+A browser says how big its terminal is; the app gets at most :data:`MAX_COLUMNS` x
+:data:`MAX_ROWS`. When a websocket ends, for whatever reason, its app is asked to quit
+and killed :data:`APP_QUIT_GRACE_S` later if it has not.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import shlex
 import signal
@@ -30,7 +33,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
@@ -48,9 +51,16 @@ TOKEN_PARAM = "token"
 FORBIDDEN = "forbidden: open the link (with its ?token=...) that `loratop serve` printed when it started\n"
 WRONG_ORIGIN = "forbidden: this websocket may be opened only by the page `loratop serve` sent\n"
 APP_QUIT_GRACE_S = 5.0
-"""How long an app process has to quit when its browser tab goes (then it is killed)."""
+"""How long an app process has to quit when its browser connection ends (then it is killed)."""
+MAX_COLUMNS = 500
+"""The widest terminal an app gets, whatever a browser asks for (in its URL or a resize)."""
+MAX_ROWS = 200
+"""The tallest. A 4K screen at the page's 16 px font is about 400 x 110 cells: this is more
+than a screen shows, and at 100,000 cells a full repaint stays near half a megabyte, where a
+tab asking for 20000 x 20000 cost its app gigabytes."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Sent = TypeVar("_Sent")
 
 
 class ServeError(Exception):
@@ -108,6 +118,17 @@ def open_listener(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: 
         raise ServeError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
 
+def terminal_size(width: object, height: object) -> tuple[int, int] | None:
+    """The (columns, rows) an app gets for the size a browser asked: 1 to :data:`MAX_COLUMNS` x :data:`MAX_ROWS`.
+
+    ``None`` when either is not a whole number (a resize message from a confused or
+    hostile client): the app keeps its size.
+    """
+    if not (type(width) is int and type(height) is int):  # not a float, a string, a bool
+        return None
+    return min(max(width, 1), MAX_COLUMNS), min(max(height, 1), MAX_ROWS)
+
+
 def _url_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
@@ -130,14 +151,25 @@ def _origin_matches(request: web.Request) -> bool:
 
 
 class _AppProcess(AppService):
-    """textual-serve's app process, in a session of its own, and killed if it will not quit.
+    """textual-serve's app process, bounded in size, in a session of its own, and ended with its connection.
 
     Its own session: the Ctrl+C typed in the terminal running ``loratop serve`` reaches the
     server only, which then asks each app to quit (no half-imported app's traceback).
+
+    What this relies on in textual-serve 1.1 (``textual_serve/app_service.py``, ``server.py``):
+    the server tells an app its size only through ``start(width, height)`` and
+    ``set_terminal_size(width, height)``, so bounding both bounds every size. ``stop()``
+    sends the ``quit`` message, then waits for the task that reads the app's stdout: that
+    ends when the app closes its stdout, not when the app ends, and it raises whatever
+    sending to the browser raised. ``_open_app_process`` is the one place that starts the
+    process: ours starts it the same way, in a new session, and keeps the handle.
     """
 
+    app_process: asyncio.subprocess.Process | None = None
+    """The process this object started (``None`` until then): the only one it ever signals."""
+
     async def _open_app_process(self, width: int = 80, height: int = 24) -> asyncio.subprocess.Process:
-        self._process = process = await asyncio.create_subprocess_shell(
+        self._process = self.app_process = process = await asyncio.create_subprocess_shell(
             self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -149,14 +181,55 @@ class _AppProcess(AppService):
         self._stdin = process.stdin
         return process
 
+    async def start(self, width: int, height: int) -> None:
+        """Start the app at the size the browser asked for, bounded (:func:`terminal_size`)."""
+        await super().start(*(terminal_size(width, height) or (80, 24)))
+
+    async def set_terminal_size(self, width: int, height: int) -> None:
+        """Pass a browser's resize on, bounded (:func:`terminal_size`); one that is not numbers is dropped."""
+        size = terminal_size(width, height)
+        if size is not None:
+            await super().set_terminal_size(*size)
+
     async def stop(self) -> None:
+        """Ask the app to quit; kill it if it has not ended :data:`APP_QUIT_GRACE_S` later.
+
+        Killed at once if this is cancelled (the server going down hard): no way out leaves it
+        running. Signals only the process :meth:`_open_app_process` started, through its
+        handle, and only while asyncio has not reaped it (so its pid is still its own).
+        """
+        process = self.app_process
+        quitting = asyncio.ensure_future(self._quit())
         try:
-            await asyncio.wait_for(super().stop(), APP_QUIT_GRACE_S)
-        except asyncio.TimeoutError:
-            process = self._process
+            # Not wait_for: cancelling textual-serve's stop cancels its stdout reader, which
+            # swallows the cancel, so the stop goes on waiting and no timeout is ever raised.
+            await asyncio.wait({quitting}, timeout=APP_QUIT_GRACE_S)
+        finally:
             if process is not None and process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # the app leads a session of its own
+                    process.kill()  # not SIGTERM first: Textual's handler for it only queues the same quit
+        await quitting  # over soon once the app has ended: its stdout closes, asyncio reaps it
+
+    async def _quit(self) -> None:
+        """textual-serve's stop (the ``quit`` message, the end of the stdout reader), then the process's end."""
+        await super().stop()
+        if self.app_process is not None:
+            await self.app_process.wait()
+
+
+def _unless_gone(send: Callable[[_Sent], Awaitable[None]]) -> Callable[[_Sent], Awaitable[None]]:
+    """``send`` to the browser; once the connection is lost, the app's output is dropped.
+
+    Dropped, but still read to its end: an app whose stdout pipe fills blocks in its write and
+    never quits. (textual-serve's reader stops at the first failed send: a tab that had fallen
+    behind a big repaint and then closed left its app blocked, for good.)
+    """
+
+    async def send_or_drop(data: _Sent) -> None:
+        with contextlib.suppress(ConnectionError):  # aiohttp's "Connection lost", "Cannot write to closing transport"
+            await send(data)
+
+    return send_or_drop
 
 
 class LoratopServer(Server):
@@ -216,7 +289,11 @@ class LoratopServer(Server):
         }
 
     async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
-        """textual-serve's handler, starting :class:`_AppProcess` and known to :meth:`on_shutdown`."""
+        """textual-serve's handler, starting :class:`_AppProcess` and known to :meth:`on_shutdown`.
+
+        However the connection ends (the tab closed, the network gone, a message that is not
+        textual-serve's, the server stopping), ``finally`` stops its app.
+        """
         websocket = web.WebSocketResponse(heartbeat=15)
         width = to_int(request.query.get("width", "80"), 80)
         height = to_int(request.query.get("height", "24"), 24)
@@ -230,8 +307,8 @@ class LoratopServer(Server):
             await websocket.prepare(request)
             app_service = _AppProcess(
                 self.command,
-                write_bytes=websocket.send_bytes,
-                write_str=websocket.send_str,
+                write_bytes=_unless_gone(websocket.send_bytes),
+                write_str=_unless_gone(websocket.send_str),
                 close=close,
                 download_manager=self.download_manager,
                 debug=self.debug,
@@ -249,14 +326,18 @@ class LoratopServer(Server):
         return websocket
 
     async def on_startup(self, app: web.Application) -> None:
-        """Quiet: :func:`serve` says where to look once the port is ours."""
+        """Quiet: :func:`serve` says where to look once the site is up (:meth:`run`'s ``ready``)."""
 
     async def on_shutdown(self, app: web.Application) -> None:
         """Close every browser connection; each handler then asks its app to quit."""
         await asyncio.gather(*(ws.close() for ws in list(self._websockets)), return_exceptions=True)
 
-    async def run(self) -> None:
-        """Serve until SIGINT, SIGTERM or SIGHUP, then close every app and return."""
+    async def run(self, ready: Callable[[], None] = lambda: None) -> None:
+        """Serve until SIGINT, SIGTERM or SIGHUP, then close every app and return.
+
+        ``ready()`` is called once the site is up and those signals are ours: a Ctrl+C that
+        follows the link it prints stops the server cleanly (not a ``KeyboardInterrupt``).
+        """
         runner = web.AppRunner(await self._make_app(), handle_signals=False, access_log=None)
         await runner.setup()
         stop = asyncio.Event()
@@ -265,6 +346,7 @@ class LoratopServer(Server):
             loop.add_signal_handler(signum, stop.set)
         try:
             await web.SockSite(runner, self.listener).start()
+            ready()
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -273,7 +355,12 @@ class LoratopServer(Server):
 def banner(
     runs_dir: Path, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, token: str
 ) -> tuple[list[str], list[str]]:
-    """What ``loratop serve`` prints at start: (stdout lines, stderr warnings)."""
+    """What ``loratop serve`` prints at start: (stdout lines, stderr warnings).
+
+    A warning for any address but loopback: the server speaks plain HTTP, so on a network
+    the token and every screen and keystroke can be read on the way; an SSH tunnel to
+    127.0.0.1 encrypts them.
+    """
     wildcard = address.is_unspecified
     loopback = "::1" if address.version == 6 else DEFAULT_HOST
     on_box = loopback if wildcard else str(address)
@@ -289,12 +376,16 @@ def banner(
         "Only that link (its token) opens it; nothing is fetched from outside. Ctrl+C stops.",
     ]
     warnings = []
-    if wildcard:
-        warnings.append(
-            f"warning: listening on every interface ({address}): anyone who can reach port {port} and has the "
-            f"token can drive the dashboard (start and stop runs); also at http://{socket.gethostname()}:{port}/"
-            f"?{TOKEN_PARAM}={token}"
-        )
+    if not address.is_loopback:
+        where = f"every interface ({address})" if wildcard else str(address)
+        also = f"; also at http://{socket.gethostname()}:{port}/?{TOKEN_PARAM}={token}" if wildcard else ""
+        warnings += [
+            f"warning: listening on {where} over plain HTTP: the link's token and the whole session (every screen, "
+            "every key) travel unencrypted, readable by anyone on the network path; anyone who can reach port "
+            f"{port} and has the token can drive the dashboard (start and stop runs){also}",
+            f"warning: instead, serve on {DEFAULT_HOST} (the default) and open it through an SSH tunnel, which "
+            f"encrypts it: ssh -L {port}:{DEFAULT_HOST}:{port} {getpass.getuser()}@{socket.gethostname()}",
+        ]
     return lines, warnings
 
 
@@ -310,8 +401,11 @@ def serve(runs_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) ->
     listener = open_listener(address, port)
     token = secrets.token_urlsafe(32)
     lines, warnings = banner(runs_dir, address, listener.getsockname()[1], token)
-    print("\n".join(lines), flush=True)
-    for line in warnings:
-        print(line, file=sys.stderr, flush=True)
+
+    def announce() -> None:
+        print("\n".join(lines), flush=True)
+        for line in warnings:
+            print(line, file=sys.stderr, flush=True)
+
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl+C as the loop closes: still no traceback
-        asyncio.run(LoratopServer(app_command(runs_dir), listener, token).run())
+        asyncio.run(LoratopServer(app_command(runs_dir), listener, token).run(announce))

@@ -443,3 +443,16 @@ def test_gpu_speed_rehearses_on_cpu_and_prints_one_table(tmp_path: Path) -> None
     assert body[0][4] == "1.00×"
     verdicts = lines[header + 3 :]
     assert verdicts and all(line.startswith("CPU rehearsal, not a measurement:") for line in verdicts[:-1])
+
+
+@pytest.mark.slow
+def test_an_evaluation_on_cpu_leaves_the_next_steps_as_they_were(tmp_path: Path) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacked the 4-bit weights at the first
+    evaluation and every later step got wrong gradients through the frozen base: the same run
+    with an evaluation at step 3 parted from it without one after step 3. The trainer now keeps
+    the weights unpacked on a CPU; with or without evaluations, the steps are the same."""
+    held = ("training.max_steps=8", "data.max_rows=120", "data.eval_split=16")
+    without = train(tmp_path / "without", *held, "training.eval_steps=0")
+    evaluated = train(tmp_path / "evaluated", *held, "training.eval_steps=3")
+    assert [e["step"] for e in of_type(evaluated.events, ev.EVAL)][:2] == [3, 6]
+    assert evaluated.losses == pytest.approx(without.losses, abs=STEP_TOLERANCE)

@@ -498,8 +498,6 @@ class Run:
             from loratop.trainer.runtime.memory_watch import cuda_figures
 
             self._sampler.torch_stats = cuda_figures
-        transformers.set_seed(cfg.training.seed)
-
         path = cfg.model.name_or_path
         if path == "tiny":
             from loratop.trainer.runtime.tiny_model import tiny_model_dir
@@ -508,6 +506,9 @@ class Run:
             folder, built = tiny_model_dir()
             self.sink.emit(ev.LOG, message=("built" if built else "cached") + f" tiny model at {folder}")
             path = str(folder)
+        # Seeded after the tiny model is built: building it draws random numbers, so seeding
+        # before made the first run on a fresh cache start its adapters unlike every later one.
+        transformers.set_seed(cfg.training.seed)
 
         compute_dtype = getattr(torch, cfg.quantization.bnb_4bit_compute_dtype)
         if compute_dtype == torch.float16 and not cuda:
@@ -526,6 +527,8 @@ class Run:
         with reporting_load_progress(loading) as bar:
             tokenizer, model = self._load_model(path, compute_dtype, cuda, bar)
         self._model_info = _model_info(model, cfg)
+        if not cuda:
+            _keep_cpu_weights_unpacked(model)
 
         gc = cfg.training.gradient_checkpointing
         if cfg.quantization.load_in_4bit:
@@ -916,6 +919,17 @@ def _float_or_none(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _keep_cpu_weights_unpacked(model: Any) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer's weights for its
+    CPU kernel the first time the layer runs in eval mode without gradients — the first
+    evaluation — and the training steps after it then get wrong gradients through the frozen
+    base, silently (a run evaluating at step 3 parted from the same run without after step 3).
+    Turn the repacking off for loratop's own CPU runs (a GPU run never repacks)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _event_callback(run: Run) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loratop.trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, RunConfig, field_value
+from loratop.trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, SDPA_BACKENDS, RunConfig, field_value
 from loratop.trainer.value_format import format_value
 
 Kind = Literal["int", "float", "choice", "bool"]
@@ -62,6 +62,15 @@ SECTIONS: tuple[tuple[str, tuple[Knob, ...]], ...] = (
             Knob("training.optim", "choice", "paged_* can spill to host RAM", OPTIMIZERS),
             Knob("training.gradient_checkpointing", "bool", "less memory, ~30% more compute"),
             Knob("training.eval_steps", "int", "eval loss every N steps; 0: at the end"),
+        ),
+    ),
+    (
+        "Speed (same math; see GPU busy)",
+        (
+            Knob("training.sdpa_backend", "choice", "attention kernel tried first", SDPA_BACKENDS),
+            Knob("training.group_by_length", "bool", "batch rows of like length: fewer shapes"),
+            Knob("training.packing", "bool", "pack rows, padding-free (lower the batch)"),
+            Knob("training.dataloader_num_workers", "int", "processes collating batches ahead"),
         ),
     ),
     (

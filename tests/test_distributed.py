@@ -106,11 +106,18 @@ def test_check_distributed_says_each_problem_in_one_line() -> None:
     assert all("\n" not in line for line in lines)
 
 
-def test_check_cli_refuses_fsdp_on_a_cpu_box() -> None:
-    result = loratop("check", str(DEMO_CONFIG), "--set", "distributed.strategy=fsdp", "--set",
-                     "distributed.nproc_per_node=2")  # fmt: skip
-    assert result.returncode == 2
-    assert "distributed.strategy = 'fsdp'" in result.stderr + result.stdout
+def test_fsdp_on_a_cpu_box_is_a_warning_in_check_and_a_refusal_in_run(tmp_path: Path) -> None:
+    """issue 26, item 5: a fact about this box is no config error: check says it and goes on
+    checking the rest; run refuses it in one line."""
+    fsdp = ["--set", "distributed.strategy=fsdp", "--set", "distributed.nproc_per_node=2"]
+    result = loratop("check", str(DEMO_CONFIG), *fsdp)
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stdout.splitlines() if "distributed.strategy = 'fsdp'" in line)
+    assert warning.startswith("warning: ") and warning.endswith("(run refuses it on this box)")
+    assert "nothing was launched" not in result.stdout + result.stderr
+    run = loratop("run", str(DEMO_CONFIG), *fsdp, "--set", f"output_dir={tmp_path / 'run'}", "--no-tui")
+    assert run.returncode == 2 and run.stderr.strip().endswith("; nothing was launched"), run.stderr
+    assert "distributed.strategy = 'fsdp'" in run.stderr and not (tmp_path / "run").exists()
     ok = loratop("check", str(DEMO_CONFIG), "--set", "distributed.nproc_per_node=2")
     assert ok.returncode == 0, ok.stderr
     assert "ranks   2 = 2 per node × 1 node(s), ddp" in ok.stdout

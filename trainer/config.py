@@ -581,10 +581,9 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
                     f"{where('lora.target_modules')}: lora.target_modules: {name!r} is not a module of a "
                     f"{model_type} model; {_accepted_message(name, accepted)}"
                 )
-    problems += [f"{where('distributed')}: {line}" for line in _distributed_problems(config.distributed)]
-    kernel = _sdpa_problem(config.training.sdpa_backend)
-    if kernel is not None:
-        problems.append(f"{where('training.sdpa_backend')}: {kernel}")
+    from loratop.trainer.distributed import section_problems
+
+    problems += [f"{where('distributed')}: {line}" for line in section_problems(config.distributed)]
     from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data
 
     rows = None
@@ -623,18 +622,30 @@ def check_outside(config: RunConfig, source_of: dict[str, str] | None = None, so
     return problems
 
 
-def _distributed_problems(section: DistributedSection) -> list[str]:
-    """:func:`trainer.distributed.check_distributed`, with this box's GPUs (NVML) when it matters."""
-    from loratop.trainer.distributed import check_distributed
+def box_problems(config: RunConfig) -> list[str]:
+    """Why this config cannot run on this box — FSDP or nccl without a GPU, more ranks than
+    GPUs, an attention kernel only a GPU has — one line each (``field: why``). Facts about the
+    box, not mistakes in the config: ``loratop check`` says them as warnings (the file may be
+    meant for the GPU box), a launch refuses them. Each line names its field."""
+    problems = _distributed_box_problems(config.distributed)  # each line names its field
+    kernel = _sdpa_problem(config.training.sdpa_backend)
+    if kernel is not None:
+        problems.append(kernel)
+    return problems
+
+
+def _distributed_box_problems(section: DistributedSection) -> list[str]:
+    """:func:`trainer.distributed.box_problems`, with this box's GPUs (NVML) when it matters."""
+    from loratop.trainer.distributed import box_problems as distributed_box_problems
 
     if section.world_size == 1 and section.strategy == "ddp" and section.backend != "nccl":
-        return check_distributed(section, 0)  # one process: nothing depends on the GPUs
+        return []  # one process: nothing depends on the GPUs
     from loratop.trainer.gpu_devices import NVML_OK, GpuDevices
 
     gpus = GpuDevices()
     try:
         visible = len(gpus.devices) if gpus.state == NVML_OK else 0
-        return check_distributed(section, visible, gpus.note)
+        return distributed_box_problems(section, visible, gpus.note)
     finally:
         gpus.close()
 

@@ -104,7 +104,8 @@ def split_endpoint(endpoint: str) -> tuple[str, int] | None:
 
 
 def check_distributed(section: Any, visible_gpus: int | None, gpu_note: str = "") -> list[str]:
-    """One line per problem in a ``distributed`` section (without the ``file:`` prefix).
+    """One line per problem in a ``distributed`` section (without the ``file:`` prefix): the
+    section's own (:func:`section_problems`) and this box's (:func:`box_problems`).
 
     Args:
         section: A :class:`trainer.config.DistributedSection`.
@@ -112,6 +113,11 @@ def check_distributed(section: Any, visible_gpus: int | None, gpu_note: str = ""
             0 on a box without one.
         gpu_note: Why there are none, when there are none.
     """
+    return section_problems(section) + box_problems(section, visible_gpus, gpu_note)
+
+
+def section_problems(section: Any) -> list[str]:
+    """What is wrong with a ``distributed`` section wherever it runs: one line each."""
     problems = []
     d = section
     if d.node_rank >= d.nnodes:
@@ -126,6 +132,14 @@ def check_distributed(section: Any, visible_gpus: int | None, gpu_note: str = ""
         )
     if d.rdzv_endpoint and split_endpoint(d.rdzv_endpoint) is None:
         problems.append(f"distributed.rdzv_endpoint = {d.rdzv_endpoint!r}: expected host:port, e.g. 10.0.0.1:29500")
+    return problems
+
+
+def box_problems(section: Any, visible_gpus: int | None, gpu_note: str = "") -> list[str]:
+    """Why a ``distributed`` section cannot run on this box (its GPUs): one line each. Facts
+    about the box, not the config: ``check`` warns, a launch refuses."""
+    problems = []
+    d = section
     gpus = visible_gpus or 0
     if d.strategy == "fsdp" and gpus == 0:
         problems.append(
@@ -211,7 +225,9 @@ __all__ = [
     "AGENT_ENV",
     "RankInfo",
     "backend_for",
+    "box_problems",
     "check_distributed",
+    "section_problems",
     "describe_failure",
     "exit_words",
     "python_module",

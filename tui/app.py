@@ -116,14 +116,14 @@ class LoratopApp(App[str]):
             The run folder, or ``None`` when the folder could not be made (said in a notice).
         """
         from loratop.tui.cli import disk_space_warning
-        from loratop.tui.launcher import ModelUnavailable, launch
+        from loratop.tui.launcher import CannotRunHere, launch
 
         space = disk_space_warning(config)
         if space is not None:
             self.notify(space, severity="warning", timeout=15, markup=False)
         try:
             run = launch(config, source)
-        except (RunDirError, ModelUnavailable) as exc:
+        except (RunDirError, CannotRunHere) as exc:
             self.notify(str(exc), title="cannot launch", severity="error", timeout=15, markup=False)
             return None
         monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)

@@ -32,6 +32,7 @@ from loratop.trainer.architectures import model_type_of
 from loratop.trainer.config import (
     ConfigError,
     RunConfig,
+    box_problems,
     field_value,
     load_config,
     parse_overrides,
@@ -173,6 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if space is not None:
         warnings.append(space)
     warnings.extend(launch_warnings(config))
+    warnings.extend(f"warning: {line} (run refuses it on this box)" for line in box_problems(config))
     for line in warnings:
         print(line)
     if warnings:
@@ -358,7 +360,7 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
     except ConfigError as exc:
         return _report(exc)
     from loratop.trainer.model_config import unavailable_model
-    from loratop.tui.launcher import ModelUnavailable, launch
+    from loratop.tui.launcher import CannotRunHere, launch
 
     missing = unavailable_model(config.model.name_or_path)  # in seconds; the only line then
     if missing is not None:
@@ -374,8 +376,8 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
         run = launch(config, path)
     except RunDirError as exc:  # taken by a parallel launch since the check, or not creatable
         return _report(ConfigError([f"output_dir: {exc}"]))
-    except ModelUnavailable as exc:  # the hub went away since the look above
-        print(f"loratop: {exc}", file=sys.stderr)
+    except CannotRunHere as exc:  # this box cannot run it (no GPU for FSDP...), or the hub went away
+        print(f"loratop: {exc}; nothing was launched", file=sys.stderr)
         return EXIT_USAGE
     if config.distributed.node_rank > 0:
         from loratop.tui.headless import follow_worker_node

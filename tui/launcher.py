@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from loratop.trainer.config import RunConfig, dump_config
+from loratop.trainer.config import RunConfig, box_problems, dump_config
 from loratop.trainer.data_files import DataProblem, resolve_path
 from loratop.trainer.distributed import python_module
 from loratop.trainer.model_config import unavailable_model
@@ -36,7 +36,11 @@ AGENT_COMMAND = python_module("loratop.trainer.runtime.agent")
 (:mod:`trainer.runtime.agent`), which starts one trainer per rank; same arguments."""
 
 
-class ModelUnavailable(Exception):
+class CannotRunHere(Exception):
+    """The run cannot start on this box; the message says why, in one line (nothing is created)."""
+
+
+class ModelUnavailable(CannotRunHere):
     """The run's model cannot be had here (not local, not cached, hub unreachable); one line."""
 
 
@@ -75,12 +79,16 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     Raises:
         ModelUnavailable: The model is neither local nor cached and the hub does not answer
             (found in seconds; nothing is created).
+        CannotRunHere: This box cannot run the config (:func:`trainer.config.box_problems`).
         RunDirError: The run folder could not be claimed or written.
     """
     assert config.output_dir is not None
     missing = unavailable_model(config.model.name_or_path)
     if missing is not None:
         raise ModelUnavailable(f"model.name_or_path = {config.model.name_or_path}: {missing}")
+    here = box_problems(config)
+    if here:
+        raise CannotRunHere("; ".join(here))
     run_dir = claim_run_dir(Path(config.output_dir).resolve())  # atomic; raises RunDirError
     resolved = resolved_for_run(config)
     resolved.output_dir = str(run_dir)  # with its suffix, if a parallel launch took the name

@@ -8,9 +8,15 @@ in the working folder, changes nothing. The three folders stay at the repository
 checkout, an editable install, mypy and the wheel all see one ``loratop`` package.
 """
 
+from importlib import metadata
 from typing import Any
 
-__all__ = ["LoratopCallback"]
+__all__ = ["LoratopCallback", "__version__"]
+
+try:
+    __version__ = metadata.version("loratop")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> Any:

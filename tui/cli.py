@@ -67,7 +67,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from loratop import __version__
+
     parser = argparse.ArgumentParser(prog="loratop", description="Launch and watch QLoRA fine-tuning runs.")
+    parser.add_argument("--version", action="version", version=f"loratop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="validate a config, launch the trainer and watch it")
@@ -577,7 +580,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``loratop`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    unknown = _unknown_command(parser, given)
+    if unknown is not None:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(given)
     try:
         return _command(args)
     except BrokenPipeError:  # `loratop estimate CONFIG | head`: the reader has what it wanted
@@ -585,6 +593,20 @@ def main(argv: list[str] | None = None) -> int:
 
         silence_stdout()
         return 0
+
+
+def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """One line for a mistyped command, with the closest ones (argparse lists all and no guess)."""
+    import difflib
+
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = list(subparsers.choices)
+    if first is None or first in names or argv.index(first) > 0:  # an option's value, or fine
+        return None
+    close = difflib.get_close_matches(first, names, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"loratop: no command {first!r}{hint} (commands: {', '.join(names)})"
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from loratop.trainer.run_summary import SUMMARY, fold_run
 from loratop.tui import cli
 from loratop.tui.export import export_files
 from loratop.tui.runs import RunCatalog, list_runs
-from tests.conftest import RECORDED_RUNS
+from tests.conftest import RECORDED_RUNS, until
 
 pytestmark = pytest.mark.faults
 
@@ -303,10 +303,8 @@ def test_attach_to_a_run_it_cannot_read_says_so_instead_of_starting_forever(
             def shown(selector: str) -> str:
                 return str(screen.query_one(selector, Static).render())
 
-            for _ in range(200):  # the header is redrawn a few times a second: wait for it
-                if "UNKNOWN" in shown("#run-header"):
-                    break
-                await pilot.pause(0.05)
+            # The header is redrawn a few times a second: wait for it.
+            await until(pilot, lambda: "UNKNOWN" in shown("#run-header"), 30, "the header to say UNKNOWN")
             header, outcome = shown("#run-header"), shown("#outcome")
             assert "UNKNOWN" in header and "STARTING" not in header
             assert "cannot read this run's events: PermissionError" in outcome

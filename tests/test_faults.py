@@ -813,22 +813,17 @@ def test_a_status_that_proves_nothing_is_not_recorded_lost(tmp_path: Path) -> No
 
 # -- a full disk during the run (item 4) ---------------------------------------------------------
 
-FULL_DISK_SCRIPT = r"""
+FILL_AFTER_STEPS = r"""
 import os, shutil, subprocess, sys, time
 from pathlib import Path
 
-mount, out, demo, leave, *sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
-run_dir = mount / "runs" / "full"
-with open(out / "cli.out", "w") as log:
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", demo, "--no-tui", "--set", f"output_dir={run_dir}",
-         "--set", "training.max_steps=3000", *[arg for s in sets for arg in ("--set", s)]],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+
+def fill_after_steps(process, events, mount, steps=3):
+    # Once the run's events.jsonl (events(): its path, or None) holds `steps` steps, fill the disk.
     deadline = time.time() + 240
-    while time.time() < deadline and cli.poll() is None:
-        events = run_dir / "events.jsonl"
-        if events.exists() and events.read_bytes().count(b'"type":"step"') >= 3:
+    while time.time() < deadline and process.poll() is None:
+        path = events()
+        if path is not None and path.exists() and path.read_bytes().count(b'"type":"step"') >= steps:
             break
         time.sleep(0.2)
     with open(mount / "filler", "wb", buffering=0) as filler:  # the disk fills up under the run
@@ -837,11 +832,27 @@ with open(out / "cli.out", "w") as log:
                 filler.write(b"\0" * 4096)
         except OSError:
             pass
+"""
+"""What both full-disk scripts start with: wait for a run's first steps, then fill its disk."""
+
+FULL_DISK_SCRIPT = (
+    FILL_AFTER_STEPS
+    + r"""
+mount, out, demo, leave, *sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
+run_dir = mount / "runs" / "full"
+with open(out / "cli.out", "w") as log:
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "loratop.tui.cli", "run", demo, "--no-tui", "--set", f"output_dir={run_dir}",
+         "--set", "training.max_steps=3000", *[arg for s in sets for arg in ("--set", s)]],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    fill_after_steps(cli, lambda: run_dir / "events.jsonl", mount)
     with open(mount / "filler", "r+b") as filler:  # leave this many bytes free
         filler.truncate(max(0, os.fstat(filler.fileno()).st_size - leave))
     (out / "cli.rc").write_text(str(cli.wait(timeout=240)))
 shutil.copytree(run_dir, out / "run")
 """
+)
 
 
 def _private_mount_namespace() -> list[str]:
@@ -915,32 +926,21 @@ def test_a_full_disk_stops_the_run_keeps_whole_lines_and_saves_the_adapter_where
         ), console
 
 
-CALLBACK_FULL_DISK_SCRIPT = r"""
-import shutil, subprocess, sys, time
-from pathlib import Path
-
+CALLBACK_FULL_DISK_SCRIPT = (
+    FILL_AFTER_STEPS
+    + r"""
 mount, out, script, steps = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 with open(out / "script.out", "w") as log:
     run = subprocess.Popen(
         [sys.executable, script, "--runs-dir", str(mount / "runs"), "--max-steps", steps],
         cwd=out, stdout=log, stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 240
-    while time.time() < deadline and run.poll() is None:
-        found = list((mount / "runs").glob("*/events.jsonl"))
-        if found and found[0].read_bytes().count(b'"type":"step"') >= 3:
-            break
-        time.sleep(0.2)
-    with open(mount / "filler", "wb", buffering=0) as filler:  # the disk fills up under the run
-        try:
-            while True:
-                filler.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill_after_steps(run, lambda: next((mount / "runs").glob("*/events.jsonl"), None), mount)
     (out / "script.rc").write_text(str(run.wait(timeout=400)))
 for folder in (mount / "runs").iterdir():
     shutil.copytree(folder, out / "run")
 """
+)
 
 
 @pytest.mark.slow

@@ -94,8 +94,12 @@ def gpu_busy_text(state: RunState, tokens_per_s: float | None) -> str:
     busy = state.recent_busy()
     if busy is None:
         return ""
-    mfu = state.mfu(tokens_per_s)
-    return f" · GPU {fmt_pct(busy)} busy · MFU {fmt_pct(100 * mfu) if mfu is not None else '?'}"
+    return f" · GPU {busy_mfu_text(busy, state.mfu(tokens_per_s), ' busy')}"
+
+
+def busy_mfu_text(busy: float, mfu: float | None, after_busy: str = "") -> str:
+    """``16% · MFU 1.2%`` (``MFU ?`` where the GPU's peak is not in the table)."""
+    return f"{fmt_pct(busy)}{after_busy} · MFU {fmt_pct(100 * mfu) if mfu is not None else '?'}"
 
 
 def eval_text(state: RunState) -> str | None:
@@ -367,7 +371,7 @@ def busy_label(busy: float | None, mfu_value: float | None, device: str | None, 
         return cpu_text
     if busy is None:
         return "–"
-    return f"{fmt_pct(busy)} · MFU {fmt_pct(100 * mfu_value) if mfu_value is not None else '?'}"
+    return busy_mfu_text(busy, mfu_value)
 
 
 def count_label(count: int | None) -> str:

@@ -367,9 +367,8 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             )
         self._sampler.start()
         self._watch = _memory_watch(
-            sink, self._sampler, model, kwargs.get("train_dataloader"), args, self.gpu_memory(args, cuda)
+            sink, self._sampler, model, kwargs.get("train_dataloader"), args, self.gpu_memory(args, cuda), settings
         )
-        self._watch.knobs = settings["training"]
 
     def gpu_memory(self, args: Any, cuda: bool) -> Any:
         """The GPU this process trains on, as the memory watch reads it
@@ -642,7 +641,7 @@ def _rows(dataloader: Any) -> int | None:
 
 
 def _memory_watch(
-    sink: BackgroundSink, sampler: MemorySampler, model: Any, dataloader: Any, args: Any, gpu: Any
+    sink: BackgroundSink, sampler: MemorySampler, model: Any, dataloader: Any, args: Any, gpu: Any, settings: Any
 ) -> Any:
     """The step-boundary memory work (OOM forecast, paged state, spills) of a script's run."""
     from loratop.trainer.oom_forecast import worst_batch_tokens
@@ -660,4 +659,13 @@ def _memory_watch(
     cap = getattr(args, "max_length", None) or (max(lengths) if lengths else 0)
     worst = worst_batch_tokens(lengths, batch, int(cap)) if lengths else 0
     optim = str(_plain(getattr(args, "optim", "")))
-    return MemoryWatch(sink.emit, sampler, recorder, gpu, worst, batch, paged_optimizer=optim.startswith("paged_"))
+    return MemoryWatch(
+        sink.emit,
+        sampler,
+        recorder,
+        gpu,
+        worst,
+        batch,
+        paged_optimizer=optim.startswith("paged_"),
+        knobs=settings.get("training") or {},
+    )

@@ -250,8 +250,7 @@ class MemoryWatch:
         self.spills: Any = None
         """The run's SpillCounter, from the first step on."""
         self.starved = StarvedGpu()
-        self.knobs = dict(knobs or {})
-        """The run's ``training`` settings: the starved-GPU alert suggests none it already has."""
+        self._knobs = dict(knobs or {})
         self._clock = clock
         self._began: float | None = None
         self._ended: float | None = None
@@ -329,7 +328,7 @@ class MemoryWatch:
             predicted_peak=risk.predicted_peak if risk is not None else None,
             available=risk.available if risk is not None else None,
             gpu_name=str(gpu.get("name") or ""),
-            knobs=self.knobs,
+            knobs=self._knobs,
         )
         self._emit(
             ev.ALERT,

@@ -156,18 +156,22 @@ def test_the_memory_watch_raises_the_alert_once_with_the_knobs(monkeypatch: pyte
 
 
 def test_a_cpu_run_never_judges_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that trains on the CPU of a box whose GPU (another job's, or idle) reads 0 % busy:
+    the samples carry that GPU, but the run is not starving it."""
     install(monkeypatch, FakePynvml([FakeGpu("GPU-1", util=0)]), None)
     emitted: list[Any] = []
     now = [0.0]
+    sampler = MemorySampler(lambda *a, **k: None, 2.0)
     watch = MemoryWatch(
-        lambda kind, **f: emitted.append(kind), MemorySampler(lambda *a, **k: None, 2.0), BatchRecorder(), None,
-        0, 1, clock=lambda: now[0],
-    )  # fmt: skip
+        lambda kind, **f: emitted.append(kind), sampler, BatchRecorder(), None, 0, 1, clock=lambda: now[0]
+    )
     for step in range(1, 60):
         watch.step_begin()
         now[0] += 3
+        sampler.last = sampler.sample()
+        assert busy_pct(sampler.last["gpus"]) == 0.0, "the GPU is there, and idle"
         watch.step_end(step, optimizer=None)
-    assert ev.ALERT not in emitted
+    assert ev.ALERT not in emitted and not watch.starved.samples
 
 
 # -- what a user sees -----------------------------------------------------------------------

@@ -8,15 +8,9 @@ in the working folder, changes nothing. The three folders stay at the repository
 checkout, an editable install, mypy and the wheel all see one ``loratop`` package.
 """
 
-from importlib import metadata
 from typing import Any
 
 __all__ = ["LoratopCallback", "__version__"]
-
-try:
-    __version__ = metadata.version("loratop")
-except metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +20,11 @@ def __getattr__(name: str) -> Any:
         from loratop.trainer.runtime.callback import LoratopCallback
 
         return LoratopCallback
+    if name == "__version__":  # looked up on use: importlib.metadata costs the dashboard's start ~40 ms
+        from importlib import metadata
+
+        try:
+            return metadata.version("loratop")
+        except metadata.PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'loratop' has no attribute {name!r}")

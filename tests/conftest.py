@@ -187,13 +187,14 @@ def _same_float(a: float, b: float) -> bool:
 
 def assert_same_fold(fast: RunState, slow: RunState) -> None:
     """Two folds of one run hold the same (NaN equal to NaN)."""
-    for name in ("steps", "tokens", "mem_series"):
+    for name in ("steps", "tokens", "mem_series", "busy"):
         assert list(getattr(fast, name)) == list(getattr(slow, name)), name
     for name in ("loss", "lr", "grad_norm", "step_t"):
         a, b = getattr(fast, name), getattr(slow, name)
         assert len(a) == len(b) and all(_same_float(x, y) for x, y in zip(a, b, strict=True)), name
     for name in ("peak_gpu_used", "peak_rss", "mem_series_kind", "memory", "started", "finished", "checkpoints",
-                 "spikes", "spills", "oom_risk", "paged", "first_t", "last_t", "events_seen", "garbage"):  # fmt: skip
+                 "spikes", "spills", "oom_risk", "paged", "first_t", "last_t", "events_seen", "garbage",
+                 "busy_n", "busy_sum"):  # fmt: skip
         assert getattr(fast, name) == getattr(slow, name), name
     assert list(fast.messages) == list(slow.messages)
 

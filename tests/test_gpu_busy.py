@@ -29,7 +29,7 @@ from loratop.trainer.runtime.event_sink import EventSink
 from loratop.trainer.runtime.memory_sampler import MemorySampler
 from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
 from loratop.tui import panels
-from tests.conftest import RECORDED_RUNS
+from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
 
 
 @pytest.mark.parametrize(
@@ -208,6 +208,7 @@ def test_the_header_ls_compare_and_export_show_busy_and_mfu(tmp_path: Path, caps
     state, _ = fold_run(run)
     expected_mfu = 4 * 1e9 * 1024 / 989.4e12  # 0.414 %
     assert state.recent_busy() == 16.0 and state.mean_busy == 16.0
+    assert_same_fold(state, slow_fold(run))  # from the index as from every event
     _, second = panels.header_lines(state, now=2000.0)
     assert second.endswith("1,024 tok/s · GPU 16% busy · MFU 0.4%")
     _, narrow = panels.header_lines(state, now=2000.0, width=76)  # an 80-column monitor

@@ -247,9 +247,9 @@ def _load_index(run_dir: Path) -> Index | None:
         return None
     steps = _columns(_read(folder / "steps.bin"), STEP_FIELDS)
     memory = _columns(_read(folder / "memory.bin"), MEMORY_FIELDS)
-    for cols in (steps, memory):  # damaged records (at C speed): read the events instead
-        if cols["seq"] and (min(cols["seq"]) < 0 or min(cols["end"]) <= 0 or max(cols["end"]) > size):
-            return None
+    for cols in (steps, memory):  # records are appended in order: the first and last bound the rest
+        if cols["seq"] and (cols["seq"][0] < 0 or cols["end"][0] <= 0 or cols["end"][-1] > size):
+            return None  # damaged (random bytes, another file's records): read the events instead
     rare: list[dict[str, Any]] = []
     rare_ends: list[int] = []
     rare_lines: list[bytes] = []

@@ -49,6 +49,8 @@ def _last_memory(run_dir: Path, index: Index) -> dict[str, Any] | None:
     if not index.memory["end"]:
         return None
     end = int(index.memory["end"][-1])
+    if end <= 0:
+        return None
     try:
         with open(run_dir / EVENTS, "rb") as fh:
             fh.seek(max(0, end - 65536))

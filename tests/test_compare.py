@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -252,13 +253,49 @@ def test_cli_compare_opens_the_compare_screen_with_the_resolved_runs(
     assert opened == [([runs / "tiny-r8", runs / "tiny-lr-high"], "tokens", runs)]
 
 
-def test_cli_compare_needs_two_runs(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["compare", "tiny-r8", "--runs-dir", str(runs), "--no-tui"])
+@pytest.mark.parametrize(
+    ("given", "pair", "why"),
+    [
+        ([], ("tiny-r8", "tiny-lr-high"), "comparing tiny-lr-high with its parent, tiny-r8"),
+        (["tiny-r16"], ("tiny-r8", "tiny-r16"), "comparing tiny-r16 with its parent, tiny-r8"),
+    ],
+)
+def test_cli_compare_with_one_run_or_none_takes_the_run_and_its_parent(
+    runs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    given: list[str],
+    pair: Any,
+    why: str,
+) -> None:
+    """``loratop compare`` alone compares the latest run with what it was tweaked from, as
+    ``attach`` and ``export`` default to the latest run."""
+    opened: list[Any] = []
+    monkeypatch.setattr(cli, "_compare_dashboard", lambda *args: opened.append(args) or 0)
 
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert errors == ["loratop compare: error: the following arguments are required: RUN_B"]
+    code = cli.main(["compare", *given, "--runs-dir", str(runs)])
+
+    assert code == 0
+    assert [path.name for path in opened[0][0]] == list(pair)
+    assert capsys.readouterr().err.splitlines() == [why]
+
+
+def test_cli_compare_without_a_parent_takes_the_run_started_before(tmp_path: Path, runs: Path) -> None:
+    for name in ("tiny-r8", "tiny-lr-high"):
+        shutil.copytree(runs / name, tmp_path / name)
+    (tmp_path / "tiny-lr-high" / "config.yaml").write_text(
+        (tmp_path / "tiny-lr-high" / "config.yaml").read_text().replace("parent: /tmp/fx/tiny-r8", "parent: null")
+    )
+    assert cli._default_pair("tiny-lr-high", tmp_path) == (tmp_path / "tiny-r8", tmp_path / "tiny-lr-high")
+
+
+def test_cli_compare_of_the_first_run_alone_says_name_two(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["compare", "tiny-r8", "--runs-dir", str(runs), "--no-tui"])
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "loratop: tiny-r8 has no parent run and no run before it to compare with; name two runs"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,26 @@ def test_cli_export_writes_where_the_dashboard_does_by_default(
     assert app.EXPORT_DIR is export.EXPORT_DIR == Path("loratop-exports"), "the dashboard's x writes there too"
 
 
+def test_cli_export_without_a_run_exports_the_latest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like ``attach``, ``export`` alone means the latest run."""
+    code = cli.main(["export", "--runs-dir", str(RUNS), "-o", str(tmp_path)])
+
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"exported tiny-lr-high to {tmp_path}/"
+    assert (tmp_path / "tiny-lr-high-metrics.csv").is_file()
+
+
+def test_cli_export_with_no_runs_at_all_says_how_to_start_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["export", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"loratop: no runs under {tmp_path / 'runs'}/ (start one with: loratop demo)"
+    ]
+
+
 def test_cli_export_of_a_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["export", "nope", "--runs-dir", str(tmp_path), "-o", str(tmp_path / "out")])
 

@@ -7,9 +7,9 @@
     loratop demo [--no-tui]
     loratop attach [RUN]         replay a run's events, then follow it live
     loratop ls [--sort KEY]      run history: knobs, outcome, parent of each run
-    loratop compare RUN_A RUN_B [RUN ...] [--x steps|tokens] [--no-tui]
+    loratop compare [RUN ...] [--x steps|tokens] [--no-tui]
                                  what changed between runs and what came of it
-    loratop export RUN [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
+    loratop export [RUN] [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
     loratop edit CONFIG|RUN      the knob editor: change knobs, save and/or launch
     loratop serve [--port N] [--host H]
                                  the same app in a browser, over an SSH tunnel (a secret link)
@@ -123,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     compare = commands.add_parser("compare", help="compare runs: config diff, outcomes, loss curves")
-    compare.add_argument("run_a", metavar="RUN_A", help=f"the base run: {RUN_HELP}")
-    compare.add_argument("run_b", metavar="RUN_B", help="a run to compare with the base")
-    compare.add_argument("more_runs", nargs="*", default=[], metavar="RUN", help="more runs to compare")
+    compare.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help=f"runs to compare, the first is the base: {RUN_HELP}; one run: it and its parent (or the run "
+        "started before it); none: the latest run and its parent",
+    )
     compare.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
     compare.add_argument(
         "--x", choices=("steps", "tokens"), default="steps", help="x axis of the loss curves (default: steps)"
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-tui", action="store_true", help="print the comparison as text instead")
 
     export = commands.add_parser("export", help="write a run's metrics (CSV) and events (JSONL) to files")
-    export.add_argument("run", help=RUN_HELP)
+    export.add_argument("run", nargs="?", help=f"{RUN_HELP}; default: the latest")
     export.add_argument(
         "-o", "--out", type=Path, default=EXPORT_DIR, metavar="DIR", help=f"where to write (default: {EXPORT_DIR}/)"
     )
@@ -530,8 +534,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from loratop.tui.compare import format_compare, load_compared
     from loratop.tui.run_table import terminal_safe
 
-    names = [args.run_a, args.run_b, *args.more_runs]
+    names: list[str] = list(args.runs)
     run_dirs: list[Path] = []
+    if len(names) < 2:
+        try:
+            pair = _default_pair(names[0] if names else None, args.runs_dir)
+        except RunNotFound as exc:
+            print(f"loratop: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        names = [str(path) for path in pair]
     for name in names:
         try:
             run_dir = find_run(name, args.runs_dir)
@@ -550,6 +561,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("\n".join(terminal_safe(line) for line in text.split("\n")))
         return 0
     return _compare_dashboard(run_dirs, args.x, args.runs_dir)
+
+
+def _default_pair(name: str | None, root: Path) -> tuple[Path, Path]:
+    """What ``loratop compare`` with one run (or none: the latest) compares: the run's parent
+    (what it was tweaked from) and the run; with no parent run still around, the run started
+    just before it. Says on stderr which pair it chose.
+
+    Raises:
+        RunNotFound: No such run, or nothing to compare it with.
+    """
+    from loratop.tui.runs import resolve_parent, summarise_run
+
+    run_dir = find_run(name, root)
+    run = summarise_run(run_dir)
+    base = resolve_parent(run_dir, run.parent)
+    why = "its parent"
+    if base is None:
+        why = "the run started before it"
+        earlier = [
+            r
+            for r in list_runs(root)
+            if r.run_dir.resolve() != run_dir.resolve() and (r.started_at or 0) <= (run.started_at or 0)
+        ]
+        if not earlier:
+            raise RunNotFound(f"{run_dir.name} has no parent run and no run before it to compare with; name two runs")
+        base = max(earlier, key=lambda r: r.started_at or 0).run_dir
+    print(f"comparing {run_dir.name} with {why}, {base.name}", file=sys.stderr)
+    return base, run_dir
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -134,9 +134,31 @@ def test_learning_rate_against_the_models_reference(model: str, lr: float, rule:
         assert f"the usual {reference}" in advice[0].message
 
 
-def test_the_schema_defaults_get_lr_low_because_tiny_wants_ten_times_more() -> None:
-    # RunConfig() pairs the tiny random-init model with the pretrained-model rate 2e-4.
-    assert rules_of(advise(RunConfig())) == ["lr-low"]
+def test_the_schema_defaults_draw_no_advice_because_the_rate_follows_the_model() -> None:
+    # The default model is tiny, random-init: an unset rate is its usual 2e-3, not a pretrained model's 2e-4.
+    assert RunConfig().training.learning_rate == 2e-3
+    assert advise(RunConfig()) == []
+    assert BASE.training.learning_rate == 2e-4 and advise(BASE) == []
+
+
+def test_check_on_an_empty_config_warns_about_no_value_loratop_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+
+    assert main(["check", str(empty)]) == 0
+
+    out, err = capsys.readouterr()
+    assert "  train   lr=0.002 cosine" in out
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [], out
+    assert "every value is a default" in err
+    # A rate the user sets is still judged: the same 2e-4 on tiny, chosen, is too low.
+    assert main(["check", str(empty), "--set", "training.learning_rate=2e-4"]) == 0
+    assert "warning: training.learning_rate = 2e-4: learning_rate = 0.0002 is 1/10 of the usual 0.002" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(

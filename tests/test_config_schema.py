@@ -26,9 +26,11 @@ SAMPLES = sorted((REPO / "sample_configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_usual_qlora_recipe() -> None:
-    config = RunConfig()
+    config = RunConfig.model_validate({"model": {"name_or_path": "someorg/pretrained-model"}})
 
     assert config.training.learning_rate == 2e-4
+    assert RunConfig().training.learning_rate == 2e-3  # the default model, tiny, learns from scratch
+    assert RunConfig.model_validate({"training": {"learning_rate": 2e-4}}).training.learning_rate == 2e-4
     assert config.training.optim == "paged_adamw_8bit"
     assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert config.quantization.load_in_4bit is True

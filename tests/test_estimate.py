@@ -303,6 +303,86 @@ def test_hub_id_is_read_from_the_hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert count_parameters(shape).total == 6_738_415_616
 
 
+# ---------------------------------------------------------------- shapes shipped for the samples
+
+SAMPLES = REPO / "sample_configs"
+GPU_SAMPLES = sorted(path.stem for path in SAMPLES.glob("*.yaml") if not path.stem.startswith("tiny"))
+PUBLISHED = {
+    "meta-llama/Llama-3.1-8B-Instruct": LLAMA_31_8B,
+    "meta-llama/Llama-3.1-70B-Instruct": LLAMA_31_70B,
+    "Qwen/Qwen2.5-7B-Instruct": QWEN_7B,
+    "google/gemma-3-4b-it": GEMMA_3_4B,
+}
+"""Each shipped shape and the published config.json it was copied from (tests/data/configs)."""
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No hub and an empty Hugging Face cache (returned)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path / "hf-cache"
+
+
+def test_the_gpu_samples_are_the_ones_whose_shapes_ship() -> None:
+    names = {load_config(SAMPLES / f"{s}.yaml", check_files=False).model.name_or_path for s in GPU_SAMPLES}
+    assert len(GPU_SAMPLES) == 5 and names == set(PUBLISHED)
+    assert set(json.loads(model_config.SHIPPED_SHAPES.read_text())) == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_a_shipped_shape_counts_as_its_published_config_json(name: str, offline: Path) -> None:
+    shipped, published = load_model_shape(name), load_model_shape(PUBLISHED[name])
+    assert shipped.source == model_config.SHIPPED_SOURCE and "shipped with loratop" in shipped.source
+    assert {**vars(shipped), "source": ""} == {**vars(published), "source": ""}
+    data = json.loads(model_config.SHIPPED_SHAPES.read_text())[name]
+    full = json.loads((Path(PUBLISHED[name]) / "config.json").read_text())
+    assert all(full[key] == value for key, value in data.items() if key != "text_config"), "copied, not made up"
+    assert all(full["text_config"][k] == v for k, v in data.get("text_config", {}).items())
+
+
+@pytest.mark.parametrize("sample", GPU_SAMPLES)
+def test_every_gpu_sample_estimates_offline_and_names_its_shapes_source(
+    sample: str, offline: Path, no_gpu: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["estimate", sample]) == 0
+
+    out = capsys.readouterr().out
+    model = load_config(SAMPLES / f"{sample}.yaml", check_files=False).model.name_or_path
+    text = " ".join(out.split())  # the model line wraps at 80 columns
+    assert f"model {model}: " in text
+    assert "from the copy of its config.json shipped with loratop (shape only, no download)" in text
+
+
+def test_the_readme_example_estimates_the_70b_per_gpu_offline(
+    offline: Path, no_gpu: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["estimate", "llama-3.1-70b-qlora-fsdp"]) == 0
+
+    out = capsys.readouterr().out
+    assert "70.55B parameters" in out and "On 2 GPUs (QLoRA, NF4 + double quant), per GPU:" in out
+
+
+def test_a_cached_or_local_config_json_wins_over_the_shipped_shape(offline: Path, tmp_path: Path) -> None:
+    name = "Qwen/Qwen2.5-7B-Instruct"
+    repo = offline / "models--Qwen--Qwen2.5-7B-Instruct"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    cached = {**json.loads((Path(QWEN_7B) / "config.json").read_text()), "num_hidden_layers": 2}
+    (repo / "snapshots" / "abc123" / "config.json").write_text(json.dumps(cached))
+
+    shape = load_model_shape(name)
+
+    assert (shape.source, shape.num_hidden_layers) == ("the Hugging Face cache", 2)
+    assert load_model_shape(QWEN_7B).source == str(Path(QWEN_7B) / "config.json")
+
+
+def test_a_model_loratop_does_not_ship_is_still_an_error_offline(offline: Path) -> None:
+    with pytest.raises(EstimateError, match="not local, not cached, hub unreachable"):
+        load_model_shape("meta-llama/Llama-3.2-1B-Instruct")
+
+
 def test_mixture_of_experts_is_refused_in_one_line(tmp_path: Path) -> None:
     config = json.loads((CONFIGS / "llama-7b" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mixtral", "num_local_experts": 8}))

@@ -39,7 +39,8 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
     assert {name.split("/")[0] for name in names} == {"loratop", wheel.name.split("-py3")[0] + ".dist-info"}
     for module in ("loratop/tui/cli.py", "loratop/trainer/events.py", "loratop/trainer/runtime/train.py",
                    "loratop/widgets/loss_chart.py", "loratop/trainer/sample_configs/tiny-cpu-demo.yaml",
-                   "loratop/trainer/embedded/tool_chat.jsonl", "loratop/tui/app.tcss",
+                   "loratop/trainer/embedded/tool_chat.jsonl", "loratop/trainer/model_shapes.json",
+                   "loratop/tui/app.tcss",
                    "loratop/tui/serve_templates/app_index.html"):  # fmt: skip
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt").decode()
@@ -57,6 +58,8 @@ def test_a_package_named_trainer_installed_beside_it_leaves_both_importable(whee
         "assert trainer.OWNER == 'another project: trainer' and tui.OWNER == 'another project: tui'\n"
         f"assert events.__file__.startswith({str(site)!r}), events.__file__\n"
         "assert s.samples_dir() is not None and (s.samples_dir() / 'tiny-cpu-demo.yaml').is_file()\n"
+        "from loratop.trainer.model_config import shipped_config\n"
+        "assert shipped_config('meta-llama/Llama-3.1-70B-Instruct').data['num_hidden_layers'] == 80\n"
         "print('ok')\n"
     )
     # -I: no PYTHONPATH, no working folder; the target goes first, as an installed wheel would.

@@ -1,8 +1,8 @@
-"""A GPU-sized sample on a box that cannot run it (issue 16, item 1).
+"""A GPU-sized sample on a box that cannot run it (issue 16, item 1; issue 26, item 4).
 
-``run`` refuses, in one line and in seconds, a hub model that is neither local nor cached
-when the hub cannot be reached; ``check`` says so, and says what a GPU-sized model would
-cost on this CPU; a load reports what it is doing as phase messages.
+``run`` refuses, in one line and in seconds, a hub model or a hub dataset that is neither
+local nor cached when the hub cannot be reached; ``check`` says so, and says what a GPU-sized
+model would cost on this CPU; a load reports what it is doing as phase messages.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from loratop.trainer.config import load_config, parse_overrides
-from loratop.trainer.cpu_estimate import cpu_epoch_hours, cpu_training_warning, parameters_from_name
+from loratop.trainer.cpu_estimate import cpu_epoch_hours, cpu_training_warning, cpu_trial, parameters_from_name
+from loratop.trainer.data_files import unavailable_dataset
 from loratop.trainer.model_config import unavailable_model
 from loratop.trainer.runtime.load_progress import describe, progress_class, reporting_load_progress
 from loratop.tui.samples import resolve_config_path
@@ -34,12 +35,13 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def offline_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """An empty Hugging Face cache and a hub endpoint that refuses connections."""
+    """Empty Hugging Face caches (models and datasets) and a hub endpoint that refuses connections."""
     env = {
         "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+        "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"),
         "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
     }
-    for key in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -107,13 +109,135 @@ def _loratop(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
 def test_run_refuses_in_one_line_and_creates_nothing(offline_box: dict[str, str], tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    result = _loratop("run", "qwen2.5-7b-qlora", "--no-tui", "--set", "output_dir=runs/q", cwd=work, env=offline_box)
+    sets = ["--set", "output_dir=runs/q", "--set", "data.path=embedded:tool-chat"]  # the model alone is missing
+    result = _loratop("run", "qwen2.5-7b-qlora", "--no-tui", *sets, cwd=work, env=offline_box)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith(f"loratop: model.name_or_path = {QWEN}: ") and "hub is unreachable" in lines[0]
     assert result.stdout == ""
     assert not (work / "runs").exists(), "a refused launch leaves no run folder"
+
+
+ULTRACHAT = "HuggingFaceH4/ultrachat_200k"
+"""The hub dataset of the GPU samples."""
+
+
+def test_run_refuses_a_hub_dataset_it_cannot_reach_in_one_line_before_any_load(
+    offline_box: dict[str, str], tmp_path: Path
+) -> None:
+    # The issue's command: the tiny model is local, the sample's dataset is on the hub.
+    work = tmp_path / "work"
+    work.mkdir()
+    sets = ["--set", "model.name_or_path=tiny", "--set", "output_dir=runs/q"]
+    result = _loratop("run", "qwen2.5-7b-qlora", "--no-tui", *sets, cwd=work, env=offline_box)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    line = lines[0]
+    assert line.startswith(f"loratop: data.path = {ULTRACHAT}: not a local file and not in the Hugging Face datasets "
+                           f"cache ({offline_box['HF_DATASETS_CACHE']}), and the hub is unreachable (")  # fmt: skip
+    assert f"load_dataset('{ULTRACHAT}', split='train_sft').to_json('ultrachat_200k.jsonl')" in line
+    assert "data.path: embedded:tool-chat" in line
+    assert result.stdout == "", "refused before the pre-flight line: nothing was loaded"
+    assert not (work / "runs").exists(), "a refused launch leaves no run folder"
+
+
+def test_run_says_every_input_it_cannot_fetch_one_line_each(offline_box: dict[str, str], tmp_path: Path) -> None:
+    sets = ["--set", "output_dir=runs/q"]
+    result = _loratop("run", "qwen2.5-7b-qlora", "--no-tui", *sets, cwd=tmp_path, env=offline_box)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(" = ")[0] for line in lines] == ["loratop: model.name_or_path", "loratop: data.path"], lines
+    assert all("hub is unreachable" in line for line in lines)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_launch_from_the_dashboard_refuses_it_too(offline_box: dict[str, str], tmp_path: Path) -> None:
+    from loratop.tui.launcher import DataUnavailable, launch
+
+    config = load_config(
+        resolve_config_path("qwen2.5-7b-qlora"),
+        parse_overrides(["model.name_or_path=tiny", f"output_dir={tmp_path / 'runs' / 'q'}"]),
+        check_files=False,
+    )
+    with pytest.raises(DataUnavailable, match=f"^data.path = {ULTRACHAT}: .*hub is unreachable"):
+        launch(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def _cache_dataset(cache: Path, dataset_id: str) -> Path:
+    """A dataset prepared by ``datasets``, laid out as it lays it out (namespace___snake_name/config/version/hash)."""
+    namespace, name = dataset_id.split("/")
+    prepared = cache / f"{namespace}___{name}" / "default" / "0.0.0" / "0123abcd"
+    prepared.mkdir(parents=True)
+    (prepared / "dataset_info.json").write_text("{}")
+    return prepared
+
+
+def test_a_hub_dataset_is_fine_when_cached_local_or_the_hub_answers(
+    offline_box: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from loratop.trainer import model_config
+
+    assert "hub is unreachable" in (unavailable_dataset(ULTRACHAT, "train_sft") or "")
+    assert unavailable_dataset(ULTRACHAT, probe=False) is None  # a check does not try the network
+    _cache_dataset(Path(offline_box["HF_DATASETS_CACHE"]), ULTRACHAT)
+    assert unavailable_dataset(ULTRACHAT) is None  # `datasets` loads it from its cache offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert unavailable_dataset(ULTRACHAT) is None
+    assert unavailable_dataset("embedded:tool-chat") is None
+    (tmp_path / "rows.jsonl").write_text('{"text": "a"}\n')
+    assert unavailable_dataset(str(tmp_path / "rows.jsonl")) is None
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(model_config.socket, "create_connection", lambda *a, **k: socket.socket())  # it answers
+    assert unavailable_dataset("someorg/not-cached") is None
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_an_offline_variable_is_said_without_trying_the_network(
+    offline_box: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    from loratop.trainer import model_config
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("offline: the hub is not tried")
+
+    monkeypatch.setattr(model_config.socket, "create_connection", no_network)
+    monkeypatch.setenv(variable, "1")
+    assert f"and {variable} is set: " in (unavailable_dataset(ULTRACHAT) or "")
+
+
+def test_hf_datasets_offline_decides_for_datasets_when_set(
+    offline_box: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # datasets reads this first: it goes online
+    why = unavailable_dataset(ULTRACHAT) or ""
+    assert "hub is unreachable" in why and "is set" not in why
+
+
+def test_check_warns_about_the_hub_dataset_as_about_the_model(
+    offline_box: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.trainer import model_config
+    from loratop.tui.cli import main
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a check must not touch the network")
+
+    monkeypatch.setattr(model_config.socket, "create_connection", no_network)
+    sets = ["--set", "model.name_or_path=tiny", "--set", f"output_dir={tmp_path / 'out'}"]
+    assert main(["check", "qwen2.5-7b-qlora", *sets]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: data.path = {ULTRACHAT}: not a local file and not in the Hugging Face datasets cache" in out
+    assert "`loratop run` fetches it from the hub, and refuses it at once when the hub does not answer" in out
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["check", "qwen2.5-7b-qlora", *sets]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: data.path = {ULTRACHAT}: " in out and "HF_HUB_OFFLINE is set" in out
+    assert "(`loratop run` refuses it)" in out
 
 
 def test_check_warns_that_run_would_refuse_the_model(offline_box: dict[str, str], tmp_path: Path) -> None:
@@ -151,6 +275,27 @@ def test_a_gpu_sized_model_on_a_cpu_gets_hours_per_epoch(tmp_path: Path) -> None
     assert "no NVIDIA GPU here" in warning and "one epoch would take at least" in warning
     assert "estimated" in warning and "GFLOP/s" in warning and "tiny" in warning
     assert cpu_training_warning(config, has_gpu=True) is None  # type: ignore[arg-type]
+
+
+def test_the_cpu_trial_hint_names_the_data_knob_and_taking_it_draws_no_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loratop.tui.cli import main
+
+    path = resolve_config_path("qwen2.5-7b-qlora")
+    config = load_config(path, parse_overrides([f"output_dir={tmp_path / 'out'}"]), check_files=False)
+    warning = cpu_training_warning(config, has_gpu=False)  # the sample's data: a hub dataset; lr 2e-4
+    assert warning is not None
+    hint = "--set model.name_or_path=tiny --set data.path=embedded:tool-chat --set training.learning_rate=2e-3"
+    assert warning.endswith(f"use a GPU box, or for a CPU trial: {hint}"), warning
+    local = _qwen_config(tmp_path, "training.learning_rate=2e-3")  # data.path: embedded:tool-chat already
+    assert cpu_trial(local) == "--set model.name_or_path=tiny"  # type: ignore[arg-type]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the trial needs no hub
+    sets = [*hint.replace("--set ", "").split(" "), f"output_dir={tmp_path / 'trial'}"]
+    assert main(["check", "qwen2.5-7b-qlora", *(arg for knob in sets for arg in ("--set", knob))]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [], out
 
 
 def test_the_tiny_model_on_a_cpu_gets_no_such_warning(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from loratop.trainer.config import RunConfig
+from loratop.trainer.config import TINY_LEARNING_RATE, USUAL_LEARNING_RATE, RunConfig, usual_learning_rate
 from loratop.trainer.data_files import usable_rows
 from loratop.trainer.estimate import EstimateError, estimate, fmt_size, load_model_shape, visible_gpu_total
 from loratop.trainer.value_format import short_number as _num
@@ -52,13 +52,14 @@ ALPHA_MAX_RATIO = 4.0
 (scale 1–2) is the usual, so more than 4 multiplies every step well past what the
 learning rate was chosen for."""
 
-REFERENCE_LR = 2e-4
+REFERENCE_LR = USUAL_LEARNING_RATE
 """The usual QLoRA learning rate for a pretrained base (the QLoRA paper's for 7B and 13B
-models, and most recipes')."""
+models, and most recipes'); also the schema's default for one."""
 
-TINY_REFERENCE_LR = 2e-3
+TINY_REFERENCE_LR = TINY_LEARNING_RATE
 """The reference for the embedded ``tiny`` model: it is random-init and learns from
-scratch, so it needs about ten times the usual rate (the shipped demo uses 2e-3)."""
+scratch, so it needs about ten times the usual rate (the shipped demo uses 2e-3); also the
+schema's default for it, so a config that leaves the rate unset is never warned about."""
 
 LR_HIGH_FACTOR = 5.0
 """Warn at this many times the reference rate or more: loss spikes and divergence."""
@@ -156,7 +157,7 @@ def rank_ceiling(rows: int) -> int | None:
 
 def reference_lr(config: RunConfig) -> float:
     """The usual learning rate for this config's model (:data:`TINY_REFERENCE_LR` for ``tiny``)."""
-    return TINY_REFERENCE_LR if config.model.name_or_path == "tiny" else REFERENCE_LR
+    return usual_learning_rate(config.model.name_or_path)
 
 
 def _at_least(value: float, bound: float) -> bool:

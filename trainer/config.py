@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from loratop.trainer.architectures import LINEAR_MODULES, SPECIAL_TARGETS, model_type_of
 from loratop.trainer.run_dir import STAMPED, foreign_files
@@ -60,6 +69,23 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 """The ``lr_scheduler_type`` values accepted (transformers' ``SchedulerType``)."""
+
+USUAL_LEARNING_RATE = 2e-4
+"""The usual QLoRA learning rate for a pretrained base (the QLoRA paper's for 7B and 13B
+models, and most recipes'): ``training.learning_rate`` when a config leaves it unset."""
+
+TINY_LEARNING_RATE = 2e-3
+"""The usual learning rate for the embedded ``tiny`` model: it is random-init and learns from
+scratch, so it needs about ten times the usual rate (the shipped demo uses 2e-3). An unset
+``training.learning_rate`` with ``model.name_or_path: tiny`` (the default model) is this."""
+
+
+def usual_learning_rate(name_or_path: str) -> float:
+    """The usual learning rate for a model: :data:`TINY_LEARNING_RATE` for ``tiny``, else
+    :data:`USUAL_LEARNING_RATE`. The default of an unset ``training.learning_rate``, and what
+    the advisor measures a set one against."""
+    return TINY_LEARNING_RATE if name_or_path == "tiny" else USUAL_LEARNING_RATE
+
 
 SdpaBackend = Literal["auto", "flash", "efficient", "cudnn", "math"]
 SDPA_BACKENDS: tuple[str, ...] = get_args(SdpaBackend)
@@ -131,8 +157,9 @@ class LoraSection(_Section):
 class TrainingSection(_Section):
     """The optimisation loop (transformers' ``TrainingArguments``)."""
 
-    learning_rate: Float = Field(default=2e-4, gt=0)
-    """Peak learning rate; 2e-4 is the usual QLoRA value."""
+    learning_rate: Float = Field(default=USUAL_LEARNING_RATE, gt=0)
+    """Peak learning rate. Unset: the usual rate for the model, 2e-4 (the usual QLoRA value) for
+    a pretrained base and 2e-3 for ``tiny``, which is random-init and learns from scratch."""
     lr_scheduler_type: str = "cosine"
     """Learning-rate schedule after warm-up (transformers' ``SchedulerType``)."""
     warmup_steps: Float = Field(default=0.03, ge=0)
@@ -327,6 +354,14 @@ class RunConfig(_Section):
     """What this run was tweaked from, set by loratop's knob editor: the parent run's
     folder (a rerun with changes) or the config file the edit started from. ``null``
     for a run launched straight from a file."""
+
+    @model_validator(mode="after")
+    def _learning_rate_for_the_model(self) -> RunConfig:
+        # An unset rate is the usual one for the model: the default model, tiny, learns from
+        # scratch and would barely move at a pretrained model's 2e-4 (the advisor says so).
+        if "learning_rate" not in self.training.model_fields_set:
+            self.training.learning_rate = usual_learning_rate(self.model.name_or_path)
+        return self
 
 
 class ConfigError(Exception):
@@ -634,6 +669,22 @@ def box_problems(config: RunConfig) -> list[str]:
     return problems
 
 
+def unavailable_data(config: RunConfig, *, probe: bool = True) -> list[str]:
+    """The hub datasets of this config a run could not load here (``data.path``, ``data.eval_path``),
+    one line each (``field = value: why and what to do``); see
+    :func:`trainer.data_files.unavailable_dataset`. Facts about the box and its network, like
+    an unreachable model: ``loratop check`` warns (``probe=False``: only ``HF_HUB_OFFLINE``
+    tells), a launch refuses."""
+    from loratop.trainer.data_files import unavailable_dataset
+
+    lines = []
+    for key, path in (("data.path", config.data.path), ("data.eval_path", config.data.eval_path)):
+        why = unavailable_dataset(path, config.data.split, probe=probe) if path is not None else None
+        if why is not None:
+            lines.append(f"{key} = {path}: {why}")
+    return lines
+
+
 def _distributed_box_problems(section: DistributedSection) -> list[str]:
     """:func:`trainer.distributed.box_problems`, with this box's GPUs (NVML) when it matters."""
     from loratop.trainer.distributed import box_problems as distributed_box_problems
@@ -688,6 +739,14 @@ def _looks_local(name: str) -> bool:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
         return True
     return Path(name).exists()
+
+
+def defaults_for(tree: dict[str, Any]) -> RunConfig:
+    """The schema's defaults as a config tree gets them: an unset ``training.learning_rate``
+    follows the tree's ``model.name_or_path`` (:func:`usual_learning_rate`)."""
+    model = tree.get("model")
+    name = model.get("name_or_path") if isinstance(model, dict) else None
+    return RunConfig.model_validate({"model": {"name_or_path": name}} if isinstance(name, str) else {})
 
 
 def field_value(config: RunConfig, field: str) -> Any:

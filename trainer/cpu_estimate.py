@@ -17,10 +17,14 @@ import math
 import re
 import time
 
-from loratop.trainer.config import RunConfig
-from loratop.trainer.data_files import usable_rows
+from loratop.trainer.config import TINY_LEARNING_RATE, RunConfig
+from loratop.trainer.data_files import EMBEDDED_DATASETS, DataProblem, resolve_path, usable_rows
 from loratop.trainer.estimate import EstimateError, count_parameters, load_model_shape
 from loratop.trainer.model_config import TINY
+from loratop.trainer.value_format import format_value
+
+EMBEDDED_TRIAL_DATA = "embedded:" + next(iter(EMBEDDED_DATASETS))
+"""The data a CPU trial suggests in place of a hub dataset: the one the tiny demo trains on."""
 
 WARN_HOURS = 1.0
 """An epoch estimated at least this long on the CPU is worth a warning."""
@@ -108,7 +112,7 @@ def cpu_training_warning(config: RunConfig, has_gpu: bool) -> str | None:
         return (
             f"warning: model.name_or_path = {name}: no NVIDIA GPU here, and a model of {parameters / 1e9:.1f}B "
             f"parameters (from {source}) trains on a CPU at a few tokens a second at best: use a GPU box, or "
-            "model.name_or_path: tiny for a CPU trial"
+            f"for a CPU trial: {cpu_trial(config)}"
         )
     low, high = cpu_epoch_hours(config, parameters, flops, rows)
     if low < WARN_HOURS:
@@ -120,5 +124,25 @@ def cpu_training_warning(config: RunConfig, has_gpu: bool) -> str | None:
         f"{between} (estimated: {parameters / 1e9:.1f}B parameters from {source}, {rows:,} rows of "
         f"{min(SHORT_ROW_TOKENS, config.training.max_seq_length)}-{config.training.max_seq_length} tokens, "
         f"at the {flops / 1e9:.0f} GFLOP/s this CPU multiplies float32 matrices); use a GPU box, or "
-        "model.name_or_path: tiny for a CPU trial"
+        f"for a CPU trial: {cpu_trial(config)}"
     )
+
+
+def cpu_trial(config: RunConfig) -> str:
+    """The ``--set`` options that make this config a trial this CPU can run: the tiny model; the
+    data shipped with loratop in place of a hub dataset (which needs the hub, and is sized for a
+    GPU); and tiny's usual learning rate when the config's would be too high or too low for it
+    (the advisor's rule)."""
+    from loratop.trainer.advisor import advise
+
+    knobs = [f"model.name_or_path={TINY}"]
+    try:
+        if resolve_path(config.data.path)[0] == "hub":
+            knobs.append(f"data.path={EMBEDDED_TRIAL_DATA}")
+    except DataProblem:
+        pass
+    trial = config.model_copy(deep=True)
+    trial.model.name_or_path = TINY
+    if any(item.field == "training.learning_rate" for item in advise(trial)):
+        knobs.append(f"training.learning_rate={format_value(TINY_LEARNING_RATE)}")
+    return " ".join(f"--set {knob}" for knob in knobs)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from loratop.trainer.model_config import HUB_CONNECT_TIMEOUT, hub_unreachable, offline_variable
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_DATASETS = {"tool-chat": EMBEDDED_DIR / "tool_chat.jsonl"}
@@ -168,6 +171,92 @@ def inspect_data(path: str, fmt: str = "auto") -> DataInfo:
         ):
             raise DataProblem(f"row {index} does not fit data.format {fmt!r}: needs {_FORMAT_NEEDS[fmt]}")
     return DataInfo(source, file, count, fmt)
+
+
+def datasets_cache_dir() -> Path:
+    """Where ``datasets`` keeps the hub datasets it has prepared (``HF_DATASETS_CACHE``, else
+    ``$HF_HOME/datasets``, else ``~/.cache/huggingface/datasets``): the cache ``load_dataset``
+    falls back on without the hub."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "datasets"
+
+
+def _snake_case(name: str) -> str:
+    """``datasets``' folder name for a dataset name (its ``camelcase_to_snakecase``)."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z\d])([A-Z])", r"\1_\2", name).lower()
+
+
+def cached_hub_dataset(dataset_id: str) -> Path | None:
+    """The folder of a hub dataset that ``datasets`` has prepared before, or ``None``.
+
+    Laid out as ``datasets`` lays it out: ``<namespace>___<snake_case name>/<config>/<version>/<hash>/``;
+    it loads from there when the hub cannot be reached.
+    """
+    *namespace, name = dataset_id.split("/")
+    folder = datasets_cache_dir() / "___".join([*namespace, _snake_case(name)])
+    try:
+        return folder if any(entry.is_dir() for entry in folder.glob("*/*/*")) else None
+    except OSError:
+        return None
+
+
+DATA_FETCH_ADVICE = (
+    'save it to a file where the hub is reachable (`python -c "import datasets; '
+    "datasets.load_dataset('{name}', split='{split}').to_json('{stem}.jsonl')\"`) and set data.path to that "
+    "file, or set data.path: embedded:tool-chat (shipped with loratop) for a trial"
+)
+"""How to get a hub dataset a run cannot fetch; ``{name}``, ``{split}``, ``{stem}``."""
+
+
+def unavailable_dataset(
+    path: str, split: str = "train", *, probe: bool = True, timeout: float = HUB_CONNECT_TIMEOUT
+) -> str | None:
+    """Why a run could not load this hub dataset here, found within ``timeout`` seconds.
+
+    Without this a run on an offline box loads the model first (a minute and more), then
+    ends in ``datasets``' ``ConnectionError`` traceback.
+
+    Args:
+        path: A ``data.path`` (or ``data.eval_path``): a local file and ``embedded:NAME``
+            are never unavailable here (:func:`inspect_data` checks them).
+        split: The split a run loads (``data.split``), for the advice.
+        probe: Whether to try a connection to the hub (``loratop check`` does not: it never
+            touches the network); without it only ``HF_HUB_OFFLINE`` or
+            ``HF_DATASETS_OFFLINE`` makes a hub dataset unavailable.
+        timeout: Seconds the hub has to answer.
+
+    Returns:
+        One line for the user (what is missing and how to get it), or ``None`` when the data
+        is local, the dataset is in ``datasets``' cache, or the hub answers (it may still
+        refuse a gated or missing dataset: the run then says so).
+    """
+    try:
+        source, _ = resolve_path(path)
+    except DataProblem:
+        return None  # a config problem, reported by the config check
+    if source != "hub" or cached_hub_dataset(path) is not None:
+        return None
+    where = f"not a local file and not in the Hugging Face datasets cache ({datasets_cache_dir()})"
+    advice = DATA_FETCH_ADVICE.format(name=path, split=split, stem=path.rsplit("/", 1)[-1])
+    offline = offline_variable(datasets=True)
+    if offline is not None:
+        return f"{where}, and {offline} is set: {advice}"
+    unreachable = hub_unreachable(timeout) if probe else None
+    if unreachable:
+        return f"{where}, and the hub is unreachable ({unreachable}): {advice}"
+    return None
+
+
+def needs_dataset_download(path: str) -> bool:
+    """Whether a run must fetch this data from the hub (a hub dataset ``datasets`` has not cached)."""
+    try:
+        source, _ = resolve_path(path)
+    except DataProblem:
+        return False
+    return source == "hub" and cached_hub_dataset(path) is None
 
 
 def load_rows(file: Path) -> list[dict[str, Any]]:

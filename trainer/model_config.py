@@ -1,5 +1,6 @@
 """The one lookup of a model's ``config.json``: the embedded tiny model, a local folder, the
-Hugging Face cache, or the hub (``config.json`` alone, with a timeout).
+Hugging Face cache, the shapes shipped with loratop for its sample models
+(:data:`SHIPPED_SHAPES`), or the hub (``config.json`` alone, with a timeout).
 
 ``loratop check`` (through :func:`trainer.architectures.model_type_of`) asks without
 downloading; ``loratop estimate`` and the advisor (through
@@ -38,6 +39,12 @@ TINY_CONFIG: dict[str, Any] = {"model_type": "llama", **TINY_SPEC, "tie_word_emb
 
 TINY_SOURCE = "the embedded tiny Llama (trainer/runtime/tiny_model.py)"
 
+SHIPPED_SHAPES = Path(__file__).parent / "model_shapes.json"
+"""The shape fields of the sample models' ``config.json`` (hub id → the keys the estimate and
+the architecture check read, copied from the hub's file), so ``loratop estimate`` and
+``loratop check`` know a sample's shape before anything is downloaded. A local folder or a
+cached ``config.json`` is read first."""
+
 HUB_CONNECT_TIMEOUT = 3.0
 """Seconds to find out whether the hub answers at all, before its client's retries."""
 
@@ -52,7 +59,8 @@ class ModelConfig:
 
     data: dict[str, Any]
     source: str
-    """In words: a path, ``the Hugging Face cache``, ``the hub (config.json only)``, or the tiny model."""
+    """In words: a path, ``the Hugging Face cache``, the shape shipped with loratop
+    (:data:`SHIPPED_SOURCE`), ``the hub (config.json only)``, or the tiny model."""
 
 
 def is_hub_id(name: str) -> bool:
@@ -60,14 +68,34 @@ def is_hub_id(name: str) -> bool:
     return not name.startswith(("/", ".", "~")) and name.count("/") == 1 and "\\" not in name
 
 
+SHIPPED_SOURCE = "the copy of its config.json shipped with loratop (shape only, no download)"
+"""Where a shape read from :data:`SHIPPED_SHAPES` came from, as the estimate says it beside the model's name."""
+
+
+def shipped_config(repo_id: str) -> ModelConfig | None:
+    """The shape fields of a sample model's ``config.json`` as loratop ships them, or ``None``
+    for a model it does not ship (hub ids match whatever their case, as on the hub)."""
+    try:
+        shipped = json.loads(SHIPPED_SHAPES.read_text())
+    except (OSError, ValueError):  # pragma: no cover - a broken install; the hub or the cache still serve
+        return None
+    for known, data in shipped.items():
+        if known.lower() == repo_id.lower() and isinstance(data, dict):
+            return ModelConfig(data, SHIPPED_SOURCE)
+    return None
+
+
 def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfig:
     """A model's ``config.json``, never its weights.
+
+    A hub id is read from the Hugging Face cache, else from the shapes shipped for the sample
+    models (:data:`SHIPPED_SHAPES`), else downloaded.
 
     Args:
         name_or_path: ``tiny``, a local folder (or a ``config.json`` file), or a hub id
             (``org/name``).
-        download: For a hub id that is not cached, fetch its ``config.json`` alone (not
-            with ``HF_HUB_OFFLINE`` set; a hub that does not answer within
+        download: For a hub id that is neither cached nor shipped, fetch its ``config.json``
+            alone (not with ``HF_HUB_OFFLINE`` set; a hub that does not answer within
             :data:`HUB_CONNECT_TIMEOUT` fails at once).
 
     Raises:
@@ -89,6 +117,9 @@ def read_model_config(name_or_path: str, *, download: bool = True) -> ModelConfi
     cached = cached_hub_config(name)
     if cached is not None:
         return ModelConfig(_parse_json(cached, name), "the Hugging Face cache")
+    shipped = shipped_config(name)
+    if shipped is not None:
+        return shipped
     if not download:
         raise ModelConfigError(f"{prefix}: not local and not in the Hugging Face cache")
     return ModelConfig(_parse_json(_download_config(name), name), "the hub (config.json only)")
@@ -172,9 +203,9 @@ def unavailable_model(name_or_path: str, *, probe: bool = True, timeout: float =
         return None
     where = f"not a local folder and not in the Hugging Face cache ({hub_cache_dir()})"
     advice = FETCH_ADVICE.format(name=name)
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+    if offline_variable() is not None:
         return f"{where}, and HF_HUB_OFFLINE is set: {advice}"
-    unreachable = _hub_unreachable(timeout) if probe else None
+    unreachable = hub_unreachable(timeout) if probe else None
     if unreachable:
         return f"{where}, and the hub is unreachable ({unreachable}): {advice}"
     return None
@@ -206,13 +237,13 @@ def _parse_json(path: Path, name: str) -> dict[str, Any]:
 
 def _download_config(repo_id: str) -> Path:
     prefix = f"cannot read config.json for {repo_id}: not local, not cached, hub unreachable"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+    if offline_variable() is not None:
         raise ModelConfigError(f"{prefix} (HF_HUB_OFFLINE is set)")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ModelConfigError(f"{prefix} (huggingface_hub is not installed)") from None
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     if unreachable:
         raise ModelConfigError(f"{prefix} ({unreachable})")
     hub_logger = logging.getLogger("huggingface_hub")
@@ -236,7 +267,22 @@ def _download_config(repo_id: str) -> Path:
         hub_logger.setLevel(level)
 
 
-def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+def offline_variable(*, datasets: bool = False) -> str | None:
+    """The environment variable that keeps the Hugging Face libraries off the hub here, or ``None``.
+
+    ``HF_HUB_OFFLINE`` set to a true value (``1``, ``ON``, ``YES``, ``TRUE``); for ``datasets``
+    (``datasets=True``), ``HF_DATASETS_OFFLINE`` decides instead whenever it is set, as
+    ``datasets`` reads it.
+    """
+    names = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            return name if value.strip().upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
+
+
+def hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
     """Why the hub cannot be reached, found in seconds rather than after the client's retries.
 
     Skipped behind a proxy (a direct connection says nothing about the proxied one).

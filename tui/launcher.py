@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from loratop.trainer.config import RunConfig, box_problems, dump_config
+from loratop.trainer.config import RunConfig, box_problems, dump_config, unavailable_data
 from loratop.trainer.data_files import DataProblem, resolve_path
 from loratop.trainer.distributed import python_module
 from loratop.trainer.model_config import unavailable_model
@@ -42,6 +42,10 @@ class CannotRunHere(Exception):
 
 class ModelUnavailable(CannotRunHere):
     """The run's model cannot be had here (not local, not cached, hub unreachable); one line."""
+
+
+class DataUnavailable(CannotRunHere):
+    """The run's hub dataset cannot be had here (not cached, hub unreachable); one line."""
 
 
 @dataclass
@@ -79,6 +83,7 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     Raises:
         ModelUnavailable: The model is neither local nor cached and the hub does not answer
             (found in seconds; nothing is created).
+        DataUnavailable: The same for a hub dataset (``data.path`` or ``data.eval_path``).
         CannotRunHere: This box cannot run the config (:func:`trainer.config.box_problems`).
         RunDirError: The run folder could not be claimed or written.
     """
@@ -86,6 +91,9 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
     missing = unavailable_model(config.model.name_or_path)
     if missing is not None:
         raise ModelUnavailable(f"model.name_or_path = {config.model.name_or_path}: {missing}")
+    missing_data = unavailable_data(config)
+    if missing_data:
+        raise DataUnavailable("; ".join(missing_data))
     here = box_problems(config)
     if here:
         raise CannotRunHere("; ".join(here))

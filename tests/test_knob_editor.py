@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import difflib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from textual.widgets import Button, Checkbox, Input, Static
+from fake_nvml import GIB, FakeGpu, FakePynvml, install
+from textual.widgets import Button, Checkbox, Input, OptionList, Select, Static
 
 from loratop.trainer import events as ev
-from loratop.trainer.config import load_config
+from loratop.trainer.config import load_config, read_yaml, validate_tree
+from loratop.trainer.config_rewrite import rewrite_config
+from loratop.trainer.yaml_files import YamlTooBig
 from loratop.tui import knob_form as form
+from loratop.tui import samples
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.knob_editor_screen import KnobEditor
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, wait_for_exit
+from loratop.tui.screens.sample_picker_screen import SamplePicker
+from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, screen_text, wait_for_exit
 from tests.conftest import RECORDED_RUNS as RUNS
 
 # -- the pure model ---------------------------------------------------------------------------
@@ -84,6 +91,9 @@ def test_with_values_copies_and_creates_sections() -> None:
 def test_get_path_falls_back_to_the_schema_default() -> None:
     assert form.get_path({"lora": {"r": 4}}, "lora.r") == 4
     assert form.get_path({}, "training.optim") == "paged_adamw_8bit"
+    # The default rate is the tree's model's: tiny's 2e-3, a pretrained model's 2e-4.
+    assert form.get_path({}, "training.learning_rate") == 2e-3
+    assert form.get_path({"model": {"name_or_path": "org/model"}}, "training.learning_rate") == 2e-4
 
 
 def test_every_knob_is_a_real_config_field() -> None:
@@ -379,3 +389,276 @@ def test_editing_a_run_that_still_trains_says_a_launch_runs_alongside_it(tmp_pat
             return str(screen.query_one("#effective", Static).render())
 
     assert "run tiny-r8 is still training: a launch runs alongside it" in asyncio.run(drive())
+
+
+# -- saving keeps the origin's layout ---------------------------------------------------------
+
+
+def _changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    """The lines ``after`` drops from ``before``, and the lines it adds."""
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [d[2:] for d in diff if d.startswith("- ")], [d[2:] for d in diff if d.startswith("+ ")]
+
+
+def test_saving_a_sample_changes_only_the_edited_line_and_keeps_its_comments_and_flow_lists(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    origin = tmp_path / "demo.yaml"
+    shutil.copy(DEMO_CONFIG, origin)
+    configs = []
+
+    async def edit(source: Path, path: str, text: str, save_as: str) -> None:
+        app = LoratopApp(None, runs_root=tmp_path / "runs", edit=source)
+        async with app.run_test(size=(100, 40)) as pilot:
+            screen = await _editor(pilot, app)
+            await _type(pilot, screen, path, text)
+            screen.query_one("#save-path", Input).value = save_as
+            assert screen.action_save() == Path(save_as)
+            configs.append(screen.config)
+
+    asyncio.run(edit(origin, "lora.r", "16", "mine.yaml"))
+    before, saved = origin.read_text(), (tmp_path / "mine.yaml").read_text()
+    header, _, body = saved.partition("\n")
+    assert header == "# saved by loratop's knob editor from config demo.yaml"
+    removed, added = _changed_lines(before, body)
+    parent_note = "# set by loratop's knob editor: the run or config this one was tweaked from"
+    # The one edited knob, and the parent the editor records (as it always has): nothing else.
+    assert removed == ["  r: 8", f"parent: null                   {parent_note}"]
+    assert added[0] == "  r: 16"
+    assert added[1].startswith(f"parent: {origin.resolve()} ") and added[1].endswith(parent_note)
+    assert len(added) == 2
+    assert "  learning_rate: 2.0e-3        # a tiny random-init base" in body  # untouched spelling
+    assert "  target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]" in body
+    loaded = load_config(tmp_path / "mine.yaml", check_files=False)
+    edited = configs[0]
+    assert edited is not None and edited.lora.r == 16
+    assert loaded.model_dump(exclude={"output_dir", "parent"}) == edited.model_dump(exclude={"output_dir", "parent"})
+    assert loaded.parent == str(origin.resolve())
+
+    # Saved again from the saved file: one first line (the newest), the float in the origin's style.
+    asyncio.run(edit(tmp_path / "mine.yaml", "training.learning_rate", "1e-3", "again.yaml"))
+    again = (tmp_path / "again.yaml").read_text()
+    assert again.startswith("# saved by loratop's knob editor from config mine.yaml\n")
+    assert again.count(form.SAVED_BY) == 1
+    removed, added = _changed_lines(body, again.partition("\n")[2])
+    assert removed[0] == "  learning_rate: 2.0e-3        # a tiny random-init base needs more than the usual 2e-4"
+    assert added[0] == "  learning_rate: 1.0e-3        # a tiny random-init base needs more than the usual 2e-4"
+    assert [line.split()[0] for line in added[1:]] == ["parent:"]
+    assert load_config(tmp_path / "again.yaml", check_files=False).training.learning_rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("text", "changes", "expected"),
+    [
+        # a float in the origin's style: exponent (with the dot and sign PyYAML needs) or decimal
+        ("training:\n  learning_rate: 2.0e-3  # lr\n", {"training.learning_rate": 1e-4}, "1.0e-4  # lr"),
+        ("training:\n  learning_rate: 0.0002\n", {"training.learning_rate": 1e-4}, "0.0001"),
+        ("training:\n  learning_rate: 2E-4\n", {"training.learning_rate": 3e-5}, "3.0E-5"),
+        # an int stays an int, a float a float; a bool keeps its family
+        ("lora:\n  lora_alpha: 16\n", {"lora.lora_alpha": 32.0}, "lora_alpha: 32\n"),
+        ("training:\n  num_train_epochs: 1.0\n", {"training.num_train_epochs": 2.0}, "num_train_epochs: 2.0\n"),
+        ("training:\n  packing: True\n", {"training.packing": False}, "packing: False\n"),
+        ("training:\n  packing: yes\n", {"training.packing": False}, "packing: no\n"),
+        # a flow list stays a flow list, its comment on its line
+        (
+            "lora:\n  target_modules: [q_proj, v_proj]  # attention only\n",
+            {"lora.target_modules": ["q_proj", "k_proj", "v_proj"]},
+            "target_modules: [q_proj, k_proj, v_proj] # attention only\n",
+        ),
+    ],
+)
+def test_a_changed_value_is_spelled_as_the_origin_spells_its_kind(
+    text: str, changes: dict[str, Any], expected: str
+) -> None:
+    out = rewrite_config(text, changes)
+    assert expected in out
+    assert yaml.safe_load(out) == form.with_values(yaml.safe_load(text), changes)  # PyYAML reads the number
+
+
+def test_unchanged_values_keep_their_spelling_and_new_keys_go_where_the_schema_puts_them() -> None:
+    text = "# head\nmodel:\n  name_or_path: tiny\n\n# the adapters\nlora:\n  r: 8\ntraining:\n  learning_rate: 2e-4\n"
+    text += "  seed: ~\n  packing: yes\n"
+    out = rewrite_config(
+        text,
+        {
+            "training.learning_rate": 2e-4,  # the value it has (PyYAML reads `2e-4` as a string)
+            "lora.r": 8,
+            "training.max_steps": 5,
+            "quantization.bnb_4bit_quant_type": "fp4",
+            "output_dir": None,  # absent is null already
+        },
+    )
+    assert out == (
+        "# head\nmodel:\n  name_or_path: tiny\nquantization:\n  bnb_4bit_quant_type: fp4\n\n# the adapters\n"
+        "lora:\n  r: 8\ntraining:\n  learning_rate: 2e-4\n  max_steps: 5\n  seed: ~\n  packing: yes\n"
+    )
+    assert rewrite_config(text, {"lora.r": 8}) == text
+
+
+def _another(knob: form.Knob, old: Any) -> Any:
+    if knob.kind == "bool":
+        return not old
+    if knob.kind == "choice":
+        return next(choice for choice in knob.choices if choice != old)
+    if knob.path in ("lora.lora_dropout", "training.warmup_steps"):
+        return 0.2 if old != 0.2 else 0.1
+    if knob.kind == "int":
+        return old + 1 if old >= 0 else 10
+    return old * 2 if old else 0.5
+
+
+@pytest.mark.parametrize("name", samples.sample_names())
+def test_each_knob_of_each_sample_saves_as_one_changed_line(name: str) -> None:
+    folder = samples.samples_dir()
+    assert folder is not None
+    text, tree = (folder / f"{name}.yaml").read_text(), read_yaml(folder / f"{name}.yaml")
+    edits = {path: _another(knob, form.get_path(tree, path)) for path, knob in form.KNOBS.items()}
+    edits[form.TARGETS] = ["q_proj", "v_proj"]
+    for path, value in edits.items():
+        config, problems = validate_tree(form.with_values(tree, {path: value}))
+        assert config is not None, problems
+        config.parent = str(folder / f"{name}.yaml")
+        saved, lost = form.saved_yaml(config, f"sample {name}", text, form.changed_values(tree, {path: value}))
+        assert lost is None
+        removed, added = _changed_lines(text, saved.partition("\n")[2])
+        knob_lines = [line for line in removed + added if not line.startswith("parent:")]
+        key = path.rsplit(".", 1)[1]
+        assert len(added) - len(removed) in (0, 1) and len(knob_lines) in (1, 2), (path, removed, added)
+        assert all(line.strip().startswith(f"{key}:") for line in knob_lines), (path, knob_lines)
+
+
+def test_saving_reads_the_origin_within_bounds_and_writes_it_whole_when_its_layout_cannot_be_kept() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(6)
+    )
+    with pytest.raises(YamlTooBig):
+        rewrite_config(bomb, {"lora.r": 4})
+    config, _ = validate_tree({"lora": {"r": 4}})
+    assert config is not None
+    # Duplicate keys: PyYAML keeps the last, ruamel.yaml refuses; the save is the config whole, and says why.
+    text, why = form.saved_yaml(config, "config dup.yaml", "lora:\n  r: 8\n  r: 9\n", {"lora.r": 4})
+    assert why is not None and "cannot keep its layout" in why
+    assert text.startswith("# saved by loratop's knob editor from config dup.yaml\nmodel:\n")
+    assert yaml.safe_load(text)["lora"]["r"] == 4
+
+
+def test_changed_values_are_the_knobs_the_form_changed() -> None:
+    tree = {"lora": {"r": 8, "lora_alpha": 16, "target_modules": ["all-linear"]}}
+    values = {"lora.r": 8, "lora.lora_alpha": 16.0, form.TARGETS: list(form.ALL_PROJECTIONS), "lora.lora_dropout": 0.1}
+    assert form.changed_values(tree, values) == {"lora.lora_dropout": 0.1}
+    assert form.changed_values(tree, {form.TARGETS: ["q_proj"]}) == {form.TARGETS: ["q_proj"]}
+
+
+# -- the dropdowns show each choice whole -----------------------------------------------------
+
+
+def _whole(choice: str, text: str) -> bool:
+    """``choice`` in ``text`` as a word of its own (``adamw_8bit`` is not in ``paged_adamw_8bit``)."""
+    return re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", text) is not None
+
+
+def _region_text(app: LoratopApp, region: Any) -> str:
+    lines = screen_text(app).splitlines()[region.y : region.y + region.height]
+    return "\n".join(line[region.x : region.x + region.width] for line in lines)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_every_choice_reads_whole_in_its_dropdown_and_in_the_opened_list(size: tuple[int, int], tmp_path: Path) -> None:
+    app = LoratopApp(None, runs_root=tmp_path / "runs", edit=DEMO_CONFIG)
+    choices = {path: knob for path, knob in form.KNOBS.items() if knob.kind == "choice"}
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            screen = await _editor(pilot, app)
+            for path, knob in choices.items():
+                select = screen.query_one(f"#knob-{path.replace('.', '-')}", Select)
+                select.scroll_visible(animate=False)
+                for choice in knob.choices:
+                    select.value = choice
+                    await pilot.pause()
+                    row = _region_text(app, select.region)
+                    assert _whole(choice, row), f"{path} = {choice}: the field shows {row!r}"
+                select.value = knob.choices[0]
+                select.focus()
+                await pilot.press("enter")  # open the list, its first option highlighted
+                await pilot.pause()
+                seen: set[str] = set()
+                for _ in knob.choices:
+                    shown = _region_text(app, select.query_one("SelectOverlay").region)
+                    seen |= {choice for choice in knob.choices if _whole(choice, shown)}
+                    await pilot.press("down")
+                    await pilot.pause()
+                assert seen == set(knob.choices), (
+                    f"{path}: not shown whole in the open list: {set(knob.choices) - seen}"
+                )
+                await pilot.press("escape")
+                await pilot.pause()
+
+    asyncio.run(drive())
+
+
+# -- the sample picker says which samples run on a CPU ---------------------------------------
+
+
+def _sample_config(name: str, **changes: Any) -> Any:
+    folder = samples.samples_dir()
+    assert folder is not None
+    config, problems = validate_tree(form.with_values(read_yaml(folder / f"{name}.yaml"), changes))
+    assert config is not None, problems
+    return config
+
+
+def test_what_a_sample_needs_is_read_from_its_model_and_settings() -> None:
+    needs = samples.sample_needs()
+    assert set(needs) == set(samples.sample_names())
+    assert needs["tiny-cpu-demo"] == samples.HardwareNeed(True, True, "runs on CPU · the embedded tiny model")
+    assert needs["tiny-lr-too-high"].cpu
+    llama = needs["llama-3.1-8b-qlora"]
+    assert not llama.cpu and not llama.here
+    assert re.fullmatch(r"needs an NVIDIA GPU · ~\d+\.\d GB peak, 8\.0B params", llama.text), llama.text
+    fsdp_text = needs["llama-3.1-70b-qlora-fsdp"].text
+    assert re.fullmatch(r"needs 2 NVIDIA GPUs · ~\d+\.\d GB peak each \(fsdp\), 70\.6B params", fsdp_text)
+    # From the config, not the name: the demo with a GPU-only setting needs a GPU.
+    sharded = {"distributed.strategy": "fsdp", "distributed.nproc_per_node": 2}
+    fsdp = samples.hardware_need(_sample_config("tiny-cpu-demo", **sharded))
+    assert fsdp == samples.HardwareNeed(False, False, "needs 2 NVIDIA GPUs · for distributed.strategy")
+    kernel = samples.hardware_need(_sample_config("tiny-cpu-demo", **{"training.sdpa_backend": "efficient"}))
+    assert kernel.text == "needs an NVIDIA GPU · for training.sdpa_backend"
+    # On a box with a GPU: whether the estimate's peak fits it.
+    config = _sample_config("llama-3.1-8b-qlora")
+    assert samples.hardware_need(config, 80 * 10**9, "NVIDIA H100").here
+    small = samples.hardware_need(config, 8 * 10**9, "NVIDIA RTX 4060")
+    assert not small.here and small.text.endswith(" · over this GPU's 8.0 GB")
+
+
+@pytest.mark.parametrize("gpus", [[], [FakeGpu("GPU-1111aaaa-0000-1111-2222-333333333331", "NVIDIA L4", 24 * GIB)]])
+def test_the_sample_picker_marks_the_samples_that_run_on_this_box(gpus: list[FakeGpu], monkeypatch: Any) -> None:
+    install(monkeypatch, FakePynvml(gpus), None)
+    app = LoratopApp(None)
+
+    async def drive() -> tuple[str, SamplePicker, dict[str, Any]]:
+        async with app.run_test(size=(80, 24) if not gpus else (120, 40)) as pilot:
+            picker = SamplePicker()
+            await app.push_screen(picker)
+            for _ in range(100):
+                if picker.needs is not None:
+                    break
+                await pilot.pause(0.1)
+            await pilot.pause()
+            options = picker.query_one("#samples", OptionList)
+            prompts = {name: options.get_option(str(folder / f"{name}.yaml")).prompt for name in names}
+            return screen_text(app), picker, prompts
+
+    folder, names = samples.samples_dir(), samples.sample_names()
+    assert folder is not None
+    text, picker, prompts = asyncio.run(drive())
+    assert picker.needs is not None
+    assert ("this box: NVIDIA L4 (25.8 GB)" if gpus else "this box: no NVIDIA GPU, CPU only") in text
+    lines = text.splitlines()
+    for name, need in picker.needs.items():
+        at = next(i for i, line in enumerate(lines) if re.search(rf"▊ {re.escape(name)} +▎", line))
+        assert need.text in lines[at + 1], f"{name}: {lines[at + 1]!r}"
+        assert any("success" in str(span.style) for span in prompts[name].spans) == need.here  # green: runs here
+    assert picker.needs["tiny-cpu-demo"].here
+    assert picker.needs["llama-3.1-8b-qlora"].here == bool(gpus)  # fits the 24 GiB L4

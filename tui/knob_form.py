@@ -14,8 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loratop.trainer.config import ALL_PROJECTIONS, OPTIMIZERS, SCHEDULERS, SDPA_BACKENDS, RunConfig, field_value
+import yaml
+
+from loratop.trainer.config import (
+    ALL_PROJECTIONS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SDPA_BACKENDS,
+    RunConfig,
+    defaults_for,
+    dump_config,
+    field_value,
+    validate_tree,
+)
+from loratop.trainer.config_rewrite import LayoutLost, rewrite_config, same_value
 from loratop.trainer.value_format import format_value
+from loratop.trainer.yaml_files import load_yaml
 
 Kind = Literal["int", "float", "choice", "bool"]
 
@@ -96,11 +110,12 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 
 def get_path(tree: dict[str, Any], path: str) -> Any:
-    """The value at a dotted path, or the schema's default when the tree leaves it out."""
+    """The value at a dotted path, or the schema's default when the tree leaves it out (the
+    learning rate's follows the tree's model: :func:`trainer.config.defaults_for`)."""
     node: Any = tree
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return field_value(RunConfig(), path)
+            return field_value(defaults_for(tree), path)
         node = node[part]
     return node
 
@@ -118,6 +133,67 @@ def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return result
+
+
+def changed_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The form's values that differ from ``tree``'s (the schema's default where it is silent).
+
+    Numbers by value (``16`` is ``16.0``), and target modules as a set, ``all-linear`` read as
+    the seven projections the form checks for it.
+    """
+    changed = {}
+    for path, value in values.items():
+        old = get_path(tree, path)
+        same = _modules(old) == _modules(value) if path == TARGETS else same_value(old, value)
+        if not same:
+            changed[path] = value
+    return changed
+
+
+def _modules(targets: Any) -> set[str]:
+    names = {str(t) for t in targets} if isinstance(targets, (list, tuple)) else {str(targets)}
+    return names - {"all-linear"} | (set(ALL_PROJECTIONS) if "all-linear" in names else set())
+
+
+# -- saving ----------------------------------------------------------------------------------
+
+SAVED_BY = "# saved by loratop's knob editor from "
+"""The first line of a file the editor saves; a file saved from a saved file keeps one."""
+
+
+def saved_yaml(
+    config: RunConfig, origin: str, source_text: str | None = None, changes: dict[str, Any] | None = None
+) -> tuple[str, str | None]:
+    """The YAML the editor saves: its :data:`SAVED_BY` line, then the origin file with the
+    changed knobs (and ``output_dir``/``parent``) rewritten and everything else as written.
+
+    Args:
+        config: The config to save, its ``output_dir`` and ``parent`` set.
+        origin: Where it came from, in words, for the first line.
+        source_text: The origin file as read; ``None`` (a run's resolved ``config.yaml``):
+            the config is written whole, in schema order.
+        changes: The knobs that changed (:func:`changed_values`).
+
+    Returns:
+        The text, and why the origin's layout could not be kept (then the text is the
+        config written whole), or ``None``.
+    """
+    header = f"{SAVED_BY}{origin}\n"
+    whole = header + dump_config(config)
+    if source_text is None:
+        return whole, None
+    body = source_text
+    if body.startswith(SAVED_BY):  # saved before: one such line, the newest
+        body = body.partition("\n")[2]
+    wanted = {**(changes or {}), "output_dir": config.output_dir, "parent": config.parent}
+    try:
+        body = rewrite_config(body, wanted)
+        saved, problems = validate_tree(load_yaml(body) or {})
+    except (LayoutLost, ValueError, yaml.YAMLError) as exc:  # YamlTooBig is a ValueError
+        return whole, str(exc)
+    if saved is None or saved.model_dump() != config.model_dump():
+        return whole, "; ".join(problems.values()) or "the rewritten file did not read back as the form's config"
+    return header + body, None
 
 
 # -- text <-> values -----------------------------------------------------------------------

@@ -28,7 +28,6 @@ from loratop.trainer.config import (
     ConfigError,
     RunConfig,
     check_outside,
-    dump_config,
     read_yaml,
     validate_tree,
 )
@@ -67,6 +66,7 @@ class KnobEditor(LoratopScreen[None]):
         base_name: str,
         runs_root: Path,
         source_path: Path | None = None,
+        source_text: str | None = None,
     ) -> None:
         """Edit ``tree`` (a config as read from YAML).
 
@@ -77,6 +77,8 @@ class KnobEditor(LoratopScreen[None]):
             base_name: The new run's folder name starts with this (its time stamp is added).
             runs_root: Where new runs are created.
             source_path: The YAML it came from, recorded as the run's config source.
+            source_text: That YAML's text as read, when saving should keep its comments and
+                layout (a config file); ``None`` (a run's resolved config): save it whole.
         """
         super().__init__()
         tree = dict(tree)
@@ -88,6 +90,7 @@ class KnobEditor(LoratopScreen[None]):
         self.base_name = base_name
         self.runs_root = runs_root
         self.source_path = source_path
+        self.source_text = source_text
         self.parent_still_training = False
         """The run this edit started from is still training (a launch would run alongside it)."""
         self.saved_path: Path | None = None
@@ -370,14 +373,17 @@ class KnobEditor(LoratopScreen[None]):
             return None
         to_save = config.model_copy(deep=True)
         to_save.output_dir, to_save.parent = None, self.parent_ref
+        changes = form.changed_values(self.base_tree, self.read_form()[0])
+        text, layout_lost = form.saved_yaml(to_save, self.origin, self.source_text, changes)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"# saved by loratop's knob editor from {self.origin}\n" + dump_config(to_save))
+            path.write_text(text)
         except OSError as exc:
             self.notify(f"cannot save {path}: {exc.strerror or exc}", severity="error", markup=False)
             return None
         self.saved_path = path
-        self.notify(f"saved {path} · run it with: loratop run {path}", markup=False)
+        kept = f" (written whole: the origin's layout could not be kept: {layout_lost})" if layout_lost else ""
+        self.notify(f"saved {path}{kept} · run it with: loratop run {path}", markup=False)
         return path
 
     def action_launch(self) -> None:
@@ -413,13 +419,19 @@ def editor_for_config(path: Path, runs_root: Path) -> KnobEditor:
     Raises:
         ConfigError: the file is missing or not YAML.
     """
+    tree = read_yaml(path)  # bounded and checked: the editor's values
+    try:
+        text: str | None = path.read_text()  # the layout a save keeps
+    except (OSError, UnicodeDecodeError):  # gone since: a save writes the config whole
+        text = None
     return KnobEditor(
-        read_yaml(path),
+        tree,
         origin=f"config {path.name}",
         parent=str(path.resolve()),
         base_name=path.stem,
         runs_root=runs_root,
         source_path=path,
+        source_text=text,
     )
 
 

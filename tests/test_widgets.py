@@ -336,3 +336,154 @@ def test_the_y_title_is_rewritten_whole_when_the_scale_toggles_twice() -> None:
             assert "loglossoss" not in screen and "log10" not in screen and " loss " in screen
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- issue 26: x axis, cursor, zoom
+
+
+def _x_ticks(app: App[Any]) -> list[int]:
+    """The x tick labels under the chart, as drawn (the row under the plot's bottom border)."""
+    lines = _screen_text_rows(app)
+    bottom = max(i for i, line in enumerate(lines) if "┛" in line)
+    return [int(label) for label in lines[bottom + 1].split()]
+
+
+def _screen_text_rows(app: App[Any]) -> list[str]:
+    from tests.conftest import screen_text
+
+    return screen_text(app).splitlines()
+
+
+def test_a_finished_runs_chart_keeps_the_0_tick_its_live_chart_had() -> None:
+    """issue 26, item 12: at the end of a run (no fixed x axis any more) the x axis started at
+    step 1, the first step, and lost its 0 tick."""
+
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            steps = [float(i) for i in range(1, 121)]
+            loss = [7.0 - i / 100 for i in range(1, 121)]
+            chart.update(steps, loss, loss, x_range=(0.0, 120.0))  # live
+            await pilot.pause()
+            live = _x_ticks(app)
+            assert live[0] == 0 and live[-1] == 120, live
+            chart.update(steps, loss, loss)  # ended: the axis fits the data
+            await pilot.pause()
+            assert chart.axes is not None and chart.axes[0] == 0.0
+            assert _x_ticks(app) == live
+
+    asyncio.run(scenario())
+
+
+def _lr(n: int) -> list[float]:
+    return [1e-3 * min(1.0, i / 10) for i in range(1, n + 1)]  # a warmup, then flat
+
+
+def test_the_cursor_reads_a_step_and_moves_without_redrawing_the_plot() -> None:
+    """issue 26, item 13: a readout of a chart point. A cursor move repaints a column and a
+    line over the plot (what an SSH link pays for), never the plot."""
+
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            steps = [float(i) for i in range(1, 121)]
+            loss = [7.0 - i / 100 for i in range(1, 121)]
+            smoothed = ema(loss, 0.2)
+            chart.update(steps, loss, smoothed, lr=_lr(120))
+            await pilot.pause()
+            assert chart.readout == "" and "│" not in _screen_text(app)
+            drawn = chart.redraw_count
+
+            chart.move_cursor(1)  # the first move shows the cursor on the latest step
+            await pilot.pause()
+            assert chart.readout == f"step 120 · loss 5.8000 · smoothed {smoothed[-1]:.4f} · lr 1.00e-03"
+            rows = _screen_text_rows(app)
+            assert chart.readout in rows[0]
+            assert sum("│" in row for row in rows) >= 10, "the cursor's line down the plot"
+            assert sum("●" in row for row in rows) == 1, "the marker on the step's loss"
+
+            cells = chart.last_buckets  # 120 steps on ~68 cells: two steps a cell
+            for _ in range(5):
+                chart.move_cursor(-1)
+            await pilot.pause()
+            i = 119 - 5 * round(120 / cells)
+            assert chart.view.cursor == i
+            assert chart.readout.startswith(f"step {i + 1} · loss {loss[i]:.4f}")
+            assert chart.readout in _screen_text_rows(app)[0]
+            assert chart.redraw_count == drawn, "a cursor move redrew the plot"
+
+            chart.move_cursor(-1000)  # stops at the first step
+            assert chart.view.cursor == 0
+            chart.update([*steps, 121.0], [*loss, 5.79], [*smoothed, 5.8], lr=_lr(121))
+            assert chart.view.cursor == 0, "a cursor off the latest step stays on its step"
+            chart.move_cursor(1000)
+            chart.update([*steps, 121.0, 122.0], [*loss, 5.79, 5.78], [*smoothed, 5.8, 5.79], lr=_lr(122))
+            assert chart.view.cursor == 121, "a cursor on the latest step follows the live run"
+
+    asyncio.run(scenario())
+
+
+def test_zoom_shows_the_steps_around_the_cursor_and_reset_the_whole_run() -> None:
+    async def scenario() -> None:
+        app = _WidgetApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            n = 4000
+            steps = [float(i) for i in range(1, n + 1)]
+            loss = [2.0 + math.sin(i / 50) for i in range(1, n + 1)]
+            chart.update(steps, loss, loss, lr=_lr(n))
+            await pilot.pause()
+            assert chart.zoom_in()  # no cursor: the latest steps
+            await pilot.pause()
+            assert chart.view.window == (3000.0, 4000.0)
+            assert chart.axes is not None and chart.axes[:2] == (3000.0, 4000.0 + 1000 / chart.last_buckets)
+            ticks = _x_ticks(app)
+            assert ticks[0] >= 3000 and ticks[-1] <= 4000, ticks
+            assert "zoomed to steps 3000–4000" in _screen_text_rows(app)[0]
+
+            chart.move_cursor(-1)  # on the latest step
+            for _ in range(20):
+                chart.move_cursor(-1)
+            assert chart.zoom_in()  # 250 steps around the cursor, which stays put
+            await pilot.pause()
+            step = steps[chart.view.cursor or 0]
+            lo, hi = chart.view.window or (0.0, 0.0)
+            assert hi - lo == 250 and lo < step < hi
+            # At its zoom the chart draws the window's own points: finer than the whole run's.
+            assert chart.last_plotted_points >= 2 * min(250, chart.last_buckets)
+            assert f"step {step:.0f}" in chart.readout and "zoom" in chart.readout
+            assert chart.zoom_in() and chart.zoom_in() and chart.zoom_in()  # 62.5, 15.6, then 10 steps
+            assert not chart.zoom_in(), "10 steps is as far as it zooms"
+            assert chart.view.window is not None and chart.view.window[1] - chart.view.window[0] == 10
+
+            chart.reset_view()
+            await pilot.pause()
+            assert chart.view.window is None and chart.view.cursor is None and chart.readout == ""
+            assert chart.axes is not None and chart.axes[0] == 0.0
+            assert "│" not in _screen_text(app) and "zoom" not in _screen_text(app)
+
+    asyncio.run(scenario())
+
+
+def test_chart_view_walks_a_zoomed_window_half_a_window_at_a_time() -> None:
+    from loratop.widgets.chart_view import ChartView
+
+    steps = list(range(1, 1001))
+    view = ChartView()
+    assert not view.move([], 1, 50) and view.cursor is None
+    assert view.zoom_in(steps, (0.0, 1000.0)) and view.window == (750.0, 1000.0)
+    assert not view.move(steps, -1, 50) and view.cursor == 999  # shown on the latest step
+    moved = [view.move(steps, -1, 50) for _ in range(60)]
+    # 250 steps in view, 50 cells: 5 steps a press. Past the window's edge (step 745) the
+    # window slid by half its width, once, not at every press.
+    assert view.cursor == 999 - 60 * 5
+    assert moved.index(True) == 50 and sum(moved) == 1 and view.window == (625.0, 875.0)
+    assert view.readout(steps, [1.0] * 1000, [math.nan] * 1000, [math.nan] * 1000, 80) == (
+        "step 700 · loss 1.0000 · lr – · zoom 625–875"
+    )
+    short = view.readout(steps, [1.0] * 1000, [1e-4] * 1000, [math.nan] * 1000, 30)
+    assert short == "step 700 · loss 1.0000 · lr 1.00e-04"  # the zoom's words go first
+    view.reset()
+    assert view.readout(steps, [], [], [], 80) == ""

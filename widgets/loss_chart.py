@@ -4,6 +4,10 @@ The chart wraps textual-plot's :class:`~textual_plot.PlotWidget`. It never draws
 two points per braille sub-column pair: every line is reduced with :func:`downsample` to the
 plot's width in cells first, so a million-step series costs one O(n) pass, not a million
 line segments.
+
+A cursor (:meth:`LossChart.move_cursor`) reads one step's loss and lr on the chart's top line;
+it is drawn over the plot, so moving it never resends the plot. A zoom (:meth:`LossChart.zoom_in`)
+redraws the plot once, on the steps in its window.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rich.cells import cell_len
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.events import Resize
 from textual.reactive import reactive
@@ -18,6 +24,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
+from loratop.widgets.chart_view import ChartView
 from loratop.widgets.downsample import downsample
 
 __all__ = ["LossChart"]
@@ -77,6 +84,19 @@ class LossChart(Widget):
     LossChart.-has-data > PlotWidget {
         display: block;
     }
+    LossChart > .-overlay {
+        position: absolute;
+        display: none;
+        height: 1;
+        width: auto;
+    }
+    LossChart.-has-data > .-overlay.-shown {
+        display: block;
+    }
+    LossChart > #loss-chart-readout {
+        color: $text;
+        background: $panel;
+    }
     """
 
     RAW_STYLE = "grey50"
@@ -86,6 +106,10 @@ class LossChart(Widget):
     EVAL_STYLE = "bold yellow"
     EVAL_MARKER = "◆"
     """Held-out loss points: a shape of their own, so they read apart from spikes in monochrome too."""
+    CURSOR_STYLE = "magenta"
+    CURSOR_LINE = "│"
+    CURSOR_MARKER = "●"
+    """The cursor: a line down the plot at its step, this marker on that step's raw loss."""
 
     log_scale: reactive[bool] = reactive(False)
     """Plot log10(loss) instead of loss (textual-plot has no log axis); non-positive losses are left out."""
@@ -106,6 +130,7 @@ class LossChart(Widget):
         self._smoothed: Sequence[float] = ()
         self._spikes: Sequence[tuple[float, float]] = ()
         self._evals: Sequence[tuple[float, float]] = ()
+        self._lr: Sequence[float] = ()
         self._x_range: tuple[float, float] | None = None
         self._ylim: tuple[float, float] | None = None
         """The y axis as drawn: kept while the data fits, so a live chart is not redrawn whole each step."""
@@ -123,11 +148,17 @@ class LossChart(Widget):
         """How many times the data was actually re-plotted (updates with unchanged data do not count)."""
         self.ended = False
         """The run is over (:meth:`show_ended`): an empty chart then says no step was trained."""
+        self.view = ChartView()
+        """The cursor and the zoom (:meth:`move_cursor`, :meth:`zoom_in`, :meth:`reset_view`)."""
+        self._overlays: tuple[object, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Static(EMPTY_TEXT, id="loss-chart-empty")
         plot_class = PlotWidget if self._interactive else _StaticPlot
         yield plot_class(id="loss-chart-plot", allow_pan_and_zoom=self._interactive)
+        # Drawn over the plot, so a cursor move repaints a column and a line, never the plot.
+        yield Static(id="loss-chart-cursor", classes="-overlay")
+        yield Static(id="loss-chart-readout", classes="-overlay", markup=False)
 
     def on_mount(self) -> None:
         plot = self.query_one(PlotWidget)
@@ -138,6 +169,7 @@ class LossChart(Widget):
 
     def on_resize(self, event: Resize) -> None:
         self._redraw()
+        self.call_after_refresh(self._place_overlays)
 
     def watch_log_scale(self) -> None:
         self._ylim = None
@@ -157,6 +189,7 @@ class LossChart(Widget):
         spikes: Sequence[tuple[float, float]] = (),
         x_range: tuple[float, float] | None = None,
         evals: Sequence[tuple[float, float]] = (),
+        lr: Sequence[float] = (),
     ) -> None:
         """Show a new state of the series; cheap when nothing changed.
 
@@ -170,16 +203,120 @@ class LossChart(Widget):
             smoothed: The smoothed loss, one per step (NaN where undefined).
             spikes: ``(step, loss)`` of each flagged spike, drawn as markers.
             evals: ``(step, eval loss)`` of each evaluation, drawn as ``◆`` markers.
+            lr: The learning rate, one per step: the cursor's readout says it.
             x_range: A fixed x axis (a live run's ``(0, max_steps)``): points are then reduced
                 in runs that stay put, and the y axis grows with a margin rather than refitting,
                 so a new step redraws a few cells, not the whole plot (what an SSH link pays for).
         """
         if x_range != self._x_range:
             self._ylim = None
+        self.view.follow(len(self._steps), len(steps))
         self._steps, self._loss, self._smoothed, self._spikes = steps, loss, smoothed, spikes
-        self._evals = evals
+        self._evals, self._lr = evals, lr
         self._x_range = x_range
         self._redraw()
+        self._place_overlays()
+
+    # -- cursor and zoom ---------------------------------------------------------
+
+    def move_cursor(self, by: int) -> None:
+        """Move the cursor ``by`` cells (at least a step each; the first move shows it on the
+        latest step) and say that step's loss and lr. Only the cursor's column and the readout
+        are redrawn, unless the cursor leaves a zoomed window, which then slides along."""
+        if self.view.move(self._steps, by, self._buckets()):
+            self._zoomed()
+        self._place_overlays()
+
+    def zoom_in(self) -> bool:
+        """Show four times fewer steps, around the cursor (without one: the latest steps).
+
+        Returns:
+            Whether it zoomed: ``False`` with no steps, or at the narrowest zoom already.
+        """
+        if not self.view.zoom_in(self._steps, self._whole_x()):
+            return False
+        self._zoomed()
+        return True
+
+    def reset_view(self) -> None:
+        """The whole run again, without a cursor."""
+        zoomed = self.view.window is not None
+        self.view.reset()
+        if zoomed:
+            self._zoomed()
+        self._place_overlays()
+
+    @property
+    def readout(self) -> str:
+        """What the chart's top line says of the cursor and zoom (empty with neither)."""
+        return self.view.readout(self._steps, self._loss, self._lr, self._smoothed, self._readout_width())
+
+    def _whole_x(self) -> tuple[float, float]:
+        """The x axis unzoomed: the live run's planned steps, else from 0 to the last step."""
+        if self._x_range is not None:
+            return self._x_range
+        last = float(self._steps[-1]) if len(self._steps) else 1.0
+        return min(0.0, float(self._steps[0]) if len(self._steps) else 0.0), last
+
+    def _zoomed(self) -> None:
+        self._ylim = None  # the y axis fits the steps in view
+        self._redraw()
+        self.call_after_refresh(self._place_overlays)
+
+    def _readout_width(self) -> int:
+        if not self.is_mounted:
+            return 80
+        return max(0, self.content_size.width - self.query_one(PlotWidget).margin_left - 4)
+
+    def _place_overlays(self) -> None:
+        """Put the cursor's column and the readout where the plot as drawn has them; a no-op
+        when neither moved (a live update leaves a cursor that does not follow alone)."""
+        if not self.is_mounted:
+            return
+        cursor = self.query_one("#loss-chart-cursor", Static)
+        readout = self.query_one("#loss-chart-readout", Static)
+        text = self.readout
+        column = self._cursor_column()
+        key = (text, column[0] if column else None, column[1].plain if column else None, self.size)
+        if key == self._overlays:
+            return
+        self._overlays = key
+        readout.set_class(bool(text), "-shown")
+        if text:
+            readout.update(text)
+            left = self.query_one(PlotWidget).margin_left + 4
+            readout.styles.offset = (max(left, self.content_size.width - cell_len(text) - 1), 0)
+        cursor.set_class(column is not None, "-shown")
+        if column is not None:
+            (x, y, height), line = column
+            cursor.styles.height = height
+            cursor.styles.offset = (x, y)
+            cursor.update(line)
+
+    def _cursor_column(self) -> tuple[tuple[int, int, int], Text] | None:
+        """``((x, y, height), text)`` of the cursor's line down the plot, in this widget's cells;
+        ``None`` without a cursor, or when its step is off the x axis."""
+        i = self.view.cursor
+        if i is None or i >= len(self._steps) or self.axes is None:
+            return None
+        canvas = self.query_one(PlotWidget).query_one("#plot")
+        width, height = canvas.size.width - 2, canvas.size.height - 2  # inside the box's borders
+        x_lo, x_hi, y_lo, y_hi = self.axes
+        step = float(self._steps[i])
+        if width < 1 or height < 1 or not x_lo <= step <= x_hi or not x_hi > x_lo:
+            return None
+        # As textual-plot maps a coordinate to a cell (after the 1-cell border).
+        x = min(width, math.floor(1 + (step - x_lo) / (x_hi - x_lo) * width))
+        rows = [self.CURSOR_LINE] * height
+        value = float(self._loss[i]) if i < len(self._loss) else math.nan
+        if self.log_scale:
+            value = math.log10(value) if value > 0 and math.isfinite(value) else math.nan
+        if math.isfinite(value) and y_hi > y_lo and y_lo <= value <= y_hi:
+            rows[min(height - 1, math.floor(height * (y_hi - value) / (y_hi - y_lo)))] = self.CURSOR_MARKER
+        line = Text("\n".join(rows), style=self.CURSOR_STYLE)
+        origin = self.content_region.offset
+        at = canvas.content_region.offset
+        return (at.x - origin.x + x, at.y - origin.y + 1, height), line
 
     def _buckets(self) -> int:
         return _plot_cells(self)
@@ -206,6 +343,7 @@ class LossChart(Widget):
             buckets,
             rows,
             self._x_range,
+            self.view.window,
             self.ended,
         )
 
@@ -219,18 +357,26 @@ class LossChart(Widget):
             return
         self._drawn_key = key
 
-        span = int(self._x_range[1] - self._x_range[0]) if self._x_range else None
-        raw_x, raw_y = downsample(self._steps, self._loss, buckets, span)
-        smooth_x, smooth_y = downsample(self._steps, self._smoothed, buckets, span)
+        window = self.view.window
+        x_range = window or self._x_range  # a zoom is drawn as a live chart's fixed axis is
+        span = int(x_range[1] - x_range[0]) if x_range else None
+        steps, loss, smoothed = self._steps, self._loss, self._smoothed
+        if window is not None:
+            start, end = self.view.visible(steps)
+            steps, loss, smoothed = steps[start:end], loss[start:end], smoothed[start:end]
+        raw_x, raw_y = downsample(steps, loss, buckets, span)
+        smooth_x, smooth_y = downsample(steps, smoothed, buckets, span)
         spike_x: list[float] = []
         spike_y: list[float] = []
         for step, value in self._spikes:
-            spike_x.append(step)
-            spike_y.append(value)
+            if window is None or window[0] <= step <= window[1]:
+                spike_x.append(step)
+                spike_y.append(value)
         if len(spike_x) > buckets:
             spike_x, spike_y = downsample(spike_x, spike_y, max(1, buckets // 2))
-        eval_x = [float(step) for step, _ in self._evals]
-        eval_y = [float(value) for _, value in self._evals]
+        evals = [(s, v) for s, v in self._evals if window is None or window[0] <= s <= window[1]]
+        eval_x = [float(step) for step, _ in evals]
+        eval_y = [float(value) for _, value in evals]
         if len(eval_x) > buckets:
             eval_x, eval_y = downsample(eval_x, eval_y, max(1, buckets // 2))
         if self.log_scale:
@@ -251,6 +397,9 @@ class LossChart(Widget):
         has_lines = bool(raw_x or smooth_x)
         self.set_class(has_lines, "-has-data")
         placeholder = self.query_one("#loss-chart-empty", Static)
+        if window is not None and not has_lines:
+            # A zoom on steps without a finite loss keeps its axes: the readout says where it is.
+            self.set_class(True, "-has-data")
         if not len(self._steps):
             placeholder.update(ENDED_EMPTY_TEXT if self.ended else EMPTY_TEXT)
         elif not has_lines:
@@ -258,11 +407,11 @@ class LossChart(Widget):
 
         plot = self.query_one(PlotWidget)
         xs, ys = [raw_x, smooth_x, spike_x, eval_x], [raw_y, smooth_y, spike_y, eval_y]
-        if self._x_range is not None and (has_lines or spike_x):
+        if x_range is not None and (has_lines or spike_x):
             # A live chart: redraw only when a braille dot would move. Each redraw resends the
             # whole plot to the terminal, and most steps move no dot once the axes stay put.
             self._ylim = _steady_ylim(ys, self._ylim)
-            dots = _dots(xs, ys, self._x_range, self._ylim, buckets * 2, max(1, plot.size.height) * 4)
+            dots = _dots(xs, ys, x_range, self._ylim, buckets * 2, max(1, plot.size.height) * 4)
             if dots == self._drawn_dots:
                 self.skipped_redraws += 1
                 return
@@ -272,10 +421,12 @@ class LossChart(Widget):
         self.redraw_count += 1
         plot.clear()
         if has_lines or spike_x:
-            if self._x_range is None:
-                self.axes = _set_limits(plot, xs, ys, buckets, rows)
+            if x_range is None:
+                self.axes = _set_limits(plot, xs, ys, buckets, rows, x_origin=0.0)
             else:
-                self.axes = _set_steady_limits(plot, self._x_range, self._ylim or (0.0, 1.0), buckets, rows)
+                self.axes = _set_steady_limits(plot, x_range, self._ylim or (0.0, 1.0), buckets, rows)
+        elif window is not None:
+            self.axes = _set_steady_limits(plot, window, self._ylim or (0.0, 1.0), buckets, rows)
         plot.set_ylabel(axis_label("log10 loss" if self.log_scale else "loss", "log10 loss"))
         _add_line(plot, raw_x, raw_y, self.RAW_STYLE)
         _add_line(plot, smooth_x, smooth_y, self.SMOOTHED_STYLE)
@@ -284,6 +435,8 @@ class LossChart(Widget):
             plot.scatter(spike_x, spike_y, marker=self.SPIKE_MARKER, marker_style=self.SPIKE_STYLE, hires_mode=None)
         if eval_x:
             plot.scatter(eval_x, eval_y, marker=self.EVAL_MARKER, marker_style=self.EVAL_STYLE, hires_mode=None)
+        if self.view.cursor is not None or window is not None:
+            self.call_after_refresh(self._place_overlays)  # the axes moved under them
 
 
 def axis_label(label: str, longest: str) -> str:
@@ -358,16 +511,27 @@ def _y_ticks_that_fit(y_lo: float, y_hi: float, rows: int) -> list[float]:
 
 
 def _set_limits(
-    plot: PlotWidget, xs: list[list[float]], ys: list[list[float]], cells: int, rows: int
+    plot: PlotWidget,
+    xs: list[list[float]],
+    ys: list[list[float]],
+    cells: int,
+    rows: int,
+    x_origin: float | None = None,
 ) -> tuple[float, float, float, float]:
     """Fit the axes to the data with a margin.
 
     textual-plot draws the axis box over the data, and its autoscale puts the extremes exactly
     on the box's top and right edges, where a spike's marker would vanish under the border.
     A one-step series also needs a non-zero range to get readable ticks.
+
+    Args:
+        x_origin: Start the x axis here (or at the data, if that lies before): a finished run's
+            chart keeps the ``0`` tick its live chart had (steps count from 1).
     """
     x_lo = min(min(x) for x in xs if x)
     x_hi = max(max(x) for x in xs if x)
+    if x_origin is not None:
+        x_lo = min(x_lo, x_origin)
     y_lo = min(min(y) for y in ys if y)
     y_hi = max(max(y) for y in ys if y)
     x_span = x_hi - x_lo

@@ -142,11 +142,12 @@ def test_outcome_rows_match_the_fixture_events() -> None:
     facts = [_fixture_facts(n) for n in names]
 
     assert list(rows) == [
-        "final loss", "min loss", "peak VRAM", "tokens/s", "GPU busy", "spikes", "spills", "steps", "duration", "status"
+        "final loss", "min loss", "peak VRAM", "tok/s (mean)", "GPU busy", "spikes", "spills", "steps", "duration",
+        "status",
     ]  # fmt: skip
     assert rows["final loss"] == [fmt_loss(f["final"]) for f in facts]
     assert rows["min loss"] == [fmt_loss(f["min"]) for f in facts]
-    assert rows["tokens/s"] == [f"{f['tokens_per_s']:,.0f}" for f in facts]
+    assert rows["tok/s (mean)"] == [f"{f['tokens_per_s']:,.0f}" for f in facts]
     assert rows["duration"] == [fmt_duration(f["duration"]) for f in facts]
     assert rows["spikes"] == ["0", "0", "2"] == [str(f["spikes"]) for f in facts]
     assert rows["steps"] == ["60/60", "60/60", "120/120"]
@@ -171,7 +172,7 @@ def test_outcome_rows_show_gpu_vram_and_dashes_when_unknown(tmp_path: Path) -> N
 
     assert rows["peak VRAM"] == [fmt_bytes(5 * 1024**3), "–"]
     assert rows["spills"] == ["0", "–"]
-    assert rows["tokens/s"] == ["100", "–"]  # 100 tokens between the two steps, one second apart
+    assert rows["tok/s (mean)"] == ["100", "–"]  # 100 tokens between the two steps, one second apart
 
 
 # -- the text report ----------------------------------------------------------
@@ -315,3 +316,67 @@ def test_cli_compare_errors_are_one_line(
     assert code == 2
     assert captured.err.splitlines() == [message.format(runs=runs)]
     assert captured.out == ""
+
+
+# -- issue 26, item 12: labels that say what they are; a saved screen named by its runs ----------
+
+
+def test_a_running_runs_loss_is_its_loss_now_and_tokens_per_s_says_it_is_the_mean(runs: Path) -> None:
+    import json
+
+    from tests.conftest import copy_run, live_status
+
+    live = copy_run(runs, "tiny-r16", "tiny-live")
+    lines = (live / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (live / "events.jsonl").write_bytes(b"".join(lines[:40]))  # still training: its events so far
+    (live / "status.json").write_text(json.dumps(live_status(state="running")))
+    live_loss = of_type(read_events(live), "step")[-1]["loss"]
+
+    rows = dict(outcome_rows([load_compared(runs / "tiny-r8"), load_compared(live)]))
+    finished = dict(outcome_rows([load_compared(runs / "tiny-r8"), load_compared(runs / "tiny-r16")]))
+
+    assert "final loss" not in rows and rows["loss"] == [
+        fmt_loss(_fixture_facts("tiny-r8")["final"]),
+        f"{live_loss:.4f} now",
+    ]
+    assert finished["final loss"] == [fmt_loss(_fixture_facts(n)["final"]) for n in ("tiny-r8", "tiny-r16")]
+    assert "tokens/s" not in rows and rows["tok/s (mean)"][0] == f"{_fixture_facts('tiny-r8')['tokens_per_s']:,.0f}"
+    text = format_compare([load_compared(runs / "tiny-r8"), load_compared(live)], width=80)
+    assert f"{live_loss:.4f} now" in text and "tok/s (mean)" in text and "final loss" not in text
+
+
+def test_the_file_stem_names_the_runs_safely_and_briefly() -> None:
+    from loratop.tui.compare import file_stem
+
+    assert file_stem(["tiny-r8", "tiny-r16"]) == "compare-tiny-r8-vs-tiny-r16"
+    assert file_stem(["a/b c\x1b[2J", "..hidden"]) == "compare-a_b_c__2J-vs-hidden"
+    stamps = ["tiny-cpu-demo-edited-20261105-143012", "tiny-cpu-demo-edited-20261105-143105"] * 6
+    stem = file_stem(stamps)
+    assert len(stem) <= 120 and "143012" in stem and "143105" in stem and stem.endswith("-more")
+    assert len(file_stem(["x" * 400])) <= 120
+
+
+def test_p_on_the_compare_screen_saves_a_file_named_by_the_runs_never_over_another(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from loratop.tui.app import LoratopApp
+
+    monkeypatch.chdir(tmp_path)
+    app = LoratopApp(None, compare=[runs / "tiny-r8", runs / "tiny-r16"])
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            await pilot.press("p")
+            await pilot.pause()
+            (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16.svg").write_text("the first, kept")
+            await pilot.press("p")
+            await pilot.pause()
+
+    asyncio.run(drive())
+    saved = sorted(p.name for p in (tmp_path / "loratop-exports").iterdir())
+    assert saved == ["compare-tiny-r8-vs-tiny-r16-2.svg", "compare-tiny-r8-vs-tiny-r16.svg"]
+    assert (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16.svg").read_text() == "the first, kept"
+    assert "<svg" in (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16-2.svg").read_text()

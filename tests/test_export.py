@@ -207,3 +207,31 @@ def test_cli_export_into_a_file_path_is_one_line(tmp_path: Path, capsys: pytest.
     assert code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"loratop: cannot write to {blocker}: ")
+
+
+def test_a_single_process_run_keeps_every_column_and_the_readme_names_each_one(tmp_path: Path) -> None:
+    """Issue 26, item 12: the CSV's columns are the same for every run (a script may rely on them);
+    a single process leaves the rank columns empty, never 0; the README lists every column, in order."""
+    out = tmp_path / "m.csv"
+    export_metrics_csv(RUNS / "tiny-r8", out)
+    rows = _rows(out)
+    assert tuple(rows[0]) == METRICS_HEADER
+    assert {(r["ranks"], r["max_rank_gpu_used_bytes"], r["max_rank_rss_bytes"]) for r in rows} == {("", "", "")}
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    export = readme[readme.index("**Export.**") :]
+    export = export[: export.index("\n\n")]
+    where = [export.find(f"`{column}`") for column in METRICS_HEADER]
+    missing = [column for column, at in zip(METRICS_HEADER, where, strict=True) if at < 0]
+    assert not missing, f"README's Export paragraph does not name {missing}"
+    assert where == sorted(where), "README lists the CSV's columns in another order"
+
+
+def test_write_new_never_writes_over_a_file(tmp_path: Path) -> None:
+    from loratop.tui.export import write_new
+
+    first = write_new(tmp_path / "out", "compare-a-vs-b", ".svg", "one")
+    second = write_new(tmp_path / "out", "compare-a-vs-b", ".svg", "two")
+
+    assert (first.name, second.name) == ("compare-a-vs-b.svg", "compare-a-vs-b-2.svg")
+    assert first.read_text() == "one" and second.read_text() == "two"

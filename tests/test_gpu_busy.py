@@ -210,11 +210,11 @@ def test_the_header_ls_compare_and_export_show_busy_and_mfu(tmp_path: Path, caps
     assert state.recent_busy() == 16.0 and state.mean_busy == 16.0
     assert_same_fold(state, slow_fold(run))  # from the index as from every event
     _, second = panels.header_lines(state, now=2000.0)
-    assert second.endswith("1,024 tok/s · GPU 16% busy · MFU 0.4%")
+    assert second.endswith("1,024 tok/s now · GPU 16% busy · MFU 0.4%")  # now: the last 20 steps
     _, narrow = panels.header_lines(state, now=2000.0, width=76)  # an 80-column monitor
-    assert len(narrow) <= 76 and narrow.endswith("1,024 tok/s · GPU 16% busy · MFU 0.4%"), narrow
+    assert len(narrow) <= 76 and narrow.endswith("1,024 tok/s now · GPU 16% busy · MFU 0.4%"), narrow
     _, narrower = panels.header_lines(state, now=2000.0, width=60)
-    assert narrower == "step 40/40 · loss 2.0000 · ETA – · 1,024 tok/s · GPU 16%"
+    assert narrower == "step 40/40 · loss 2.0000 · ETA – · 1,024 tok/s now · GPU 16%"
 
     assert cli.main(["ls", "--runs-dir", str(tmp_path)]) == 0
     assert "16% · MFU 0.4%" in capsys.readouterr().out

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.widgets import DataTable, Static
 
 from loratop.trainer import events as ev
@@ -19,7 +21,7 @@ from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import CompareChart
-from tests.conftest import of_type, read_events
+from tests.conftest import of_type, read_events, until
 
 
 def _column(table: DataTable[Any], title: str) -> list[str]:
@@ -34,7 +36,7 @@ def test_history_lists_runs_with_knobs_outcomes_and_parent(runs: Path) -> None:
     app = LoratopApp(None, runs_root=runs)
 
     async def drive() -> None:
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(160, 24)) as pilot:  # wide enough for every column
             await pilot.pause()
             table = app.screen.query_one(DataTable)
             names = _names(table)
@@ -240,12 +242,21 @@ def test_every_sortable_column_names_a_real_column_and_sort() -> None:
     assert HomeScreen.SORT_BY_COLUMN["eval (best)"] == "eval"  # the held-out loss sorts too
 
 
-def test_esc_and_q_in_a_monitor_opened_from_home_go_back_to_a_fresh_list(runs: Path) -> None:
-    """Opened from the run history, a monitor's esc (and q) come back to it, as its footer and
-    help say; the list is brought up to date on return. On the history, q quits."""
-    from loratop.tui.screens.help_screen import HelpScreen
-    from tests.conftest import copy_run, screen_text
+def test_esc_in_a_monitor_opened_from_home_goes_back_to_a_fresh_list_and_q_quits(runs: Path) -> None:
+    """Opened from the run history, a monitor's esc comes back to it, as its footer and help
+    say; the list is brought up to date on return. q quits, there as everywhere (a finished run's
+    monitor without asking; a live one's asks: issue 26, item 7)."""
+    import json
 
+    from loratop.tui.screens.help_screen import HelpScreen
+    from loratop.tui.screens.monitor_screen import QUIT
+    from loratop.tui.screens.quit_screen import QuitScreen
+    from tests.conftest import copy_run, live_status, screen_text
+
+    live = copy_run(runs, "tiny-r8", "tiny-live")  # a run still training: its events so far, its trainer alive
+    lines = (live / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (live / "events.jsonl").write_bytes(b"".join(lines[:40]))
+    (live / "status.json").write_text(json.dumps(live_status(state="running")))
     app = LoratopApp(None, runs_root=runs)
 
     async def drive() -> None:
@@ -253,16 +264,17 @@ def test_esc_and_q_in_a_monitor_opened_from_home_go_back_to_a_fresh_list(runs: P
             await pilot.pause()
             home = app.screen
             table = home.query_one(DataTable)
+            table.move_cursor(row=_names(table).index("tiny-r8"))
             await pilot.press("enter")
             await pilot.pause(0.3)
             assert isinstance(app.screen, MonitorScreen)
             footer = screen_text(app).splitlines()[-1]
-            assert "esc back" in footer and "quit" not in footer, footer
+            assert "esc back" in footer and "q quit" in footer and "? help" in footer, footer
             await pilot.press("question_mark")
             await pilot.pause()
             assert isinstance(app.screen, HelpScreen)
             help_text = " ".join(screen_text(app).split())
-            assert "esc/q back to the run history" in help_text and "q quit (asks" not in help_text
+            assert "esc back to the run history" in help_text and "q quit loratop (while the run trains" in help_text
             await pilot.press("escape")  # closes the help
             assert isinstance(app.screen, MonitorScreen)
 
@@ -272,14 +284,28 @@ def test_esc_and_q_in_a_monitor_opened_from_home_go_back_to_a_fresh_list(runs: P
             assert app.screen is home
             assert "tiny-new" in _names(table), "the list is refreshed on return, not 2 s later"
 
+            table.move_cursor(row=_names(table).index("tiny-live"))
+            await pilot.press("enter")
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.state.last_step > 0, 20, "the live run's replay")
+            assert monitor.state.is_live
+            await pilot.press("q")
+            await pilot.pause()
+            assert isinstance(app.screen, QuitScreen), "q over a live run asks stop or detach, not back"
+            await pilot.press("escape")  # cancel: the run's monitor again
+            await pilot.pause()
+            assert app.screen is monitor and app.return_code is None
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is home
+
+            table.move_cursor(row=_names(table).index("tiny-r8"))
             await pilot.press("enter")
             await pilot.pause(0.3)
             assert isinstance(app.screen, MonitorScreen)
-            await pilot.press("q")
-            await pilot.pause()
-            assert app.screen is home and app.return_code is None, "q in a monitor opened from home goes back"
-            await pilot.press("q")
-        assert app.return_code == 0
+            await pilot.press("q")  # a finished run: quits without asking
+        assert app.return_code == 0 and app.return_value == QUIT
 
     asyncio.run(drive())
 
@@ -300,7 +326,7 @@ def test_c_on_a_run_started_from_a_sample_names_the_sample_and_what_changed(runs
             toasts.append(message.notification.message)
 
     async def drive() -> None:
-        async with app.run_test(size=(80, 24), notifications=True, message_hook=hook) as pilot:
+        async with app.run_test(size=(200, 24), notifications=True, message_hook=hook) as pilot:  # every column
             await pilot.pause()
             home = app.screen
             home.sort_key = "name"
@@ -422,3 +448,181 @@ def test_back_from_the_monitor_of_a_run_this_dashboard_launched_still_reaps_its_
     finally:
         os.close(write_fd)
     assert trainer.returncode == 0
+
+
+# -- the table fitted to the screen (issue 26, item 8) --------------------------------------------
+
+
+def _hint(app: LoratopApp) -> str:
+    return " ".join(str(app.screen.query_one("#home-hint", Static).render()).split())
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_home_screen_fits_its_width_keeping_the_tweak_loop_columns_and_names_the_rest(
+    runs: Path, width: int
+) -> None:
+    """At 120 columns SPILLS, TIME and PARENT were off the edge (SPIKES cut to ``s``), at 80 EVAL:
+    now every title shown is whole with nothing to scroll to, the knobs that tell reruns apart
+    and the eval loss stay (a long name cut in the middle for them, its time stamp kept), and
+    the hint names every column left out."""
+    from loratop.tui.screens.home_screen import HOME_COLUMNS
+    from tests.conftest import add_evals, copy_run, screen_text
+
+    first = copy_run(runs, "tiny-r8", "tiny-cpu-demo-20261129-075650")
+    second = copy_run(runs, "tiny-r16", "tiny-cpu-demo-20261129-080012", parent=str(first))
+    add_evals(first, [(30, 6.31), (60, 6.2)])
+    add_evals(second, [(60, 6.25)])
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(width, 24)) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            shown = [str(key.value) for key in table.columns]
+            assert table.virtual_size.width <= table.scrollable_content_region.width, "columns off the edge"
+            header = next(line for line in screen_text(app).splitlines() if " status " in line)
+            assert [t for t in re.split(r"\s{2,}", header.strip())] == [str(c.label) for c in table.columns.values()]
+            for column in ("run", "status", "step", "final loss", "knobs", "eval (best)"):
+                assert column in shown, f"{column} left out at {width} columns"
+            runs_shown = [Path(str(key.value)).name for key in table.rows]  # a name may be cut to make room
+            evals = dict(zip(runs_shown, _column(table, "eval (best)"), strict=True))
+            assert evals["tiny-cpu-demo-20261129-075650"] == "6.2000"
+            knobs = dict(zip(runs_shown, _column(table, "knobs"), strict=True))
+            assert knobs["tiny-cpu-demo-20261129-080012"] == "r16 α32 lr1e-3"  # what differs, whole
+            for name, shown_name in zip(runs_shown, _names(table), strict=True):
+                head, _, tail = shown_name.partition("…")
+                assert name.startswith(head) and name.endswith(tail) and len(shown_name) >= min(len(name), 21)
+            hint = _hint(app)
+            assert "every run has b8×1 all7" in hint
+            for column in set(HOME_COLUMNS) - set(shown):
+                title = {"final loss": "loss"}.get(column, column)
+                assert title in hint.split("a wider terminal shows ")[1], f"{column} left out without a word"
+
+    asyncio.run(drive())
+
+
+def test_a_running_runs_loss_is_its_loss_now_not_a_final_one(runs: Path) -> None:
+    sink = _live_run(runs, max_steps=100)
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(160, 24)) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            losses = dict(zip(_names(table), _column(table, "final loss"), strict=True))
+            assert losses["live"] == "2.0000 now"
+            assert losses["tiny-r8"] == f"{of_type(read_events(runs / 'tiny-r8'), ev.STEP)[-1]['loss']:.4f}"
+            titles = {str(key.value): str(column.label) for key, column in table.columns.items()}
+            assert titles["final loss"] == "loss", "a column that holds a running run's loss is not titled final"
+
+    asyncio.run(drive())
+    sink.close()
+
+
+# -- archive and delete (issue 26, item 13) -------------------------------------------------------
+
+
+def _toasts(app: LoratopApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+def test_a_archives_the_run_out_of_the_list_and_ls_counts_it(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loratop.tui import cli
+    from loratop.tui.runs import summarise_run
+
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            table.move_cursor(row=_names(table).index("tiny-r8"))
+            await pilot.press("a")
+            await pilot.pause()
+            assert sorted(_names(table)) == ["tiny-lr-high", "tiny-r16"]
+            assert any(f"archived tiny-r8 into {runs / 'archive'}/" in toast for toast in _toasts(app))
+
+    asyncio.run(drive())
+    assert not (runs / "tiny-r8").exists()
+    assert summarise_run(runs / "archive" / "tiny-r8").status == "completed", "every file kept, readable"
+    assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert not any(line.startswith("tiny-r8 ") for line in out.splitlines())
+    assert f"(1 archived run in {runs / 'archive'}/, not listed)" in err
+    assert out.count("tiny-r8 (archived)") == 2, "the parent of tiny-r16 and tiny-lr-high, archived, not gone"
+    (runs / "archive" / "tiny-r8").rename(runs / "tiny-r8")  # and back with a mv
+    assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("tiny-r8 ") for line in out.splitlines()) and "(archived)" not in out
+
+
+def test_d_deletes_the_run_only_once_the_user_says_yes(runs: Path) -> None:
+    from loratop.tui.screens.confirm_screen import ConfirmScreen
+
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            home = app.screen
+            table = home.query_one(DataTable)
+            table.move_cursor(row=_names(table).index("tiny-r16"))
+            await pilot.press("d")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            assert "Delete tiny-r16 for good?" in " ".join(str(app.screen.query_one(Static).render()).split())
+            await pilot.press("escape")  # no
+            await pilot.pause()
+            assert app.screen is home and (runs / "tiny-r16" / "events.jsonl").is_file()
+            await pilot.press("d")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: "tiny-r16" not in _names(table), 10, "the deleted run to leave the list")
+
+    asyncio.run(drive())
+    assert not (runs / "tiny-r16").exists()
+    assert sorted(p.name for p in runs.iterdir()) == ["tiny-lr-high", "tiny-r8"]
+
+
+def test_a_and_d_refuse_a_run_whose_trainer_lives(runs: Path) -> None:
+    """One holds its trainer.lock (as every trainer does while it runs); one's status.json proves
+    its trainer alive. Neither is archived, nor deleted, nor even asked about."""
+    import json
+    import os
+
+    from loratop.trainer.run_dir import hold_run_dir
+    from loratop.tui.archive import why_live
+    from tests.conftest import live_status
+
+    locked, proven = runs / "tiny-r8", runs / "tiny-r16"
+    lock = hold_run_dir(locked)  # this test stands in for the trainer: the lock is the kernel's
+    lines = (proven / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (proven / "events.jsonl").write_bytes(b"".join(lines[:40]))  # still training: no run_finished yet
+    (proven / "status.json").write_text(json.dumps(live_status(state="running")))
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await pilot.pause()
+            home = app.screen
+            table = home.query_one(DataTable)
+            for run in (locked, proven):
+                table.move_cursor(row=_names(table).index(run.name))
+                await pilot.press("a")
+                await pilot.pause()
+                await pilot.press("d")
+                await pilot.pause()
+                assert app.screen is home, "no question asked about a live run"
+                assert run.name in _names(table)
+            said = "\n".join(_toasts(app))
+            assert "not archived: tiny-r8 is training: its trainer holds trainer.lock" in said
+            assert "not deleted: tiny-r8 is training: its trainer holds trainer.lock" in said
+            assert f"not deleted: tiny-r16 is training: its trainer (pid {os.getpid()}) is alive" in said
+
+    try:
+        asyncio.run(drive())
+        assert (locked / "events.jsonl").is_file() and (proven / "events.jsonl").is_file()
+        assert not (runs / "archive").exists() or not any((runs / "archive").iterdir())
+    finally:
+        os.close(lock)
+    assert why_live(locked) is None, "the lock released: the run may go"

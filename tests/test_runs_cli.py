@@ -67,10 +67,13 @@ def test_ls_prints_the_table(tmp_path: Path) -> None:
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
-        "RUN", "STATUS", "KNOBS", "STEP", "FINAL LOSS", "EVAL (BEST)", "PEAK VRAM", "GPU BUSY", "SPIKES", "SPILLS",
+        "RUN", "STATUS", "KNOBS", "STEP", "LOSS", "EVAL (BEST)", "PEAK VRAM", "GPU BUSY", "SPIKES", "SPILLS",
         "TIME", "PARENT",
     ]  # fmt: skip
     assert lines[3].startswith("done-run") and "completed" in lines[3] and "60/60" in lines[3] and "6.0403" in lines[3]
+    loss = lines[0].index("LOSS")  # a running run's loss is its loss now, never shown as a final one
+    assert lines[1].startswith("live-run") and re.match(r"\d+\.\d{4} now ", lines[1][loss:]), lines[1]
+    assert re.match(r"6\.0403 +[^n ]", lines[3][loss:]), lines[3]
     assert "n/a (CPU)" in lines[3]
     assert "r8 α16 lr2e-3 b8×1 all7" in lines[3]  # no config.yaml: the knobs come from run_started
 
@@ -155,7 +158,7 @@ def test_ls_sort_loss_puts_the_lowest_final_loss_first(runs: Path, capsys: pytes
 
     expected = sorted(["tiny-r8", "tiny-r16", "tiny-lr-high"], key=_final_loss)
     assert [row["RUN"] for row in rows] == expected == ["tiny-r8", "tiny-r16", "tiny-lr-high"]
-    assert [row["FINAL LOSS"] for row in rows] == [f"{_final_loss(name):.4f}" for name in expected]
+    assert [row["LOSS"] for row in rows] == [f"{_final_loss(name):.4f}" for name in expected]
 
 
 def test_ls_sort_by_name_and_spikes(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -343,12 +346,39 @@ def test_ls_on_a_terminal_is_one_line_per_run_with_names_whole(runs: Path, colum
     assert {line.split()[0] for line in lines[1:]} == {r.name for r in list_runs(runs)}, "names whole"
     assert "…" not in "".join(lines)
     header = re.split(r"\s{2,}", lines[0])
-    assert header[:2] == ["RUN", "STATUS"] and {"STEP", "LOSS"} <= set(header)
+    assert header[:2] == ["RUN", "STATUS"] and {"STEP", "LOSS", "KNOBS"} <= set(header)
     if columns == 120:
-        assert "PARENT" in header and "KNOBS" in header
+        assert "PARENT" in header
         child = next(line for line in lines if line.startswith("tiny-cpu-demo-20261129-080012"))
         assert child.endswith("tiny-cpu-demo-20261129-075650"), "the parent, whole, on the run's own line"
-    assert err.startswith(f"(left out to fit {columns} columns: ")
+    assert all(len(line) <= columns for line in err.splitlines()), err  # the notes too
+    said = " ".join(err.split())
+    for title in set(HISTORY_TITLES) - set(header):
+        assert title in said, f"{title} left out without a word: {err!r}"
+
+
+HISTORY_TITLES = (
+    "RUN", "STATUS", "KNOBS", "STEP", "LOSS", "EVAL (BEST)", "PEAK VRAM", "GPU BUSY", "SPIKES", "SPILLS", "TIME",
+    "PARENT",
+)  # fmt: skip
+"""``ls``'s column titles, every column shown."""
+
+
+def test_ls_at_80_columns_keeps_the_knobs_that_tell_reruns_apart_and_says_what_they_share(runs: Path) -> None:
+    """Issue 26, item 8: at 80 columns ``ls`` dropped KNOBS (what tells reruns apart) but kept
+    SPIKES, and its note ran past 80 columns."""
+    _demo_runs(runs)
+
+    lines, err = _ls_on_a_terminal(runs, 80)
+
+    header = re.split(r"\s{2,}", lines[0])
+    assert header[:5] == ["RUN", "STATUS", "KNOBS", "STEP", "LOSS"], header
+    rows = {line.split()[0]: dict(zip(header, re.split(r"\s{2,}", line), strict=True)) for line in lines[1:]}
+    assert rows["tiny-cpu-demo-20261129-080012"]["KNOBS"] == "r16 α32 lr1e-3"
+    assert rows["tiny-cpu-demo-20261129-075650"]["KNOBS"] == "r8 α16 lr2e-3"
+    assert rows["tiny-lr-high"]["KNOBS"] == "r8 α16 lr3e-2"
+    assert "(KNOBS: what differs; every run has b8×1 all7)" in err
+    assert all(len(line) <= 80 for line in [*lines, *err.splitlines()]), err
 
 
 @pytest.mark.parametrize("columns", [None, "80"])
@@ -509,7 +539,7 @@ def test_ls_and_the_summary_show_a_dash_for_what_a_run_that_failed_while_loading
 
     assert summary.status == "failed" and summary.spikes is None and summary.spills is None
     assert again.spikes is None and again.spills is None
-    assert (row["SPIKES"], row["SPILLS"], row["PEAK VRAM"], row["FINAL LOSS"]) == ("–", "–", "–", "–")
+    assert (row["SPIKES"], row["SPILLS"], row["PEAK VRAM"], row["LOSS"]) == ("–", "–", "–", "–")
     assert row["KNOBS"] == "r8 α16 lr2e-3 b8×1 all7"
     assert [r["SPIKES"] for r in _ls(capsys, "--runs-dir", str(runs), "--sort", "spikes")][-1] == "–", "unknown last"
 

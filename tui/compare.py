@@ -111,6 +111,31 @@ def column_names(names: list[str], width: int) -> list[str]:
     return labels
 
 
+FILE_STEM_WIDTH = 120
+"""The longest file name (less its suffix) :func:`file_stem` gives: far under any file system's 255."""
+
+
+def file_stem(names: list[str], width: int = FILE_STEM_WIDTH) -> str:
+    """A file name for a comparison of these runs: ``compare-tiny-r8-vs-tiny-r16``.
+
+    Characters a file name should not hold (``/``, spaces, control characters) become ``_``;
+    past ``width`` characters each name is cut in the middle (both ends kept: where reruns of
+    one config differ), and past that the later runs are counted (``-and-3-more``).
+    """
+    safe = ["".join(ch if ch.isalnum() or ch in "-_.+=" else "_" for ch in name).strip(".") or "run" for name in names]
+    stem = "compare-" + "-vs-".join(safe)
+    if len(stem) <= width:
+        return stem
+    each = max(21, (width - len("compare-")) // len(safe) - len("-vs-"))
+    cut = [middle_cut(name, each).replace(ELLIPSIS, "~") for name in safe]
+    for shown in range(len(cut), 0, -1):
+        more = f"-and-{len(cut) - shown}-more" if shown < len(cut) else ""
+        stem = "compare-" + "-vs-".join(cut[:shown]) + more
+        if len(stem) <= width:
+            return stem
+    return stem[:width]
+
+
 # -- config diff ----------------------------------------------------------------
 
 
@@ -233,6 +258,16 @@ def _spills(run: ComparedRun) -> str:
     return spills_label(run.summary.spills, run.summary.device)
 
 
+MEAN_RATE = "tok/s (mean)"
+"""The tokens/s row: the run's mean, from its first step to its last (evaluations left out)."""
+
+
+def _last_loss(run: ComparedRun) -> str:
+    """The last step's loss; a running run's is its loss now, not a final one."""
+    text = fmt_loss(run.summary.last_loss)
+    return f"{text} now" if run.summary.is_running and run.summary.last_loss is not None else text
+
+
 def _rate(value: float | None) -> str:
     return f"{value:,.0f}" if value is not None else NO_VALUE
 
@@ -248,9 +283,11 @@ def _best_eval(run: ComparedRun) -> str:
 def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
     """What each run came to, formatted for display, one row per measure.
 
-    Rows: final loss, min loss, peak VRAM, tokens/s, GPU busy and MFU, spikes, spills, steps,
-    duration, status. Nothing unmeasured shows as zero: VRAM on a CPU run is ``n/a (CPU)``, an
-    unknown value ``–``.
+    Rows: final loss, min loss, peak VRAM, tokens/s (the run's mean: ``tok/s (mean)``, where the
+    monitor's header says the last 20 steps'), GPU busy and MFU, spikes, spills, steps, duration,
+    status. Nothing unmeasured shows as zero: VRAM on a CPU run is ``n/a (CPU)``, an unknown value
+    ``–``. A running run's loss is its loss now (``2.3101 now``), and the row is then titled
+    ``loss``, not ``final loss``.
     """
     # Runs of several ranks: how many, since peak VRAM and spills are then over all of them.
     several = any(r.summary.world_size > 1 for r in runs)
@@ -262,13 +299,14 @@ def outcome_rows(runs: list[ComparedRun]) -> list[tuple[str, list[str]]]:
             ("eval loss", [fmt_loss(r.summary.eval_loss) for r in runs]),
             ("best eval", [_best_eval(r) for r in runs]),
         ]
+    running = any(r.summary.is_running for r in runs)
     return [
-        ("final loss", [fmt_loss(r.summary.last_loss) for r in runs]),
+        ("loss" if running else "final loss", [_last_loss(r) for r in runs]),
         ("min loss", [fmt_loss(r.summary.min_loss) for r in runs]),
         *evals,
         ("peak VRAM", [peak_vram_label(r.summary.peak_vram, r.summary.device) for r in runs]),
         *ranks,
-        ("tokens/s", [_rate(r.summary.tokens_per_s) for r in runs]),
+        (MEAN_RATE, [_rate(r.summary.tokens_per_s) for r in runs]),
         ("GPU busy", [busy_label(r.summary.gpu_busy, r.summary.mfu, r.summary.device) for r in runs]),
         ("spikes", [count_label(r.summary.spikes) if r.state.started is not None else NO_VALUE for r in runs]),
         ("spills", [_spills(r) for r in runs]),

@@ -231,6 +231,25 @@ def export_files(run_dir: Path, out_dir: Path = EXPORT_DIR) -> list[tuple[Path, 
     return written
 
 
+def write_new(out_dir: Path, stem: str, suffix: str, text: str) -> Path:
+    """Write ``text`` into a new file ``out_dir/<stem><suffix>`` (the folder made if needed),
+    never over an existing one: ``<stem>-2<suffix>``, ``-3``... when the name is taken.
+
+    Returns:
+        The file written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = out_dir / f"{stem}{f'-{n}' if n > 1 else ''}{suffix}"
+        try:
+            with open(path, "x", encoding="utf-8") as fh:  # "x": fails on a file that exists, even one made meanwhile
+                fh.write(text)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{out_dir}: {stem}{suffix} and 9,999 numbered copies exist")
+
+
 def export_run(run_dir: Path, out_dir: Path = EXPORT_DIR) -> list[Path]:
     """Write a run's metrics CSV, events JSONL (and eval CSV) into ``out_dir``; the paths written."""
     return [path for path, _ in export_files(run_dir, out_dir)]

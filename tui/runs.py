@@ -435,17 +435,22 @@ def resolve_parent(run_dir: Path, parent: str | None) -> Path | None:
 
     Returns:
         The parent path if it is a run folder, else a same-named sibling of ``run_dir``
-        that is a run folder, else ``None`` (no parent, a config file, or gone).
+        that is a run folder (or one archived beside it), else ``None`` (no parent, a config
+        file, or gone).
     """
     if not parent:
         return None
     path = Path(parent)
     if is_run_dir(path):
         return path
-    sibling = run_dir.parent / path.name
-    if path.name and is_run_dir(sibling) and sibling.resolve() != run_dir.resolve():
-        return sibling
+    for sibling in (run_dir.parent / path.name, run_dir.parent / ARCHIVE / path.name):
+        if path.name and is_run_dir(sibling) and sibling.resolve() != run_dir.resolve():
+            return sibling
     return None
+
+
+ARCHIVE = "archive"
+"""The folder under the runs folder that archived runs are moved into (:mod:`tui.archive`)."""
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -455,14 +460,16 @@ def parent_label(run_dir: Path, parent: str | None) -> str:
     """Short name of a run's parent.
 
     Returns:
-        The parent run's folder name; a config file's name; ``<name> (gone)`` for a
-        parent run that is nowhere to be found; ``–`` when there is no parent.
+        The parent run's folder name (``<name> (archived)`` once archived); a config file's
+        name; ``<name> (gone)`` for a parent run that is nowhere to be found; ``–`` when there
+        is no parent.
     """
     if not parent:
         return "–"
     resolved = resolve_parent(run_dir, parent)
     if resolved is not None:
-        return resolved.name
+        archived = resolved.parent.name == ARCHIVE and resolved.parent.resolve() != run_dir.parent.resolve()
+        return f"{resolved.name} (archived)" if archived else resolved.name
     path = Path(parent)
     if path.suffix in CONFIG_SUFFIXES or path.is_file():
         return path.name

@@ -39,7 +39,7 @@ class CompareScreen(LoratopScreen[None]):
         Binding("x", "x_axis", "steps/tokens", tooltip="plot over optimizer steps or over tokens seen"),
         Binding("m", "smooth", "raw/smoothed", tooltip="per-step loss or EMA-smoothed loss"),
         Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
-        Binding("p", "app.export_screen", "save SVG", tooltip="save this screen as SVG in loratop-exports/"),
+        Binding("p", "save_svg", "save SVG", tooltip="save this screen as SVG in loratop-exports/, named by the runs"),
         Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
 
@@ -157,6 +157,19 @@ class CompareScreen(LoratopScreen[None]):
     def action_log_scale(self) -> None:
         chart = self.query_one(CompareChart)
         chart.log_scale = not chart.log_scale
+
+    def action_save_svg(self) -> None:
+        """Save the screen as ``loratop-exports/compare-A-vs-B.svg``, named by the runs compared
+        (a new file each time: ``-2``, ``-3``... rather than over an earlier one)."""
+        from loratop.tui.export import EXPORT_DIR, write_new
+
+        stem = compare.file_stem([run.name for run in self.runs])
+        try:
+            path = write_new(EXPORT_DIR, stem, ".svg", self.app.export_screenshot())
+        except OSError as exc:
+            self.notify(f"export failed: {exc}", severity="error", markup=False)
+            return
+        self.notify(f"saved to {EXPORT_DIR}/:\n  {path.name}", markup=False)
 
     def action_back(self) -> None:
         """Back to the run history; opened first (``loratop compare``), leave."""

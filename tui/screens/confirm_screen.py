@@ -21,7 +21,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self._question)
+            yield Static(self._question, markup=False)  # it may name a run: lora[r16] is no markup
             with Horizontal():
                 yield Button(self._yes, variant="error", id="yes")
                 yield Button("Cancel", id="no")

@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
+from textual.events import Resize
 from textual.widgets import DataTable, Static
 
-from loratop.tui import panels
+from loratop.tui.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
+from loratop.tui.run_table import FittedTable, fit_history, history_cells
 from loratop.tui.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
 from loratop.tui.screens.compare_screen import CompareScreen
+from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import KeyFooter
@@ -25,16 +28,20 @@ HOME_COLUMNS = (
     "run", "status", "step", "final loss", "eval (best)", "knobs", "peak VRAM", "GPU busy", "spikes", "spills", "time",
     "parent",
 )  # fmt: skip
-"""The home screen's columns, in order: what a user looks for first (name, status, step, final
-loss) fits 80 columns without scrolling, the rest follow. ``loratop ls`` keeps
-:data:`~tui.panels.HISTORY_COLUMNS`' order."""
+"""The home screen's columns, in order: what a user looks for first (name, status, step, loss)
+on the left. Those that do not fit the screen are left out, most useful kept
+(:data:`~tui.run_table.KEPT_FIRST`), and the hint under the table names them. ``loratop ls``
+keeps :data:`~tui.panels.HISTORY_COLUMNS`' order."""
+
+REMOVE = Binding.Group("archive/delete")
+"""``a`` and ``d``: one entry of the footer where it has room (the help lists both)."""
 
 
 class HomeScreen(LoratopScreen[None]):
     """Run history: every run under the runs folder with its key knobs and outcome; sortable.
 
-    Open one, edit one (rerun with changes), mark several and compare them, or start
-    from a sample config.
+    Open one, edit one (rerun with changes), mark several and compare them, start from a
+    sample config, or archive or delete one that no trainer runs.
     """
 
     BINDINGS = [
@@ -46,6 +53,14 @@ class HomeScreen(LoratopScreen[None]):
         Binding("n", "new", "new", tooltip="start a run from a sample config"),
         Binding("x", "export", "export", tooltip="export the run's metrics CSV and events JSONL"),
         Binding("r", "reload", "refresh", tooltip="refresh the list now (it refreshes itself every 2 s)"),
+        Binding(
+            "a",
+            "archive",
+            "archive",
+            tooltip="archive the run: move it to archive/ beside the runs (mv undoes it)",
+            group=REMOVE,
+        ),
+        Binding("d", "delete", "delete", tooltip="delete the run's folder for good (asks first)", group=REMOVE),
         Binding("q", "app.quit", "quit", tooltip="quit (runs go on training: each in its own session)"),
         Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
@@ -73,6 +88,11 @@ class HomeScreen(LoratopScreen[None]):
         self._catalog = RunCatalog(root)
         self._shown: list[tuple[str, tuple[str, ...]]] = []
         """The table's rows as drawn: (run folder, cells)."""
+        self._layout: tuple[tuple[str, str, int], ...] = ()
+        """The table's columns as drawn: (column, title, width)."""
+        self._width: int | None = None
+        """The screen width the table was laid out for."""
+        self._hint_text = ""
 
     def compose(self) -> ComposeResult:
         yield Static(Content.from_markup("[b]loratop[/b] · runs in $root/", root=str(self.root)), id="run-header")
@@ -81,11 +101,13 @@ class HomeScreen(LoratopScreen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for title in HOME_COLUMNS:
-            table.add_column(title, key=title)
         self.action_reload()
         self.set_interval(LIVE_REFRESH_S, self._refresh_live)
+
+    def on_resize(self, event: Resize) -> None:
+        """A new width: the columns are chosen again."""
+        if self._width != event.size.width:
+            self.action_reload()
 
     def on_screen_resume(self) -> None:
         """Back from a run's monitor, the editor or compare: the list as it is now."""
@@ -100,42 +122,70 @@ class HomeScreen(LoratopScreen[None]):
         if self.is_current:
             self._show(self._rows(), rebuild=False)
 
-    def _rows(self) -> list[tuple[str, tuple[str, ...]]]:
+    def _rows(self) -> list[tuple[str, dict[str, str]]]:
         runs = sort_runs(self._catalog.runs(), self.sort_key)
         self._runs = {run.run_dir: run for run in runs}
         rows = []
         for run in runs:
-            cells = dict(zip(panels.HISTORY_COLUMNS, panels.history_row(run), strict=True))
+            cells = history_cells(run)
             if run.run_dir in self.marked:
                 cells["run"] = "● " + cells["run"]
-            rows.append((str(run.run_dir), tuple(cells[title] for title in HOME_COLUMNS)))
+            rows.append((str(run.run_dir), cells))
         return rows
 
-    def _show(self, rows: list[tuple[str, tuple[str, ...]]], rebuild: bool) -> None:
+    def _room(self, rows: int) -> int:
+        """The columns the table can fill: its width, less a scrollbar's two when the rows overflow it."""
         table = self.query_one(DataTable)
-        if not rebuild and [key for key, _ in rows] == [key for key, _ in self._shown]:
-            for (key, cells), (_, before) in zip(rows, self._shown, strict=True):
-                for title, cell, old in zip(HOME_COLUMNS, cells, before, strict=True):
+        width = table.size.width or self.app.size.width
+        height = table.size.height or self.app.size.height - 5
+        return width - (2 if rows + 1 > height else 0)
+
+    def _show(self, rows: list[tuple[str, dict[str, str]]], rebuild: bool) -> None:
+        table = self.query_one(DataTable)
+        self._width = self.size.width or self.app.size.width
+        fitted = fit_history([cells for _, cells in rows], self._room(len(rows)), HOME_COLUMNS)
+        # Widths too: a DataTable column never narrows by itself, so a column that must is laid out afresh.
+        layout = tuple((column, fitted.titles[column], fitted.width(column)) for column in fitted.columns)
+        shown = [
+            (key, tuple(cells[column] for column in fitted.columns))
+            for (key, _), cells in zip(rows, fitted.rows, strict=True)
+        ]
+        keys = [key for key, _ in shown]
+        if not rebuild and layout == self._layout and keys == [key for key, _ in self._shown]:
+            for (key, cells), (_, before) in zip(shown, self._shown, strict=True):
+                for column, cell, old in zip(fitted.columns, cells, before, strict=True):
                     if cell != old:
-                        table.update_cell(key, title, Text(cell), update_width=True)  # 99/100 → 100/100: never cut
-            self._shown = rows
+                        table.update_cell(key, column, Text(cell), update_width=True)  # 99/100 → 100/100: never cut
+            self._shown = shown
+            self._hint(rows, fitted)
             return
         cursor = table.cursor_row
-        table.clear()
-        for key, cells in rows:
+        table.clear(columns=layout != self._layout)
+        if layout != self._layout:
+            for column, title, _ in layout:
+                table.add_column(Text(title), key=column)
+            self._layout = layout
+        for key, cells in shown:
             table.add_row(*map(Text, cells), key=key)  # a str cell would be read as markup: lora[r16]
-        self._shown = rows
-        if rows:
-            table.move_cursor(row=min(cursor, len(rows) - 1))
-        hint = self.query_one("#home-hint", Static)
+        self._shown = shown
+        if shown:
+            table.move_cursor(row=min(cursor, len(shown) - 1))
+        self._hint(rows, fitted)
+
+    def _hint(self, rows: list[tuple[str, dict[str, str]]], fitted: FittedTable) -> None:
+        """The lines under the table: the sort, what the narrowed table left out, the keys."""
         if not rows:
-            hint.update(f"no runs under {self.root}/ yet · n starts one from a sample config")
+            text = f"no runs under {self.root}/ yet · n starts one from a sample config"
         else:
             marked = f" · {len(self.marked)} marked" if self.marked else ""
-            hint.update(
-                f"sorted by {self.sort_key}{marked} · enter opens · e edits/reruns · space marks · "
-                "c compares (marked, or a run with its parent)"
+            about = " · ".join([f"sorted by {self.sort_key}{marked}", *fitted.notes()])
+            text = (
+                f"{about}\nenter opens · e edits/reruns · space marks · c compares (marked, or a run with its "
+                "parent) · a archives · d deletes"
             )
+        if text != self._hint_text:  # the live refresh comes every 2 s: redrawn only when it says something new
+            self._hint_text = text
+            self.query_one("#home-hint", Static).update(text)
 
     def selected(self) -> Path | None:
         """The run under the cursor."""
@@ -211,6 +261,62 @@ class HomeScreen(LoratopScreen[None]):
         run_dir = self.selected()
         if run_dir is not None:
             self.loratop.export_run(run_dir, screen=False)
+
+    def action_archive(self) -> None:
+        """Move the run under the cursor into ``archive/`` beside the runs (never a live one)."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        try:
+            archive_run(run_dir, self.root)
+        except (RunIsLive, CannotArchive, OSError) as exc:
+            self.notify(f"not archived: {exc}", severity="warning", timeout=12, markup=False)
+            return
+        self._removed(run_dir)
+        self.notify(
+            f"archived {run_dir.name} into {archive_dir(self.root)}/ (mv it back into {self.root}/ to list it again)",
+            timeout=10,
+            markup=False,
+        )
+
+    def action_delete(self) -> None:
+        """Delete the run under the cursor, folder and all, once the user says yes (never a live one)."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        live = why_live(run_dir)
+        if live is not None:
+            self.notify(
+                f"not deleted: {live} (s in its monitor stops it)", severity="warning", timeout=12, markup=False
+            )
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._delete(run_dir)
+
+        question = (
+            f"Delete {run_dir.name} for good? Its folder goes, and every file in it: the events, the "
+            "checkpoints, the adapter. (a archives it instead: out of the list, and back with a mv.)"
+        )
+        self.app.push_screen(ConfirmScreen(question, "Delete"), confirmed)
+
+    @work(thread=True, exit_on_error=False, group="delete")
+    def _delete(self, run_dir: Path) -> None:
+        """Remove the folder off the UI thread (an adapter's checkpoints may be gigabytes)."""
+        try:
+            delete_run(run_dir)
+        except (RunIsLive, OSError) as exc:
+            self.app.call_from_thread(self.notify, f"not deleted: {exc}", severity="warning", timeout=12, markup=False)
+            return
+        self.app.call_from_thread(self._removed, run_dir)
+        self.app.call_from_thread(self.notify, f"deleted {run_dir.name}", markup=False)
+
+    def _removed(self, run_dir: Path) -> None:
+        """A run left the folder: off the marks, and the list without it."""
+        if run_dir in self.marked:
+            self.marked.remove(run_dir)
+        self.action_reload()
 
     def action_new(self) -> None:
         from loratop.tui.screens.sample_picker_screen import SamplePicker

@@ -266,3 +266,99 @@ def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
             assert isinstance(app.screen, MonitorScreen)
 
     asyncio.run(drive())
+
+
+# -- issue 26: the screens after a launch, sparklines on attach, the log pane -------------------
+
+
+def _live_run(runs: Path, name: str = "tiny-r8", events: int = 40) -> Path:
+    """A recorded run of the tiny model as it was while training: its first ``events`` events,
+    and a status.json that proves its trainer (this test process) alive."""
+    from tests.conftest import copy_run
+
+    run_dir = copy_run(runs, name, f"{name}-live")
+    lines = (run_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:events]))
+    (run_dir / "status.json").write_text(json.dumps(live_status(state="running")))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_save_and_launch_from_a_runs_monitor_opens_the_new_run_over_the_history(tmp_path: Path) -> None:
+    """Issue 26, item 7: ``loratop run`` → ``e`` → save+launch. The new run's monitor takes the
+    editor's place over the run history (not over the previous run's monitor): ``q`` there asks
+    stop or detach, ``esc`` goes to the history, which lists both runs."""
+    from textual.widgets import DataTable, Input
+
+    from loratop.tui.screens.home_screen import HomeScreen
+    from loratop.tui.screens.knob_editor_screen import KnobEditor
+    from tests.conftest import screen_text
+
+    runs = tmp_path / "runs"
+    first = _live_run(runs)
+    app = LoratopApp(first, runs_root=runs)
+    saved = tmp_path / "edited.yaml"
+    launched_dirs: list[Path] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.state.last_step > 0, 20, "the replay")
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, KnobEditor), 10, "the editor")
+            editor = app.screen
+            editor.query_one("#save-path", Input).value = str(saved)
+            await pilot.press("ctrl+b")  # save+launch: a real trainer starts
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen is not monitor, 20, "it")
+            launched = app.screen
+            assert isinstance(launched, MonitorScreen) and launched.run_dir != first and saved.is_file()
+            launched_dirs.append(launched.run_dir)
+            assert [type(s) for s in app.screen_stack[1:]] == [HomeScreen, MonitorScreen], app.screen_stack
+            await until(pilot, lambda: screen_text(app).splitlines()[-1].strip() != "", 5, "the footer drawn")
+            footer = screen_text(app).splitlines()[-1]
+            assert "esc back" in footer and "q quit" in footer, footer
+            assert launched.state.is_live
+            await pilot.press("q")
+            await pilot.pause()
+            assert isinstance(app.screen, QuitScreen), "q on the launched run asks stop or detach"
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is launched
+            await pilot.press("escape")
+            await pilot.pause(0.5)
+            home = app.screen
+            assert isinstance(home, HomeScreen), "esc goes to the run history, not to the previous run's monitor"
+            table = home.query_one(DataTable)
+            keys = {Path(str(key.value)).name: key for key in table.rows}
+            assert {first.name, launched.run_dir.name} <= keys.keys()
+            table.move_cursor(row=table.get_row_index(keys[launched.run_dir.name]))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), 5, "the launched run's monitor again")
+            await pilot.press("d")  # detach: the CLI's "come back with" names this run, not the first
+
+    asyncio.run(drive())
+    assert app.return_code == 0 and app.return_value == DETACHED and app.ended_on == launched_dirs[0]
+
+
+def test_sparklines_show_the_history_at_once_after_attach(tmp_path: Path) -> None:
+    """Issue 26, item 12: attached to a training run, the lr and memory sparklines draw the
+    replayed history in the same redraw as the panels beside them, not 5 s later."""
+    from textual.widgets import Sparkline
+
+    run_dir = _live_run(tmp_path / "runs", events=60)
+    app = LoratopApp(run_dir)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            # The redraw that writes the lr text is the one that would draw the sparklines.
+            await until(pilot, lambda: _text(app, "#lr-text") != "lr –", 20, "the replay drawn")
+            assert screen.state.is_live and len(screen.state.steps) > 5
+            lr = screen.query_one("#lr-spark", Sparkline).data
+            memory = screen.query_one("#mem-spark", Sparkline).data
+            assert lr and list(lr)[-1] == screen.state.lr[-1], "the lr sparkline is flat after attach"
+            assert memory and list(memory) == list(screen.state.mem_series[-240:])
+
+    asyncio.run(drive())

@@ -751,12 +751,58 @@ def test_kill_9_under_no_tui_names_the_signal_and_ls_agrees(tmp_path: Path, caps
     assert cli_process.wait(timeout=60) == 1
     assert "error: trainer killed by SIGKILL at step " in rest and "OOM killer" in rest
     assert "Traceback" not in rest
+    # Issue 26, item 10: the diagnosis is the last thing printed, where an 80×24 terminal keeps
+    # it in view; the Trainer's per-step printouts (~280 characters each) are not repeated.
+    lines = rest.rstrip("\n").split("\n")
+    assert lines[-3].startswith("error: trainer killed by SIGKILL at step "), lines[-6:]
+    assert "OOM killer" in lines[-2] and lines[-1] == f"  full log: {run_dir / 'trainer.log'}", lines[-6:]
+    assert "{'loss'" not in rest
+    last_step = max((i for i, line in enumerate(lines) if line.startswith("step ")), default=-1)
+    after_steps = lines[last_step + 1 :]
+    assert len(after_steps) <= 12 and all(len(line) <= 100 for line in after_steps[:-1]), after_steps
+    # Issue 26, item 13, on the same real run: the start banner names the libraries (the event
+    # and trainer.log), and the memory samples carry the CPU figures the ETA hint reads.
+    from tests.conftest import of_type, read_events
+
+    events = read_events(run_dir)
+    banner = next(e["message"] for e in of_type(events, "log") if e["message"].startswith("torch "))
+    assert all(f" · {name} " in banner for name in ("transformers", "peft", "bitsandbytes", "trl", "Python"))
+    assert f"loratop: {banner}\n" in (run_dir / "trainer.log").read_text()
+    hosts = [e["host"] for e in of_type(events, "memory")]
+    assert any(isinstance(h.get("cpu_cores"), int) and h["cpu_trainer"] >= 0 for h in hosts[1:]), hosts[:3]
     status = status_of(run_dir)
     assert status["state"] == "lost" and status["lost_cause"] == "killed by SIGKILL" and status["exit_code"] == -9
     capsys.readouterr()
     assert cli.main(["ls", "--runs-dir", str(tmp_path / "runs")]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("k9"))
     assert row.split()[1] == "lost"
+
+
+def test_a_lost_trainers_log_tail_keeps_what_may_say_why_on_one_row_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26, item 10: of a real CPU demo run's log, the per-step printouts, progress bars and
+    warnings known to be harmless are left out; a line that may say why the trainer died is kept
+    (cut to the terminal's width, with where the rest is: the full log, named after it)."""
+    import io
+
+    from loratop.tui.headless import _print_log_tail
+
+    monkeypatch.setenv("COLUMNS", "80")  # the terminal's width, as shutil reads it
+    recorded = (Path(__file__).parent / "data" / "trainer-cpu-demo.log").read_bytes()
+    last_words = "Fatal Python error: Segmentation fault in a C extension, " + "with its long explanation " * 8
+    log = tmp_path / "trainer.log"
+    log.write_bytes(recorded + last_words.encode() + b"\n" + recorded.split(b"\n")[-2] + b"\n")
+    out = io.StringIO()
+    _print_log_tail(log, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "last lines of trainer.log (metric printouts, bars and harmless warnings left out):"
+    assert lines[1:] == ["  " + last_words[:77] + "…"], lines
+
+    log.write_bytes(recorded)  # nothing in it says why
+    out = io.StringIO()
+    _print_log_tail(log, out)
+    assert out.getvalue().startswith("the last lines of trainer.log say nothing of why")
 
 
 def test_a_trainer_found_gone_later_is_recorded_lost_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,7 +47,7 @@ def test_header_progress_eta_and_throughput() -> None:
     assert "step 10/100" in second and "loss 1.9000" in second
     assert "elapsed 20s" in second  # since the first event
     assert "ETA 1:30" in second  # 90 steps at 1 step/s
-    assert "100 tok/s" in second
+    assert "100 tok/s now" in second  # the last 20 steps' (compare says the mean: tok/s (mean))
 
 
 def test_nan_loss_is_shown_as_nan_not_a_number() -> None:
@@ -272,3 +272,19 @@ def test_the_best_eval_is_the_one_the_trainer_named() -> None:
     state = RunState(Path("old"))
     state.apply({"v": 1, "seq": 0, "t": 0.0, "type": "eval", "step": 5, "eval_loss": 1.0})  # no best_step: scanned
     assert (state.best_eval or {}).get("step") == 5
+
+
+def test_lr_and_grad_norm_each_have_their_own_text_and_history() -> None:
+    """issue 26: the sparkline beside the grad norm plotted the lr; each now has its own series."""
+    assert (panels.lr_text(_state()), panels.grad_norm_text(_state())) == ("lr –", "grad norm –")
+    grads = [0.5, 0.7, math.nan, 6.1, 0.6]  # a NaN: an fp16 step the scaler skipped
+    steps = [
+        {**_step(i + 1, 2.0, 1000.0 + i, 10 * i), "lr": 1e-4 * (i + 1), "grad_norm": g} for i, g in enumerate(grads)
+    ]
+    state = _state(_started(), *steps)
+    assert panels.lr_text(state) == "lr 5.00e-04" and panels.grad_norm_text(state) == "grad norm 0.6000"
+    assert panels.spark_history(state.grad_norm) == [0.5, 0.7, 6.1, 0.6]
+    assert panels.spark_history(state.lr) == [1e-4 * i for i in range(1, 6)]
+    assert panels.spark_history(state.grad_norm, steps=2) == [6.1, 0.6]
+    nan_last = _state(_started(), {**_step(1, 2.0, 1000.0, 10), "grad_norm": math.nan})
+    assert panels.grad_norm_text(nan_last) == "grad norm NaN"

@@ -181,7 +181,7 @@ def test_quit_dialog_at_80x24_shows_its_question_and_every_choice(runs: Path, tm
     asyncio.run(drive())
 
 
-def test_home_at_80x24_shows_name_status_step_and_final_loss_without_scrolling(runs: Path, tmp_path: Path) -> None:
+def test_home_at_80x24_shows_name_status_step_loss_and_knobs_without_scrolling(runs: Path, tmp_path: Path) -> None:
     """Even with a launched run's long name (``<config>-<date>-<time>``)."""
     long_name = "tiny-cpu-demo-edited-20261105-143012"
     copy_run(runs, "tiny-r16", long_name, parent=str(runs / "tiny-r8"))
@@ -194,7 +194,7 @@ def test_home_at_80x24_shows_name_status_step_and_final_loss_without_scrolling(r
             assert table.scroll_x == 0
             lines = screen_text(app).splitlines()
             header = next(line for line in lines if "status" in line)
-            for title in ("run", "status", "step", "final loss"):
+            for title in ("run", "status", "step", "loss", "knobs"):
                 assert title in header, f"{title!r} needs scrolling right at 80 columns: {header!r}"
             row = next(line for line in lines if "143012" in line)  # the name keeps its time stamp
             assert "completed" in row and "60/60" in row and "6.0724" in row, row
@@ -252,5 +252,51 @@ def test_editor_at_80x24_opens_on_its_first_knob_with_its_actions_in_view(tmp_pa
             for key in ("esc back", "^r launch", "^s save as", "^b save+launch"):
                 assert key in footer, footer
             _save(app, "editor", tmp_path)
+
+    asyncio.run(drive())
+
+
+def test_the_log_pane_at_80x24_wraps_long_lines_and_labels_the_harmless_cpu_warnings(
+    runs: Path, tmp_path: Path
+) -> None:
+    """Issue 26, item 12. The trainer's log of a real CPU run of the demo (its first 20 lines,
+    then 3 of its per-step metric printouts): a long line reads whole at 80 columns (wrapped, not
+    cut); bitsandbytes' warnings say they are expected on CPU and harmless, and still show; a
+    per-step printout keeps to one row."""
+    from tests.conftest import REPO
+
+    # Bytes: its progress bars redraw with \r, which text mode would read as line ends.
+    recorded = (REPO / "tests" / "data" / "trainer-cpu-demo.log").read_bytes().split(b"\n")
+    log_file = runs / "tiny-lr-high" / "trainer.log"
+    log_file.write_bytes(b"\n".join(recorded[:20]) + b"\n")  # ends with the paged-optimizer warning and its source line
+    app = LoratopApp(runs / "tiny-lr-high")
+
+    def pane_rows() -> list[str]:
+        region = app.screen.query_one("#trainer-log").region
+        rows = screen_text(app).splitlines()[region.y : region.bottom]
+        return [row[region.x : region.right].rstrip() for row in rows]
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await _replayed(pilot, app)
+            await pilot.press("g")
+            await until(pilot, lambda: "behavior." in " ".join(pane_rows()), 5, "the warning's end on screen")
+            rows = pane_rows()
+            flat = " ".join(" ".join(rows).split())
+            assert "(expected on CPU, harmless: nothing is paged without a GPU" in flat, rows
+            assert "UserWarning: Paged optimizers are not supported on CPU. Falling back to non-paged" in flat
+            assert 'state["state1"] = self.get_state_buffer(p, dtype=torch.float32)' in flat
+            _save(app, "monitor-log-wrapped", tmp_path)
+
+            with log_file.open("ab") as fh:
+                fh.write(b"\n".join(recorded[20:23]) + b"\n")  # three per-step printouts
+            await until(pilot, lambda: pane_rows()[-1].startswith("{'loss'"), 5, "the printouts")
+            printouts = [row for row in pane_rows() if row.startswith("{'loss'")]
+            assert len(printouts) == 3 and all(row.endswith("…") for row in printouts), pane_rows()
+
+            # The whole log, as the pane holds it: the first warning labelled, and whole.
+            whole = " ".join(" ".join(strip.text for strip in app.screen.query_one("#trainer-log").lines).split())
+            assert "(harmless: bitsandbytes runs its built-in CPU kernel (the hub's optional one" in whole
+            assert "Please make sure you already `pip install kernels` and the kernels >= 0.11.1" in whole
 
     asyncio.run(drive())

@@ -234,7 +234,9 @@ def test_ctrl_c_in_headless_mode_stops_and_exits_130(tmp_path: Path) -> None:
     assert cli.stdout is not None
     rest = cli.stdout.read()
     assert cli.wait(timeout=120) == 130
-    assert "run stopped" in rest
+    # Issue 26, item 12: Ctrl-C is named as such, not as the SIGTERM a dashboard's s sends.
+    assert "run stopped by SIGINT (Ctrl-C) after " in rest
+    assert of_type(read_events(run_dir), ev.RUN_FINISHED)[0]["stopped_by"] == "SIGINT"
     assert status_of(run_dir)["status"] == ev.STOPPED
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 

@@ -81,6 +81,16 @@ class HostMemory(TypedDict, total=False):
     rss: int
     total: int
     available: int
+    cpu_trainer: float
+    """Cores' worth of CPU time the trainer's process tree got since the previous sample
+    (absent from a run's first sample, and from runs recorded before loratop measured it)."""
+    cpu_busy: float
+    """Cores' worth of busy time, any process's, on the cores the trainer may run on, since the previous sample."""
+    cpu_cores: int
+    """How many cores the trainer may run on (its CPU affinity)."""
+    cpu_waited: float
+    """Cores' worth of time the trainer's threads were ready to run but waited for a core, since
+    the previous sample (Linux's run-queue delay; absent where the kernel does not say)."""
 
 
 class TorchMemory(TypedDict, total=False):

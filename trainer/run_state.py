@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from loratop.trainer import events as ev
+from loratop.trainer.cpu_busy import CpuSample, cpu_contended
 from loratop.trainer.gpu_busy import GPU_STARVED, busy_pct, mfu
 from loratop.trainer.run_dir import LOST
 from loratop.trainer.run_index import GPU, Columns, Index
@@ -74,6 +75,8 @@ class RunState:
     """``gpu`` or ``host``: what :attr:`mem_series` holds."""
     busy: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=600))
     """(time, NVML busy %) of the GPU rank 0 trains on, the latest samples."""
+    cpu: deque[CpuSample] = field(default_factory=lambda: deque(maxlen=240))
+    """The latest samples of the trainer's CPU time and its cores' busy time (:mod:`trainer.cpu_busy`)."""
     busy_sum: float = 0.0
     busy_n: int = 0
     """Busy % summed and counted over the samples taken while steps ran (for the run's mean)."""
@@ -185,6 +188,8 @@ class RunState:
             self._memory_columns(mem)
             self._busy_columns(mem, steps["t"][0] if steps["t"] else None)
             self.memory = cast(ev.MemoryEvent, last_memory) if last_memory is not None else self.memory
+            if last_memory is not None:  # the CPU figures of the moment of attach (the index keeps no column of them)
+                self._cpu_sample(last_memory)
         self.events_seen = index.count
         self.garbage = index.skipped
         self.version += 1
@@ -237,6 +242,7 @@ class RunState:
 
     def _memory(self, event: dict[str, Any]) -> None:
         self.memory = cast(ev.MemoryEvent, event)
+        self._cpu_sample(event)
         busy, t = busy_pct(event.get("gpus")), event.get("t")
         if busy is not None and isinstance(t, (int, float)):
             self._busy_sample(float(t), busy)
@@ -254,6 +260,18 @@ class RunState:
                 self.mem_series = array("q")  # never mix GPU and host figures in one line
                 self.mem_series_kind = kind
             self.mem_series.append(value)
+
+    def _cpu_sample(self, event: dict[str, Any]) -> None:
+        sample = CpuSample.from_host(event.get("t"), event.get("host"))
+        if sample is not None:
+            self.cpu.append(sample)
+
+    @property
+    def cpu_contended(self) -> bool:
+        """Whether other work on the host is taking CPU time from the trainer, lately
+        (:func:`trainer.cpu_busy.cpu_contended`) while it trains; never for a run of several
+        ranks (the other ranks' work would read as someone else's)."""
+        return self.is_live and self.world_size <= 1 and cpu_contended(self.cpu)
 
     def _busy_sample(self, t: float, busy: float) -> None:
         self.busy.append((t, busy))

@@ -72,6 +72,9 @@ class LoratopApp(App[str]):
         self._compare_x = compare_x
         self._edit = edit
         self._process = process
+        self.ended_on: Path | None = None
+        """The run whose monitor ended the session (detached, stopped or quit there): the CLI's
+        "come back with" names it, which after a launch from the editor is not the first run."""
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
@@ -110,7 +113,8 @@ class LoratopApp(App[str]):
         return True
 
     def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
-        """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new monitor.
+        """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new
+        monitor, over the run history (:meth:`_over_history`).
 
         Returns:
             The run folder, or ``None`` when the folder could not be made (said in a notice).
@@ -128,7 +132,7 @@ class LoratopApp(App[str]):
             return None
         monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
         if replace is not None and self.screen is replace:
-            self.switch_screen(monitor)
+            self._over_history(monitor)
         else:
             self.push_screen(monitor)
         self.notify(
@@ -136,6 +140,21 @@ class LoratopApp(App[str]):
             markup=False,
         )
         return run.run_dir
+
+    def _over_history(self, monitor: MonitorScreen) -> None:
+        """The new run's monitor in the editor's place, right over the run history: its ``esc``
+        goes to the history, which lists the new run and the one it was edited from, both live.
+
+        The screens between the history and the editor (the monitor of the run it was edited
+        from) go: each rerun would otherwise leave one more monitor for ``esc`` to walk back
+        through. Where the dashboard opened on a run or the editor (``loratop run``, ``loratop
+        edit``), the history is put under the new monitor. A run whose monitor goes keeps
+        training (its trainer is still reaped when it exits)."""
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, HomeScreen):
+            self.pop_screen()  # stack[0] is Textual's own default screen
+        if not isinstance(self.screen, HomeScreen):
+            self.switch_screen(HomeScreen(self.runs_root))
+        self.push_screen(monitor)
 
     def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
         """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``."""

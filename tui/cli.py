@@ -37,6 +37,7 @@ from loratop.trainer.config import (
     load_config,
     parse_overrides,
     read_yaml,
+    unavailable_data,
 )
 from loratop.trainer.data_files import DataProblem, held_out_rows, inspect_data, usable_rows
 from loratop.trainer.run_dir import CONFIG, RunDirError
@@ -199,10 +200,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def launch_warnings(config: RunConfig) -> list[str]:
-    """What would stop or cripple a launch of this config on this box: a model the run
-    cannot fetch (``loratop run`` refuses it) or must download first, a GPU-sized model on a
-    CPU (hours per epoch). Never touches the network."""
+    """What would stop or cripple a launch of this config on this box: a model or hub dataset
+    the run cannot fetch (``loratop run`` refuses it) or must download first, a GPU-sized model
+    on a CPU (hours per epoch). Never touches the network."""
     from loratop.trainer.cpu_estimate import cpu_training_warning
+    from loratop.trainer.data_files import datasets_cache_dir, needs_dataset_download, unavailable_dataset
     from loratop.trainer.estimate import visible_gpu_total
     from loratop.trainer.model_config import hub_cache_dir, needs_download, unavailable_model
 
@@ -217,6 +219,18 @@ def launch_warnings(config: RunConfig) -> list[str]:
             f"({hub_cache_dir()}): `loratop run` downloads it from the hub first, and refuses it at once "
             "when the hub does not answer"
         )
+    for key, path in (("data.path", config.data.path), ("data.eval_path", config.data.eval_path)):
+        if path is None:
+            continue
+        missing = unavailable_dataset(path, config.data.split, probe=False)
+        if missing is not None:
+            out.append(f"warning: {key} = {path}: {missing} (`loratop run` refuses it)")
+        elif needs_dataset_download(path):
+            out.append(
+                f"warning: {key} = {path}: not a local file and not in the Hugging Face datasets cache "
+                f"({datasets_cache_dir()}): `loratop run` fetches it from the hub, and refuses it at once "
+                "when the hub does not answer"
+            )
     slow = cpu_training_warning(config, has_gpu=visible_gpu_total()[0] is not None)
     if slow is not None:
         out.append(slow)
@@ -377,9 +391,13 @@ def cmd_run(args: argparse.Namespace, config_arg: str | None = None) -> int:
     from loratop.trainer.model_config import unavailable_model
     from loratop.tui.launcher import CannotRunHere, launch
 
-    missing = unavailable_model(config.model.name_or_path)  # in seconds; the only line then
-    if missing is not None:
-        print(f"loratop: model.name_or_path = {config.model.name_or_path}: {missing}", file=sys.stderr)
+    # In seconds, before anything loads: one line for each thing the run could not fetch.
+    missing = unavailable_model(config.model.name_or_path)
+    unfetchable = [f"model.name_or_path = {config.model.name_or_path}: {missing}"] if missing is not None else []
+    unfetchable += unavailable_data(config)
+    if unfetchable:
+        for line in unfetchable:
+            print(f"loratop: {line}", file=sys.stderr)
         return EXIT_USAGE
     preflight = preflight_line(config)
     if args.no_tui:
@@ -417,14 +435,16 @@ def _dashboard(
     from loratop.tui.app import LoratopApp
     from loratop.tui.screens.monitor_screen import DETACHED
 
-    outcome, code = run_app(LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process))
+    app = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process)
+    outcome, code = run_app(app)
     if code and run_dir is not None:
         print(
             f"loratop: the dashboard ended on an error (above); the run is not affected: loratop attach {run_dir}",
             file=sys.stderr,
         )
-    elif outcome == DETACHED and run_dir is not None:
-        print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
+    elif outcome == DETACHED and (app.ended_on or run_dir) is not None:
+        # The run detached from: after a launch from the editor, not the one the dashboard opened on.
+        print(f"detached; the run goes on. Come back with: loratop attach {app.ended_on or run_dir}")
     return code
 
 
@@ -505,27 +525,26 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the run history: knobs, outcome and parent of each run, one line each."""
-    from loratop.tui.panels import history_row
-    from loratop.tui.run_table import history_table, terminal_safe
+    from loratop.tui.archive import archive_dir, archived_runs
+    from loratop.tui.run_table import ls_lines
     from loratop.tui.runs import sort_runs
 
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
+    archived = len(archived_runs(args.runs_dir))
     if not runs:
-        print(f"no runs under {args.runs_dir}/ (start one with: loratop demo)")
+        more = f"; {archived} archived in {archive_dir(args.runs_dir)}/" if archived else ""
+        print(f"no runs under {args.runs_dir}/ (start one with: loratop demo){more}")
         return 0
     on_terminal = sys.stdout.isatty()
     # Piped, every column and every name whole, whatever COLUMNS says: Python's readline, for
     # one, exports COLUMNS=80 to every child, and a script or pager wants the whole table.
     width = shutil.get_terminal_size().columns if on_terminal else None
-    # A narrow spills column; every cell shown harmlessly (a run's name may hold escape sequences).
-    rows = [tuple(map(terminal_safe, history_row(run, spills_cpu_text="n/a"))) for run in runs]
-    lines, left_out = history_table(rows, width, on_terminal=on_terminal)
+    lines, notes = ls_lines(
+        runs, width, on_terminal=on_terminal, archived=archived, archive_dir=f"{archive_dir(args.runs_dir)}/"
+    )
     print("\n".join(lines))
-    for run in runs:
-        if run.damaged:
-            print(terminal_safe(f"damaged: {run.name}: {'; '.join(run.damaged)}") + " (shown from its events.jsonl)")
-    if left_out:
-        print(f"(left out to fit {width} columns: {', '.join(left_out)}; a wider terminal shows them)", file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 

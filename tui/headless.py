@@ -2,13 +2,14 @@
 
 Reads the trainer's pipe; a ``seq`` gap (the trainer left events off a full pipe) is
 filled from ``events.jsonl``, the source of truth. Ctrl-C asks the trainer to stop at
-the next step boundary and save the adapter; a second Ctrl-C detaches and leaves the
-run going.
+the next step boundary and save the adapter (it passes the trainer a SIGINT, so the run reads
+"stopped by SIGINT", as Ctrl-C); a second Ctrl-C detaches and leaves the run going.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from loratop.trainer.distributed import exit_words, rank_label
 from loratop.trainer.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, read_status, record_lost
 from loratop.tui.event_stream import PipeStream
 from loratop.tui.launcher import LaunchedRun
+from loratop.tui.log_lines import telling_lines
 from loratop.tui.panels import fmt_bytes, fmt_loss
 
 EXIT_OK = 0
@@ -177,7 +179,9 @@ class HeadlessPrinter:
     def _finished(self, event: dict[str, Any]) -> None:
         self.finished = event
         status = event.get("status")
-        line = f"run {status} after {event.get('duration_s', 0):.1f} s"
+        stopped_by = event.get("stopped_by") if status == ev.STOPPED else None
+        by = f" by {stopped_by}{' (Ctrl-C)' if stopped_by == 'SIGINT' else ''}" if stopped_by else ""
+        line = f"run {status}{by} after {event.get('duration_s', 0):.1f} s"
         if self.last_step:
             line += f"; last step {self.last_step.get('step')} loss {fmt_loss(self.last_step.get('loss'))}"
         self._print(line)
@@ -202,7 +206,8 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            run.process.send_signal(signal.SIGTERM)  # our own child: Popen knows if it has been reaped
+            # SIGINT, as Ctrl-C: the trainer stops on it as on SIGTERM, and its report names it.
+            run.process.send_signal(signal.SIGINT)  # our own child: Popen knows if it has been reaped
             print(
                 "\nstopping at the next step boundary and saving the adapter "
                 "(Ctrl-C again to stop watching; the stop still happens)",
@@ -248,12 +253,12 @@ def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
         step = printer.last_step.get("step") if printer.last_step else None
         record_lost(run.run_dir, cause, last_step=step, ended_at=printer.last_t, exit_code=code)
         when = f"at step {step}" if step is not None else "before the first step"
+        _print_log_tail(run.run_dir / LOG, out)
+        # The diagnosis last: what a terminal keeps in view when the output stops.
         print(f"error: trainer {cause} {when}, before reporting how the run ended", file=out)
         if "SIGKILL" in cause:
             print(f"  {SIGKILL_HINT}", file=out)
-        print(f"last lines of {run.run_dir / LOG}:", file=out)
-        for line in _tail(run.run_dir / LOG, 15):
-            print(f"  {line}", file=out)
+        print(f"  full log: {run.run_dir / LOG}", file=out)
         return EXIT_FAILED
     status = printer.finished.get("status")
     if status == ev.COMPLETED:
@@ -312,8 +317,35 @@ def _stopped_watching(run: LaunchedRun, out: TextIO) -> int:
     return EXIT_INTERRUPTED
 
 
+LOG_TAIL_LINES = 40
+"""Of a lost trainer's log, the last lines looked at for what may say why it died..."""
+LOG_TAIL_SHOWN = 8
+"""...and the most of those shown (the diagnosis after them must stay in view)."""
+
+
+def _print_log_tail(path: Path, out: TextIO) -> None:
+    """The last lines of a lost trainer's log that may say why (a library's last words), each on
+    one row of the terminal; not the Trainer's per-step metric printouts (the step lines above
+    show those figures), progress bars, nor warnings known to be harmless."""
+    kept, left_out = telling_lines(_tail(path, LOG_TAIL_LINES))
+    if not kept:
+        print(f"the last lines of {path.name} say nothing of why (metric printouts, bars, harmless warnings)", file=out)
+        return
+    also = " (metric printouts, bars and harmless warnings left out)" if left_out else ""
+    print(f"last lines of {path.name}{also}:", file=out)
+    width = max(40, shutil.get_terminal_size().columns) - 2
+    for line in kept[-LOG_TAIL_SHOWN:]:
+        print(f"  {line if len(line) <= width else line[: width - 1] + '…'}", file=out)
+
+
 def _tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log, read from its last 256 KiB (a long run's log is
+    hundreds of megabytes of per-step printouts)."""
     try:
-        return path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+        with path.open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - (256 << 10)))
+            text = fh.read().decode(errors="replace")
     except OSError:
         return []
+    # tqdm-style bars redraw with \r: their latest state only.
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.rstrip().split("\n")[-lines:]]

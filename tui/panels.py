@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from loratop.trainer.distributed import rank_label
@@ -69,20 +70,29 @@ def header_lines(state: RunState, now: float | None = None, width: int | None = 
         first += " · GPU STARVED"
     total = f"/{state.max_steps}" if state.max_steps else ""
     rate = state.recent_rate()
-    tok_s = f"{rate[1]:,.0f} tok/s" if rate else "– tok/s"
+    tok_s = f"{rate[1]:,.0f} tok/s now" if rate else "– tok/s"  # the last 20 steps'; compare's is the mean
     busy = gpu_busy_text(state, rate[1] if rate else None)
     head = f"step {state.last_step}{total} · loss {fmt_loss(state.last_loss)} · "
     elapsed, eta = fmt_duration(state.elapsed(now)), fmt_duration(state.eta())
-    for second in (
-        f"{head}elapsed {elapsed} · ETA {eta} · {tok_s}{busy}",
-        f"{head}{elapsed} · ETA {eta} · {tok_s}{busy}",
-        f"{head}ETA {eta} · {tok_s}{busy}",
-        f"{head}ETA {eta} · {tok_s}{busy.replace(' busy', '')}",
-        f"{head}ETA {eta} · {tok_s}{busy.replace(' busy', '').split(' · MFU')[0]}",
-    ):
-        if width is None or len(second) <= width:
-            break
+    notes = CPU_BUSY_NOTES if state.cpu_contended else ("",)
+    candidates = [
+        second
+        for note in notes  # the longest note that fits
+        for second in (
+            f"{head}elapsed {elapsed} · ETA {eta}{note} · {tok_s}{busy}",
+            f"{head}{elapsed} · ETA {eta}{note} · {tok_s}{busy}",
+            f"{head}ETA {eta}{note} · {tok_s}{busy}",
+            f"{head}ETA {eta}{note} · {tok_s}{busy.replace(' busy', '')}",
+            f"{head}ETA {eta}{note} · {tok_s}{busy.replace(' busy', '').split(' · MFU')[0]}",
+            f"{head}ETA {eta}{note} · {tok_s}",  # no room for the GPU's figure (the line above names a CPU)
+        )
+    ]
+    second = next((c for c in candidates if width is None or len(c) <= width), candidates[-1])
     return first, second
+
+
+CPU_BUSY_NOTES = (" (CPU busy with other work: ETA may stretch)", " (CPU busy with other work)", " (CPU busy)")
+"""After the ETA while other work takes CPU time from the trainer (:mod:`trainer.cpu_busy`), the longest that fits."""
 
 
 def gpu_busy_text(state: RunState, tokens_per_s: float | None) -> str:
@@ -133,13 +143,24 @@ def active_spike(state: RunState) -> str | None:
 
 
 def lr_text(state: RunState) -> str:
-    """Learning rate and grad norm of the latest step."""
-    if not state.steps:
-        return "lr –   grad norm –"
-    lr = state.lr[-1]
-    grad = state.grad_norm[-1]
-    lr_s = f"{lr:.2e}" if math.isfinite(lr) else "–"
-    return f"lr {lr_s}   grad norm {fmt_loss(grad) if not math.isnan(grad) else 'NaN'}"
+    """The latest step's learning rate (``lr 2.00e-04``), beside the schedule's sparkline."""
+    lr = state.lr[-1] if state.steps else math.nan
+    return f"lr {lr:.2e}" if math.isfinite(lr) else "lr –"
+
+
+def grad_norm_text(state: RunState) -> str:
+    """The latest step's grad norm (``grad norm 0.6289``, ``NaN``), beside its own sparkline."""
+    return f"grad norm {fmt_loss(state.grad_norm[-1]) if state.steps else '–'}"
+
+
+SPARK_STEPS = 200
+"""The lr and grad-norm sparklines show this many latest steps."""
+
+
+def spark_history(series: Sequence[float], steps: int = SPARK_STEPS) -> list[float]:
+    """A sparkline's data: the finite values among the last ``steps`` (a NaN grad norm, a
+    skipped fp16 step's, would flatten the rest; the text beside it says NaN)."""
+    return [value for value in series[-steps:] if math.isfinite(value)]
 
 
 def params_text(state: RunState) -> str:

@@ -1,9 +1,10 @@
 """Samples memory on its own thread, so readings continue between steps and during load.
 
-Host RSS (psutil) everywhere; per GPU, NVML's used/total/free plus torch's allocator
-figures when the trainer supplies them. A machine without an NVIDIA driver gets one
-honest state, ``no_nvidia_gpu``, never zeros. The deep VRAM work (fragmentation,
-paged state, OOM forecast) builds on this.
+Host RSS (psutil) everywhere, and from the second sample on the CPU time the trainer got
+and how busy its cores were (:class:`~loratop.trainer.runtime.cpu_share.CpuShare`); per
+GPU, NVML's used/total/free plus torch's allocator figures when the trainer supplies them.
+A machine without an NVIDIA driver gets one honest state, ``no_nvidia_gpu``, never zeros.
+The deep VRAM work (fragmentation, paged state, OOM forecast) builds on this.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import psutil
 
 from loratop.trainer import events as ev
 from loratop.trainer.gpu_devices import NVML_ERROR, NVML_OK, GpuDevices, cuda_index_of
+from loratop.trainer.runtime.cpu_share import CpuShare
 
 
 class GpuReader(Protocol):
@@ -59,6 +61,7 @@ class MemorySampler:
         self._gpu = gpu_reader if gpu_reader is not None else GpuDevices()
         self.torch_stats = torch_stats
         self._process = psutil.Process()
+        self._cpu = CpuShare(self._process)
         self.last: dict[str, Any] | None = None
         """The latest sample (for OOM forecasts and the post-mortem)."""
         self._stop = threading.Event()
@@ -67,8 +70,10 @@ class MemorySampler:
     def sample(self) -> dict[str, Any]:
         """One reading, as the fields of a ``memory`` event."""
         vm = psutil.virtual_memory()
+        host: dict[str, Any] = {"rss": self._process.memory_info().rss, "total": vm.total, "available": vm.available}
+        host.update(self._cpu.read() or {})
         fields: dict[str, Any] = {
-            "host": {"rss": self._process.memory_info().rss, "total": vm.total, "available": vm.available},
+            "host": host,
             "gpu_state": self._gpu.state,
             "gpus": [],
         }

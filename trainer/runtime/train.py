@@ -485,6 +485,13 @@ class Run:
         import transformers
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        # The start banner names the libraries (a bug report or a slow run needs them first),
+        # in trainer.log too: the log a user attaches to an issue.
+        banner = versions_line(library_versions())
+        self.sink.emit(ev.LOG, message=banner)
+        if self.rank.is_main:
+            print(f"loratop: {banner}", flush=True)
+
         from loratop.trainer.runtime.load_progress import reporting_load_progress
 
         cuda = torch.cuda.is_available()
@@ -884,12 +891,6 @@ class Run:
 
     def run_started_fields(self, max_steps: int) -> dict[str, Any]:
         """The ``run_started`` event: everything known once the model is ready."""
-        import bitsandbytes
-        import peft
-        import torch
-        import transformers
-        import trl
-
         cfg = self.config
         return {
             "run_name": self.run_dir.name,
@@ -901,15 +902,32 @@ class Run:
             "data": self._data_info,
             "max_steps": max_steps,
             "params": self._audit,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
-                "bitsandbytes": bitsandbytes.__version__,
-                "trl": trl.__version__,
-            },
+            "versions": library_versions(),
         }
+
+
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl")
+"""The libraries a run's versions name, besides Python."""
+
+
+def library_versions() -> dict[str, str]:
+    """Python's version and each of :data:`LIBRARIES`' installed versions (from their package
+    metadata: nothing is imported), ``not installed`` for one that is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    """``torch 2.5.1 · transformers 4.57.1 · … · Python 3.11.9``: the start banner's line."""
+    libraries = " · ".join(f"{name} {v}" for name, v in versions.items() if name != "python")
+    return f"{libraries} · Python {versions.get('python', '?')}"
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Vertical
+from textual.containers import Container, Horizontal, Vertical
 from textual.content import Content
-from textual.widgets import Log, Sparkline, Static
+from textual.widgets import RichLog, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratop.trainer import events as ev
@@ -44,6 +47,7 @@ from loratop.trainer.run_state import PAUSED, RUNNING, RunState
 from loratop.trainer.run_summary import fold_run
 from loratop.tui import panels
 from loratop.tui.event_stream import FileFollower, PipeStream
+from loratop.tui.log_lines import KNOWN, METRICS, SOURCE, LogLine, LogReader
 from loratop.tui.messages import (
     EventsArrived,
     FolderRemoved,
@@ -69,7 +73,19 @@ DATA_REFRESH_S = 1.0
 """While a run trains, its header, chart and panels are redrawn at most this often."""
 SPARK_REFRESH_S = 5.0
 """While a run trains, the lr and memory sparklines are redrawn at most this often."""
+LOG_LINES = 500
+"""The log pane keeps the trainer's log's latest lines, this many (``trainer.log`` has them all):
+shown again, or resized, it wraps them all anew, ~0.1-0.4 ms a line."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Control characters of a log line (an escape sequence would reach the terminal raw): shown as ``�``."""
 
+
+CURSOR_KEYS = Binding.Group("cursor", compact=True)
+ZOOM_KEYS = Binding.Group("zoom", compact=True)
+"""The loss chart's keys: grouped in the footer, which leaves groups out where it is short of room."""
+CURSOR_BACK = "loss chart: cursor back (says its step, loss and lr)"
+CURSOR_ON = "loss chart: cursor on (at first: on the latest step)"
+ZOOM_IN = "loss chart: zoom in 4× on the cursor (without one: the latest steps)"
 
 # How a dashboard session ended, returned by App.run().
 DETACHED = "detached"
@@ -86,21 +102,25 @@ class MonitorScreen(LoratopScreen[str]):
         Binding(
             "d", "detach", "detach", tooltip="detach: leave the run going and quit (loratop attach brings it back)"
         ),
-        Binding("escape,q", "back", "back", tooltip="back to the run history, which lists this run live (it goes on)"),
-        Binding("q", "quit_run", "quit", tooltip="quit (asks stop or detach while the run trains)"),
-        Binding("l", "log_scale", "log y", tooltip="loss chart: log scale on/off"),
-        Binding(
-            "g", "toggle_log", "log pane", tooltip="show/hide the trainer's log (on a short terminal, over lr/params)"
-        ),
+        Binding("escape", "back", "back", tooltip="back to the run history, which lists this run live (it goes on)"),
+        Binding("q", "quit_run", "quit", tooltip="quit loratop (while the run trains it asks: stop it, or detach)"),
+        Binding("l", "log_scale", "log-y", tooltip="loss chart: log scale on/off"),
+        Binding("left_square_bracket", "chart_cursor(-1)", "cursor ◀", tooltip=CURSOR_BACK, group=CURSOR_KEYS),
+        Binding("right_square_bracket", "chart_cursor(1)", "cursor ▶", tooltip=CURSOR_ON, group=CURSOR_KEYS),
+        Binding("z", "chart_zoom", "zoom", tooltip=ZOOM_IN, group=ZOOM_KEYS),
+        Binding("0,Z", "chart_reset", "whole", tooltip="loss chart: the whole run again, no cursor", group=ZOOM_KEYS),
+        Binding("g", "toggle_log", "log", tooltip="show/hide the trainer's log (on a short terminal, over lr/params)"),
         Binding("e", "edit", "rerun", tooltip="rerun with changes: the knob editor on this run's config"),
         Binding("x", "export", "export", tooltip="export: metrics CSV, events JSONL and this screen as SVG"),
         Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
     """The footer shows each description; the help screen and the command palette its tooltip.
 
-    Opened from the run history, ``esc`` and ``q`` go back to it (the run goes on, listed live
-    there); opened first (``loratop run``, ``loratop attach``), ``q`` quits and ``esc`` does nothing.
-    :meth:`check_action` shows the one that applies."""
+    ``q`` quits loratop wherever the monitor is, and asks first while the run trains: stop it, or
+    detach. ``esc`` goes back to the run history (the run goes on, listed live there): where the
+    monitor was opened from it, or launched from the knob editor (the new run's monitor takes the
+    editor's place, over the history); opened first (``loratop run``, ``loratop attach``) there is
+    nothing to go back to, and :meth:`check_action` hides it."""
 
     def __init__(
         self,
@@ -125,6 +145,11 @@ class MonitorScreen(LoratopScreen[str]):
         self._sparks_at = -1e9
         self._texts: dict[str, str] = {}
         self._log_offset = 0
+        self._log_partial = ""
+        """The log's last line, until its newline comes (or the log stops growing)."""
+        self._log_lines: deque[Text] = deque(maxlen=LOG_LINES)
+        """The log pane's lines, kept while it is hidden and drawn again at its width when shown."""
+        self._log_reader = LogReader()
         self._smoothed: RunningEma | None = None
         self._garbage_base = 0
 
@@ -135,25 +160,29 @@ class MonitorScreen(LoratopScreen[str]):
             yield LossChart(id="loss-chart")
             with Container(id="side"):
                 with Vertical(classes="panel", id="lr-panel"):
-                    yield Static(id="lr-text", markup=False)
-                    yield Sparkline([], id="lr-spark")
+                    with Horizontal(classes="spark-row"):
+                        yield Static(id="lr-text", markup=False)
+                        yield Sparkline([], id="lr-spark")
+                    with Horizontal(classes="spark-row"):
+                        yield Static(id="grad-text", markup=False)
+                        yield Sparkline([], id="grad-spark")
                 yield Static(classes="panel", id="params", markup=False)
                 with Vertical(classes="panel", id="memory-panel"):
                     yield MemoryPanel(id="memory")
                     yield Sparkline([], id="mem-spark")
                 yield Static(classes="panel", id="events-panel", markup=False)
         yield Static(id="outcome", markup=False)
-        yield Log(id="trainer-log", max_lines=2000)
+        yield RichLog(id="trainer-log", max_lines=LOG_LINES, wrap=True, min_width=20)
         yield Static(id="status-line", markup=False)
         yield KeyFooter()
 
     @staticmethod
     def hidden_actions(has_screen_below: bool) -> frozenset[str]:
-        """The action a monitor hides (key, footer, help): ``quit_run`` over the run history, else ``back``."""
-        return frozenset({"quit_run"} if has_screen_below else {"back"})
+        """The action a monitor hides (key, footer, help): ``back`` where there is no run history to go back to."""
+        return frozenset() if has_screen_below else frozenset({"back"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """``esc``/``q`` go back where there is a screen to go back to; else ``q`` quits."""
+        """``esc`` goes back where there is a screen to go back to; ``q`` quits everywhere."""
         return action not in self.hidden_actions(self.has_screen_below)
 
     def on_mount(self) -> None:
@@ -172,6 +201,8 @@ class MonitorScreen(LoratopScreen[str]):
 
     def on_resize(self, event: Any) -> None:
         self._apply_layout(event.size.width, event.size.height)
+        if self.has_class("-log-shown"):
+            self.call_after_refresh(self._redraw_log)  # wrapped again at the pane's new width
 
     def _apply_layout(self, width: int, height: int) -> None:
         self.set_class(width < NARROW, "narrow")
@@ -303,6 +334,7 @@ class MonitorScreen(LoratopScreen[str]):
         self._garbage_base = message.state.garbage  # the follower counts from here on
         self._smoothed = None  # the loss line is smoothed again from the whole series
         self._drawn_version = -1
+        self._sparks_at = -1e9  # the history the replay brought is drawn at once, sparklines too
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
@@ -385,16 +417,19 @@ class MonitorScreen(LoratopScreen[str]):
             smoothed = self._smoothed.extend(state.loss)
             x_range = (0.0, float(state.max_steps)) if state.max_steps and live else None
             evals = [(float(step), loss) for step, loss in state.eval_points()]
-            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range, evals)
+            self.query_one(LossChart).update(steps, state.loss, smoothed, spikes, x_range, evals, state.lr)
             if sparks:
-                self.query_one("#lr-spark", Sparkline).data = list(state.lr[-200:])
+                self.query_one("#lr-spark", Sparkline).data = panels.spark_history(state.lr)
+                self.query_one("#grad-spark", Sparkline).data = panels.spark_history(state.grad_norm)
         elif state.finished is not None or state.trainer_gone:
             self.query_one(LossChart).show_ended()  # not "waiting": no step will come
         self._set_text("#lr-text", panels.lr_text(state))
+        self._set_text("#grad-text", panels.grad_norm_text(state))
         self._set_text("#params", panels.params_text(state))
         self.query_one(MemoryPanel).update(state.memory, state.ranks)
         if sparks:
-            self._sparks_at = now
+            if steps:  # until the first step, drawn at every change: the first steps show at once
+                self._sparks_at = now
             spark = self.query_one("#mem-spark", Sparkline)
             spark.data = list(state.mem_series[-240:])
             spark.tooltip = ("VRAM" if state.mem_series_kind == "gpu" else "host RSS") + " over the last 2 minutes"
@@ -419,24 +454,56 @@ class MonitorScreen(LoratopScreen[str]):
             self.query_one(selector, Static).update(text)
 
     def _tail_trainer_log(self) -> None:
-        log_widget = self.query_one("#trainer-log", Log)
+        """Read what the trainer's log gained into the pane's lines (and onto the pane, if it shows)."""
         path = self.run_dir / LOG
+        chunk = b""
         try:
             size = path.stat().st_size
             if self._log_offset == 0 and size > 65536:
                 self._log_offset = size - 65536  # open on the tail of a long log
-            if size <= self._log_offset:
-                return
-            with path.open("rb") as fh:
-                fh.seek(self._log_offset)
-                chunk = fh.read(1 << 20)
+            if size > self._log_offset:
+                with path.open("rb") as fh:
+                    fh.seek(self._log_offset)
+                    chunk = fh.read(1 << 20)
         except OSError:
-            return
+            pass  # gone or unreadable now: what was read stays, and a line held back is let go below
         self._log_offset += len(chunk)
-        # tqdm-style progress bars redraw with \r; show their latest state only.
-        text = chunk.decode(errors="replace").replace("\r\n", "\n")
-        lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-        log_widget.write_lines(lines[:-1] if text.endswith("\n") else lines)
+        if not chunk:  # the log stopped growing: its last line, newline or not, is whole for now
+            lines, self._log_partial = ([self._log_partial] if self._log_partial else []), ""
+        else:
+            text = self._log_partial + chunk.decode(errors="replace").replace("\r\n", "\n")
+            *lines, self._log_partial = text.split("\n")
+        if not lines:
+            return
+        shown = self.has_class("-log-shown")
+        log_widget = self.query_one("#trainer-log", RichLog)
+        for line in lines:
+            # tqdm-style progress bars redraw with \r; show their latest state only.
+            shown_line = self._log_text(self._log_reader.read(line.rsplit("\r", 1)[-1]))
+            self._log_lines.append(shown_line)
+            if shown:
+                log_widget.write(shown_line)
+
+    @staticmethod
+    def _log_text(line: LogLine) -> Text:
+        """One log line as the pane shows it: wrapped, so all of it reads at 80 columns; a known
+        harmless warning after a note that says why; the Trainer's per-step metric printout on
+        one row (the chart shows those figures; ``trainer.log`` has them whole). Literal text."""
+        plain = _CONTROL.sub("�", line.text.expandtabs())
+        if line.kind == METRICS:
+            return Text(plain, style="dim", no_wrap=True, overflow="ellipsis")
+        if line.kind == KNOWN:
+            return Text.assemble((f"({line.note}) ", "green"), (plain, "dim"))
+        if line.kind == SOURCE:
+            return Text(plain, style="dim")
+        return Text(plain)
+
+    def _redraw_log(self) -> None:
+        """Draw the pane's lines again, wrapped at its width (it was hidden, or resized)."""
+        log_widget = self.query_one("#trainer-log", RichLog)
+        log_widget.clear()
+        for text in self._log_lines:
+            log_widget.write(text)
 
     # -- actions ----------------------------------------------------------------
 
@@ -486,31 +553,51 @@ class MonitorScreen(LoratopScreen[str]):
 
     def action_detach(self) -> None:
         """Leave the run going and quit the dashboard."""
-        self.app.exit(DETACHED if self.state.is_live else QUIT)
+        self._exit(DETACHED if self.state.is_live else QUIT)
 
     def action_quit_run(self) -> None:
         """Quit; while the run trains, ask whether to stop it or detach."""
         if not self.state.is_live:
-            self.app.exit(QUIT)
+            self._exit(QUIT)
             return
 
         def chosen(choice: str | None) -> None:
             if choice == "detach":
-                self.app.exit(DETACHED)
+                self._exit(DETACHED)
             elif choice == "stop":
                 self._signal(signal.SIGTERM)
-                self.app.exit(STOPPED)
+                self._exit(STOPPED)
 
         self.app.push_screen(QuitScreen(), chosen)
+
+    def _exit(self, how: str) -> None:
+        """End the dashboard on this run (the CLI's "come back with" names it)."""
+        self.loratop.ended_on = self.run_dir
+        self.app.exit(how)
 
     def action_log_scale(self) -> None:
         """Toggle the loss chart's log scale."""
         chart = self.query_one(LossChart)
         chart.log_scale = not chart.log_scale
 
+    def action_chart_cursor(self, by: int) -> None:
+        """Move the loss chart's cursor ``by`` cells (the first press shows it on the latest step)."""
+        self.query_one(LossChart).move_cursor(by)
+
+    def action_chart_zoom(self) -> None:
+        """Zoom the loss chart in, on its cursor (without one: on the latest steps)."""
+        if not self.query_one(LossChart).zoom_in():
+            self.notify("the loss chart cannot zoom in further (or has no step yet)", severity="warning")
+
+    def action_chart_reset(self) -> None:
+        """The loss chart's whole run again, without a cursor."""
+        self.query_one(LossChart).reset_view()
+
     def action_toggle_log(self) -> None:
         """Show or hide the trainer's log pane (on a short terminal it takes the lr and params panels' place)."""
         self.toggle_class("-log-shown")
+        if self.has_class("-log-shown"):
+            self.call_after_refresh(self._redraw_log)
 
     def action_edit(self) -> None:
         """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""

@@ -30,7 +30,7 @@ def _trainer(output: Path, steps: int, callbacks: list[Any]) -> Any:
         TrainingArguments,
     )
 
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     folder, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ls as ls_bench  # noqa: E402
 from synthetic_runs import CACHE, make_run  # noqa: E402
 
-from loratop.trainer import events as ev  # noqa: E402
-from loratop.trainer.run_dir import process_identity  # noqa: E402
-from loratop.trainer.runtime.event_sink import EventSink  # noqa: E402
-from loratop.tui.runs import RunCatalog  # noqa: E402
+from loratop.core import events as ev  # noqa: E402
+from loratop.core.run_dir import process_identity  # noqa: E402
+from loratop.core.runs import RunCatalog  # noqa: E402
+from loratop.trainer.event_sink import EventSink  # noqa: E402
 
 
 def main() -> None:

@@ -29,15 +29,15 @@ def ls_seconds(root: Path, runs: int = 3, before: object = None) -> float:
             before()
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "loratop.tui.cli", "ls", "--runs-dir", str(root)], check=True, capture_output=True
+            [sys.executable, "-m", "loratop.cli.main", "ls", "--runs-dir", str(root)], check=True, capture_output=True
         )
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def main() -> None:
-    from loratop.trainer.run_index import INDEX
-    from loratop.trainer.run_summary import SUMMARY
+    from loratop.core.run_index import INDEX
+    from loratop.core.run_summary import SUMMARY
 
     root = CACHE / f"ls-{RUNS}x{STEPS}"
     if sum(1 for _ in root.glob("*/status.json")) < RUNS:
@@ -46,7 +46,7 @@ def main() -> None:
         for i in range(RUNS):  # copies of one run, each its own folder with its own index
             subprocess.run(["cp", "-a", str(first), str(root / f"r{i:03d}")], check=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import loratop.tui.cli"], check=True)
+    subprocess.run([sys.executable, "-c", "import loratop.cli.main"], check=True)
     floor = time.perf_counter() - start
 
     def drop_summaries() -> None:

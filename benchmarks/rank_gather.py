@@ -82,7 +82,7 @@ def step_time_s(steps: int) -> float:
         sets = [f"output_dir={run_dir}", "distributed.nproc_per_node=2", f"training.max_steps={steps}",
                 "training.per_device_train_batch_size=1", "training.max_seq_length=64", "data.max_rows=64"]  # fmt: skip
         subprocess.run(
-            [sys.executable, "-m", "loratop.tui.cli", "run", "tiny-cpu-demo", "--no-tui",
+            [sys.executable, "-m", "loratop.cli.main", "run", "tiny-cpu-demo", "--no-tui",
              *[a for s in sets for a in ("--set", s)]],
             check=True, capture_output=True, cwd=REPO, env=dict(os.environ),
         )  # fmt: skip
@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     costs = collective_costs_us(args.gathers)
     step = step_time_s(args.steps)
-    meetings_per_step = min(1.0, step / 0.2)  # SYNC_INTERVAL_S in trainer/runtime/train.py
+    meetings_per_step = min(1.0, step / 0.2)  # SYNC_INTERVAL_S in trainer/train.py
     gathers_per_step = min(1.0, step / 2.0)  # RANKS_REPORT_S
     per_step = meetings_per_step * costs["reduce_us"] + gathers_per_step * costs["gather_us"]
     print(f"all_reduce of the 7 flags, 2 ranks, gloo: {costs['reduce_us']:.0f} µs, about every 0.2 s")

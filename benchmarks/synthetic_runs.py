@@ -14,11 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_dir import write_status
-from loratop.trainer.run_index import INDEX
-from loratop.trainer.run_summary import cache_summary
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.core import events as ev
+from loratop.core.run_dir import write_status
+from loratop.core.run_index import INDEX
+from loratop.core.run_summary import cache_summary
+from loratop.trainer.event_sink import EventSink
 
 CACHE = Path(tempfile.gettempdir()) / "loratop-bench"
 

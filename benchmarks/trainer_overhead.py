@@ -21,14 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 from gpu_check import _config, timed_run  # noqa: E402
 
-from loratop.trainer import events as ev  # noqa: E402
+from loratop.core import events as ev  # noqa: E402
 
 
 def emit_cost_us(events: int = 20_000) -> float:
     """Microseconds the trainer spends per step event: encode, append to events.jsonl, index."""
     import time
 
-    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.event_sink import EventSink
 
     with tempfile.TemporaryDirectory() as tmp:
         sink = EventSink(Path(tmp) / "events.jsonl")
@@ -50,8 +50,8 @@ def direct_share(run_dir: Path, steps: int) -> tuple[float, float, dict[str, flo
     sampler's own thread is counted in full, as if it took the training's core."""
     import time
 
-    from loratop.trainer.runtime.event_sink import EventSink
-    from loratop.trainer.runtime.train import Run
+    from loratop.trainer.event_sink import EventSink
+    from loratop.trainer.train import Run
 
     spent: dict[str, float] = {}
 

@@ -27,9 +27,9 @@ from pathlib import Path
 WRITER = """
 import json, math, os, random, sys, time
 from pathlib import Path
-from loratop.trainer import events as ev
-from loratop.trainer.run_dir import process_identity, write_status
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.core import events as ev
+from loratop.core.run_dir import process_identity, write_status
+from loratop.trainer.event_sink import EventSink
 run_dir = Path(sys.argv[1]); steps = int(sys.argv[2])
 run_dir.mkdir(parents=True)
 sink = EventSink(run_dir / "events.jsonl")
@@ -64,7 +64,7 @@ def measure(seconds: float, cols: int, rows: int) -> tuple[float, int]:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(cols), LINES=str(rows))
         dash = subprocess.Popen(
-            [sys.executable, "-m", "loratop.tui.cli", "attach", str(run_dir)],
+            [sys.executable, "-m", "loratop.cli.main", "attach", str(run_dir)],
             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
         )  # fmt: skip
         os.close(slave)

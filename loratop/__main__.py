@@ -1,5 +1,5 @@
 """``python -m loratop``: the ``loratop`` command."""
 
-from loratop.tui.cli import main
+from loratop.cli.main import main
 
 raise SystemExit(main())

@@ -24,7 +24,7 @@ def _plugin_class() -> type:
     except ImportError as exc:
         raise ImportError("loratop.axolotl.LoratopPlugin needs axolotl (pip install axolotl)") from exc
 
-    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.trainer.callback import LoratopCallback
 
     class LoratopPlugin(BasePlugin):  # type: ignore[misc,valid-type]
         """Adds ``LoratopCallback()`` (run folder under ``runs/``) to axolotl's Trainer."""

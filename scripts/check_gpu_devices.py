@@ -1,11 +1,11 @@
-"""Check the NVML adapter (trainer/gpu_devices.py) against torch on a real NVIDIA box.
+"""Check the NVML adapter (core/gpu_devices.py) against torch on a real NVIDIA box.
 
     python scripts/check_gpu_devices.py
 
 For several ``CUDA_VISIBLE_DEVICES`` values (unset, ``0``, the first GPU's full UUID and
 a prefix of it, the GPUs reversed, empty, and ``MIG-…`` where a GPU has MIG instances),
 a fresh interpreter lists what torch sees (``cuda:i``: UUID and total memory) and what
-:class:`trainer.gpu_devices.GpuDevices` maps to each torch ordinal. One line per value,
+:class:`core.gpu_devices.GpuDevices` maps to each torch ordinal. One line per value,
 ``PASS`` when both agree on every ordinal (UUIDs equal, totals within 2%), else ``FAIL``;
 the exit code is 1 if any failed. Without a GPU it says so and exits 0.
 """
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import json, torch
-from loratop.trainer.gpu_devices import GpuDevices
+from loratop.core.gpu_devices import GpuDevices
 gpus = GpuDevices()
 torch_side = []
 for i in range(torch.cuda.device_count()):

@@ -45,11 +45,11 @@ for _path in (REPO, REPO / "scripts"):  # loratop, and gpu_pressure beside this 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from loratop.trainer import events as ev  # noqa: E402
-from loratop.trainer import oom_forecast as oom  # noqa: E402
-from loratop.trainer.gpu_devices import NO_NVIDIA_GPU  # noqa: E402
-from loratop.trainer.spills import EXACT as SPILLS_EXACT  # noqa: E402
-from loratop.trainer.spills import NOT_APPLICABLE as SPILLS_NA  # noqa: E402
+from loratop.core import events as ev  # noqa: E402
+from loratop.core import oom_forecast as oom  # noqa: E402
+from loratop.core.gpu_devices import NO_NVIDIA_GPU  # noqa: E402
+from loratop.core.spills import EXACT as SPILLS_EXACT  # noqa: E402
+from loratop.core.spills import NOT_APPLICABLE as SPILLS_NA  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -269,7 +269,7 @@ def build_model(folder: Path, layers: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     tiny, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -308,7 +308,7 @@ def _callback(on_step_end: Callable[[Any], None]) -> Any:
 
 
 def _config(model: Path | None, run_dir: Path, steps: int) -> Any:
-    from loratop.trainer.config import load_config, parse_overrides
+    from loratop.preflight.config import load_config, parse_overrides
 
     # No eval split (the demo holds 5% out): these runs time and measure the training loop.
     sets = [f"output_dir={run_dir}", f"training.max_steps={steps}", "training.save_steps=0", "data.eval_split=null"]
@@ -341,8 +341,8 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     batch recorder or spill counter."""
     import torch
 
-    from loratop.trainer.runtime.event_sink import EventSink
-    from loratop.trainer.runtime.train import Run
+    from loratop.trainer.event_sink import EventSink
+    from loratop.trainer.train import Run
 
     marks: list[tuple[float, int]] = []
     cuda = torch.cuda.is_available()
@@ -415,8 +415,8 @@ def memory_run(
     the ballast takes the rest, so the next step runs out of memory."""
     import torch
 
-    from loratop.trainer.runtime.event_sink import EventSink
-    from loratop.trainer.runtime.train import Run
+    from loratop.trainer.event_sink import EventSink
+    from loratop.trainer.train import Run
 
     cuda = torch.cuda.is_available()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -521,7 +521,7 @@ def main() -> int:
     _section("machine")
     import torch
 
-    from loratop.trainer.gpu_devices import GpuDevices
+    from loratop.core.gpu_devices import GpuDevices
 
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")

@@ -104,7 +104,7 @@ echo "pip check:"
 import importlib, importlib.metadata as md
 for module, dist in [("bitsandbytes", "bitsandbytes"), ("trl", "trl"), ("datasets", "datasets"), ("peft", "peft"),
                      ("transformers", "transformers"), ("pydantic", "pydantic"), ("textual", "textual"),
-                     ("textual_plot", "textual-plot"), ("pynvml", "nvidia-ml-py"), ("loratop.tui.cli", "loratop")]:
+                     ("textual_plot", "textual-plot"), ("pynvml", "nvidia-ml-py"), ("loratop.cli.main", "loratop")]:
     importlib.import_module(module)
     print(f"import {module}: ok ({dist} {md.version(dist)})")
 try:

@@ -9,7 +9,7 @@ to 512 tokens), and ``8b``, the knobs of ``sample_configs/llama-3.1-8b-qlora.yam
 batch 4 × 4 accumulation steps, up to 2048 tokens) with the embedded data.
 
 Every run is its own trainer process, started as ``loratop run`` starts it
-(:func:`tui.launcher.launch`): PyTorch keeps the attention plans it made for each batch shape
+(:func:`preflight.launcher.launch`): PyTorch keeps the attention plans it made for each batch shape
 (cuDNN's graphs) for the life of a process, so a second run in one process would time that
 cache, not the run a user starts. Each run of a workload trains once over the same rows
 (``--steps`` × today's rows per step), so every arm sees the same tokens. From the run's own
@@ -61,9 +61,9 @@ for _path in (REPO, REPO / "scripts"):  # loratop, and gpu_check beside this scr
 
 import gpu_check  # noqa: E402  # its model, its workload, its token rate
 
-from loratop.trainer import events as ev  # noqa: E402
-from loratop.trainer.config import RunConfig, dump_config, load_config, parse_overrides, sdpa_cpu_problem  # noqa: E402
-from loratop.trainer.gpu_busy import busy_pct, fmt_pct  # noqa: E402
+from loratop.core import events as ev  # noqa: E402
+from loratop.core.gpu_busy import busy_pct, fmt_pct  # noqa: E402
+from loratop.preflight.config import RunConfig, dump_config, load_config, parse_overrides, sdpa_cpu_problem  # noqa: E402
 
 TODAY = "today"
 CANDIDATE = "candidate"
@@ -203,8 +203,8 @@ def mean_row_tokens(model: Path | None, rows: int) -> float:
     """Mean tokens of the first ``rows`` rows of the embedded data, with the model's tokenizer."""
     from transformers import AutoTokenizer
 
-    from loratop.trainer.data_files import EMBEDDED_DATASETS, load_rows
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.preflight.data_files import EMBEDDED_DATASETS, load_rows
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(model or tiny_model_dir()[0])
     lengths = []
@@ -216,7 +216,7 @@ def mean_row_tokens(model: Path | None, rows: int) -> float:
 
 def timed_arm(config: RunConfig, workload: str, arm: str, timeout_s: float) -> ArmRun:
     """Run ``config`` as ``loratop run`` does (a trainer process of its own) and read its events."""
-    from loratop.tui.launcher import launch
+    from loratop.preflight.launcher import launch
 
     started = time.perf_counter()
     launched = launch(config)
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
 def _gpu_here() -> bool:
     """Whether NVML sees a GPU and torch can use it (torch is imported only then: a CPU
     rehearsal's own process stays light; each run imports it anyway)."""
-    from loratop.trainer.gpu_devices import NVML_OK, GpuDevices
+    from loratop.core.gpu_devices import NVML_OK, GpuDevices
 
     gpus = GpuDevices()
     try:

@@ -1,8 +1,8 @@
 """The house drawn from its imports: every file of loratop's own code, what it imports, the
 cycles, and the folder map.
 
-loratop's code imports as ``loratop.tui.…``, ``loratop.trainer.…`` and ``loratop.widgets.…``,
-and ``loratop/tui`` etc. are links to the folders at the repository root. A tool that reads
+loratop's code imports as ``loratop.core.…``, ``loratop.tui.…`` and so on, and ``loratop/core``
+etc. are links to the folders at the repository root. A tool that reads
 paths without following the links sees three unconnected folders; this script resolves each
 ``loratop.X.Y`` to the file ``X/Y.py`` at the root, so the graph is the real one. An import
 inside a function counts like one at the top: it is still a dependency.
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
-ROOTS = ("loratop", "trainer", "tui", "widgets")
-"""Where loratop's own code lives (``loratop/`` holds the package face; the rest are the homes)."""
+ROOTS = ("loratop", *sorted(p.name for p in (REPO / "loratop").iterdir() if p.is_symlink() and p.is_dir()))
+"""Where loratop's own code lives: ``loratop/`` holds the package face, and each of its links
+names a home at the repository root (``core``, ``preflight``, ``trainer``, ``tui``, ...)."""
 
 Node = TypeVar("Node", str, Path)
 

@@ -10,10 +10,10 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from loratop.trainer.config import load_config, parse_overrides
+from loratop.preflight.config import load_config, parse_overrides
+from loratop.preflight.launcher import launch
+from loratop.preflight.samples import resolve_config_path
 from loratop.tui.app import LoratopApp
-from loratop.tui.launcher import launch
-from loratop.tui.samples import resolve_config_path
 from loratop.tui.screens.monitor_screen import MonitorScreen
 
 REPO = Path(__file__).resolve().parent.parent

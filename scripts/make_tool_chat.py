@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "trainer" / "embedded" / "tool_chat.jsonl"
+DEFAULT_OUT = REPO_ROOT / "preflight" / "embedded" / "tool_chat.jsonl"
 DEFAULT_ROWS = 3000
 
 Message = dict[str, str]
@@ -1149,7 +1149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help="output JSONL path (default: trainer/embedded/tool_chat.jsonl)",
+        help="output JSONL path (default: preflight/embedded/tool_chat.jsonl)",
     )
     args = parser.parse_args(argv)
     if args.rows < 0:

@@ -118,7 +118,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 def _run(args: list[str], cwd: Path) -> tuple[str, float]:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "loratop.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=900
     )
     if result.returncode != 0:
         raise SystemExit(f"loratop {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")

@@ -33,14 +33,14 @@ for _path in (REPO, REPO / "scripts"):
 
 from gpu_pressure import MIB, CudaRuntime, Squeeze  # noqa: E402
 
-from loratop.trainer.runtime.cupti_spills import CuptiUvmSource  # noqa: E402
-from loratop.trainer.spills import (  # noqa: E402
+from loratop.core.spills import (  # noqa: E402
     EVICTION,
     SpillClassifier,
     SpillSourceUnavailable,
     UvmRecord,
     paged_ranges,
 )
+from loratop.trainer.cupti_spills import CuptiUvmSource  # noqa: E402
 
 BUFFER_BYTES = 32 * MIB
 

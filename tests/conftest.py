@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from loratop.trainer.run_state import RunState
+    from loratop.core.run_state import RunState
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
@@ -40,7 +40,7 @@ def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["LORATOP_CACHE"] = previous
 
 
-TRAINER_MARKS = ("loratop.trainer", "loratop.tui.cli", "torch.distributed.run", "train_with_callback.py")
+TRAINER_MARKS = ("loratop.trainer", "loratop.cli.main", "torch.distributed.run", "train_with_callback.py")
 """What a training process this suite starts has on its command line."""
 
 
@@ -102,7 +102,7 @@ def runs(tmp_path: Path) -> Path:
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     """All events of a run, asserting the file holds nothing but valid events."""
-    from loratop.trainer.events import read_events as read
+    from loratop.core.events import read_events as read
 
     events, skipped = read(str(run_dir / "events.jsonl"))
     assert skipped == 0, f"{skipped} invalid lines in events.jsonl"
@@ -116,7 +116,7 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def loratop(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run the real ``loratop`` CLI in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", *args],
+        [sys.executable, "-m", "loratop.cli.main", *args],
         capture_output=True,
         text=True,
         cwd=kwargs.pop("cwd", REPO),
@@ -127,7 +127,7 @@ def loratop(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 def wait_for_exit(pid: int, timeout: float = 300) -> None:
     """Wait for a process that is not our child (the trainer runs in its own session)."""
-    from loratop.trainer.run_dir import pid_alive
+    from loratop.core.run_dir import pid_alive
 
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
@@ -139,7 +139,7 @@ def wait_for_exit(pid: int, timeout: float = 300) -> None:
 def live_status(pid: int | None = None, **fields: Any) -> dict[str, Any]:
     """A ``status.json`` that proves ``pid`` (this test process by default) is a live trainer:
     the pid with its host, boot and start time, as the trainer writes them."""
-    from loratop.trainer.run_dir import process_identity
+    from loratop.core.run_dir import process_identity
 
     pid = os.getpid() if pid is None else pid
     return {"pid": pid, **process_identity(pid), **fields}
@@ -171,8 +171,8 @@ async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
 
 def slow_fold(run_dir: Path) -> RunState:
     """A run folded the plain way: every event of events.jsonl applied in order."""
-    from loratop.trainer import events as ev
-    from loratop.trainer.run_state import RunState
+    from loratop.core import events as ev
+    from loratop.core.run_state import RunState
 
     events, skipped = ev.read_events(str(run_dir / "events.jsonl"))
     state = RunState(run_dir)

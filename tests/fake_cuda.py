@@ -1,6 +1,6 @@
 """A stand-in for the GPU the memory watch reads (CUDA and CUPTI are hardware CI lacks).
 
-:class:`FakeCudaMemory` has :class:`~loratop.trainer.runtime.memory_watch.CudaMemory`'s
+:class:`FakeCudaMemory` has :class:`~loratop.trainer.memory_watch.CudaMemory`'s
 methods: torch's allocator counters, bitsandbytes' paged buffers and the exact spill source.
 Its peak follows the batches the model runs (its own forward hook plays the allocator), as
 ``base + per_token × tokens``, so a test knows every peak the forecaster should see.
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loratop.trainer.runtime.memory_watch import batch_tokens
-from loratop.trainer.spills import DTOH, EVICTION, PagedRange, SpillSourceUnavailable, UvmRecord
+from loratop.core.spills import DTOH, EVICTION, PagedRange, SpillSourceUnavailable, UvmRecord
+from loratop.trainer.memory_watch import batch_tokens
 
 GIB = 1024**3
 MIB = 1024**2
@@ -42,7 +42,7 @@ class FakePagedBuffer:
 
 
 class FakeSpillSource:
-    """CUPTI's unified-memory records, as :class:`~loratop.trainer.spills.SpillSource` gives them."""
+    """CUPTI's unified-memory records, as :class:`~loratop.core.spills.SpillSource` gives them."""
 
     def __init__(self) -> None:
         self.pending: list[UvmRecord] = []

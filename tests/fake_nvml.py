@@ -1,6 +1,6 @@
 """A stand-in for ``pynvml`` (NVML is hardware CI lacks), with the calls loratop makes.
 
-Installed as ``sys.modules["pynvml"]``, so the real adapter (:mod:`trainer.gpu_devices`)
+Installed as ``sys.modules["pynvml"]``, so the real adapter (:mod:`core.gpu_devices`)
 runs unchanged on top of it: the same function names, return shapes and error classes
 (by name) as nvidia-ml-py.
 """

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import advisor
-from loratop.trainer.advisor import RULES, Advice, Facts, advise, gather_facts
-from loratop.trainer.config import RunConfig, field_value, load_config
-from loratop.trainer.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
-from loratop.trainer.value_format import format_value
-from loratop.tui.cli import main
+from loratop.cli.main import main
+from loratop.core.value_format import format_value
+from loratop.preflight import advisor
+from loratop.preflight.advisor import RULES, Advice, Facts, advise, gather_facts
+from loratop.preflight.config import RunConfig, field_value, load_config
+from loratop.preflight.estimate import NO_GPU, EstimateError, estimate, load_model_shape, visible_gpu_total
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_configs"

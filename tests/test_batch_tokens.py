@@ -21,8 +21,8 @@ from fake_cuda import GIB, MIB, FakeCudaMemory
 from fake_nvml import FakeGpu, FakePynvml, install
 
 from loratop import LoratopCallback
-from loratop.trainer import events as ev
-from loratop.trainer.oom_forecast import DANGER_AT, WATCH, WATCH_AT
+from loratop.core import events as ev
+from loratop.core.oom_forecast import DANGER_AT, WATCH, WATCH_AT
 from tests.conftest import of_type, read_events
 
 BATCH = 2
@@ -63,7 +63,7 @@ def _train(
         TrainingArguments,
     )
 
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     folder, _ = tiny_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)

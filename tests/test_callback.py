@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_dir import proven_trainer_pid, read_status, request_control
-from loratop.trainer.run_summary import fold_run
+from loratop.core import events as ev
+from loratop.core.run_dir import proven_trainer_pid, read_status, request_control
+from loratop.core.run_summary import fold_run
 from tests.conftest import loratop, of_type, read_events
 
 SCRIPT = Path(__file__).parent / "data" / "hf_scripts" / "train_with_callback.py"
@@ -184,7 +184,7 @@ def test_a_run_folder_that_cannot_be_made_never_stops_the_training(
 ) -> None:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.trainer.callback import LoratopCallback
 
     (tmp_path / "runs").write_text("a file where the runs folder should be")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
@@ -204,7 +204,7 @@ def test_a_run_folder_that_cannot_be_made_never_stops_the_training(
 
 
 def test_signals_are_opt_in_and_a_handler_the_script_set_is_kept() -> None:
-    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.trainer.callback import LoratopCallback
 
     def scripts_own(signum: int, frame: Any) -> None:
         pass
@@ -227,7 +227,7 @@ def test_signals_are_opt_in_and_a_handler_the_script_set_is_kept() -> None:
 
 
 def test_settings_are_read_from_the_script_never_defaulted() -> None:
-    from loratop.trainer.runtime.callback import settings_of
+    from loratop.trainer.callback import settings_of
 
     args = SimpleNamespace(
         learning_rate=2e-4, per_device_train_batch_size=2, optim=SimpleNamespace(value="adamw_torch")
@@ -238,7 +238,7 @@ def test_settings_are_read_from_the_script_never_defaulted() -> None:
 
 
 def test_control_requests_count_up_and_a_damaged_file_is_none(tmp_path: Path) -> None:
-    from loratop.trainer.run_dir import read_control
+    from loratop.core.run_dir import read_control
 
     assert read_control(tmp_path) is None
     request_control(tmp_path, "checkpoint")
@@ -258,10 +258,10 @@ def test_import_loratop_does_not_load_transformers() -> None:
 
 def test_loratops_own_trainer_runs_on_the_same_callback(tmp_path: Path) -> None:
     """One code path: a launched run's step stream is written by LoratopCallback itself."""
-    from loratop.trainer.config import load_config
-    from loratop.trainer.runtime.callback import LoratopCallback
-    from loratop.trainer.runtime.event_sink import EventSink
-    from loratop.trainer.runtime.train import Run, _event_callback
+    from loratop.preflight.config import load_config
+    from loratop.trainer.callback import LoratopCallback
+    from loratop.trainer.event_sink import EventSink
+    from loratop.trainer.train import Run, _event_callback
     from tests.conftest import DEMO_CONFIG
 
     run_dir = tmp_path / "run"
@@ -280,7 +280,7 @@ def test_a_stalled_disk_never_holds_up_a_step(tmp_path: Path) -> None:
     emitting returns at once; once it answers, every event lands, in order, with its time."""
     import threading
 
-    from loratop.trainer.runtime.event_sink import BackgroundSink, EventSink
+    from loratop.trainer.event_sink import BackgroundSink, EventSink
 
     sink = EventSink(tmp_path / "events.jsonl")
     disk = threading.Event()
@@ -314,8 +314,8 @@ def test_a_stalled_disk_never_holds_up_a_step(tmp_path: Path) -> None:
 def test_a_script_run_writes_its_events_from_a_thread_of_its_own(tmp_path: Path) -> None:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from loratop.trainer.runtime.callback import LoratopCallback
-    from loratop.trainer.runtime.event_sink import BackgroundSink
+    from loratop.trainer.callback import LoratopCallback
+    from loratop.trainer.event_sink import BackgroundSink
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
     state, control = TrainerState(), TrainerControl()

@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 
 import loratop
-from loratop.tui import cli
+from loratop.cli import main as cli
 
 
 def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:

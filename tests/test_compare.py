@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.tui import cli
-from loratop.tui.compare import (
+from loratop.cli import main as cli
+from loratop.core import events as ev
+from loratop.core.runs import read_config
+from loratop.tui.models.compare import (
     BLOCKS,
     change_label,
     column_names,
@@ -21,8 +22,7 @@ from loratop.tui.compare import (
     outcome_rows,
     sparklines,
 )
-from loratop.tui.panels import fmt_bytes, fmt_duration, fmt_loss
-from loratop.tui.runs import read_config
+from loratop.tui.models.panels import fmt_bytes, fmt_duration, fmt_loss
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 
@@ -346,7 +346,7 @@ def test_a_running_runs_loss_is_its_loss_now_and_tokens_per_s_says_it_is_the_mea
 
 
 def test_the_file_stem_names_the_runs_safely_and_briefly() -> None:
-    from loratop.tui.compare import file_stem
+    from loratop.tui.models.compare import file_stem
 
     assert file_stem(["tiny-r8", "tiny-r16"]) == "compare-tiny-r8-vs-tiny-r16"
     assert file_stem(["a/b c\x1b[2J", "..hidden"]) == "compare-a_b_c__2J-vs-hidden"

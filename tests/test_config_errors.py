@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import data_files
-from loratop.trainer.config import load_config, parse_overrides
-from loratop.tui.cli import main
+from loratop.cli.main import main
+from loratop.preflight import data_files
+from loratop.preflight.config import load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
@@ -220,7 +220,7 @@ def _check(tmp_path: Path, yaml_text: str | None, args: list[str]) -> subprocess
     if yaml_text is not MISSING:
         config.write_text(yaml_text)
     return subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", "check", str(config), *args],
+        [sys.executable, "-m", "loratop.cli.main", "check", str(config), *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -276,7 +276,7 @@ def test_two_problems_give_two_lines(tmp_path: Path) -> None:
 
 def test_shipped_demo_checks_ok(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", "check", str(DEMO)],
+        [sys.executable, "-m", "loratop.cli.main", "check", str(DEMO)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -346,7 +346,7 @@ def test_a_missing_config_lists_the_samples_and_suggests_the_closest(tmp_path: P
     extra = ["--no-tui"] if command == "run" else ["--runs-dir", str(tmp_path / "runs")] if command == "edit" else []
 
     result = subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", command, "tiny-cpu-dem", *extra],
+        [sys.executable, "-m", "loratop.cli.main", command, "tiny-cpu-dem", *extra],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -375,7 +375,7 @@ def test_a_mistyped_config_path_suggests_the_file_beside_it(tmp_path: Path, caps
 def test_demo_resolves_its_config_the_same_way(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.tui import samples
+    from loratop.preflight import samples
 
     monkeypatch.setattr(samples, "DEMO", "tiny-cpu-dem")  # as if the sample were missing from the install
 

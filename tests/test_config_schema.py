@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from loratop.trainer.config import (
+from loratop.preflight.config import (
     ALL_PROJECTIONS,
     OPTIMIZERS,
     SCHEDULERS,

@@ -1,7 +1,7 @@
 """Issue 26, item 13: a hint beside the ETA when other work takes CPU time from the trainer.
 
-The judgement is pure (trainer/cpu_busy.py), fed here with the figures a ``memory`` event
-carries; the reader (trainer/runtime/cpu_share.py) is the real one, on this machine.
+The judgement is pure (core/cpu_busy.py), fed here with the figures a ``memory`` event
+carries; the reader (trainer/cpu_share.py) is the real one, on this machine.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.cpu_busy import CpuSample, cpu_contended
-from loratop.trainer.run_state import RunState
-from loratop.trainer.runtime.cpu_share import CpuShare
-from loratop.tui import panels
+from loratop.core import events as ev
+from loratop.core.cpu_busy import CpuSample, cpu_contended
+from loratop.core.run_state import RunState
+from loratop.trainer.cpu_share import CpuShare
+from loratop.tui.models import panels
 
 
 def _samples(trainer: float, busy: float, cores: int, waited: float | None = None, n: int = 10) -> list[CpuSample]:
@@ -117,8 +117,8 @@ def test_no_hint_once_the_run_has_ended_or_for_a_run_of_several_ranks() -> None:
 def test_attach_takes_the_cpu_figures_of_the_last_memory_event(tmp_path: Path) -> None:
     """Attach folds the run's index, which keeps no column of these figures: the last memory
     event, read whole, gives the hint its first sample at once."""
-    from loratop.trainer.run_index import IndexWriter, load_index
-    from loratop.trainer.run_summary import fold_run
+    from loratop.core.run_index import IndexWriter, load_index
+    from loratop.core.run_summary import fold_run
 
     lines = [ev.encode(0, ev.RUN_STARTED, {"run_name": "x", "max_steps": 3000, "device": {"kind": "cpu"}}, 999.0)]
     for i in range(1, 4):

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_index import INDEX
-from loratop.trainer.run_summary import SUMMARY, fold_run
-from loratop.tui import cli
-from loratop.tui.export import export_files
-from loratop.tui.runs import RunCatalog, list_runs
+from loratop.cli import main as cli
+from loratop.core import events as ev
+from loratop.core.run_index import INDEX
+from loratop.core.run_summary import SUMMARY, fold_run
+from loratop.core.runs import RunCatalog, list_runs
+from loratop.tui.models.export import export_files
 from tests.conftest import RECORDED_RUNS, until
 
 pytestmark = pytest.mark.faults
@@ -191,7 +191,7 @@ def test_a_run_no_check_foresaw_is_listed_as_damaged_not_raised(
 ) -> None:
     """The last line of defence: whatever a run's files make a reader raise, that run is
     listed as damaged, with why, and every other run is listed."""
-    import loratop.tui.runs as runs_module
+    import loratop.core.runs as runs_module
 
     root = _runs(tmp_path, lambda run: None)
     fold = runs_module.fold_run
@@ -215,8 +215,8 @@ def test_a_run_no_check_foresaw_is_listed_as_damaged_not_raised(
 def test_a_damaged_control_file_never_raises_into_the_users_training(tmp_path: Path, text: str) -> None:
     """control.json is read at the step boundaries of someone else's training (LoratopCallback):
     whatever it holds is no request, never an exception."""
-    from loratop.trainer.run_dir import CONTROL, read_control
-    from loratop.trainer.runtime.callback import LoratopCallback
+    from loratop.core.run_dir import CONTROL, read_control
+    from loratop.trainer.callback import LoratopCallback
 
     (tmp_path / CONTROL).write_bytes(text.encode("latin-1"))
     assert not read_control(tmp_path), "no request"

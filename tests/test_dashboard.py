@@ -14,12 +14,12 @@ from textual.message import Message
 from textual.notifications import Notification, Notify
 from textual.widgets import Static
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import load_config, parse_overrides
-from loratop.trainer.run_index import load_index
-from loratop.trainer.run_summary import fold_run
+from loratop.core import events as ev
+from loratop.core.run_index import load_index
+from loratop.core.run_summary import fold_run
+from loratop.preflight.config import load_config, parse_overrides
+from loratop.preflight.launcher import launch
 from loratop.tui.app import LoratopApp
-from loratop.tui.launcher import launch
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
 from tests.conftest import DEMO_CONFIG, add_evals, assert_same_fold, live_status, of_type, read_events, slow_fold, until

@@ -1,7 +1,7 @@
 """Runs of several ranks through torchrun (issue 14): the real launcher on CPU ranks (gloo).
 
 The slow tests start ``loratop``'s launcher, which starts torchrun's agent
-(``trainer.runtime.agent``), which starts the real trainer once per rank. Nothing is faked:
+(``trainer.agent``), which starts the real trainer once per rank. Nothing is faked:
 the ranks train the tiny model and gather their memory over a real process group.
 """
 
@@ -24,9 +24,8 @@ import psutil
 import pytest
 from rich.text import Text
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import ConfigError, DistributedSection, load_config, parse_overrides
-from loratop.trainer.distributed import (
+from loratop.core import events as ev
+from loratop.core.distributed import (
     RankInfo,
     check_distributed,
     describe_failure,
@@ -34,12 +33,13 @@ from loratop.trainer.distributed import (
     torchrun_args,
     worst_rank,
 )
-from loratop.trainer.run_state import RunState
-from loratop.trainer.run_summary import fold_run, run_facts
-from loratop.trainer.runtime.agent import Relay, events_tail
-from loratop.trainer.runtime.event_sink import EventSink
-from loratop.tui.launcher import launch
-from loratop.tui.panels import events_text, header_lines, outcome_text
+from loratop.core.run_state import RunState
+from loratop.core.run_summary import fold_run, run_facts
+from loratop.preflight.config import ConfigError, DistributedSection, load_config, parse_overrides
+from loratop.preflight.launcher import launch
+from loratop.trainer.agent import Relay, events_tail
+from loratop.trainer.event_sink import EventSink
+from loratop.tui.models.panels import events_text, header_lines, outcome_text
 from loratop.widgets.memory_panel import rank_lines
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, until
 
@@ -350,7 +350,7 @@ def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "loratop.tui.cli",
+                "loratop.cli.main",
                 "run",
                 str(DEMO_CONFIG),
                 "--no-tui",
@@ -396,7 +396,7 @@ def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
 
 
 def _run(tmp_path: Path, rank: RankInfo, *overrides: str) -> Any:
-    from loratop.trainer.runtime.train import NullSink, Run
+    from loratop.trainer.train import NullSink, Run
 
     config = load_config(DEMO_CONFIG, parse_overrides([f"output_dir={tmp_path}", *overrides]), check_files=False)
     return Run(config, tmp_path, NullSink(), rank)
@@ -448,7 +448,7 @@ def test_two_gpus_train_the_tiny_model(tmp_path: Path, strategy: str) -> None:
 
 def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
     """A rank still starting would die of SIGUSR1's default action: the agent waits for its handler."""
-    from loratop.trainer.runtime.agent import Forwarder, catches
+    from loratop.trainer.agent import Forwarder, catches
 
     got = tmp_path / "got"
     child = subprocess.Popen([sys.executable, "-c", (
@@ -482,7 +482,7 @@ def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
 
 
 def _ended_run(tmp_path: Path, finished: dict[str, Any] | None) -> Path:
-    from loratop.trainer.run_dir import write_status
+    from loratop.core.run_dir import write_status
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -512,7 +512,7 @@ def _ended_run(tmp_path: Path, finished: dict[str, Any] | None) -> Path:
 def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
     tmp_path: Path, finished: dict[str, Any] | None, failure: dict[str, Any], alert: bool
 ) -> None:
-    from loratop.trainer.runtime.agent import _finish
+    from loratop.trainer.agent import _finish
 
     run_dir = _ended_run(tmp_path, finished)
     assert _finish(run_dir, failure, 0, 3.0) == 1
@@ -535,7 +535,7 @@ def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
 
 def test_a_peer_lost_on_another_box_is_said_so(tmp_path: Path) -> None:
     """Node 0 sees only its own ranks exit after a collective failed: it says where to look."""
-    from loratop.trainer.runtime.agent import _finish
+    from loratop.trainer.agent import _finish
 
     finished = {"status": "failed", "error": {"message": "RuntimeError: [gloo] Connection closed by peer"}}
     run_dir = _ended_run(tmp_path, finished)
@@ -575,7 +575,7 @@ def test_the_agents_last_words_survive_a_removed_folder(tmp_path: Path, capsys: 
     """Rank 0 saw its folder removed (and rescued the run): the agent says so and makes nothing again."""
     import shutil
 
-    from loratop.trainer.runtime.agent import _finish
+    from loratop.trainer.agent import _finish
 
     run_dir = _ended_run(tmp_path, None)
     shutil.rmtree(run_dir)
@@ -596,7 +596,7 @@ def test_the_agents_last_words_on_a_full_disk_are_said_not_raised(tmp_path: Path
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
         "from pathlib import Path\n"
-        "from loratop.trainer.runtime.agent import _finish\n"
+        "from loratop.trainer.agent import _finish\n"
         "failure = {'rank': 1, 'node': 0, 'local_rank': 1, 'pid': 9, 'exit_code': -9, 'exits': {1: -9}}\n"
         f"sys.exit(_finish(Path({str(run_dir)!r}), failure, 0, 3.0))\n"
     )

@@ -7,7 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from loratop.trainer.data_files import EMBEDDED_DATASETS, inspect_data
+from loratop.preflight.data_files import EMBEDDED_DATASETS, inspect_data
 from tests.conftest import REPO
 
 
@@ -34,7 +34,7 @@ def test_the_shipped_dataset_is_chat_rows() -> None:
 
 
 def test_tiny_model_is_built_once_then_cached(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from loratop.trainer.runtime import tiny_model
+    from loratop.trainer import tiny_model
 
     monkeypatch.setenv("LORATOP_CACHE", str(tmp_path))
     folder, built = tiny_model.tiny_model_dir()

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
 
-from loratop.trainer import estimate as est_mod
-from loratop.trainer import model_config
-from loratop.trainer.config import RunConfig, load_config
-from loratop.trainer.estimate import (
+from loratop.cli.main import main
+from loratop.preflight import estimate as est_mod
+from loratop.preflight import model_config
+from loratop.preflight.config import RunConfig, load_config
+from loratop.preflight.estimate import (
     GB,
     NO_GPU,
     EstimateError,
@@ -39,7 +40,6 @@ from loratop.trainer.estimate import (
     shape_from_config,
     visible_gpu_total,
 )
-from loratop.tui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests" / "data" / "configs"
@@ -492,7 +492,7 @@ def test_cli_missing_config_json_is_one_line_without_traceback(tmp_path: Path) -
     empty = tmp_path / "no-model"
     empty.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", "estimate", str(DEMO), "--set", f"model.name_or_path={empty}"],
+        [sys.executable, "-m", "loratop.cli.main", "estimate", str(DEMO), "--set", f"model.name_or_path={empty}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -519,7 +519,7 @@ def test_every_line_fits_80_columns(model: str, gpu: int | None) -> None:
 
 
 def test_estimate_module_is_standard_library_only() -> None:
-    script = "import loratop.trainer.estimate, sys, json; print(json.dumps(sorted(sys.modules)))"
+    script = "import loratop.preflight.estimate, sys, json; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     modules = json.loads(result.stdout.splitlines()[-1])
     banned = ("torch", "transformers", "huggingface_hub", "pynvml", "pydantic", "textual")
@@ -669,8 +669,8 @@ def test_check_warns_only_when_the_output_disk_is_short(
 def test_run_warns_on_stderr_before_it_launches(
     mode: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.trainer.run_dir import RunDirError
-    from loratop.tui import launcher
+    from loratop.core.run_dir import RunDirError
+    from loratop.preflight import launcher
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         print("launch called", file=sys.stderr)
@@ -693,8 +693,8 @@ def test_a_dashboard_launch_on_a_short_disk_shows_the_warning_first(
 ) -> None:
     import asyncio
 
-    from loratop.trainer.run_dir import RunDirError
-    from loratop.tui import launcher
+    from loratop.core.run_dir import RunDirError
+    from loratop.preflight import launcher
     from loratop.tui.app import LoratopApp
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -741,7 +741,7 @@ def test_an_unknown_model_shape_draws_no_disk_warning_and_no_download(
 
 def test_70b_qlora_on_two_48_gb_gpus_fits_only_sharded() -> None:
     """The QLoRA-FSDP case: 70B in 4 bits is ~45 GB of model state, too much for one 48 GB card."""
-    from loratop.trainer.estimate import per_gpu
+    from loratop.preflight.estimate import per_gpu
 
     shape = load_model_shape(LLAMA_31_70B)
     assert count_parameters(shape).total == 70_553_706_496

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from textual.app import App, ComposeResult
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import ConfigError, load_config, parse_overrides
-from loratop.trainer.overfit import OVERFITTING, EvalTracker
-from loratop.trainer.run_state import RunState
-from loratop.trainer.run_summary import fold_run, run_facts
-from loratop.tui.export import export_files
-from loratop.tui.headless import follow_launched
-from loratop.tui.launcher import launch
-from loratop.tui.panels import eval_label, eval_text, header_lines, outcome_text
-from loratop.tui.runs import summarise_run
+from loratop.cli.headless import follow_launched
+from loratop.core import events as ev
+from loratop.core.overfit import OVERFITTING, EvalTracker
+from loratop.core.run_state import RunState
+from loratop.core.run_summary import fold_run, run_facts
+from loratop.core.runs import summarise_run
+from loratop.preflight.config import ConfigError, load_config, parse_overrides
+from loratop.preflight.launcher import launch
+from loratop.tui.models.export import export_files
+from loratop.tui.models.panels import eval_label, eval_text, header_lines, outcome_text
 from loratop.widgets import LossChart
 from tests.conftest import DEMO_CONFIG, add_evals, loratop, of_type, read_events
 
@@ -162,7 +162,7 @@ def test_loss_chart_draws_eval_points() -> None:
 
 
 def test_compare_shows_and_overlays_the_eval_curves(runs: Path) -> None:
-    from loratop.tui.compare import load_compared, outcome_rows
+    from loratop.tui.models.compare import load_compared, outcome_rows
     from loratop.widgets import CompareChart, Series
 
     add_evals(runs / "tiny-r16", [(20, 5.9), (40, 5.7), (60, 5.8)])
@@ -283,8 +283,8 @@ def test_early_stopping_keeps_the_best_adapter_and_overfitting_is_alerted(tmp_pa
 
 
 def test_the_rows_left_to_train_on_leave_the_held_out_ones_out() -> None:
-    from loratop.trainer.advisor import gather_facts
-    from loratop.trainer.data_files import held_out_rows, usable_rows
+    from loratop.preflight.advisor import gather_facts
+    from loratop.preflight.data_files import held_out_rows, usable_rows
 
     assert held_out_rows(0.05, 3000) == 150 and held_out_rows(0.05, 64) == 4 and held_out_rows(200, 3000) == 200
     assert usable_rows("embedded:tool-chat", "auto", None, 0.05) == 2850
@@ -294,8 +294,8 @@ def test_the_rows_left_to_train_on_leave_the_held_out_ones_out() -> None:
 
 
 def test_the_knob_editor_offers_the_eval_schedule() -> None:
-    from loratop.trainer.config import validate_tree
-    from loratop.tui.knob_form import KNOBS
+    from loratop.preflight.config import validate_tree
+    from loratop.tui.models.knob_form import KNOBS
 
     assert KNOBS["training.eval_steps"].kind == "int"
     config, problems = validate_tree({"training": {"eval_steps": -5}})

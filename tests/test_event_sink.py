@@ -6,9 +6,9 @@ import os
 import threading
 from pathlib import Path
 
-from loratop.trainer import events as ev
-from loratop.trainer.runtime.event_sink import EventSink
-from loratop.tui.event_stream import PipeStream
+from loratop.core import events as ev
+from loratop.core.event_stream import PipeStream
+from loratop.trainer.event_sink import EventSink
 
 
 def _drain(fd: int) -> bytes:
@@ -112,8 +112,8 @@ def test_a_torn_last_line_is_repaired_when_the_file_is_opened(tmp_path: Path) ->
 FILE_SIZE_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
-from loratop.trainer import events as ev
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.core import events as ev
+from loratop.trainer.event_sink import EventSink
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (4000, resource.RLIM_INFINITY))

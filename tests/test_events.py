@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer.events import (
+from loratop.core.events import (
     LOG,
     MEMORY,
     PROTOCOL_VERSION,

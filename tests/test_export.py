@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.tui import cli
-from loratop.tui.export import METRICS_HEADER, export_events_jsonl, export_metrics_csv, export_run
+from loratop.cli import main as cli
+from loratop.core import events as ev
+from loratop.tui.models.export import METRICS_HEADER, export_events_jsonl, export_metrics_csv, export_run
 from tests.conftest import RECORDED_RUNS as RUNS
 from tests.conftest import of_type, read_events
 
@@ -153,7 +153,8 @@ def test_cli_export_writes_files_and_reports_counts(tmp_path: Path, capsys: pyte
 def test_cli_export_writes_where_the_dashboard_does_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.tui import app, export
+    from loratop.tui import app
+    from loratop.tui.models import export
 
     monkeypatch.chdir(tmp_path)
 
@@ -228,7 +229,7 @@ def test_a_single_process_run_keeps_every_column_and_the_readme_names_each_one(t
 
 
 def test_write_new_never_writes_over_a_file(tmp_path: Path) -> None:
-    from loratop.tui.export import write_new
+    from loratop.tui.models.export import write_new
 
     first = write_new(tmp_path / "out", "compare-a-vs-b", ".svg", "one")
     second = write_new(tmp_path / "out", "compare-a-vs-b", ".svg", "two")

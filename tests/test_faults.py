@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
-from loratop.tui import cli
+from loratop.cli import main as cli
+from loratop.core.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from tests.conftest import live_status, until
@@ -141,7 +141,7 @@ def test_c_and_s_never_signal_a_process_whose_identity_was_copied(
 def test_a_trainer_lock_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
     """issue 24, item 8: a trainer.lock planted as a symbolic link would have been opened,
     truncated and written through (any file the user can write)."""
-    from loratop.trainer.run_dir import RunDirTaken, hold_run_dir
+    from loratop.core.run_dir import RunDirTaken, hold_run_dir
 
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
@@ -203,7 +203,7 @@ def test_ls_lists_a_run_with_an_impossible_pid_as_not_running(
 def test_launches_racing_for_one_stamped_folder_get_one_folder_each(tmp_path: Path) -> None:
     import threading
 
-    from loratop.trainer.run_dir import claim_run_dir
+    from loratop.core.run_dir import claim_run_dir
 
     path = tmp_path / "runs" / "tiny-cpu-demo-20261201-101500"
     start = threading.Barrier(8)
@@ -222,7 +222,7 @@ def test_launches_racing_for_one_stamped_folder_get_one_folder_each(tmp_path: Pa
 
 
 def test_a_named_folder_that_holds_a_run_is_refused_not_shared(tmp_path: Path) -> None:
-    from loratop.trainer.run_dir import RunDirTaken, claim_run_dir
+    from loratop.core.run_dir import RunDirTaken, claim_run_dir
 
     assert claim_run_dir(tmp_path / "my-run") == tmp_path / "my-run"
     with pytest.raises(RunDirTaken, match="already holds a run"):
@@ -273,8 +273,8 @@ def test_a_stopped_trainer_reads_paused_with_how_to_resume_it(
 ) -> None:
     """issue 24, item 8: a SIGSTOPped trainer read RUNNING. The process here is this test's own
     child, standing in for a trainer whose identity status.json proves."""
-    from loratop.tui.panels import outcome_text
-    from loratop.tui.runs import list_runs, read_run
+    from loratop.core.runs import list_runs, read_run
+    from loratop.tui.models.panels import outcome_text
 
     run_dir = _live_looking_run(tmp_path, {**live_status(bystander.pid), "state": "running"})
     REAL_KILL(bystander.pid, signal.SIGSTOP)
@@ -319,7 +319,7 @@ def run_dir_held(run_dir: Path) -> bool:
 
 
 def test_a_second_trainer_on_a_held_folder_exits_without_writing(tmp_path: Path) -> None:
-    from loratop.trainer.run_dir import hold_run_dir
+    from loratop.core.run_dir import hold_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -378,7 +378,7 @@ def test_eight_launches_at_once_in_one_folder_make_eight_runs(tmp_path: Path) ->
     assert len(folders) == 8
     seeds = set()
     for folder in folders:
-        from loratop.trainer.events import read_events
+        from loratop.core.events import read_events
 
         events, skipped = read_events(str(folder / "events.jsonl"))
         assert skipped == 0 and [e["seq"] for e in events] == list(range(len(events)))
@@ -400,7 +400,7 @@ DAMAGED_CONFIG = ["lora: [1", "- 1", "training: 5", "parent: 7", "lora: {r: x}",
 
 
 def test_damaged_status_or_config_leaves_every_run_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from loratop.tui.runs import list_runs
+    from loratop.core.runs import list_runs
 
     runs = tmp_path / "runs"
     healthy = Path(__file__).parent / "data" / "runs" / "tiny-r8"
@@ -459,7 +459,7 @@ def test_estimate_into_a_closed_pipe_prints_no_traceback() -> None:
     os.close(read_end)  # `| head` that has already gone: every write meets EPIPE
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "loratop.tui.cli", "estimate", str(DEMO)],
+            [sys.executable, "-m", "loratop.cli.main", "estimate", str(DEMO)],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
         )  # fmt: skip
     finally:
@@ -470,7 +470,7 @@ def test_estimate_into_a_closed_pipe_prints_no_traceback() -> None:
 def _headless_run_at_its_first_step(run_dir: Path, max_steps: int) -> subprocess.Popen[str]:
     """``loratop run --no-tui`` of the demo, once it has printed its first step line."""
     cli_process = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui",
+        [sys.executable, "-m", "loratop.cli.main", "run", str(DEMO), "--no-tui",
          "--set", f"output_dir={run_dir}", "--set", f"training.max_steps={max_steps}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -505,12 +505,12 @@ def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(t
 
 
 def test_the_damage_check_knows_every_config_section() -> None:
-    """tui.runs lists the config's sections by hand (importing the schema would load pydantic
+    """core.runs lists the config's sections by hand (importing the schema would load pydantic
     into the home screen); keep that list the schema's."""
     from pydantic import BaseModel
 
-    from loratop.trainer.config import RunConfig
-    from loratop.tui import runs
+    from loratop.core import runs
+    from loratop.preflight.config import RunConfig
 
     sections = {
         name
@@ -528,7 +528,7 @@ def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path: Path, where: st
     (tmp_path / "afile").write_text("not a folder")
     out = tmp_path / "afile" / "run" if where == "under-a-file" else tmp_path / ("x" * 300)
     result = subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO), "--no-tui", "--set", f"output_dir={out}"],
+        [sys.executable, "-m", "loratop.cli.main", "run", str(DEMO), "--no-tui", "--set", f"output_dir={out}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
@@ -540,9 +540,9 @@ def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path: Path, where: st
 def test_a_launch_that_cannot_write_its_folder_frees_the_name_again(tmp_path: Path) -> None:
     import resource
 
-    from loratop.trainer.config import load_config
-    from loratop.trainer.run_dir import RunDirError
-    from loratop.tui.launcher import launch
+    from loratop.core.run_dir import RunDirError
+    from loratop.preflight.config import load_config
+    from loratop.preflight.launcher import launch
 
     run_dir = tmp_path / "run"
     config = load_config(DEMO, {"output_dir": str(run_dir)}, check_files=False)
@@ -617,7 +617,7 @@ def test_check_names_a_folder_of_your_own_files(tmp_path: Path, capsys: pytest.C
 def test_the_claim_refuses_a_folder_of_your_own_files_without_writing(tmp_path: Path, entries: list[str]) -> None:
     """The claim is the last guard (a folder filled between check and launch, the dashboard's
     launch): even a hidden file or one of loratop's own names, with no events.jsonl, is not ours."""
-    from loratop.trainer.run_dir import RunDirNotEmpty, claim_run_dir
+    from loratop.core.run_dir import RunDirNotEmpty, claim_run_dir
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -637,7 +637,7 @@ def test_the_claim_refuses_a_folder_of_your_own_files_without_writing(tmp_path: 
 
 
 def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_path: Path) -> None:
-    from loratop.trainer.config import load_config
+    from loratop.preflight.config import load_config
 
     mine = tmp_path / "mine"
     before = _users_folder(mine)
@@ -665,7 +665,7 @@ def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_pa
 
 
 def test_an_empty_existing_folder_is_still_claimed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from loratop.trainer.run_dir import claim_run_dir
+    from loratop.core.run_dir import claim_run_dir
 
     folder = tmp_path / "made-for-it"
     folder.mkdir()
@@ -677,7 +677,7 @@ def test_an_empty_existing_folder_is_still_claimed(tmp_path: Path, capsys: pytes
 def test_a_stamped_folder_that_holds_your_files_moves_on_to_the_next_suffix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.trainer.run_dir import claim_run_dir
+    from loratop.core.run_dir import claim_run_dir
 
     stamped = tmp_path / "runs" / "tiny-cpu-demo-20261201-101500"
     before = _users_folder(stamped)
@@ -698,8 +698,8 @@ def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stop
     """The launching dashboard reaps its trainer (no zombie) and names the signal from its exit code."""
     from textual.widgets import Static
 
-    from loratop.trainer.config import load_config
-    from loratop.tui.launcher import launch
+    from loratop.preflight.config import load_config
+    from loratop.preflight.launcher import launch
     from tests.conftest import status_of
 
     config = load_config(DEMO, {"output_dir": str(tmp_path / "runs" / "k9"), "training.max_steps": 3000})
@@ -786,7 +786,7 @@ def test_a_lost_trainers_log_tail_keeps_what_may_say_why_on_one_row_each(
     (cut to the terminal's width, with where the rest is: the full log, named after it)."""
     import io
 
-    from loratop.tui.headless import _print_log_tail
+    from loratop.cli.headless import _print_log_tail
 
     monkeypatch.setenv("COLUMNS", "80")  # the terminal's width, as shutil reads it
     recorded = (Path(__file__).parent / "data" / "trainer-cpu-demo.log").read_bytes()
@@ -848,7 +848,7 @@ def test_attach_to_a_dead_trainer_says_lost_and_stops_the_clock(tmp_path: Path) 
 
 def test_a_status_that_proves_nothing_is_not_recorded_lost(tmp_path: Path) -> None:
     """A pid from another host may still train there: `unknown`, and status.json is left as it is."""
-    from loratop.tui.runs import summarise_run
+    from loratop.core.runs import summarise_run
 
     status = live_status(host="gpu-box-7", state="running")
     run_dir = _live_looking_run(tmp_path, status)
@@ -888,7 +888,7 @@ mount, out, demo, leave, *sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[
 run_dir = mount / "runs" / "full"
 with open(out / "cli.out", "w") as log:
     cli = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", demo, "--no-tui", "--set", f"output_dir={run_dir}",
+        [sys.executable, "-m", "loratop.cli.main", "run", demo, "--no-tui", "--set", f"output_dir={run_dir}",
          "--set", "training.max_steps=3000", *[arg for s in sets for arg in ("--set", s)]],
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -1030,9 +1030,9 @@ def test_a_removed_run_folder_is_said_and_the_trainer_stops_and_rescues_its_adap
 ) -> None:
     from textual.widgets import Static
 
-    from loratop.trainer.config import load_config
-    from loratop.trainer.events import read_events
-    from loratop.tui.launcher import launch
+    from loratop.core.events import read_events
+    from loratop.preflight.config import load_config
+    from loratop.preflight.launcher import launch
 
     rescue = tmp_path / "rescue"
     monkeypatch.setenv("LORATOP_RESCUE_DIR", str(rescue))  # the trainer inherits it
@@ -1078,7 +1078,7 @@ def test_a_full_disk_at_launch_is_one_line_and_leaves_nothing_behind(tmp_path: P
     mount.mkdir()
     shell = (
         'mount -t tmpfs -o size=1m loratop-test "$1" && (cat /dev/zero > "$1/filler" 2>/dev/null; true) && '
-        '"$2" -m loratop.tui.cli run "$3" --no-tui --set output_dir="$1/runs/x"; echo "rc=$?"; '
+        '"$2" -m loratop.cli.main run "$3" --no-tui --set output_dir="$1/runs/x"; echo "rc=$?"; '
         'find "$1" -mindepth 1 ! -name filler'
     )
     result = subprocess.run(

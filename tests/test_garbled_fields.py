@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.tui import cli
+from loratop.cli import main as cli
+from loratop.core import events as ev
 from tests.conftest import RECORDED_RUNS
 
 # The line from the issue: it crashed `loratop attach`, the home screen, `ls` and `compare`.
@@ -88,7 +88,7 @@ def test_ls_compare_and_export_skip_the_bad_line(tmp_path: Path, capsys: pytest.
 
 
 def test_the_run_summary_counts_the_bad_line_as_garbled(tmp_path: Path) -> None:
-    from loratop.tui.runs import read_run
+    from loratop.core.runs import read_run
 
     runs = _runs_with_bad_line(tmp_path)
     clean, _ = read_run(RECORDED_RUNS / "tiny-r8")

@@ -13,8 +13,8 @@ import pytest
 from fake_cuda import GIB, FakeCudaMemory
 from fake_nvml import FakeGpu, FakePynvml, install
 
-from loratop.trainer import events as ev
-from loratop.trainer.gpu_busy import (
+from loratop.core import events as ev
+from loratop.core.gpu_busy import (
     GPU_STARVED,
     Cause,
     StarvedGpu,
@@ -24,11 +24,11 @@ from loratop.trainer.gpu_busy import (
     starved_causes,
     starved_message,
 )
-from loratop.trainer.run_state import RunState
-from loratop.trainer.runtime.event_sink import EventSink
-from loratop.trainer.runtime.memory_sampler import MemorySampler
-from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
-from loratop.tui import panels
+from loratop.core.run_state import RunState
+from loratop.trainer.event_sink import EventSink
+from loratop.trainer.memory_sampler import MemorySampler
+from loratop.trainer.memory_watch import BatchRecorder, MemoryWatch
+from loratop.tui.models import panels
 from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
 
 
@@ -200,9 +200,9 @@ def _gpu_run(tmp_path: Path, util: float, name: str = "NVIDIA H200") -> Path:
 
 
 def test_the_header_ls_compare_and_export_show_busy_and_mfu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from loratop.trainer.run_summary import fold_run
-    from loratop.tui import cli
-    from loratop.tui.export import export_files
+    from loratop.cli import main as cli
+    from loratop.core.run_summary import fold_run
+    from loratop.tui.models.export import export_files
 
     run = _gpu_run(tmp_path, util=16.0)
     state, _ = fold_run(run)
@@ -231,8 +231,8 @@ def test_the_header_ls_compare_and_export_show_busy_and_mfu(tmp_path: Path, caps
 
 
 def test_a_cpu_run_says_na_never_zero(tmp_path: Path) -> None:
-    from loratop.trainer.run_summary import fold_run
-    from loratop.tui.runs import list_runs
+    from loratop.core.run_summary import fold_run
+    from loratop.core.runs import list_runs
 
     shutil.copytree(RECORDED_RUNS / "tiny-r8", tmp_path / "cpu-run")
     state, _ = fold_run(tmp_path / "cpu-run")
@@ -262,7 +262,7 @@ def test_the_real_trainer_raises_the_alert_into_events_jsonl(tmp_path: Path, mon
     busy; the window shortened to 0.2 s so a CPU run of 30 steps covers it."""
     from test_spill_endings import _run
 
-    from loratop.trainer.run_summary import fold_run
+    from loratop.core.run_summary import fold_run
 
     install(monkeypatch, FakePynvml([FakeGpu("GPU-1", name="NVIDIA H200", total=80 * GIB, used=2 * GIB, util=5)]), None)
     run = _run(tmp_path / "run", FakeCudaMemory(), steps=30)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.core import events as ev
+from loratop.trainer.event_sink import EventSink
 from tests.conftest import RECORDED_RUNS, REPO
 
 GIB = 1024**3

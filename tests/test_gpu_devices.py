@@ -12,7 +12,7 @@ import sys
 import pytest
 from fake_nvml import GIB, FakeGpu, FakePynvml, four_gpus, install
 
-from loratop.trainer.gpu_devices import (
+from loratop.core.gpu_devices import (
     NO_NVIDIA_GPU,
     NVML_ERROR,
     NVML_OK,

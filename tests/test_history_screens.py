@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Static
 
-from loratop.trainer import events as ev
+from loratop.core import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
@@ -174,7 +174,7 @@ def _live_run(runs: Path, max_steps: int) -> Any:
     """A run folder named ``live`` whose trainer (this test) has made one step: its sink."""
     import json
 
-    from loratop.trainer.runtime.event_sink import EventSink
+    from loratop.trainer.event_sink import EventSink
     from tests.conftest import live_status
 
     live = runs / "live"
@@ -233,8 +233,8 @@ def test_a_live_cell_that_grows_is_drawn_whole(runs: Path) -> None:
 
 
 def test_every_sortable_column_names_a_real_column_and_sort() -> None:
-    from loratop.tui.panels import HISTORY_COLUMNS
-    from loratop.tui.runs import SORT_KEYS
+    from loratop.core.runs import SORT_KEYS
+    from loratop.tui.models.panels import HISTORY_COLUMNS
     from loratop.tui.screens.home_screen import HomeScreen
 
     assert set(HomeScreen.SORT_BY_COLUMN) <= set(HISTORY_COLUMNS)
@@ -527,8 +527,8 @@ def _toasts(app: LoratopApp) -> list[str]:
 
 
 def test_a_archives_the_run_out_of_the_list_and_ls_counts_it(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from loratop.tui import cli
-    from loratop.tui.runs import summarise_run
+    from loratop.cli import main as cli
+    from loratop.core.runs import summarise_run
 
     app = LoratopApp(None, runs_root=runs)
 
@@ -590,8 +590,8 @@ def test_a_and_d_refuse_a_run_whose_trainer_lives(runs: Path) -> None:
     import json
     import os
 
-    from loratop.trainer.run_dir import hold_run_dir
-    from loratop.tui.archive import why_live
+    from loratop.core.archive import why_live
+    from loratop.core.run_dir import hold_run_dir
     from tests.conftest import live_status
 
     locked, proven = runs / "tiny-r8", runs / "tiny-r16"

@@ -1,8 +1,8 @@
 """Importing the light layers never loads the heavy ones (each costs seconds over SSH).
 
-The rule reads from ``ls``: ``trainer/runtime/`` is the training subprocess and the only
-place that may import the ML stack; every other module of ``trainer/``, ``tui/`` and
-``widgets/`` is torch-free. The modules are found by globbing, so there is no list to
+The rule reads from ``ls``: ``trainer/`` is the training subprocess (and the callback API) and
+the only place that may import the ML stack; every module of ``core/``, ``preflight/``,
+``tui/``, ``widgets/``, ``cli/`` and ``loratop/`` itself is torch-free. The modules are found by globbing, so there is no list to
 keep in step. Each import check runs a fresh interpreter: in this one, other tests may
 already have imported torch.
 """
@@ -19,14 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "sample_configs" / "tiny-cpu-demo.yaml"
 
 ML_STACK = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "trl")
-RUNTIME = REPO / "trainer" / "runtime"
-ENTRY = REPO / "trainer" / "__main__.py"
-"""``python -m trainer``: the one module outside ``runtime/`` that starts it."""
+LIGHT = ("core", "preflight", "tui", "widgets", "cli")
+"""The homes that never import the ML stack (``trainer/`` alone may)."""
+TORCH_FREE_CORE = ("core", "preflight")
+"""The homes that load neither the ML stack nor Textual (the trainer and the dashboard share them)."""
 
 
 def _light_files() -> list[Path]:
-    files = [p for layer in ("trainer", "tui", "widgets") for p in sorted((REPO / layer).rglob("*.py"))]
-    return [p for p in files if RUNTIME not in p.parents and p != ENTRY]
+    return [p for layer in LIGHT for p in sorted((REPO / layer).rglob("*.py"))]
 
 
 def _module_name(path: Path) -> str:
@@ -57,30 +57,34 @@ def _heavy(modules: list[str], banned: tuple[str, ...]) -> list[str]:
     return [name for name in modules if name.split(".")[0] in banned]
 
 
-def test_no_module_outside_trainer_runtime_imports_the_ml_stack_even_lazily() -> None:
+TOP_NAMES = ("trainer", "tui", "widgets", "core", "preflight", "cli")
+"""The homes' own names: importing one bare would load a second copy (or another project's)."""
+
+
+def test_no_module_outside_trainer_imports_the_ml_stack_or_the_trainer_even_lazily() -> None:
     offenders = [
         f"{path.relative_to(REPO)} imports {name}"
         for path in _light_files()
         for name in _imported_names(path)
-        if name.split(".")[0] in ML_STACK or name.startswith(("loratop.trainer.runtime", "trainer", "tui", "widgets"))
+        if name.split(".")[0] in ML_STACK or name.startswith("loratop.trainer") or name.split(".")[0] in TOP_NAMES
     ]
     assert offenders == []
 
 
-def test_every_module_outside_trainer_runtime_imports_without_the_ml_stack() -> None:
+def test_every_module_outside_trainer_imports_without_the_ml_stack() -> None:
     names = [_module_name(path) for path in _light_files()]
-    assert {"loratop.trainer.events", "loratop.tui.cli", "loratop.widgets.loss_chart"} <= set(names)
+    assert {"loratop.core.events", "loratop.cli.main", "loratop.widgets.loss_chart"} <= set(names)
     modules = _modules_after("\n".join(f"import {name}" for name in names))
 
     assert set(names) <= set(modules)
     assert _heavy(modules, ML_STACK) == []
     # Only loratop's own names: a top-level `trainer` would be a second copy (or someone else's).
-    assert [m for m in modules if m.split(".")[0] in ("trainer", "tui", "widgets")] == []
+    assert [m for m in modules if m.split(".")[0] in TOP_NAMES] == []
 
 
-def test_the_torch_free_trainer_modules_load_no_textual_either() -> None:
-    names = [_module_name(p) for p in _light_files() if p.relative_to(REPO).parts[0] == "trainer"]
-    assert "loratop.trainer.config" in names
+def test_the_core_and_preflight_load_no_textual_either() -> None:
+    names = [_module_name(p) for p in _light_files() if p.relative_to(REPO).parts[0] in TORCH_FREE_CORE]
+    assert "loratop.preflight.config" in names
     modules = _modules_after("\n".join(f"import {name}" for name in names))
 
     assert _heavy(modules, (*ML_STACK, "textual")) == []
@@ -88,29 +92,29 @@ def test_the_torch_free_trainer_modules_load_no_textual_either() -> None:
 
 def test_advisor_loads_no_ml_stack_and_no_textual() -> None:
     modules = _modules_after(
-        "from loratop.trainer.advisor import advise, gather_facts\n"
-        "from loratop.trainer.config import load_config\n"
+        "from loratop.preflight.advisor import advise, gather_facts\n"
+        "from loratop.preflight.config import load_config\n"
         f"config = load_config({str(DEMO)!r}, check_files=False)\n"
         "advise(config, gather_facts(config))"
     )
 
-    assert "loratop.trainer.advisor" in modules
+    assert "loratop.preflight.advisor" in modules
     assert _heavy(modules, (*ML_STACK, "textual")) == []
 
 
 def test_check_command_loads_no_ml_stack(tmp_path: Path) -> None:
     modules = _modules_after(
-        f"from loratop.tui.cli import main\nassert main(['check', {str(DEMO)!r}]) == 0",
+        f"from loratop.cli.main import main\nassert main(['check', {str(DEMO)!r}]) == 0",
         cwd=tmp_path,
     )
 
-    assert "loratop.trainer.data_files" in modules
+    assert "loratop.preflight.data_files" in modules
     assert _heavy(modules, ML_STACK) == []
 
 
 def test_dashboard_and_widgets_load_no_ml_stack() -> None:
     modules = _modules_after(
-        "import loratop.tui.app, loratop.tui.runs, loratop.trainer.run_state, loratop.tui.panels, loratop.widgets"
+        "import loratop.tui.app, loratop.core.runs, loratop.core.run_state, loratop.tui.models.panels, loratop.widgets"
     )
 
     assert "loratop.tui.app" in modules and "textual" in modules

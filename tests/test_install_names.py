@@ -37,14 +37,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"loratop", wheel.name.split("-py3")[0] + ".dist-info"}
-    for module in ("loratop/tui/cli.py", "loratop/trainer/events.py", "loratop/trainer/runtime/train.py",
-                   "loratop/widgets/loss_chart.py", "loratop/trainer/sample_configs/tiny-cpu-demo.yaml",
-                   "loratop/trainer/embedded/tool_chat.jsonl", "loratop/trainer/model_shapes.json",
-                   "loratop/tui/app.tcss",
-                   "loratop/tui/serve_templates/app_index.html"):  # fmt: skip
+    for module in ("loratop/cli/main.py", "loratop/core/events.py", "loratop/trainer/train.py",
+                   "loratop/widgets/loss_chart.py", "loratop/preflight/sample_configs/tiny-cpu-demo.yaml",
+                   "loratop/preflight/embedded/tool_chat.jsonl", "loratop/preflight/model_shapes.json",
+                   "loratop/tui/app.tcss", "loratop/tui/models/panels.py",
+                   "loratop/cli/serve_templates/app_index.html"):  # fmt: skip
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt").decode()
-    assert "loratop = loratop.tui.cli:main" in entry_points
+    assert "loratop = loratop.cli.main:main" in entry_points
 
 
 def test_a_package_named_trainer_installed_beside_it_leaves_both_importable(wheel: Path, tmp_path: Path) -> None:
@@ -54,11 +54,11 @@ def test_a_package_named_trainer_installed_beside_it_leaves_both_importable(whee
         (site / other).mkdir()
         (site / other / "__init__.py").write_text(f"OWNER = 'another project: {other}'\n")
     probe = (
-        "import trainer, tui, loratop.trainer.events as events, loratop.trainer.config, loratop.tui.samples as s\n"
+        "import trainer, tui, loratop.core.events as events, loratop.preflight.config, loratop.preflight.samples as s\n"
         "assert trainer.OWNER == 'another project: trainer' and tui.OWNER == 'another project: tui'\n"
         f"assert events.__file__.startswith({str(site)!r}), events.__file__\n"
         "assert s.samples_dir() is not None and (s.samples_dir() / 'tiny-cpu-demo.yaml').is_file()\n"
-        "from loratop.trainer.model_config import shipped_config\n"
+        "from loratop.preflight.model_config import shipped_config\n"
         "assert shipped_config('meta-llama/Llama-3.1-70B-Instruct').data['num_hidden_layers'] == 80\n"
         "print('ok')\n"
     )

@@ -1,4 +1,4 @@
-"""The knob editor: its pure model (tui.knob_form) and the screen driven with the Pilot.
+"""The knob editor: its pure model (tui.models.knob_form) and the screen driven with the Pilot.
 
 The slow test is the acceptance loop: edit the demo config, launch the real trainer, rerun
 the finished run with changes, and check what each run folder records.
@@ -20,13 +20,13 @@ import yaml
 from fake_nvml import GIB, FakeGpu, FakePynvml, install
 from textual.widgets import Button, Checkbox, Input, OptionList, Select, Static
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import load_config, read_yaml, validate_tree
-from loratop.trainer.config_rewrite import rewrite_config
-from loratop.trainer.yaml_files import YamlTooBig
-from loratop.tui import knob_form as form
-from loratop.tui import samples
+from loratop.core import events as ev
+from loratop.core.yaml_files import YamlTooBig
+from loratop.preflight import samples
+from loratop.preflight.config import load_config, read_yaml, validate_tree
+from loratop.preflight.config_rewrite import rewrite_config
 from loratop.tui.app import LoratopApp
+from loratop.tui.models import knob_form as form
 from loratop.tui.screens.knob_editor_screen import KnobEditor
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.tui.screens.sample_picker_screen import SamplePicker
@@ -343,8 +343,8 @@ def test_edit_launch_then_rerun_with_changes_records_the_chain(tmp_path: Path, c
     assert of_type(read_events(second), ev.RUN_STARTED)[0]["config"]["lora"]["r"] == 32
 
     # The history shows the chain, and the two finished runs compare with their diff named.
-    from loratop.tui.cli import main
-    from loratop.tui.runs import list_runs, parent_label
+    from loratop.cli.main import main
+    from loratop.core.runs import list_runs, parent_label
 
     by_name = {run.name: run for run in list_runs(runs)}
     assert parent_label(second, by_name[second.name].parent) == first.name
@@ -357,7 +357,7 @@ def test_edit_launch_then_rerun_with_changes_records_the_chain(tmp_path: Path, c
 
 
 def test_loratop_edit_refuses_what_it_cannot_edit(tmp_path: Path, capsys: Any) -> None:
-    from loratop.tui.cli import main
+    from loratop.cli.main import main
 
     assert main(["edit", "no-such-thing", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

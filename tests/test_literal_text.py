@@ -6,7 +6,7 @@ Llama and Mistral chat templates use ``[INST]``/``[/INST]``, torchrun prefixes a
 with ``[rank1]:``, and a run may be named ``lora[r16]``: read as Textual or Rich markup, such
 text vanished (``lora[r16]`` showed as ``lora``) or raised ``MarkupError`` and took the
 dashboard down. The runs here are recorded runs copied and edited, their events written
-through the protocol (:func:`loratop.trainer.events.encode`).
+through the protocol (:func:`loratop.core.events.encode`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 import yaml
 from textual.app import App
 
-from loratop.trainer import events as ev
-from loratop.tui import cli
+from loratop.cli import main as cli
+from loratop.core import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.home_screen import HomeScreen

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fake_nvml import GIB, FakePynvml, four_gpus, install
 
-from loratop.trainer.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices
-from loratop.trainer.runtime.memory_sampler import MemorySampler
+from loratop.core.gpu_devices import NO_NVIDIA_GPU, NVML_ERROR, NVML_OK, GpuDevices
+from loratop.trainer.memory_sampler import MemorySampler
 
 
 class FakeNvml:

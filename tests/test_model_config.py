@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer.architectures import model_type_of
-from loratop.trainer.model_config import TINY_CONFIG, ModelConfigError, read_model_config
+from loratop.preflight.architectures import model_type_of
+from loratop.preflight.model_config import TINY_CONFIG, ModelConfigError, read_model_config
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_7B = REPO / "tests" / "data" / "configs" / "llama-7b"
@@ -30,7 +30,7 @@ def test_tiny_needs_no_files() -> None:
     config = read_model_config("tiny")
 
     assert config.data == TINY_CONFIG and config.data is not TINY_CONFIG
-    assert config.source == "the embedded tiny Llama (trainer/runtime/tiny_model.py)"
+    assert config.source == "the embedded tiny Llama (trainer/tiny_model.py)"
     assert model_type_of("tiny") == "llama"
 
 
@@ -91,12 +91,12 @@ def test_check_never_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_estimate_loads_neither_the_tiny_model_builder_nor_the_hub_client() -> None:
     script = (
         "import json, sys\n"
-        "from loratop.trainer.estimate import load_model_shape\n"
+        "from loratop.preflight.estimate import load_model_shape\n"
         "load_model_shape('tiny')\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     modules = json.loads(result.stdout.splitlines()[-1])
 
-    assert "loratop.trainer.model_config" in modules
-    assert [m for m in modules if m in ("loratop.trainer.runtime.tiny_model", "huggingface_hub", "torch")] == []
+    assert "loratop.preflight.model_config" in modules
+    assert [m for m in modules if m in ("loratop.trainer.tiny_model", "huggingface_hub", "torch")] == []

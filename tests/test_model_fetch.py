@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer.config import load_config, parse_overrides
-from loratop.trainer.cpu_estimate import cpu_epoch_hours, cpu_training_warning, cpu_trial, parameters_from_name
-from loratop.trainer.data_files import unavailable_dataset
-from loratop.trainer.model_config import unavailable_model
-from loratop.trainer.runtime.load_progress import describe, progress_class, reporting_load_progress
-from loratop.tui.samples import resolve_config_path
+from loratop.preflight.config import load_config, parse_overrides
+from loratop.preflight.cpu_estimate import cpu_epoch_hours, cpu_training_warning, cpu_trial, parameters_from_name
+from loratop.preflight.data_files import unavailable_dataset
+from loratop.preflight.model_config import unavailable_model
+from loratop.preflight.samples import resolve_config_path
+from loratop.trainer.load_progress import describe, progress_class, reporting_load_progress
 
 QWEN = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -97,7 +97,7 @@ def test_a_cached_config_without_weights_is_not_enough(offline_box: dict[str, st
 
 def _loratop(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loratop.tui.cli", *args],
+        [sys.executable, "-m", "loratop.cli.main", *args],
         cwd=cwd,
         env={**os.environ, **env},
         capture_output=True,
@@ -154,7 +154,7 @@ def test_run_says_every_input_it_cannot_fetch_one_line_each(offline_box: dict[st
 
 
 def test_a_launch_from_the_dashboard_refuses_it_too(offline_box: dict[str, str], tmp_path: Path) -> None:
-    from loratop.tui.launcher import DataUnavailable, launch
+    from loratop.preflight.launcher import DataUnavailable, launch
 
     config = load_config(
         resolve_config_path("qwen2.5-7b-qlora"),
@@ -178,7 +178,7 @@ def _cache_dataset(cache: Path, dataset_id: str) -> Path:
 def test_a_hub_dataset_is_fine_when_cached_local_or_the_hub_answers(
     offline_box: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from loratop.trainer import model_config
+    from loratop.preflight import model_config
 
     assert "hub is unreachable" in (unavailable_dataset(ULTRACHAT, "train_sft") or "")
     assert unavailable_dataset(ULTRACHAT, probe=False) is None  # a check does not try the network
@@ -198,7 +198,7 @@ def test_a_hub_dataset_is_fine_when_cached_local_or_the_hub_answers(
 def test_an_offline_variable_is_said_without_trying_the_network(
     offline_box: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
-    from loratop.trainer import model_config
+    from loratop.preflight import model_config
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("offline: the hub is not tried")
@@ -220,8 +220,8 @@ def test_hf_datasets_offline_decides_for_datasets_when_set(
 def test_check_warns_about_the_hub_dataset_as_about_the_model(
     offline_box: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.trainer import model_config
-    from loratop.tui.cli import main
+    from loratop.cli.main import main
+    from loratop.preflight import model_config
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("a check must not touch the network")
@@ -249,8 +249,8 @@ def test_check_warns_that_run_would_refuse_the_model(offline_box: dict[str, str]
 def test_check_says_the_run_must_download_the_model_without_trying_the_hub(
     offline_box: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.trainer import model_config
-    from loratop.tui.cli import main
+    from loratop.cli.main import main
+    from loratop.preflight import model_config
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("a check must not touch the network")
@@ -280,7 +280,7 @@ def test_a_gpu_sized_model_on_a_cpu_gets_hours_per_epoch(tmp_path: Path) -> None
 def test_the_cpu_trial_hint_names_the_data_knob_and_taking_it_draws_no_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loratop.tui.cli import main
+    from loratop.cli.main import main
 
     path = resolve_config_path("qwen2.5-7b-qlora")
     config = load_config(path, parse_overrides([f"output_dir={tmp_path / 'out'}"]), check_files=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from textual.widgets import Sparkline
 
-from loratop.trainer import events as ev
+from loratop.core import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen

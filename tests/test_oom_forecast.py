@@ -8,8 +8,8 @@ import pytest
 from fake_cuda import FakeCudaMemory
 from fake_nvml import FakePynvml, four_gpus, install
 
-from loratop.trainer import events as ev
-from loratop.trainer.oom_forecast import (
+from loratop.core import events as ev
+from loratop.core.oom_forecast import (
     DANGER,
     EXPANDABLE_SEGMENTS,
     GIB,
@@ -20,8 +20,8 @@ from loratop.trainer.oom_forecast import (
     fragmentation_note,
     worst_batch_tokens,
 )
-from loratop.trainer.runtime.memory_sampler import MemorySampler
-from loratop.trainer.runtime.memory_watch import BatchRecorder, MemoryWatch
+from loratop.trainer.memory_sampler import MemorySampler
+from loratop.trainer.memory_watch import BatchRecorder, MemoryWatch
 
 
 def test_worst_batch_is_batch_size_rows_at_the_longest_truncated_length() -> None:
@@ -101,7 +101,7 @@ def test_batch_recorder_and_paged_state_on_a_real_bitsandbytes_optimizer() -> No
     import bitsandbytes as bnb
     import torch
 
-    from loratop.trainer.runtime.memory_watch import BatchRecorder, paged_state, paged_tensors
+    from loratop.trainer.memory_watch import BatchRecorder, paged_state, paged_tensors
 
     model = torch.nn.Embedding(10, 4)
     recorder = BatchRecorder()

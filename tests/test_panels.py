@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_dir import NO_REPORT
-from loratop.trainer.run_state import LOST, UNKNOWN, RunState
-from loratop.tui import panels
+from loratop.core import events as ev
+from loratop.core.run_dir import NO_REPORT
+from loratop.core.run_state import LOST, UNKNOWN, RunState
+from loratop.tui.models import panels
 
 
 def _state(*events: dict) -> RunState:
@@ -227,14 +227,14 @@ def test_the_status_line_drops_a_checkpoint_notice_once_the_checkpoint_is_saved(
 
 
 def test_a_step_that_is_not_known_never_shows_as_at_none() -> None:
-    from loratop.tui.panels import at_step
+    from loratop.tui.models.panels import at_step
 
     assert at_step(5) == " @5" and at_step(0) == " @0"
     assert at_step(None) == "" and at_step("7") == "" and at_step(True) == ""
 
 
 def test_eval_points_keep_step_zero_and_skip_what_is_not_a_point() -> None:
-    from loratop.trainer.run_state import RunState
+    from loratop.core.run_state import RunState
 
     state = RunState(Path("run"))
     for i, event in enumerate(
@@ -250,7 +250,7 @@ def test_eval_points_keep_step_zero_and_skip_what_is_not_a_point() -> None:
 
 
 def test_the_home_screen_shows_every_history_column() -> None:
-    from loratop.tui.panels import HISTORY_COLUMNS
+    from loratop.tui.models.panels import HISTORY_COLUMNS
     from loratop.tui.screens.home_screen import HOME_COLUMNS
 
     assert sorted(HOME_COLUMNS) == sorted(HISTORY_COLUMNS) and len(set(HOME_COLUMNS)) == len(HOME_COLUMNS)
@@ -258,7 +258,7 @@ def test_the_home_screen_shows_every_history_column() -> None:
 
 def test_the_best_eval_is_the_one_the_trainer_named() -> None:
     """The trainer's tracker names the best (best_step); the dashboard shows that one, not its own pick."""
-    from loratop.trainer.run_state import RunState
+    from loratop.core.run_state import RunState
 
     state = RunState(Path("run"))
     events = [

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_index import INDEX, load_index
-from loratop.trainer.run_summary import fold_run
-from loratop.trainer.runtime.event_sink import EventSink
+from loratop.core import events as ev
+from loratop.core.run_index import INDEX, load_index
+from loratop.core.run_summary import fold_run
+from loratop.trainer.event_sink import EventSink
 from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
@@ -111,8 +111,8 @@ def test_a_real_recorded_run_folds_the_same_from_its_index(tmp_path: Path) -> No
 
 
 def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_path: Path) -> None:
-    from loratop.trainer.run_summary import SUMMARY
-    from loratop.tui.runs import read_run, summarise_run
+    from loratop.core.run_summary import SUMMARY
+    from loratop.core.runs import read_run, summarise_run
 
     run_dir = tmp_path / "run"
     _synthetic(run_dir, 40)
@@ -129,8 +129,8 @@ def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_
 def test_the_catalog_folds_only_what_a_running_run_appended(tmp_path: Path, monkeypatch: Any) -> None:
     import json
 
-    from loratop.tui import runs as runs_module
-    from loratop.tui.runs import RunCatalog
+    from loratop.core import runs as runs_module
+    from loratop.core.runs import RunCatalog
     from tests.conftest import live_status
 
     root = tmp_path / "runs"
@@ -177,8 +177,8 @@ def test_a_damaged_line_with_a_carriage_return_hides_nothing_after_it(tmp_path: 
 
 
 def test_a_diverged_runs_summary_is_cached_too(tmp_path: Path) -> None:
-    from loratop.trainer.run_summary import SUMMARY
-    from loratop.tui.runs import summarise_run
+    from loratop.core.run_summary import SUMMARY
+    from loratop.core.runs import summarise_run
 
     run_dir = tmp_path / "run"
     sink = EventSink(run_dir.mkdir() or run_dir / "events.jsonl")

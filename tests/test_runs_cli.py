@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loratop.tui import cli
-from loratop.tui.runs import (
+from loratop.cli import main as cli
+from loratop.core.runs import (
     SORT_KEYS,
     AmbiguousRun,
     RunNotFound,
@@ -97,7 +97,7 @@ def test_find_run_by_name_path_or_latest(tmp_path: Path) -> None:
 def test_trainer_alive_from_status() -> None:
     import time
 
-    from loratop.trainer.run_dir import trainer_alive
+    from loratop.core.run_dir import trainer_alive
 
     assert trainer_alive(live_status())
     # A bare pid proves nothing (issue 12): it may be reused, or the folder copied from elsewhere.
@@ -177,8 +177,8 @@ def test_ls_rejects_an_unknown_sort_key(runs: Path, capsys: pytest.CaptureFixtur
 
 
 def test_ls_cuts_a_long_name_in_the_middle_only_on_a_narrow_terminal(runs: Path) -> None:
-    from loratop.tui.panels import history_row
-    from loratop.tui.run_table import history_table
+    from loratop.tui.models.panels import history_row
+    from loratop.tui.models.run_table import history_table
 
     long_name = "llama-3.1-8b-instruct-r64-alpha128-lr2e-4-seq4096-20261129-075650"
     shutil.copytree(runs / "tiny-r8", runs / long_name)
@@ -317,7 +317,7 @@ def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    cmd = [sys.executable, "-m", "loratop.tui.cli", "ls", "--runs-dir", str(runs)]
+    cmd = [sys.executable, "-m", "loratop.cli.main", "ls", "--runs-dir", str(runs)]
     process = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env, cwd=Path(__file__).parent.parent)
     os.close(slave)
     out = b""
@@ -514,7 +514,7 @@ def test_every_command_suggests_the_closest_run_for_an_unknown_one(
 
 def failed_while_loading(root: Path, name: str = "hub-fail-20261129-081500") -> Path:
     """A run whose trainer failed before the model loaded: a phase message, then ``run_finished``."""
-    from loratop.trainer import events as ev
+    from loratop.core import events as ev
 
     run = root / name
     run.mkdir(parents=True)
@@ -547,8 +547,8 @@ def test_ls_and_the_summary_show_a_dash_for_what_a_run_that_failed_while_loading
 def test_a_cached_summary_from_an_older_loratop_is_made_again(runs: Path) -> None:
     import json
 
-    from loratop.trainer.run_index import INDEX
-    from loratop.trainer.run_summary import SUMMARY
+    from loratop.core.run_index import INDEX
+    from loratop.core.run_summary import SUMMARY
 
     run = failed_while_loading(runs)
     summarise_run(run)

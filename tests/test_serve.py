@@ -39,9 +39,9 @@ import aiohttp
 import psutil
 import pytest
 
-from loratop.trainer.config import load_config, parse_overrides
-from loratop.tui.launcher import launch
-from loratop.tui.serve import APP_QUIT_GRACE_S, MAX_COLUMNS, MAX_ROWS, banner
+from loratop.cli.serve import APP_QUIT_GRACE_S, MAX_COLUMNS, MAX_ROWS, banner
+from loratop.preflight.config import load_config, parse_overrides
+from loratop.preflight.launcher import launch
 from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events
 
 URL_LINE = re.compile(r"^\s*(http://\S+/\?token=\S+)$")
@@ -110,7 +110,7 @@ class Served:
 
 def _serve_process(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "serve", *args],
+        [sys.executable, "-m", "loratop.cli.main", "serve", *args],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

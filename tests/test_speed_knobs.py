@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import RunConfig, load_config, parse_overrides
-from loratop.trainer.runtime.event_sink import EventSink
-from loratop.trainer.runtime.train import Run
+from loratop.core import events as ev
+from loratop.preflight.config import RunConfig, load_config, parse_overrides
+from loratop.trainer.event_sink import EventSink
+from loratop.trainer.train import Run
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events
 
 STEP_TOLERANCE = 1e-3
@@ -171,7 +171,7 @@ def train(run_dir: Path, *sets: str, check_packed: bool = False) -> Trained:
 def _tiny_built() -> None:
     """The tiny model built before any run compared: a run that builds it draws random numbers
     after the seed is set (Run.setup seeds first), so its adapters start elsewhere than the next run's."""
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     tiny_model_dir()
 
@@ -331,7 +331,7 @@ def test_loratop_check_refuses_a_bad_speed_knob_in_one_line(sets: list[str], say
 
 
 def _gpu_visible() -> bool:
-    from loratop.trainer.gpu_devices import NVML_OK, GpuDevices
+    from loratop.core.gpu_devices import NVML_OK, GpuDevices
 
     gpus = GpuDevices()
     try:
@@ -389,8 +389,8 @@ def test_padding_free_is_refused_for_attention_that_cannot_keep_rows_apart() -> 
     from transformers import AttentionInterface, AutoModelForCausalLM
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
-    from loratop.trainer.runtime.train import UserFacingError, _refuse_padding_free
+    from loratop.trainer.tiny_model import tiny_model_dir
+    from loratop.trainer.train import UserFacingError, _refuse_padding_free
 
     # A model's own attention function: transformers builds no mask for it, so the rows of a
     # flattened batch would see each other.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer.events import SPIKE, decode_line, encode, read_events
-from loratop.trainer.spikes import COLLAPSE, GRAD_NORM_SPIKE, LOSS_SPIKE, NON_FINITE, Spike, SpikeDetector
+from loratop.core.events import SPIKE, decode_line, encode, read_events
+from loratop.core.spikes import COLLAPSE, GRAD_NORM_SPIKE, LOSS_SPIKE, NON_FINITE, Spike, SpikeDetector
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 

@@ -17,14 +17,14 @@ import pytest
 from fake_cuda import GIB, MIB, PAGED_BASE, FakeCudaMemory, FakePagedBuffer, FakeSpillSource
 from fake_nvml import FakeGpu, FakePynvml, install
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import load_config, parse_overrides
-from loratop.trainer.run_summary import fold_run
-from loratop.trainer.runtime.event_sink import EventSink
-from loratop.trainer.runtime.memory_watch import batch_tokens
-from loratop.trainer.runtime.train import Run
-from loratop.trainer.spills import EXACT
-from loratop.tui import panels
+from loratop.core import events as ev
+from loratop.core.run_summary import fold_run
+from loratop.core.spills import EXACT
+from loratop.preflight.config import load_config, parse_overrides
+from loratop.trainer.event_sink import EventSink
+from loratop.trainer.memory_watch import batch_tokens
+from loratop.trainer.train import Run
+from loratop.tui.models import panels
 from tests.conftest import REPO, of_type, read_events
 
 FAIL_IN_STEP = 4

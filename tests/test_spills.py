@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from fake_nvml import FakePynvml, four_gpus, install
 
-from loratop.trainer.runtime.cupti_spills import CuptiUvmSource, load_cupti
-from loratop.trainer.runtime.memory_sampler import MemorySampler
-from loratop.trainer.spills import (
+from loratop.core.spills import (
     COHERENCE,
     DTOH,
     ESTIMATED,
@@ -40,6 +38,8 @@ from loratop.trainer.spills import (
     paged_ranges,
     reading_from_memory,
 )
+from loratop.trainer.cupti_spills import CuptiUvmSource, load_cupti
+from loratop.trainer.memory_sampler import MemorySampler
 from tests.conftest import REPO
 
 MIB = 1024 * 1024
@@ -678,7 +678,7 @@ def test_missing_cupti_package_is_an_expected_reason(monkeypatch: pytest.MonkeyP
 
 
 def test_importing_the_adapter_does_not_import_cupti() -> None:
-    code = "import sys, trainer.runtime.cupti_spills, trainer.spills; print('cupti' in sys.modules)"
+    code = "import sys, loratop.trainer.cupti_spills, loratop.core.spills; print('cupti' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

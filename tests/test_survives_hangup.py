@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loratop.trainer import events as ev
+from loratop.core import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, wait_for_exit
@@ -44,7 +44,7 @@ def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path, extr
     run_dir = tmp_path / "run"
     master, slave = pty.openpty()
     dashboard = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO_CONFIG),
+        [sys.executable, "-m", "loratop.cli.main", "run", str(DEMO_CONFIG),
          "--set", f"output_dir={run_dir}", "--set", "training.max_steps=150",
          *[a for s in extra for a in ("--set", s)]],
         cwd=REPO, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from loratop.trainer import events as ev
-from loratop.trainer.config import load_config
-from loratop.tui.launcher import launch
+from loratop.core import events as ev
+from loratop.preflight.config import load_config
+from loratop.preflight.launcher import launch
 from scripts import readme_examples
 from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, wait_for_exit
 
@@ -66,9 +66,9 @@ def test_a_finished_demo_leaves_its_index_and_summary_for_ls(demo_run: tuple[Any
     """The trainer indexed the run as it went and cached its summary as it finished."""
     import json
 
-    from loratop.trainer.run_index import INDEX, load_index
-    from loratop.trainer.run_summary import SUMMARY, fold_run
-    from loratop.tui.runs import read_run
+    from loratop.core.run_index import INDEX, load_index
+    from loratop.core.run_summary import SUMMARY, fold_run
+    from loratop.core.runs import read_run
     from tests.conftest import assert_same_fold, slow_fold
 
     _, run_dir = demo_run
@@ -119,7 +119,7 @@ def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> Non
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from loratop.trainer.runtime.tiny_model import tiny_model_dir
+    from loratop.trainer.tiny_model import tiny_model_dir
 
     _, run_dir = demo_run
     cfg = load_config(run_dir / "config.yaml", check_files=False)
@@ -151,7 +151,7 @@ def test_trainable_fraction_equals_peft_count(demo_run: tuple[Any, Path]) -> Non
 
 
 def _launch(tmp_path: Path, *overrides: str) -> Any:
-    from loratop.trainer.config import parse_overrides
+    from loratop.preflight.config import parse_overrides
 
     sets = parse_overrides([f"output_dir={tmp_path / 'run'}", *overrides])
     return launch(load_config(DEMO_CONFIG, sets))
@@ -201,7 +201,7 @@ def test_signals_checkpoint_then_graceful_stop(tmp_path: Path) -> None:
 def _headless_cli_at_first_step(run_dir: Path, max_steps: int) -> subprocess.Popen[str]:
     """``loratop run DEMO --no-tui`` in a subprocess, returned once it printed a step line."""
     cli = subprocess.Popen(
-        [sys.executable, "-m", "loratop.tui.cli", "run", str(DEMO_CONFIG), "--no-tui",
+        [sys.executable, "-m", "loratop.cli.main", "run", str(DEMO_CONFIG), "--no-tui",
          "--set", f"output_dir={run_dir}", "--set", f"training.max_steps={max_steps}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -266,7 +266,7 @@ def test_refuses_to_train_an_unfrozen_base(tmp_path: Path, monkeypatch: pytest.M
         return peft_model
 
     monkeypatch.setattr(peft, "get_peft_model", get_peft_model_then_unfreeze)
-    from loratop.trainer.runtime.train import main
+    from loratop.trainer.train import main
 
     run_dir = tmp_path / "run"
     code = main([str(DEMO_CONFIG), "--run-dir", str(run_dir)])
@@ -354,10 +354,10 @@ def test_on_spike_acts_on_severe_spikes_only(
     """``monitor.on_spike``: what the trainer's spike hook does to the HF Trainer's control."""
     from transformers import TrainerControl
 
-    from loratop.trainer.config import parse_overrides
-    from loratop.trainer.runtime.event_sink import EventSink
-    from loratop.trainer.runtime.train import Run
-    from loratop.trainer.spikes import Spike
+    from loratop.core.spikes import Spike
+    from loratop.preflight.config import parse_overrides
+    from loratop.trainer.event_sink import EventSink
+    from loratop.trainer.train import Run
 
     config = load_config(DEMO_CONFIG, parse_overrides([f"monitor.on_spike={action}"]), check_files=False)
     sink = EventSink(tmp_path / "events.jsonl")

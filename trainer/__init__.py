@@ -1,8 +1,8 @@
-"""The QLoRA training subprocess and the torch-free modules the dashboard shares with it.
+"""The QLoRA training subprocess (``python -m loratop.trainer``) and the callback API
+(:class:`loratop.trainer.callback.LoratopCallback`, for any HF Trainer script).
 
-``trainer/runtime/`` is the subprocess (``python -m loratop.trainer``) and the only place that may
-import torch and the training stack. Every other module here is torch-free: the protocol
-(events), the config schema, the run folder, data files, architectures, the model's
-``config.json`` lookup, the NVML adapter, the pre-flight estimate, the advisor and the pure
-detectors (spikes, spills, OOM forecast). ``tests/test_import_hygiene.py`` checks both halves.
+The only home that imports torch and the training stack (transformers, peft, bitsandbytes,
+datasets, TRL). It stands on ``core/`` (the protocol, the run folder, the detectors) and
+``preflight/`` (the config schema, data files, the model's ``config.json``), never on the
+dashboard. ``tests/test_import_hygiene.py`` and ``tests/test_layers.py`` check both.
 """

@@ -1,9 +1,9 @@
-"""``python -m loratop.trainer``: the training subprocess (see :mod:`trainer.runtime.train`)."""
+"""``python -m loratop.trainer``: the training subprocess (see :mod:`loratop.trainer.train`)."""
 
 from __future__ import annotations
 
 import sys
 
-from loratop.trainer.runtime.train import main
+from loratop.trainer.train import main
 
 sys.exit(main())

@@ -1,1 +1,2 @@
-"""The dashboard and the ``loratop`` command line. Never imports torch or its kin."""
+"""The Textual dashboard: the App, its screens, and the pure models they draw (panels,
+compare, export, the knob form). Never imports torch or its kin, nor the command line."""

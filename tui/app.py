@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from loratop.trainer.run_dir import RunDirError
-from loratop.tui.export import EXPORT_DIR
-from loratop.tui.runs import DEFAULT_ROOT
+from loratop.core.run_dir import RunDirError
+from loratop.core.runs import DEFAULT_ROOT
+from loratop.tui.models.export import EXPORT_DIR
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.home_screen import HomeScreen
@@ -25,7 +25,7 @@ from loratop.tui.screens.key_help import KeyHelp, active_key_help, key_help
 from loratop.tui.screens.monitor_screen import MonitorScreen
 
 if TYPE_CHECKING:
-    from loratop.trainer.config import RunConfig
+    from loratop.preflight.config import RunConfig
 
 
 class LoratopApp(App[str]):
@@ -98,7 +98,7 @@ class LoratopApp(App[str]):
         Returns:
             Whether it opened (else a notice says why).
         """
-        from loratop.trainer.config import ConfigError
+        from loratop.preflight.config import ConfigError
         from loratop.tui.screens.knob_editor_screen import editor_for_config, editor_for_run
 
         try:
@@ -119,8 +119,8 @@ class LoratopApp(App[str]):
         Returns:
             The run folder, or ``None`` when the folder could not be made (said in a notice).
         """
-        from loratop.tui.cli import disk_space_warning
-        from loratop.tui.launcher import CannotRunHere, launch
+        from loratop.preflight.launch_checks import disk_space_warning
+        from loratop.preflight.launcher import CannotRunHere, launch
 
         space = disk_space_warning(config)
         if space is not None:
@@ -158,7 +158,7 @@ class LoratopApp(App[str]):
 
     def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
         """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``."""
-        from loratop.tui.export import export_run
+        from loratop.tui.models.export import export_run
 
         try:
             written = export_run(run_dir, EXPORT_DIR)

@@ -1,7 +1,7 @@
 """The one byte formatter of the dashboard, its widgets and the headless line (binary units).
 
 Standard library only, so every layer above may use it. The pre-flight estimate counts in
-decimal GB on purpose (model sizes are quoted so): that is :func:`trainer.estimate.fmt_size`.
+decimal GB on purpose (model sizes are quoted so): that is :func:`preflight.estimate.fmt_size`.
 """
 
 from __future__ import annotations

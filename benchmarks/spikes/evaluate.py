@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import BUMP, SHAPES, SPIKE, Curve, clean_curve, injected_curve  # noqa: E402
 from curves_b import CLUSTER, SHAPES_B, clean_curve_b, injected_curve_b  # noqa: E402
 
-from loratop.trainer.spikes import GRAD_NORM_SPIKE, SpikeDetector  # noqa: E402
+from loratop.core.spikes import GRAD_NORM_SPIKE, SpikeDetector  # noqa: E402
 
 TOLERANCE = 5
 """Steps after a labelled window in which an alarm still detects the event."""

@@ -2,7 +2,7 @@
 
 Each run gets a letter and a colour (A is the base); the legend labels B, C, ... by what
 changed from A ("r 8 → 16, learning_rate 2e-3 → 1e-3"). Under the chart, one table holds
-the config diff and the outcomes. The analysis is ``tui.compare`` (no Textual); this
+the config diff and the outcomes. The analysis is ``tui.models.compare`` (no Textual); this
 module draws it.
 """
 
@@ -18,7 +18,7 @@ from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
 
-from loratop.tui import compare
+from loratop.tui.models import compare
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.widgets import CompareChart, KeyFooter, Series
 from loratop.widgets.compare_chart import PALETTE
@@ -161,7 +161,7 @@ class CompareScreen(LoratopScreen[None]):
     def action_save_svg(self) -> None:
         """Save the screen as ``loratop-exports/compare-A-vs-B.svg``, named by the runs compared
         (a new file each time: ``-2``, ``-3``... rather than over an earlier one)."""
-        from loratop.tui.export import EXPORT_DIR, write_new
+        from loratop.tui.models.export import EXPORT_DIR, write_new
 
         stem = compare.file_stem([run.name for run in self.runs])
         try:

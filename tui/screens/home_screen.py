@@ -12,9 +12,9 @@ from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
 
-from loratop.tui.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
-from loratop.tui.run_table import FittedTable, fit_history, history_cells
-from loratop.tui.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
+from loratop.core.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
+from loratop.core.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
+from loratop.tui.models.run_table import FittedTable, fit_history, history_cells
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
@@ -30,8 +30,8 @@ HOME_COLUMNS = (
 )  # fmt: skip
 """The home screen's columns, in order: what a user looks for first (name, status, step, loss)
 on the left. Those that do not fit the screen are left out, most useful kept
-(:data:`~tui.run_table.KEPT_FIRST`), and the hint under the table names them. ``loratop ls``
-keeps :data:`~tui.panels.HISTORY_COLUMNS`' order."""
+(:data:`~tui.models.run_table.KEPT_FIRST`), and the hint under the table names them. ``loratop ls``
+keeps :data:`~tui.models.panels.HISTORY_COLUMNS`' order."""
 
 REMOVE = Binding.Group("archive/delete")
 """``a`` and ``d``: one entry of the footer where it has room (the help lists both)."""
@@ -231,7 +231,7 @@ class HomeScreen(LoratopScreen[None]):
 
     def action_compare(self) -> None:
         """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
-        from loratop.tui.runs import resolve_parent
+        from loratop.core.runs import resolve_parent
 
         runs = list(self.marked)
         current = self.selected()
@@ -339,7 +339,7 @@ def no_parent_run(run: RunSummary) -> str:
     recorded = Path(run.parent)
     if recorded.suffix not in CONFIG_SUFFIXES and not recorded.is_file():
         return f"{run.name}'s parent run {recorded.name} is gone (not at {recorded} nor beside this run)"
-    from loratop.tui import samples
+    from loratop.preflight import samples
 
     folder = samples.samples_dir()
     is_sample = folder is not None and recorded.parent.resolve() == folder.resolve()
@@ -352,8 +352,8 @@ def no_parent_run(run: RunSummary) -> str:
 def _changed_from(config_file: Path, run: RunSummary) -> str | None:
     """What ``run``'s config changed from ``config_file`` (``changed from it: r 8 → 16, ...``), or
     that the file can no longer be read; ``None`` when the run recorded no config."""
-    from loratop.trainer.config import ConfigError, load_config, validate_tree
-    from loratop.tui.compare import change_label
+    from loratop.preflight.config import ConfigError, load_config, validate_tree
+    from loratop.tui.models.compare import change_label
 
     if not run.config:
         return None

@@ -6,7 +6,7 @@ is checked as it is typed, with the same schema as ``loratop check``: a problem 
 its field in red and the config cannot be saved or launched until it is fixed. The knob
 advisor's warnings show beside their fields in yellow; they never block anything.
 
-The model (which knobs, how text becomes values, what they add up to) is ``tui.knob_form``;
+The model (which knobs, how text becomes values, what they add up to) is ``tui.models.knob_form``;
 this module only draws it.
 """
 
@@ -22,8 +22,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from loratop.trainer.advisor import Advice, Facts, advise
-from loratop.trainer.config import (
+from loratop.core.run_dir import CONFIG, read_status, trainer_alive
+from loratop.preflight.advisor import Advice, Facts, advise
+from loratop.preflight.config import (
     ALL_PROJECTIONS,
     ConfigError,
     RunConfig,
@@ -31,10 +32,9 @@ from loratop.trainer.config import (
     read_yaml,
     validate_tree,
 )
-from loratop.trainer.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
-from loratop.trainer.run_dir import CONFIG, read_status, trainer_alive
-from loratop.tui import knob_form as form
-from loratop.tui.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
+from loratop.preflight.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
+from loratop.tui.models import knob_form as form
+from loratop.tui.models.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.widgets import KeyFooter
 
@@ -172,8 +172,8 @@ class KnobEditor(LoratopScreen[None]):
     @work(thread=True, exclusive=True, group="editor-facts", exit_on_error=False)
     def load_facts(self) -> None:
         """Dataset rows, the model's shape and the GPU: for the effective values and the advice."""
-        from loratop.trainer.data_files import usable_rows
-        from loratop.trainer.estimate import EstimateError, load_model_shape, visible_gpu_total
+        from loratop.preflight.data_files import usable_rows
+        from loratop.preflight.estimate import EstimateError, load_model_shape, visible_gpu_total
 
         max_rows = form.get_path(self.base_tree, "data.max_rows")
         split = form.get_path(self.base_tree, "data.eval_split")

@@ -1,31 +1,55 @@
-"""The base of the screens that call back into the dashboard (open the editor, export, launch)."""
+"""The base of the screens that call back into the dashboard (open the editor, export, launch).
+
+A screen knows the App only as a :class:`Dashboard`: the few calls it makes. The App
+(``tui/app.py``) imports the screens; a screen never imports the App, so the two stay one
+floor apart.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from textual.screen import Screen
 
 if TYPE_CHECKING:
-    from loratop.tui.app import LoratopApp
+    from loratop.preflight.config import RunConfig
 
 ResultT = TypeVar("ResultT")
 
 
+@runtime_checkable
+class Dashboard(Protocol):
+    """What a screen may ask of the loratop App (:class:`loratop.tui.app.LoratopApp` is one)."""
+
+    ended_on: Path | None
+    """The run whose monitor the dashboard ended on (``loratop attach`` names it on detach)."""
+
+    def open_editor(self, target: Path) -> bool:
+        """Open the knob editor on a run folder or a config file; ``False`` when it cannot."""
+        ...
+
+    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
+        """Launch a checked config and watch it; the run folder, or ``None`` when it could not start."""
+        ...
+
+    def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
+        """Write a run's metrics CSV and events JSONL (and this screen's SVG); the files written."""
+        ...
+
+
 class LoratopScreen(Screen[ResultT]):
-    """A screen of the loratop dashboard: ``self.loratop`` is its App, typed."""
+    """A screen of the loratop dashboard: ``self.loratop`` is its App, typed as a :class:`Dashboard`."""
 
     @property
-    def loratop(self) -> LoratopApp:
-        """The running :class:`~tui.app.LoratopApp` (``self.app``, with its own methods visible to the type checker).
+    def loratop(self) -> Dashboard:
+        """The running App, as the :class:`Dashboard` it is.
 
         Raises:
             TypeError: the screen is mounted in some other App.
         """
-        from loratop.tui.app import LoratopApp  # tui.app imports the screens; by the time one runs, it is loaded
-
         app = self.app
-        if not isinstance(app, LoratopApp):
+        if not isinstance(app, Dashboard):
             raise TypeError(f"{type(self).__name__} needs the loratop App, not {type(app).__name__}")
         return app
 

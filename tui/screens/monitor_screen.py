@@ -28,8 +28,9 @@ from textual.content import Content
 from textual.widgets import RichLog, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from loratop.trainer import events as ev
-from loratop.trainer.run_dir import (
+from loratop.core import events as ev
+from loratop.core.event_stream import FileFollower, PipeStream
+from loratop.core.run_dir import (
     EVENTS,
     LOG,
     LOST,
@@ -43,12 +44,12 @@ from loratop.trainer.run_dir import (
     signal_target,
     why_not_proven,
 )
-from loratop.trainer.run_state import PAUSED, RUNNING, RunState
-from loratop.trainer.run_summary import fold_run
-from loratop.tui import panels
-from loratop.tui.event_stream import FileFollower, PipeStream
-from loratop.tui.log_lines import KNOWN, METRICS, SOURCE, LogLine, LogReader
-from loratop.tui.messages import (
+from loratop.core.run_state import PAUSED, RUNNING, RunState
+from loratop.core.run_summary import fold_run
+from loratop.core.runs import trainer_verdict
+from loratop.tui.models import panels
+from loratop.tui.models.log_lines import KNOWN, METRICS, SOURCE, LogLine, LogReader
+from loratop.tui.models.messages import (
     EventsArrived,
     FolderRemoved,
     Replayed,
@@ -57,7 +58,6 @@ from loratop.tui.messages import (
     TrainerNotProven,
     TrainerPaused,
 )
-from loratop.tui.runs import trainer_verdict
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen

@@ -13,8 +13,8 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from loratop.tui import samples
-from loratop.tui.samples import HardwareNeed
+from loratop.preflight import samples
+from loratop.preflight.samples import HardwareNeed
 
 READING = "reading what it needs…"
 """A sample's second line until its needs are read (a worker: the configs, the model shapes, NVML)."""
@@ -53,7 +53,7 @@ class SamplePicker(ModalScreen[Path | None]):
     @work(thread=True, exclusive=True, group="sample-needs", exit_on_error=False)
     def read_needs(self) -> None:
         """Each sample's needs, against this box's GPU (NVML): file reads, off the UI thread."""
-        from loratop.trainer.estimate import NO_GPU, fmt_size, visible_gpu_total
+        from loratop.preflight.estimate import NO_GPU, fmt_size, visible_gpu_total
 
         total, name = visible_gpu_total()
         box = f"this box: {name} ({fmt_size(total)})" if total is not None else f"this box: {name}, CPU only"

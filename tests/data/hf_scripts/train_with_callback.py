@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from loratop import LoratopCallback
-from loratop.trainer.runtime.tiny_model import tiny_model_dir
+from loratop.trainer.tiny_model import tiny_model_dir
 
 
 def rows(n: int) -> list[str]:

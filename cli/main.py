@@ -71,9 +71,9 @@ class _Version(argparse.Action):
     """``--version``, with the version looked up only when asked (it costs every start ~40 ms)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        import loratop
+        from loratop.core.version import loratop_version
 
-        print(f"loratop {loratop.__version__}")
+        print(f"loratop {loratop_version()}")
         parser.exit()
 
 

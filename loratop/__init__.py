@@ -29,10 +29,7 @@ def __getattr__(name: str) -> Any:
 
         return LoratopCallback
     if name == "__version__":  # looked up on use: importlib.metadata costs the dashboard's start ~40 ms
-        from importlib import metadata
+        from loratop.core.version import loratop_version
 
-        try:
-            return metadata.version("loratop")
-        except metadata.PackageNotFoundError:  # a source tree that was never installed
-            return "0+unknown"
+        return loratop_version()
     raise AttributeError(f"module 'loratop' has no attribute {name!r}")

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loratop import trainer
-
 if TYPE_CHECKING:
     from loratop.preflight.config import RunConfig
 
@@ -18,7 +16,7 @@ DEMO = "tiny-cpu-demo"
 def samples_dir() -> Path | None:
     """The folder of sample configs: ``preflight/sample_configs`` (a link to ``sample_configs/`` in a
     checkout, the folder itself in a wheel)."""
-    package = Path(trainer.__file__).parent
+    package = Path(__file__).parent
     for candidate in (package / "sample_configs", package.parent / "sample_configs"):
         if candidate.is_dir():
             return candidate

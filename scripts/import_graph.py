@@ -91,7 +91,7 @@ def file_graph(repo: Path = REPO) -> dict[Path, dict[Path, bool]]:
         arrows: dict[Path, bool] = {}
         for name, lazy in imported_modules(path, repo):
             target = by_module.get(name)
-            if target is None or target == path or target.name == "__init__.py":
+            if target is None or target == path:
                 continue
             arrows[target] = arrows.get(target, True) and lazy
         graph[path] = arrows

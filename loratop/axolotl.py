@@ -26,7 +26,7 @@ def _plugin_class() -> type:
 
     from loratop.trainer.callback import LoratopCallback
 
-    class LoratopPlugin(BasePlugin):  # type: ignore[misc,valid-type]
+    class LoratopPlugin(BasePlugin):
         """Adds ``LoratopCallback()`` (run folder under ``runs/``) to axolotl's Trainer."""
 
         def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:

@@ -2,8 +2,8 @@
 
 The rule reads from ``ls``: ``trainer/`` is the training subprocess (and the callback API) and
 the only place that may import the ML stack; every module of ``core/``, ``preflight/``,
-``tui/``, ``widgets/``, ``cli/`` and ``loratop/`` itself is torch-free. The modules are found by globbing, so there is no list to
-keep in step. Each import check runs a fresh interpreter: in this one, other tests may
+``tui/``, ``widgets/`` and ``cli/`` is torch-free. The modules are found by globbing, so there
+is no list to keep in step. Each import check runs a fresh interpreter: in this one, other tests may
 already have imported torch.
 """
 

@@ -59,7 +59,7 @@ from loratop.core.run_dir import (
 )
 from loratop.core.run_summary import cache_summary
 from loratop.core.spikes import SpikeDetector
-from loratop.trainer.event_sink import BackgroundSink, EventSink
+from loratop.trainer.event_sink import BackgroundSink, EventSink, Sink
 from loratop.trainer.memory_sampler import MemorySampler
 from loratop.trainer.torch_facts import device_info, is_oom
 
@@ -140,7 +140,7 @@ def settings_of(args: Any, model: Any) -> dict[str, Any]:
     return settings
 
 
-class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers ships partial hints
+class LoratopCallback(TrainerCallback):
     """Watch a Hugging Face ``Trainer`` run in loratop (see the module docstring).
 
     Args:
@@ -172,8 +172,10 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         self._hz = memory_sample_hz
         self.run_dir: Path | None = None
         """The run folder, once training began (on the main process)."""
-        self.sink: Any = None
+        self.sink: Sink | None = None
         """Where events go: a :class:`BackgroundSink` (loratop's own trainer: its EventSink)."""
+        self._own_sink: BackgroundSink | None = None
+        """The sink this callback made (a script's run) and closes at the end; ``None`` otherwise."""
         self._sampler: MemorySampler | None = None
         self._watch: Any = None
         self._started = 0.0
@@ -321,7 +323,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
             write_status(self.run_dir, control="signals")
         make_reserve(self.run_dir)  # room for the last words should the disk fill (see _end)
         # Written by a thread of its own: the script's steps never wait for the disk.
-        self.sink = sink = BackgroundSink(events)
+        self.sink = self._own_sink = sink = BackgroundSink(events)
         atexit.register(self._at_exit)
         cuda = torch.cuda.is_available() and getattr(args, "device", None) is not None and args.device.type == "cuda"
         device = self._device = device_info(torch, cuda)
@@ -501,7 +503,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
         if error is None or self._said_write_error:
             return
         self._said_write_error = True
-        why = "the disk is full" if self.sink.disk_full else (error.strerror or str(error))
+        why = "the disk is full" if self.sink is not None and self.sink.disk_full else (error.strerror or str(error))
         print(
             f"loratop: {self.run_dir}: {why} (at step {step}): events are kept in memory and written when"
             " room is made; training goes on",
@@ -542,7 +544,7 @@ class LoratopCallback(TrainerCallback):  # type: ignore[misc]  # transformers sh
     # -- the end --------------------------------------------------------------------
 
     def _end(self, status: str, error: dict[str, Any] | None = None) -> None:
-        sink, run_dir = self.sink, self.run_dir
+        sink, run_dir = self._own_sink, self.run_dir
         if sink is None or run_dir is None or self._finished:
             return
         self._finished = True

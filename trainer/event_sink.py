@@ -22,10 +22,56 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loratop.core.events import encode
 from loratop.core.run_index import IndexWriter
+
+
+class Sink(Protocol):
+    """Where a trainer's events go, as the code that emits them sees it: an :class:`EventSink`,
+    a :class:`BackgroundSink` (a script's callback) or the ``NullSink`` of ranks other than 0."""
+
+    @property
+    def write_error(self) -> OSError | None:
+        """The error that stopped writes to ``events.jsonl``; ``None`` while they succeed."""
+        ...
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether :attr:`write_error` is a full disk (or quota)."""
+        ...
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        """Record one event (never raises into training)."""
+        ...
+
+
+class RunSink(Sink, Protocol):
+    """The sink a launched run (``train.Run``) owns: it also decides where unwritten events go
+    and closes the file."""
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the compact index beside ``events.jsonl`` is kept."""
+        ...
+
+    @property
+    def unwritten(self) -> list[bytes]:
+        """Lines that could not go to the file since :attr:`write_error`."""
+        ...
+
+    def flush_unwritten(self) -> bool:
+        """Write :attr:`unwritten` now; whether all of it is in the file."""
+        ...
+
+    def written_bytes(self) -> bytes:
+        """What this sink wrote to the file."""
+        ...
+
+    def close(self) -> None:
+        """Close the file and the pipe."""
+        ...
 
 
 class EventSink:

@@ -41,10 +41,10 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-class ReportedProgress(tqdm):  # type: ignore[misc]  # tqdm ships no type hints
+class ReportedProgress(tqdm):  # tqdm ships no type hints
     """A tqdm bar that reports through :attr:`report` instead of drawing on a terminal."""
 
-    report: Callable[[str], None] = staticmethod(lambda line: None)  # type: ignore[assignment]
+    report: Callable[[str], None] = staticmethod(lambda line: None)
     """Set on a subclass by :func:`progress_class`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

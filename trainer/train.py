@@ -57,7 +57,7 @@ from loratop.core.run_dir import (
 from loratop.core.run_summary import cache_summary
 from loratop.core.spikes import SpikeDetector
 from loratop.preflight.config import ConfigError, RunConfig, dump_config, load_config
-from loratop.trainer.event_sink import DISK_FULL_ERRNOS, EventSink
+from loratop.trainer.event_sink import DISK_FULL_ERRNOS, EventSink, RunSink
 from loratop.trainer.memory_sampler import MemorySampler
 from loratop.trainer.torch_facts import device_info, is_oom
 
@@ -89,7 +89,7 @@ class Run:
         rank: This process's place in a run of several ranks.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, sink: Any, rank: RankInfo | None = None) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, sink: RunSink, rank: RankInfo | None = None) -> None:
         self.rank = rank or RankInfo()
         self.config = config
         self.run_dir = run_dir
@@ -561,7 +561,7 @@ class Run:
             task_type="CAUSAL_LM",
         )
         try:
-            model = get_peft_model(model, lora)  # type: ignore[assignment]  # a PeftModel wraps the base
+            model = get_peft_model(model, lora)  # a PeftModel wraps the base
         except ValueError as exc:
             if "not found in the base model" in str(exc) or "Target module" in str(exc):
                 raise UserFacingError(f"lora.target_modules = {cfg.lora.target_modules}: {exc}") from None
@@ -1289,7 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # A full disk must not turn a library's print into a crash: trainer.log may lose lines.
     sys.stdout, sys.stderr = _Tolerant(sys.stdout), _Tolerant(sys.stderr)
-    sink: Any = EventSink(run_dir / EVENTS, args.events_fd) if rank.is_main else NullSink()
+    sink: RunSink = EventSink(run_dir / EVENTS, args.events_fd) if rank.is_main else NullSink()
     run = Run(config, run_dir, sink, rank)
     run.install_signal_handlers()
     return run.execute()

@@ -55,6 +55,22 @@ DISK_FULL = "disk_full"
 """The disk (or quota) of the run folder filled: the run stopped at a step boundary."""
 FINISH_STATUSES: frozenset[str] = frozenset({COMPLETED, STOPPED, FAILED, OOM, DISK_FULL})
 
+# A run's status while no run_finished says how it ended (the header, ls, status.json's state)
+STARTING = "starting"
+"""Launched; no step yet (the model loads)."""
+RUNNING = "running"
+PAUSED = "paused"
+"""The trainer is alive but stopped (``SIGSTOP``, Ctrl-Z, a debugger): no step will come until
+it is continued."""
+UNKNOWN = "unknown"
+"""Nothing proves the trainer still runs, nor that it is gone (recorded on another host, or by
+an older loratop without a start time)."""
+LOST = "lost"
+"""The trainer is gone without a ``run_finished`` event: killed (``kill -9``, the kernel's OOM
+killer), or crashed hard."""
+LIVE_STATUSES: frozenset[str] = frozenset({STARTING, RUNNING, PAUSED})
+"""The statuses of a run whose trainer may still write."""
+
 
 # -- payloads ---------------------------------------------------------------------------
 # Each event's own fields, defined once. ``total=False``: a field may be absent (an older

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loratop.core.events import LOST as _LOST
 from loratop.core.events import RUN_FINISHED, decode_line
 
 CONFIG = "config.yaml"
@@ -429,7 +430,7 @@ def trainer_alive(status: dict[str, Any]) -> bool:
         return False  # a damaged time: not provably starting
 
 
-LOST = "lost"
+LOST = _LOST
 """``status.json``'s ``state`` (and ``status``) once the trainer is known to be gone without
 a ``run_finished`` event: killed (``kill -9``, the kernel's OOM killer), or crashed hard."""
 

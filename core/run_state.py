@@ -24,17 +24,10 @@ from loratop.core.gpu_busy import GPU_STARVED, busy_pct, mfu
 from loratop.core.run_dir import LOST
 from loratop.core.run_index import GPU, Columns, Index
 
-# Run phases shown in the header, besides the run_finished statuses.
-STARTING = "starting"
-RUNNING = "running"
-# LOST (from core.run_dir): the trainer is gone without a ``run_finished`` event (killed,
-# crashed hard); :attr:`RunState.lost_cause` says how.
-PAUSED = "paused"
-"""The trainer is alive but stopped (``SIGSTOP``, Ctrl-Z, a debugger): no step will come until it
-is continued; :attr:`RunState.paused` says how."""
-UNKNOWN = "unknown"
-"""Nothing proves the trainer still runs, nor that it is gone (recorded on another host, or
-by an older loratop without a start time): see :attr:`RunState.not_proven`."""
+# Run phases shown in the header, besides the run_finished statuses: the protocol's constants
+# (LOST: :attr:`RunState.lost_cause` says how; PAUSED: :attr:`RunState.paused`; UNKNOWN:
+# :attr:`RunState.not_proven`).
+STARTING, RUNNING, PAUSED, UNKNOWN = ev.STARTING, ev.RUNNING, ev.PAUSED, ev.UNKNOWN
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from loratop.core import events as ev
 from loratop.core.run_dir import (
     CONFIG,
     EVENTS,
@@ -89,7 +90,7 @@ class RunSummary:
 
     @property
     def is_running(self) -> bool:
-        return self.status in ("running", "starting", "paused")
+        return self.status in ev.LIVE_STATUSES
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
@@ -375,7 +376,7 @@ def _stamp(folder: Path) -> tuple[int | None, ...] | None:
 # -- history: sorting, parents, knobs -----------------------------------------
 
 _STATUS_ORDER = (
-    "running", "paused", "starting", "unknown", "lost", "failed", "oom", "disk_full", "stopped", "completed"
+    ev.RUNNING, ev.PAUSED, ev.STARTING, ev.UNKNOWN, ev.LOST, ev.FAILED, ev.OOM, ev.DISK_FULL, ev.STOPPED, ev.COMPLETED
 )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from loratop.core import events as ev
 from loratop.core.distributed import python_module
 from loratop.core.run_dir import (
     CONFIG,
@@ -104,7 +105,7 @@ def launch(config: RunConfig, config_source: Path | None = None) -> LaunchedRun:
         (run_dir / CONFIG).write_text(dump_config(resolved))
         write_status(
             run_dir,
-            state="starting",
+            state=ev.STARTING,
             launched_at=now(),
             config_source=str(config_source.resolve()) if config_source else None,
             parent=config.parent,

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir,
             pid=os.getpid(),
             **process_identity(os.getpid()),
-            state="running",
+            state=ev.RUNNING,
             started_at=now(),
             ended_at=None,
             distributed={

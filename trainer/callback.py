@@ -306,7 +306,7 @@ class LoratopCallback(TrainerCallback):
                 self.run_dir,
                 pid=os.getpid(),
                 **process_identity(os.getpid()),
-                state="running",
+                state=ev.RUNNING,
                 launched_at=self._started,
                 started_at=self._started,
                 ended_at=None,

@@ -192,12 +192,12 @@ class Run:
                     self.run_dir,
                     pid=os.getpid(),
                     **process_identity(os.getpid()),
-                    state="running",
+                    state=ev.RUNNING,
                     started_at=self.started_at,
                     ended_at=None,
                 )
             elif main:
-                write_status(self.run_dir, rank0_pid=os.getpid(), state="running", started_at=self.started_at)
+                write_status(self.run_dir, rank0_pid=os.getpid(), state=ev.RUNNING, started_at=self.started_at)
             if main and not make_reserve(self.run_dir):
                 room = f"no room to set {RESERVE_BYTES >> 10} KiB aside in {self.run_dir}"
                 self.sink.emit(ev.LOG, level="warning", message=f"{room}: a full disk may cut the last events")

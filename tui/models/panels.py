@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from loratop.core import events as ev
 from loratop.core.distributed import rank_label
 from loratop.core.gpu_busy import fmt_pct
 from loratop.core.oom_forecast import LEVELS as OOM_LEVELS
@@ -296,23 +297,23 @@ def outcome_text(state: RunState) -> str | None:
             lines.append(f"rank 0 saw: {error['message']}")
         return "\n".join(lines)
     adapter = next((c.get("path") for c in reversed(state.checkpoints) if c.get("final")), None)
-    if status in ("completed", "stopped"):
+    if status in (ev.COMPLETED, ev.STOPPED):
         line = f"{status} after {duration} at step {state.last_step}"
-        if status == "stopped" and state.finished.get("stopped_by"):
+        if status == ev.STOPPED and state.finished.get("stopped_by"):
             line += f" ({state.finished['stopped_by']})"
         line += f" · adapter: {adapter}" if adapter else ""
         if state.finished.get("adapter_step") is not None:
             line += f" (from step {state.finished['adapter_step']}, the best eval)"
         return line
     error = state.finished.get("error") or {}
-    if status == "disk_full":
+    if status == ev.DISK_FULL:
         lines = [f"{error.get('message', 'disk full')} (after {duration})"]
         lines.append(f"adapter: {adapter}" if adapter else "no adapter could be saved")
         if state.finished.get("rescued_to"):
             lines.append(f"a copy of the run (events, config, adapter): {state.finished['rescued_to']}")
         return "\n".join(lines)
     lines = [f"{status} after {duration}: {error.get('message', '')}"]
-    if status == "oom":
+    if status == ev.OOM:
         tokens = error.get("batch_tokens")
         lines.append(f"at step {error.get('step')}, batch of {tokens:,} padded tokens" if tokens else "")
         lines += [f"try: {s}" for s in error.get("suggestions", [])[:3]]

@@ -439,9 +439,9 @@ class MonitorScreen(LoratopScreen[str]):
         box = self.query_one("#outcome", Static)
         if outcome is not None:
             self._set_text("#outcome", outcome)
-            kind = state.status if state.status in ("completed", "stopped", "failed", "oom", "disk_full") else "lost"
+            kind = state.status if state.status in ev.FINISH_STATUSES else ev.LOST
             if state.status in (RUNNING, PAUSED):
-                kind = "stopped"  # a warning while it trains (starved, paused), not an ending
+                kind = ev.STOPPED  # a warning while it trains (starved, paused), not an ending
             box.set_classes(f"shown {kind}")
         elif box.has_class("shown"):
             box.set_classes("")  # what it said no longer holds (the trainer was continued)

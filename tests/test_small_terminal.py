@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input
 
@@ -254,6 +255,35 @@ def test_editor_at_80x24_opens_on_its_first_knob_with_its_actions_in_view(tmp_pa
             _save(app, "editor", tmp_path)
 
     asyncio.run(drive())
+
+
+def test_the_log_pane_reads_the_trainers_log_off_the_ui_thread(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27, item 3: a slow disk (or a network folder) under trainer.log never stalls a
+    redraw: every read of it happens on a worker thread, and what it read reaches the pane."""
+    import threading
+
+    log_file = runs / "tiny-lr-high" / "trainer.log"
+    log_file.write_text("first line of the log\n")
+    readers: list[bool] = []
+    real_stat = Path.stat
+
+    def watched_stat(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "trainer.log":
+            readers.append(threading.current_thread() is threading.main_thread())
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", watched_stat)
+    app = LoratopApp(runs / "tiny-lr-high")
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await _replayed(pilot, app)
+            await pilot.press("g")
+            log = app.screen.query_one("#trainer-log")
+            await until(pilot, lambda: any("first line" in strip.text for strip in log.lines), 5, "the log's line")
+
+    asyncio.run(drive())
+    assert readers and not any(readers), "trainer.log was read on the UI thread"
 
 
 def test_the_log_pane_at_80x24_wraps_long_lines_and_labels_the_harmless_cpu_warnings(

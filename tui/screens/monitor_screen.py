@@ -454,20 +454,34 @@ class MonitorScreen(LoratopScreen[str]):
             self.query_one(selector, Static).update(text)
 
     def _tail_trainer_log(self) -> None:
-        """Read what the trainer's log gained into the pane's lines (and onto the pane, if it shows)."""
+        """The timer: read what the trainer's log gained, off the UI thread (a slow disk or a
+        network folder never stalls a redraw), then add it to the pane."""
+        self._read_trainer_log()
+
+    @work(thread=True, exclusive=True, group="log-tail", exit_on_error=False)
+    def _read_trainer_log(self) -> None:
         path = self.run_dir / LOG
         chunk = b""
+        offset = self._log_offset
         try:
             size = path.stat().st_size
-            if self._log_offset == 0 and size > 65536:
-                self._log_offset = size - 65536  # open on the tail of a long log
-            if size > self._log_offset:
+            if offset == 0 and size > 65536:
+                offset = size - 65536  # open on the tail of a long log
+            if size > offset:
                 with path.open("rb") as fh:
-                    fh.seek(self._log_offset)
+                    fh.seek(offset)
                     chunk = fh.read(1 << 20)
         except OSError:
             pass  # gone or unreadable now: what was read stays, and a line held back is let go below
-        self._log_offset += len(chunk)
+        if get_current_worker().is_cancelled:
+            return
+        self.app.call_from_thread(self._add_trainer_log, offset, chunk)
+
+    def _add_trainer_log(self, offset: int, chunk: bytes) -> None:
+        """On the UI thread: the bytes read from ``offset`` become the pane's lines."""
+        if offset < self._log_offset or not self.is_mounted:
+            return  # an older read, overtaken
+        self._log_offset = offset + len(chunk)
         if not chunk:  # the log stopped growing: its last line, newline or not, is whole for now
             lines, self._log_partial = ([self._log_partial] if self._log_partial else []), ""
         else:

@@ -76,7 +76,7 @@ def direct_share(run_dir: Path, steps: int) -> tuple[float, float, dict[str, flo
     def setup_timed() -> object:
         trainer = setup()
         for callback in trainer.callback_handler.callbacks:
-            if type(callback).__name__ == "LaunchedRunCallback":
+            if type(callback).__name__ == "LoratopCallback":  # the run's own, given the run as its policy
                 for hook in ("on_train_begin", "on_step_begin", "on_step_end", "on_log", "on_save", "on_train_end"):
                     setattr(callback, hook, timed("event callback", getattr(callback, hook)))
         recorder = run.watch.recorder  # its forward pre-hook, timed

@@ -369,7 +369,7 @@ def timed_run(model: Path | None, run_dir: Path, steps: int, arm: str) -> Throug
     else:
         trainer = run.setup()
         for callback in list(trainer.callback_handler.callbacks):
-            if type(callback).__name__ == "LaunchedRunCallback":
+            if type(callback).__name__ == "LoratopCallback":  # the run's own, given the run as its policy
                 trainer.remove_callback(callback)
         run.watch.recorder.detach()  # no batch recorder either
         trainer.add_callback(_callback(mark))

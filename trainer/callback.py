@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
@@ -140,6 +140,42 @@ def settings_of(args: Any, model: Any) -> dict[str, Any]:
     return settings
 
 
+class RunPolicy(Protocol):
+    """What a run that owns its trainer decides for itself, given to :class:`LoratopCallback`
+    (``policy=``). loratop's own trainer (``train.Run``) is one: it owns the sink and the memory
+    watch, decides stops, checkpoints, what a spike does and what an evaluation leads to (early
+    stopping, best weights), and writes how the run ended. Without a policy the callback is a
+    script's run and does all of that itself. The step stream (``step``, ``spike``,
+    ``checkpoint`` events) is written by the callback, once, for both."""
+
+    spikes: SpikeDetector
+    rank: RankInfo
+
+    def begin(self, state: Any) -> tuple[Sink, Any]:
+        """Training begins: the run's ``run_started`` is written; its sink and memory watch."""
+        ...
+
+    def stepped(self, step: int, loss: float | None) -> None:
+        """A step's loss arrived."""
+        ...
+
+    def spiked(self, spike: Any, control: Any) -> None:
+        """The detector flagged a spike (the run writes it and acts on it)."""
+        ...
+
+    def controls(self, state: Any, control: Any) -> None:
+        """At a step boundary: stop or checkpoint, as the run (and its ranks) decided."""
+        ...
+
+    def evaluated(self, step: int, metrics: dict[str, Any], control: Any, model: Any) -> None:
+        """An evaluation ended."""
+        ...
+
+    def ended(self, state: Any) -> None:
+        """Training ended (the run writes ``run_finished`` once its adapter is saved)."""
+        ...
+
+
 class LoratopCallback(TrainerCallback):
     """Watch a Hugging Face ``Trainer`` run in loratop (see the module docstring).
 
@@ -163,7 +199,9 @@ class LoratopCallback(TrainerCallback):
         handle_signals: bool = False,
         spike_sensitivity: float = 1.0,
         memory_sample_hz: float = 1.0,
+        policy: RunPolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._run_dir_arg = Path(run_dir) if run_dir is not None else None
         self._runs_dir = Path(runs_dir)
         self._name = name
@@ -190,6 +228,8 @@ class LoratopCallback(TrainerCallback):
         self._finished = False
         self._installed: list[tuple[int, Any]] = []
         self.rank: RankInfo = rank_info()
+        if policy is not None:
+            self.spikes, self.rank = policy.spikes, policy.rank
         self._device: dict[str, Any] = {}
         self._began = False
         self._watch_closed = False
@@ -211,9 +251,9 @@ class LoratopCallback(TrainerCallback):
         return self._runs_dir / f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
     # -- the hooks: the step stream every run shares -----------------------------------
-    # What differs between a script's run and loratop's own trainer (which subclasses this,
-    # trainer/train.py) is in _begin, _stepped, _spiked, _controls, _evaluated and
-    # _ended; the events of the stream itself are written here, once, for both.
+    # What differs between a script's run and loratop's own trainer (a RunPolicy) is in
+    # _begin, _stepped, _spiked, _controls, _evaluated and _ended, each of which hands over
+    # to the policy when there is one; the events of the stream are written here, once, for both.
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self._began:
@@ -285,6 +325,9 @@ class LoratopCallback(TrainerCallback):
         A folder that cannot be made or written (a file in the way, a full or read-only disk)
         is said in one line on stderr and the callback stands aside: a watcher must never
         end someone's training."""
+        if self._policy is not None:
+            self.sink, self._watch = self._policy.begin(state)
+            return
         import torch
 
         if not state.is_world_process_zero:
@@ -384,15 +427,24 @@ class LoratopCallback(TrainerCallback):
 
     def _stepped(self, step: int, loss: float | None) -> None:
         """A step's loss arrived: kept for the next evaluation's overfitting check."""
+        if self._policy is not None:
+            self._policy.stepped(step, loss)
+            return
         if loss is not None:
             self._train_losses.append(loss)
 
     def _spiked(self, spike: Any, control: Any) -> None:
+        if self._policy is not None:
+            self._policy.spiked(spike, control)
+            return
         if self.sink is not None:
             self.sink.emit(ev.SPIKE, **spike.as_event())
 
     def _controls(self, args: Any, state: Any, control: Any) -> None:
         """At a step boundary: the dashboard's requests (or signals), agreed between ranks."""
+        if self._policy is not None:
+            self._policy.controls(state, control)
+            return
         if self.sink is not None:
             self._read_requests()
             self._say_write_error(state.global_step)
@@ -420,6 +472,9 @@ class LoratopCallback(TrainerCallback):
                 self.sink.emit(ev.LOG, message=f"checkpoint requested: saving after step {state.global_step}")
 
     def _evaluated(self, state: Any, metrics: dict[str, Any], control: Any, kwargs: dict[str, Any]) -> None:
+        if self._policy is not None:
+            self._policy.evaluated(state.global_step, metrics, control, kwargs.get("model"))
+            return
         sink = self.sink
         if sink is None:
             return
@@ -445,6 +500,9 @@ class LoratopCallback(TrainerCallback):
             sink.emit(ev.ALERT, kind=OVERFITTING, step=state.global_step, message=message)
 
     def _ended(self, state: Any) -> None:
+        if self._policy is not None:
+            self._policy.ended(state)
+            return
         if self.sink is None:
             if self._sampler is not None:
                 self._sampler.stop()  # another rank: nothing of its own to write

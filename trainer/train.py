@@ -450,6 +450,50 @@ class Run:
         agent = os.environ.get(AGENT_ENV)
         return agent is not None and agent.isdigit() and os.getppid() != int(agent)
 
+    # -- the run as the callback's RunPolicy (trainer/callback.py) ------------------------
+
+    def begin(self, state: Any) -> tuple[RunSink, Any]:
+        """Training begins: ``run_started``; the callback writes through this run's sink and watch."""
+        self.sink.emit(ev.RUN_STARTED, **self.run_started_fields(state.max_steps))
+        return self.sink, self.watch
+
+    def stepped(self, step: int, loss: float | None) -> None:
+        """A step's loss: kept for the next evaluation's overfitting check."""
+        self._last_step = step
+        if loss is not None:
+            self._train_losses.append(loss)
+
+    def spiked(self, spike: Any, control: Any) -> None:
+        self.on_spike(spike, control)
+
+    def controls(self, state: Any, control: Any) -> None:
+        """At a step boundary: stop or checkpoint, as signals, the dashboard and the ranks decided."""
+        self._last_step = state.global_step
+        if self.sink.write_error is not None:
+            self._check_folder()  # the disk filled during this step: stop now, not within a second
+            control.should_save = False  # no checkpoint onto a disk that refused a line
+        if self.rank.distributed:
+            # Ranks act only on what they agreed on: one rank stopping or saving alone
+            # would leave the others waiting in a collective.
+            self.sync_ranks(state.global_step, control)
+            stop = self.agreed_stop
+        else:
+            stop = self.stop_requested
+        if stop and not control.should_training_stop:
+            control.should_training_stop = True
+            self.say(f"{stop}: stopping after step {state.global_step}")
+        if self.save_requested:
+            self.save_requested = False
+            if not control.should_save and self.sink.write_error is None and not self.agreed_no_save:
+                control.should_save = True
+                self.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
+
+    def evaluated(self, step: int, metrics: dict[str, Any], control: Any, model: Any) -> None:
+        self.on_eval(step, metrics, control, model)
+
+    def ended(self, state: Any) -> None:
+        """Nothing yet: :meth:`execute` writes ``run_finished`` once the adapter is saved."""
+
     def on_spike(self, spike: Any, control: Any) -> None:
         """Report a spike; on a severe or fatal one, do what ``monitor.on_spike`` says.
 
@@ -953,57 +997,13 @@ def _keep_cpu_weights_unpacked(model: Any) -> None:
 
 def _event_callback(run: Run) -> Any:
     """The Trainer callback of loratop's own runs: the same :class:`LoratopCallback` a script
-    adds (one code path for the step stream, spikes, checkpoints and the memory watch), on
-    this run's sink, detector and watch; the run itself decides stops, checkpoints, what a
-    spike does and what an evaluation leads to (early stopping), and writes how it ended."""
+    adds (one code path for the step stream, spikes, checkpoints and the memory watch), given
+    this run as its :class:`~loratop.trainer.callback.RunPolicy`: the run owns the sink, the
+    detector and the watch, decides stops, checkpoints, what a spike does and what an
+    evaluation leads to (early stopping), and writes how it ended."""
     from loratop.trainer.callback import LoratopCallback
 
-    class LaunchedRunCallback(LoratopCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.spikes = run.spikes
-            self.rank = run.rank
-
-        def _begin(self, args: Any, state: Any, model: Any, kwargs: dict[str, Any]) -> None:
-            self.sink, self._watch = run.sink, run.watch
-            run.sink.emit(ev.RUN_STARTED, **run.run_started_fields(state.max_steps))
-
-        def _stepped(self, step: int, loss: float | None) -> None:
-            run._last_step = step
-            if loss is not None:
-                run._train_losses.append(loss)
-
-        def _spiked(self, spike: Any, control: Any) -> None:
-            run.on_spike(spike, control)
-
-        def _controls(self, args: Any, state: Any, control: Any) -> None:
-            run._last_step = state.global_step
-            if run.sink.write_error is not None:
-                run._check_folder()  # the disk filled during this step: stop now, not within a second
-                control.should_save = False  # no checkpoint onto a disk that refused a line
-            if run.rank.distributed:
-                # Ranks act only on what they agreed on: one rank stopping or saving alone
-                # would leave the others waiting in a collective.
-                run.sync_ranks(state.global_step, control)
-                stop = run.agreed_stop
-            else:
-                stop = run.stop_requested
-            if stop and not control.should_training_stop:
-                control.should_training_stop = True
-                run.say(f"{stop}: stopping after step {state.global_step}")
-            if run.save_requested:
-                run.save_requested = False
-                if not control.should_save and run.sink.write_error is None and not run.agreed_no_save:
-                    control.should_save = True
-                    run.say(f"SIGUSR1: saving a checkpoint after step {state.global_step}")
-
-        def _evaluated(self, state: Any, metrics: dict[str, Any], control: Any, kwargs: dict[str, Any]) -> None:
-            run.on_eval(state.global_step, metrics, control, kwargs.get("model"))
-
-        def _ended(self, state: Any) -> None:
-            pass  # Run.execute writes run_finished once the adapter is saved
-
-    return LaunchedRunCallback()
+    return LoratopCallback(policy=run)
 
 
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO, cast
 
 from loratop.core import events as ev
 from loratop.core.distributed import exit_words, rank_label
 from loratop.core.event_stream import PipeStream
 from loratop.core.run_dir import EVENTS, LOG, SIGKILL_HINT, exit_cause, read_status, record_lost
+from loratop.core.run_state import RunState
 from loratop.preflight.launcher import LaunchedRun
 from loratop.tui.models.log_lines import telling_lines
 from loratop.tui.models.panels import fmt_bytes, fmt_loss
@@ -61,88 +62,105 @@ def fmt_ranks(event: dict[str, Any]) -> str:
 
 @dataclass
 class HeadlessPrinter:
-    """Turns events into lines for a terminal or a log file."""
+    """Turns events into lines for a terminal or a log file.
 
+    The run itself is :attr:`state`, the same :class:`RunState` every other view of loratop
+    folds (the dashboard, ``ls``, compare, export); the printer only decides what each event
+    is worth a line, through one table (:attr:`SHOW`)."""
+
+    state: RunState
+    """The run, folded from every event handled."""
     out: TextIO = sys.stdout
     interval_s: float = 1.0
     """At most one step line per interval (plus the first and the last step)."""
     clock: Callable[[], float] = time.monotonic
-    max_steps: int | None = None
-    last_memory: dict[str, Any] | None = None
-    last_ranks: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
-    finished: dict[str, Any] | None = None
-    last_t: float | None = None
-    """Time of the latest event: the trainer's last sign of life."""
+    """The latest ``step`` event, as the step line shows it."""
     _last_print: float = field(default=-1e9, repr=False)
     _step_printed: bool = field(default=False, repr=False)
 
+    SHOW: ClassVar[dict[str, str]] = {}
+    """Event type → the method that prints it (filled below the class); other types print nothing."""
+
+    @property
+    def max_steps(self) -> int | None:
+        steps = self.state.started.get("max_steps") if self.state.started else None
+        return steps if isinstance(steps, int) else None
+
+    @property
+    def finished(self) -> dict[str, Any] | None:
+        return cast("dict[str, Any] | None", self.state.finished)
+
+    @property
+    def last_t(self) -> float | None:
+        """Time of the latest event: the trainer's last sign of life."""
+        return self.state.last_t
+
     def handle(self, event: dict[str, Any]) -> None:
-        """Print what this event is worth printing."""
-        kind = event["type"]
-        self.last_t = event["t"]
-        if kind == ev.LOG:
-            level = event.get("level")
-            prefix = f"{level}: " if level else ""
-            self._print(f"[trainer] {prefix}{event.get('message', '')}")
-        elif kind == ev.RUN_STARTED:
-            self._run_started(event)
-        elif kind == ev.MEMORY:
-            self.last_memory = event
-        elif kind == ev.RANKS:
-            self.last_ranks = event
-        elif kind == ev.EVAL:
-            best = event.get("best_step")
-            best_text = (
-                "best so far" if best == event.get("step") else f"best {fmt_loss(event.get('best_loss'))} @{best}"
-            )
-            took = event.get("duration_s")
-            rows = event.get("eval_rows")
-            self._print(
-                f"eval at step {event.get('step')}: loss {fmt_loss(event.get('eval_loss'))} ({best_text}; "
-                + (f"{rows} rows" if isinstance(rows, int) else "rows –")
-                + (f", {took:.1f} s)" if isinstance(took, (int, float)) else ")")
-            )
-        elif kind == ev.ALERT:
-            self._print(f"ALERT {event.get('kind', '')}: {event.get('message', '')}")
-        elif kind == ev.STEP:
-            self._step(event)
-        elif kind == ev.CHECKPOINT:
-            what = "adapter saved" if event.get("final") else "checkpoint saved"
-            last = self.last_step.get("step") if self.last_step else None
-            note = (
-                f" (the best eval's; training ran to step {last})"
-                if event.get("final") and last not in (None, event.get("step"))
-                else ""
-            )
-            self._print(f"{what} at step {event.get('step')}{note}: {event.get('path')}")
-        elif kind == ev.SPIKE:
-            self._print(
-                f"SPIKE {event.get('severity', '')} at step {event.get('step')}: loss {fmt_loss(event.get('loss'))} "
-                f"(baseline {fmt_loss(event.get('baseline'))}, {event.get('kind', '')})"
-            )
-        elif kind == ev.OOM_RISK:
-            self._print(f"OOM risk {str(event.get('level')).upper()}: {event.get('reason')}")
-        elif kind == ev.PAGED_STATE and event.get("available"):
-            self._print(
-                f"paged optimizer state: {fmt_bytes(event.get('paged_bytes'))} in {event.get('paged_tensors')} "
-                f"tensors; {fmt_bytes(event.get('unpaged_bytes'))} kept unpaged"
-                + (f" ({event['note']})" if event.get("note") else "")
-            )
-            self._print(f"spill counting: {event.get('spill_method')} ({event.get('spill_reason')})")
-        elif kind == ev.SPILL:
-            self._print(
-                f"SPILL at step {event.get('step')}: {fmt_bytes(event.get('bytes'))} evicted "
-                f"({event.get('method')}; {event.get('total_events')} so far)"
-            )
-        elif kind == ev.RUN_FINISHED:
-            self._finished(event)
+        """Fold the event into :attr:`state`, then print what it is worth printing."""
+        self.state.apply(event)
+        show = self.SHOW.get(event["type"])
+        if show is not None:
+            getattr(self, show)(event)
+
+    def _log(self, event: dict[str, Any]) -> None:
+        level = event.get("level")
+        prefix = f"{level}: " if level else ""
+        self._print(f"[trainer] {prefix}{event.get('message', '')}")
+
+    def _eval(self, event: dict[str, Any]) -> None:
+        best = event.get("best_step")
+        best_text = "best so far" if best == event.get("step") else f"best {fmt_loss(event.get('best_loss'))} @{best}"
+        took = event.get("duration_s")
+        rows = event.get("eval_rows")
+        self._print(
+            f"eval at step {event.get('step')}: loss {fmt_loss(event.get('eval_loss'))} ({best_text}; "
+            + (f"{rows} rows" if isinstance(rows, int) else "rows –")
+            + (f", {took:.1f} s)" if isinstance(took, (int, float)) else ")")
+        )
+
+    def _alert(self, event: dict[str, Any]) -> None:
+        self._print(f"ALERT {event.get('kind', '')}: {event.get('message', '')}")
+
+    def _checkpoint(self, event: dict[str, Any]) -> None:
+        what = "adapter saved" if event.get("final") else "checkpoint saved"
+        last = self.last_step.get("step") if self.last_step else None
+        note = (
+            f" (the best eval's; training ran to step {last})"
+            if event.get("final") and last not in (None, event.get("step"))
+            else ""
+        )
+        self._print(f"{what} at step {event.get('step')}{note}: {event.get('path')}")
+
+    def _spike(self, event: dict[str, Any]) -> None:
+        self._print(
+            f"SPIKE {event.get('severity', '')} at step {event.get('step')}: loss {fmt_loss(event.get('loss'))} "
+            f"(baseline {fmt_loss(event.get('baseline'))}, {event.get('kind', '')})"
+        )
+
+    def _oom_risk(self, event: dict[str, Any]) -> None:
+        self._print(f"OOM risk {str(event.get('level')).upper()}: {event.get('reason')}")
+
+    def _paged_state(self, event: dict[str, Any]) -> None:
+        if not event.get("available"):
+            return
+        self._print(
+            f"paged optimizer state: {fmt_bytes(event.get('paged_bytes'))} in {event.get('paged_tensors')} "
+            f"tensors; {fmt_bytes(event.get('unpaged_bytes'))} kept unpaged"
+            + (f" ({event['note']})" if event.get("note") else "")
+        )
+        self._print(f"spill counting: {event.get('spill_method')} ({event.get('spill_reason')})")
+
+    def _spill(self, event: dict[str, Any]) -> None:
+        self._print(
+            f"SPILL at step {event.get('step')}: {fmt_bytes(event.get('bytes'))} evicted "
+            f"({event.get('method')}; {event.get('total_events')} so far)"
+        )
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
     def _run_started(self, event: dict[str, Any]) -> None:
-        self.max_steps = event.get("max_steps")
         params = event.get("params", {})
         model = event.get("model", {})
         device = event.get("device", {})
@@ -170,14 +188,14 @@ class HeadlessPrinter:
             parts.append(f"lr {lr:.2e}")
         if isinstance(grad, float):
             parts.append(f"grad {fmt_loss(grad)}")
-        if self.last_ranks:
-            parts.append(fmt_ranks(self.last_ranks))
+        ranks, memory = self.state.ranks, self.state.memory
+        if ranks:
+            parts.append(fmt_ranks(cast("dict[str, Any]", ranks)))
         else:
-            parts.append(fmt_memory(self.last_memory) if self.last_memory else "memory: no sample yet")
+            parts.append(fmt_memory(cast("dict[str, Any]", memory)) if memory else "memory: no sample yet")
         self._print("  ".join(parts))
 
     def _finished(self, event: dict[str, Any]) -> None:
-        self.finished = event
         status = event.get("status")
         stopped_by = event.get("stopped_by") if status == ev.STOPPED else None
         by = f" by {stopped_by}{' (Ctrl-C)' if stopped_by == 'SIGINT' else ''}" if stopped_by else ""
@@ -196,9 +214,26 @@ class HeadlessPrinter:
                 self._print(f"  try: {suggestion}")
 
 
+HeadlessPrinter.SHOW.update(
+    {
+        ev.LOG: "_log",
+        ev.RUN_STARTED: "_run_started",
+        ev.EVAL: "_eval",
+        ev.ALERT: "_alert",
+        ev.STEP: "_step",
+        ev.CHECKPOINT: "_checkpoint",
+        ev.SPIKE: "_spike",
+        ev.OOM_RISK: "_oom_risk",
+        ev.PAGED_STATE: "_paged_state",
+        ev.SPILL: "_spill",
+        ev.RUN_FINISHED: "_finished",
+    }
+)
+
+
 def follow_launched(run: LaunchedRun, out: TextIO = sys.stdout) -> int:
     """Print a launched run until it finishes; return the CLI's exit code."""
-    printer = HeadlessPrinter(out=out)
+    printer = HeadlessPrinter(RunState(run.run_dir), out=out)
     stream = PipeStream(run.events_fd, run.run_dir / EVENTS)
     interrupts = 0
 

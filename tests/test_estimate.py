@@ -709,11 +709,12 @@ def test_a_dashboard_launch_on_a_short_disk_shows_the_warning_first(
     async def drive() -> None:
         async with app.run_test(size=(100, 30)):
             app.notify = lambda message, **kw: notices.append((message, kw.get("severity", "")))  # type: ignore[method-assign]
-            app.launch_config(config, None)
+            await app.launch_config(config, None).wait()
 
     asyncio.run(drive())
-    assert [severity for _, severity in notices] == ["warning", "error"]
-    assert notices[0][0].startswith(f"warning: {tmp_path}/ has 1.0 MB free; this run writes about")
+    assert [severity for _, severity in notices] == ["", "warning", "error"]  # "": the launch's own progress note
+    assert notices[0][0].startswith("checking and launching")
+    assert notices[1][0].startswith(f"warning: {tmp_path}/ has 1.0 MB free; this run writes about")
 
 
 def test_an_unknown_model_shape_draws_no_disk_warning_and_no_download(

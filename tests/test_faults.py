@@ -636,6 +636,45 @@ def test_the_claim_refuses_a_folder_of_your_own_files_without_writing(tmp_path: 
     assert sorted(os.listdir(folder)) == before
 
 
+def test_the_dashboard_checks_and_launches_off_the_ui_thread_once_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 27, item 3: the checks before a launch (data rows, a hub probe of up to 3 s) and
+    the launch itself run on a worker, so the screen stays live; a second press while one is
+    under way starts nothing."""
+    import threading
+
+    from loratop.core.run_dir import RunDirError
+    from loratop.preflight import launcher
+    from loratop.preflight.config import load_config
+
+    where: list[bool] = []
+    release = threading.Event()
+
+    def slow_refusal(*args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        release.wait(10)  # a slow hub probe: the UI thread must not be the one waiting
+        raise RunDirError("stopped here by the test")  # no trainer
+
+    monkeypatch.setattr(launcher, "launch", slow_refusal)
+    config = load_config(DEMO, {"output_dir": str(tmp_path / "r1")}, check_files=False)
+    app = LoratopApp(runs_root=tmp_path / "runs")
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            first = app.launch_config(config, None)
+            await until(pilot, lambda: bool(where), 10, "the launch to start")
+            await pilot.press("question_mark")  # the UI answers while the launch waits
+            await until(pilot, lambda: "HelpScreen" in type(app.screen).__name__, 5, "the help screen")
+            assert app.launch_config(config, None) is first, "a second launch while one is under way"
+            release.set()
+            await first.wait()
+            assert first.result is None
+
+    asyncio.run(drive())
+    assert where == [False]
+
+
 def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_path: Path) -> None:
     from loratop.preflight.config import load_config
 
@@ -655,12 +694,15 @@ def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_pa
                 real_notify(message, **kwargs)
 
             app.notify = record  # type: ignore[method-assign]
-            seen["launched"] = app.launch_config(config, None)
+            worker = app.launch_config(config, None)
+            await worker.wait()
+            seen["launched"] = worker.result
 
     asyncio.run(drive())
     assert seen["launched"] is None
-    assert notices == [(f"{mine}: holds files loratop did not make (config.yaml, notes.txt); "
-                        "choose a new or empty folder", "error")]  # fmt: skip
+    assert notices[0][1] == "information" and notices[0][0].startswith("checking and launching")
+    assert notices[1:] == [(f"{mine}: holds files loratop did not make (config.yaml, notes.txt); "
+                            "choose a new or empty folder", "error")]  # fmt: skip
     assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
 
 

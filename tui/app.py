@@ -12,8 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.screen import Screen
+from textual.worker import Worker
 
 from loratop.core.run_dir import RunDirError
 from loratop.core.runs import DEFAULT_ROOT
@@ -26,6 +28,7 @@ from loratop.tui.screens.monitor_screen import MonitorScreen
 
 if TYPE_CHECKING:
     from loratop.preflight.config import RunConfig
+    from loratop.preflight.launcher import LaunchedRun
 
 
 class LoratopApp(App[str]):
@@ -112,24 +115,48 @@ class LoratopApp(App[str]):
         self.push_screen(editor)
         return True
 
-    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
+    def launch_config(
+        self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None
+    ) -> Worker[Path | None]:
         """Launch a checked config and watch it; ``replace`` (the editor) gives way to the new
         monitor, over the run history (:meth:`_over_history`).
 
+        The checks before a launch read the data file and may ask the hub (up to 3 s), and the
+        launch makes the run folder: all of it runs on a worker thread, so the screen stays
+        live; the monitor opens once the trainer has started.
+
         Returns:
-            The run folder, or ``None`` when the folder could not be made (said in a notice).
+            The worker; its result is the run folder, or ``None`` when the run could not be
+            launched (said in a notice). While one launch is under way another is not
+            started (a second press of launch): that one's worker is returned.
         """
+        under_way = [worker for worker in self.workers if worker.group == "launch" and worker.is_running]
+        if under_way:
+            self.notify("a launch is under way: its monitor opens once the trainer has started", markup=False)
+            return under_way[0]
+        self.notify(f"checking and launching {Path(config.output_dir or 'run').name}…", markup=False, timeout=3)
+        return self._launch(config, source, replace)
+
+    @work(thread=True, group="launch", exit_on_error=False)
+    def _launch(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None) -> Path | None:
         from loratop.preflight.launch_checks import disk_space_warning
         from loratop.preflight.launcher import CannotRunHere, launch
 
         space = disk_space_warning(config)
         if space is not None:
-            self.notify(space, severity="warning", timeout=15, markup=False)
+            self.call_from_thread(self.notify, space, severity="warning", timeout=15, markup=False)
         try:
             run = launch(config, source)
         except (RunDirError, CannotRunHere) as exc:
-            self.notify(str(exc), title="cannot launch", severity="error", timeout=15, markup=False)
+            self.call_from_thread(
+                self.notify, str(exc), title="cannot launch", severity="error", timeout=15, markup=False
+            )
             return None
+        self.call_from_thread(self._watch_launched, run, config, replace)
+        return run.run_dir
+
+    def _watch_launched(self, run: LaunchedRun, config: RunConfig, replace: Screen[Any] | None) -> None:
+        """On the UI thread: the launched run's monitor, where the editor was (or on top)."""
         monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
         if replace is not None and self.screen is replace:
             self._over_history(monitor)
@@ -139,7 +166,6 @@ class LoratopApp(App[str]):
             f"launched {run.run_dir.name}" + (f" (parent: {Path(config.parent).name})" if config.parent else ""),
             markup=False,
         )
-        return run.run_dir
 
     def _over_history(self, monitor: MonitorScreen) -> None:
         """The new run's monitor in the editor's place, right over the run history: its ``esc``

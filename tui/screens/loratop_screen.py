@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from textual.screen import Screen
+from textual.worker import Worker
 
 if TYPE_CHECKING:
     from loratop.preflight.config import RunConfig
@@ -29,8 +30,11 @@ class Dashboard(Protocol):
         """Open the knob editor on a run folder or a config file; ``False`` when it cannot."""
         ...
 
-    def launch_config(self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None) -> Path | None:
-        """Launch a checked config and watch it; the run folder, or ``None`` when it could not start."""
+    def launch_config(
+        self, config: RunConfig, source: Path | None, replace: Screen[Any] | None = None
+    ) -> Worker[Path | None]:
+        """Check and launch a config on a worker, then watch it; the worker's result is the run
+        folder, or ``None`` when it could not start."""
         ...
 
     def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:

@@ -123,43 +123,54 @@ class RunState:
             self.last_t = float(t)
         self.events_seen += 1
         self.version += 1
-        if kind == ev.STEP:
-            # Every value first, then the appends: a value that fails leaves no column longer than another.
-            step, tokens = _int64(event.get("step", len(self.steps) + 1)), _int64(event.get("tokens") or 0)
-            loss, lr, grad_norm = _num(event.get("loss")), _num(event.get("lr")), _num(event.get("grad_norm"))
-            self.steps.append(step)
-            self.loss.append(loss)
-            self.lr.append(lr)
-            self.grad_norm.append(grad_norm)
-            self.tokens.append(tokens)
-            self.step_t.append(float(t) if isinstance(t, (int, float)) else math.nan)
-        elif kind == ev.MEMORY:
-            self._memory(event)
-        elif kind == ev.RUN_STARTED:
-            self.started = cast(ev.RunStartedEvent, event)
-        elif kind == ev.RUN_FINISHED:
-            self.finished = cast(ev.RunFinishedEvent, event)
-        elif kind == ev.CHECKPOINT:
-            self.checkpoints.append(cast(ev.CheckpointEvent, event))
-        elif kind == ev.SPIKE:
-            self.spikes.append(cast(ev.SpikeEvent, event))
-        elif kind == ev.SPILL:
-            self.spills.append(cast(ev.SpillEvent, event))
-        elif kind == ev.OOM_RISK:
-            self.oom_risk = cast(ev.OomRiskEvent, event)
-        elif kind == ev.PAGED_STATE:
-            self.paged = cast(ev.PagedStateEvent, event)
-        elif kind == ev.RANKS:
-            self._ranks(event)
-        elif kind == ev.ALERT:
-            self.alerts.append(cast(ev.AlertEvent, event))
-        elif kind == ev.EVAL:
-            self.evals.append(cast(ev.EvalEvent, event))
-        elif kind == ev.LOG:
-            level = event.get("level")
-            self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
-            seq = event.get("seq")
-            self.message_seq = seq if isinstance(seq, int) else None
+        fold = _FOLDS.get(kind)
+        if fold is not None:
+            fold(self, event)
+
+    def _step(self, event: dict[str, Any]) -> None:
+        # Every value first, then the appends: a value that fails leaves no column longer than another.
+        t = event.get("t")
+        step, tokens = _int64(event.get("step", len(self.steps) + 1)), _int64(event.get("tokens") or 0)
+        loss, lr, grad_norm = _num(event.get("loss")), _num(event.get("lr")), _num(event.get("grad_norm"))
+        self.steps.append(step)
+        self.loss.append(loss)
+        self.lr.append(lr)
+        self.grad_norm.append(grad_norm)
+        self.tokens.append(tokens)
+        self.step_t.append(float(t) if isinstance(t, (int, float)) else math.nan)
+
+    def _started(self, event: dict[str, Any]) -> None:
+        self.started = cast(ev.RunStartedEvent, event)
+
+    def _finished(self, event: dict[str, Any]) -> None:
+        self.finished = cast(ev.RunFinishedEvent, event)
+
+    def _checkpoint(self, event: dict[str, Any]) -> None:
+        self.checkpoints.append(cast(ev.CheckpointEvent, event))
+
+    def _spike(self, event: dict[str, Any]) -> None:
+        self.spikes.append(cast(ev.SpikeEvent, event))
+
+    def _spill(self, event: dict[str, Any]) -> None:
+        self.spills.append(cast(ev.SpillEvent, event))
+
+    def _oom_risk(self, event: dict[str, Any]) -> None:
+        self.oom_risk = cast(ev.OomRiskEvent, event)
+
+    def _paged(self, event: dict[str, Any]) -> None:
+        self.paged = cast(ev.PagedStateEvent, event)
+
+    def _alert(self, event: dict[str, Any]) -> None:
+        self.alerts.append(cast(ev.AlertEvent, event))
+
+    def _eval(self, event: dict[str, Any]) -> None:
+        self.evals.append(cast(ev.EvalEvent, event))
+
+    def _log(self, event: dict[str, Any]) -> None:
+        level = event.get("level")
+        self.messages.append(f"{level}: {event.get('message')}" if level else str(event.get("message")))
+        seq = event.get("seq")
+        self.message_seq = seq if isinstance(seq, int) else None
 
     def apply_index(self, index: Index, last_memory: dict[str, Any] | None) -> None:
         """Fold a run's compact index (:mod:`core.run_index`) into a fresh state: what
@@ -510,3 +521,22 @@ def _int64(value: Any) -> int:
     if not _INT_MIN <= number <= _INT_MAX:
         raise OverflowError(f"{number} is outside int64")
     return number
+
+
+_FOLDS: dict[str, Callable[[RunState, dict[str, Any]], None]] = {
+    ev.STEP: RunState._step,
+    ev.MEMORY: RunState._memory,
+    ev.RUN_STARTED: RunState._started,
+    ev.RUN_FINISHED: RunState._finished,
+    ev.CHECKPOINT: RunState._checkpoint,
+    ev.SPIKE: RunState._spike,
+    ev.SPILL: RunState._spill,
+    ev.OOM_RISK: RunState._oom_risk,
+    ev.PAGED_STATE: RunState._paged,
+    ev.RANKS: RunState._ranks,
+    ev.ALERT: RunState._alert,
+    ev.EVAL: RunState._eval,
+    ev.LOG: RunState._log,
+}
+"""How each event type folds into a :class:`RunState`: the one dispatch table of the run model
+(an unknown type, from a newer trainer, is counted in ``events_seen`` and left out)."""

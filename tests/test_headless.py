@@ -41,3 +41,14 @@ def test_each_event_type_it_prints_has_one_entry_in_its_table() -> None:
     assert len([line for line in lines if line.startswith("SPIKE ")]) == len(spikes) > 0
     assert lines[0].startswith("[trainer] ") and any(line.startswith("run tiny-lr-high:") for line in lines)
     assert lines[-1].startswith("run completed after ") or lines[-1].startswith("run stopped")
+
+
+def test_the_run_model_folds_every_event_type_of_the_protocol_through_one_table() -> None:
+    """Every type the protocol knows has its fold in :class:`RunState`'s table; a type from a
+    newer trainer is counted and left out, never an error."""
+    from loratop.core.run_state import _FOLDS
+
+    assert set(_FOLDS) == set(ev.EVENT_TYPES)
+    state = RunState(RECORDED_RUNS / "tiny-r8")
+    state.apply({"v": 1, "seq": 0, "t": 1.0, "type": "from_the_future", "x": 1})
+    assert state.events_seen == 1 and state.garbage == 0 and not state.steps

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -25,7 +25,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
 from textual.content import Content
-from textual.widgets import RichLog, Sparkline, Static
+from textual.widgets import Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratop.core import events as ev
@@ -63,6 +63,9 @@ from loratop.tui.screens.loratop_screen import LoratopScreen
 from loratop.tui.screens.quit_screen import QuitScreen
 from loratop.widgets import KeyFooter, LossChart, MemoryPanel
 from loratop.widgets.downsample import RunningEma, smoothing_alpha
+
+if TYPE_CHECKING:
+    from textual.widgets import RichLog
 
 NARROW = 100
 """Below this many columns the side panels stack under the chart."""
@@ -172,6 +175,9 @@ class MonitorScreen(LoratopScreen[str]):
                     yield Sparkline([], id="mem-spark")
                 yield Static(classes="panel", id="events-panel", markup=False)
         yield Static(id="outcome", markup=False)
+        # Imported here: RichLog brings rich.pretty and attrs (~30 ms), which the home screen never needs.
+        from textual.widgets import RichLog
+
         yield RichLog(id="trainer-log", max_lines=LOG_LINES, wrap=True, min_width=20)
         yield Static(id="status-line", markup=False)
         yield KeyFooter()
@@ -490,7 +496,7 @@ class MonitorScreen(LoratopScreen[str]):
         if not lines:
             return
         shown = self.has_class("-log-shown")
-        log_widget = self.query_one("#trainer-log", RichLog)
+        log_widget = self.query_one("#trainer-log", _rich_log())
         for line in lines:
             # tqdm-style progress bars redraw with \r; show their latest state only.
             shown_line = self._log_text(self._log_reader.read(line.rsplit("\r", 1)[-1]))
@@ -514,7 +520,7 @@ class MonitorScreen(LoratopScreen[str]):
 
     def _redraw_log(self) -> None:
         """Draw the pane's lines again, wrapped at its width (it was hidden, or resized)."""
-        log_widget = self.query_one("#trainer-log", RichLog)
+        log_widget = self.query_one("#trainer-log", _rich_log())
         log_widget.clear()
         for text in self._log_lines:
             log_widget.write(text)
@@ -620,3 +626,10 @@ class MonitorScreen(LoratopScreen[str]):
     def action_export(self) -> None:
         """Write this run's metrics (CSV) and events (JSONL), and this screen (SVG), to loratop-exports/."""
         self.loratop.export_run(self.run_dir)
+
+
+def _rich_log() -> type[RichLog]:
+    """The log pane's widget class, imported on first use (see :meth:`MonitorScreen.compose`)."""
+    from textual.widgets import RichLog
+
+    return RichLog

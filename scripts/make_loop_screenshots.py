@@ -37,6 +37,10 @@ async def _editor(size: tuple[int, int], runs: Path, out: Path) -> None:
 async def _compare(size: tuple[int, int], runs: Path, out: Path) -> None:
     app = LoratopApp(None, compare=[runs / "tiny-r8", runs / "tiny-r16", runs / "tiny-lr-high"])
     async with app.run_test(size=size) as pilot:
+        for _ in range(100):  # the runs are folded on a worker: wait until they are drawn
+            if getattr(app.screen, "runs", None):
+                break
+            await pilot.pause(0.1)
         await pilot.pause(0.5)
         out.write_text(app.export_screenshot(title="loratop compare tiny-r8 tiny-r16 tiny-lr-high"))
 

@@ -24,7 +24,7 @@ from loratop.tui.models.compare import (
 )
 from loratop.tui.models.panels import fmt_bytes, fmt_duration, fmt_loss
 from tests.conftest import RECORDED_RUNS as RUNS
-from tests.conftest import of_type, read_events
+from tests.conftest import of_type, read_events, until
 
 
 def _config(name: str) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def test_p_on_the_compare_screen_saves_a_file_named_by_the_runs_never_over_anoth
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause()
+            await until(pilot, lambda: bool(getattr(app.screen, "runs", None)), 10, "the runs, folded")
             await pilot.press("p")
             await pilot.pause()
             (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16.svg").write_text("the first, kept")
@@ -380,3 +380,32 @@ def test_p_on_the_compare_screen_saves_a_file_named_by_the_runs_never_over_anoth
     assert saved == ["compare-tiny-r8-vs-tiny-r16-2.svg", "compare-tiny-r8-vs-tiny-r16.svg"]
     assert (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16.svg").read_text() == "the first, kept"
     assert "<svg" in (tmp_path / "loratop-exports" / "compare-tiny-r8-vs-tiny-r16-2.svg").read_text()
+
+
+def test_the_compare_screen_folds_its_runs_off_the_ui_thread(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27, item 3: opening compare on long runs never freezes the screen: the folds run
+    on a worker, and the screen says it is reading them until they are drawn."""
+    import asyncio
+    import threading
+
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.models import compare
+
+    where: list[bool] = []
+    real = compare.load_compared
+
+    def watched(run_dir: Path) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(run_dir)
+
+    monkeypatch.setattr(compare, "load_compared", watched)
+    app = LoratopApp(None, compare=[runs / "tiny-r8", runs / "tiny-r16"])
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: "tiny-r16: r 8 → 16" in screen_text(app), 10, "the legend")
+
+    from tests.conftest import screen_text
+
+    asyncio.run(drive())
+    assert where == [False, False]

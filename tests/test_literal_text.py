@@ -201,7 +201,13 @@ def test_compare_shows_bracketed_names_and_data_paths_as_written(runs: Path) -> 
     async def drive() -> None:
         async with app.run_test(size=WIDE) as pilot:
             assert isinstance(app.screen, CompareScreen)
-            await until(pilot, lambda: "data.path" in screen_text(app), 5, "the config diff")
+            # The runs are folded on a worker: wait for the legend, the titles and the diff.
+            await until(
+                pilot,
+                lambda: "data.path" in screen_text(app) and screen_text(app).count("lora[r32]") >= 2,
+                5,
+                "the legend, the column titles and the config diff",
+            )
             text = screen_text(app)
             assert "A lora[r16]" in text and "B lora[r32]" in text, "the legend and the column titles"
             assert PATH_A in text and PATH_B in text, "the config diff"

@@ -12,11 +12,13 @@ import math
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
+from textual.worker import get_current_worker
 
 from loratop.tui.models import compare
 from loratop.tui.screens.loratop_screen import LoratopScreen
@@ -45,7 +47,9 @@ class CompareScreen(LoratopScreen[None]):
 
     def __init__(self, run_dirs: list[Path], x_axis: str = "steps") -> None:
         super().__init__()
-        self.runs = [compare.load_compared(run_dir) for run_dir in run_dirs]
+        self.run_dirs = list(run_dirs)
+        self.runs: list[compare.ComparedRun] = []
+        """The runs, folded on a worker once the screen shows (a long run's fold takes a while)."""
         self.x_axis = x_axis if x_axis in X_AXES else "steps"
         self.smoothed = True
         """Draw each run's EMA-smoothed loss (raw per-step losses of several runs overlap into noise)."""
@@ -59,6 +63,19 @@ class CompareScreen(LoratopScreen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
+        count = len(self.run_dirs)
+        self.query_one("#compare-legend", Static).update(Content(f"reading {count} run{'s' if count != 1 else ''}…"))
+        self._load_runs()
+
+    @work(thread=True, exclusive=True, group="compare-fold", exit_on_error=False)
+    def _load_runs(self) -> None:
+        """Fold the runs off the UI thread (the screen stays live), then draw them."""
+        runs = [compare.load_compared(run_dir) for run_dir in self.run_dirs]
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_runs, runs)
+
+    def _show_runs(self, runs: list[compare.ComparedRun]) -> None:
+        self.runs = runs
         self.query_one("#compare-legend", Static).update(self.legend())
         self._fill_table()
         self.redraw()
@@ -140,16 +157,20 @@ class CompareScreen(LoratopScreen[None]):
             table.add_row(Text(name), *map(Text, cells))
 
     def on_resize(self, event: Resize) -> None:
-        if self._table_width not in (None, event.size.width):
+        if self.runs and self._table_width not in (None, event.size.width):
             self._fill_table()
 
     def action_x_axis(self) -> None:
         """Plot over optimizer steps or over tokens seen."""
+        if not self.runs:
+            return  # still reading them
         self.x_axis = "tokens" if self.x_axis == "steps" else "steps"
         self.query_one("#compare-legend", Static).update(self.legend())
         self.redraw()
 
     def action_smooth(self) -> None:
+        if not self.runs:
+            return  # still reading them
         self.smoothed = not self.smoothed
         self.query_one("#compare-legend", Static).update(self.legend())
         self.redraw()
@@ -161,6 +182,8 @@ class CompareScreen(LoratopScreen[None]):
     def action_save_svg(self) -> None:
         """Save the screen as ``loratop-exports/compare-A-vs-B.svg``, named by the runs compared
         (a new file each time: ``-2``, ``-3``... rather than over an earlier one)."""
+        if not self.runs:
+            return  # still reading them
         from loratop.tui.models.export import EXPORT_DIR, write_new
 
         stem = compare.file_stem([run.name for run in self.runs])

@@ -99,7 +99,7 @@ def file_graph(repo: Path = REPO) -> dict[Path, dict[Path, bool]]:
 
 
 def home_of(path: Path) -> str:
-    """The folder a file lives in: ``trainer/runtime``, ``tui/screens``, ``widgets``, ``loratop``."""
+    """The folder a file lives in: ``core``, ``tui/screens``, ``widgets``, ``loratop``."""
     return str(path.parent)
 
 

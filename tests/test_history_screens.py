@@ -626,3 +626,35 @@ def test_a_and_d_refuse_a_run_whose_trainer_lives(runs: Path) -> None:
     finally:
         os.close(lock)
     assert why_live(locked) is None, "the lock released: the run may go"
+
+
+def test_the_home_screens_live_look_at_the_runs_is_made_off_the_ui_thread(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 27, item 3: every 2 s the home screen looks at every run's files; that look runs on
+    a worker, so a slow disk never stalls the screen, and its result still reaches the table."""
+    import threading
+
+    from loratop.core.runs import RunCatalog
+
+    where: list[bool] = []
+    real = RunCatalog.runs
+
+    def watched(self: RunCatalog) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(self)
+
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            table = app.screen.query_one(DataTable)
+            await until(pilot, lambda: table.row_count == 3, 5, "the runs listed")
+            monkeypatch.setattr(RunCatalog, "runs", watched)
+            app.screen._refresh_live()  # what the 2 s timer calls
+            await until(pilot, lambda: bool(where), 5, "the live look")
+            await pilot.pause(0.2)
+            assert table.row_count == 3
+
+    asyncio.run(drive())
+    assert where and not any(where), "a look at the runs was made on the UI thread"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from rich.text import Text
@@ -11,6 +12,7 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
+from textual.worker import get_current_worker
 
 from loratop.core.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
 from loratop.core.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
@@ -86,6 +88,8 @@ class HomeScreen(LoratopScreen[None]):
         self._runs: dict[Path, RunSummary] = {}
         """Each listed run's summary, from the last look."""
         self._catalog = RunCatalog(root)
+        self._catalog_lock = threading.Lock()
+        """The catalog is looked at by the live refresh's worker and by a reload on the UI thread."""
         self._shown: list[tuple[str, tuple[str, ...]]] = []
         """The table's rows as drawn: (run folder, cells)."""
         self._layout: tuple[tuple[str, str, int], ...] = ()
@@ -118,12 +122,25 @@ class HomeScreen(LoratopScreen[None]):
         self._show(self._rows(), rebuild=True)
 
     def _refresh_live(self) -> None:
-        """The timer: bring the list up to date; only cells that changed are redrawn."""
+        """The timer: bring the list up to date; only cells that changed are redrawn. The look at
+        every run's files (a stat each, a fold of what a running run appended) is made on a
+        worker, so a slow disk never stalls the screen."""
         if self.is_current:
-            self._show(self._rows(), rebuild=False)
+            self._look_live()
+
+    @work(thread=True, exclusive=True, group="home-look", exit_on_error=False)
+    def _look_live(self) -> None:
+        rows = self._rows()
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_live, rows)
+
+    def _show_live(self, rows: list[tuple[str, dict[str, str]]]) -> None:
+        if self.is_current and self.is_mounted:
+            self._show(rows, rebuild=False)
 
     def _rows(self) -> list[tuple[str, dict[str, str]]]:
-        runs = sort_runs(self._catalog.runs(), self.sort_key)
+        with self._catalog_lock:
+            runs = sort_runs(self._catalog.runs(), self.sort_key)
         self._runs = {run.run_dir: run for run in runs}
         rows = []
         for run in runs:

@@ -675,6 +675,35 @@ def test_the_dashboard_checks_and_launches_off_the_ui_thread_once_at_a_time(
     assert where == [False]
 
 
+def test_a_launch_the_box_refuses_is_a_notice_not_a_silent_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launch worker meets an OSError (no process can be started: EAGAIN): it says so, like
+    any refusal, and its result is no run."""
+    import errno
+
+    from loratop.preflight import launcher
+    from loratop.preflight.config import load_config
+
+    def no_process(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(launcher, "launch", no_process)
+    config = load_config(DEMO, {"output_dir": str(tmp_path / "r1")}, check_files=False)
+    app = LoratopApp(runs_root=tmp_path / "runs")
+    notices: list[tuple[str, str]] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)):
+            app.notify = lambda message, **kw: notices.append((message, kw.get("severity", "")))  # type: ignore[method-assign]
+            worker = app.launch_config(config, None)
+            await worker.wait()
+            assert worker.result is None
+
+    asyncio.run(drive())
+    assert notices[-1] == (f"{os.strerror(errno.EAGAIN)} (starting the trainer)", "error")
+
+
 def test_the_dashboard_launch_into_a_folder_of_your_own_files_is_a_notice(tmp_path: Path) -> None:
     from loratop.preflight.config import load_config
 

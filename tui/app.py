@@ -142,14 +142,17 @@ class LoratopApp(App[str]):
         from loratop.preflight.launch_checks import disk_space_warning
         from loratop.preflight.launcher import CannotRunHere, launch
 
-        space = disk_space_warning(config)
-        if space is not None:
-            self.call_from_thread(self.notify, space, severity="warning", timeout=15, markup=False)
         try:
+            space = disk_space_warning(config)
+            if space is not None:
+                self.call_from_thread(self.notify, space, severity="warning", timeout=15, markup=False)
             run = launch(config, source)
-        except (RunDirError, CannotRunHere) as exc:
+        except (RunDirError, CannotRunHere, OSError) as exc:
+            # OSError: the box itself said no (no process or pipe to be had, a data file gone):
+            # said like a refusal, never a worker that dies while "launching…" stays on screen.
+            why = f"{exc.strerror} ({exc.filename or 'starting the trainer'})" if isinstance(exc, OSError) else exc
             self.call_from_thread(
-                self.notify, str(exc), title="cannot launch", severity="error", timeout=15, markup=False
+                self.notify, str(why), title="cannot launch", severity="error", timeout=15, markup=False
             )
             return None
         self.call_from_thread(self._watch_launched, run, config, replace)

@@ -459,13 +459,10 @@ class MonitorScreen(LoratopScreen[str]):
             self._texts[selector] = plain
             self.query_one(selector, Static).update(text)
 
+    @work(thread=True, exclusive=True, group="log-tail", exit_on_error=False)
     def _tail_trainer_log(self) -> None:
         """The timer: read what the trainer's log gained, off the UI thread (a slow disk or a
-        network folder never stalls a redraw), then add it to the pane."""
-        self._read_trainer_log()
-
-    @work(thread=True, exclusive=True, group="log-tail", exit_on_error=False)
-    def _read_trainer_log(self) -> None:
+        network folder never stalls a redraw), then add it to the pane (:meth:`_add_trainer_log`)."""
         path = self.run_dir / LOG
         chunk = b""
         offset = self._log_offset

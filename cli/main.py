@@ -270,7 +270,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if outcome.result is None:
         return _usage(f"loratop: {outcome.refused or outcome.failed}")
     print(format_result(outcome.result))
-    if args.write is not None and outcome.result.recommended is not None:
+    if args.write is not None and outcome.result.recommended is None:
+        print(f"nothing written to {args.write}: no candidate to recommend", file=sys.stderr)
+    elif args.write is not None:
         parent = str(path.resolve())
         try:
             text = written_config(path.read_text(), outcome.result, parent)

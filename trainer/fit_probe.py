@@ -218,6 +218,9 @@ class Probe:
         start = time.monotonic()
         timed_from = start
         self.memory.reset()
+        batch: Any = None
+        loss: Any = None
+        oom: str | None = None
         try:
             for step in range(STEPS):
                 if step == 1:
@@ -228,13 +231,17 @@ class Probe:
                 loss.backward()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                del batch, loss
+                batch = loss = None
                 self.memory.step_done(tokens)
         except Exception as exc:
             if not is_oom(exc):
                 raise
+            oom = str(exc).splitlines()[0][:200]
+        if oom is not None:
+            # Outside the except block: the traceback's frames no longer hold the step's tensors.
+            batch = loss = None
             self._recover()
-            return Measurement(point, tokens, None, time.monotonic() - start, oom=str(exc).splitlines()[0][:200])
+            return Measurement(point, tokens, None, time.monotonic() - start, oom=oom)
         end = time.monotonic()
         timed = max(end - timed_from, 1e-9)
         return Measurement(
@@ -310,6 +317,9 @@ def probe(config: RunConfig, budget_s: float, headroom: float, say: Any) -> FitR
         available = memory.available()
         order = probe_order(points, p.longest, prior_for(config), available, t.gradient_checkpointing, headroom)
         measured, skipped = run_plan(order, p.longest, p.run_point, budget_s, say=say, points=points)
+        # Again after the steps: the optimizer's paged state and the kernels' workspaces are not
+        # torch's allocator's, and now they exist.
+        available = min(available, memory.available())
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     rows, best, fits, notes = verdict(points, measured, p.longest, available, effective, headroom)
     notes.insert(0, f"the dataset's longest row: {p.longest:,} tokens (max_seq_length {t.max_seq_length})")

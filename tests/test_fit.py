@@ -294,3 +294,26 @@ def test_fit_on_the_gpu_check_model_within_90_seconds(tmp_path: Path) -> None:
     assert "TEST FAKE" not in done.stdout and "recommended: per_device_train_batch_size=" in done.stdout
     chosen = next(line for line in done.stdout.splitlines() if line.startswith("▶"))
     assert "%" in chosen, "NVML's busy % on a real GPU"
+
+
+def test_the_editors_fit_action_without_a_gpu_says_so_and_shows_the_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(FAKE_MEMORY_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # NVML then sees no GPU, on any box
+    app = LoratopApp(None, runs_root=tmp_path / "runs", edit=DEMO_CONFIG)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, KnobEditor), 10, "the editor")
+            screen = app.screen
+            await until(pilot, lambda: getattr(screen, "_estimate", None) is not None, 10, "the estimate")
+            await pilot.press("ctrl+f")
+            panel = screen.query_one("#fit-result", Static)
+            await until(pilot, lambda: "needs an NVIDIA GPU" in str(panel.render()), 10, "the refusal")
+            text = str(panel.render())
+            assert text.startswith("loratop fit needs an NVIDIA GPU (none here)")
+            assert "Pre-flight memory estimate" in text, "loratop estimate's view instead"
+            assert screen.query_one("#knob-training-per_device_train_batch_size", Input).value == "8"
+
+    asyncio.run(drive())

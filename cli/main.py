@@ -4,6 +4,8 @@
     loratop run CONFIG [--set section.key=value ...] [--no-tui]
     loratop check CONFIG [--set section.key=value ...]
     loratop estimate CONFIG [--set section.key=value ...]   will it fit? (reads config.json only)
+    loratop fit CONFIG [--budget 90s] [--headroom 10%] [--write OUT.yaml]
+                                 on a GPU: the largest batch that fits and runs fastest, measured
     loratop demo [--no-tui]
     loratop attach [RUN]         replay a run's events, then follow it live
     loratop ls [--sort KEY]      run history: knobs, outcome, parent of each run
@@ -101,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also per GPU on N GPUs, DDP and FSDP (default: the config's distributed world size)",
     )
+
+    fit = commands.add_parser("fit", help="on a GPU: measure the largest batch that fits and runs fastest")
+    _add_config_args(fit)
+    fit.add_argument("--budget", default="90s", help="time for the probe's steps, e.g. 90s or 2m (default: 90s)")
+    fit.add_argument("--headroom", default="10%", help="share of GPU memory to keep free (default: 10%%)")
+    fit.add_argument("--write", type=Path, metavar="OUT.yaml", help="write the recommended knobs as a new config")
 
     demo = commands.add_parser("demo", help=f"run the shipped tiny CPU demo ({samples.DEMO}.yaml)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -224,6 +232,61 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         print()
         print("\n".join(format_per_gpu(est, gpus)))
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Probe the GPU in a subprocess (:mod:`preflight.fit_runner`), print its table and recommendation."""
+    from loratop.preflight.config_rewrite import LayoutLost
+    from loratop.preflight.fit_plan import format_result, parse_budget, parse_headroom, written_config
+    from loratop.preflight.fit_runner import FitProbeProcess, no_gpu_line
+
+    def _usage(line: str) -> int:
+        print(line, file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        budget, headroom = parse_budget(args.budget), parse_headroom(args.headroom)
+        config, path = _load(args.config, args.overrides)
+    except ConfigError as exc:
+        return _report(exc)
+    except ValueError as exc:
+        return _usage(f"loratop: {exc}")
+    if args.write is not None and args.write.exists():
+        return _usage(f"loratop: --write {args.write}: already exists; choose a new name (nothing was overwritten)")
+    refusal = no_gpu_line(args.config)
+    if refusal is not None:
+        return _usage(refusal)
+    print(f"loratop fit: probing {path} within {budget:g} s (loading the model first)…", file=sys.stderr)
+    probe = FitProbeProcess(path, args.overrides, budget, headroom)
+    try:
+        for message in probe.messages():
+            if message.get("kind") == "progress":
+                print(f"  {message.get('message', '')}", file=sys.stderr, flush=True)
+        outcome = probe.finish()
+    except KeyboardInterrupt:
+        probe.stop()
+        return 130
+    if outcome.result is None:
+        return _usage(f"loratop: {outcome.refused or outcome.failed}")
+    print(format_result(outcome.result))
+    if args.write is not None and outcome.result.recommended is None:
+        print(f"nothing written to {args.write}: no candidate to recommend", file=sys.stderr)
+    elif args.write is not None:
+        parent = str(path.resolve())
+        try:
+            text = written_config(path.read_text(), outcome.result, parent)
+        except LayoutLost:
+            from loratop.preflight.config import dump_config
+            from loratop.preflight.fit_plan import recommended_changes
+
+            whole = config.model_copy(deep=True)
+            for key, value in recommended_changes(outcome.result).items():
+                setattr(whole.training, key.split(".")[1], value)
+            whole.output_dir, whole.parent = None, parent
+            text = dump_config(whole)
+        args.write.write_text(text)
+        print(f"wrote {args.write} (parent: {parent}); check it with: loratop check {args.write}")
     return 0
 
 
@@ -604,6 +667,8 @@ def _command(args: argparse.Namespace) -> int:
         return cmd_check(args)
     if args.command == "estimate":
         return cmd_estimate(args)
+    if args.command == "fit":
+        return cmd_fit(args)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "demo":

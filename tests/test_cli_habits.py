@@ -33,6 +33,6 @@ def test_a_mistyped_command_is_one_line_with_the_closest(
     assert cli.main([typed, "some-run"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        f"loratop: no command {typed!r}{guess} (commands: run, check, estimate, demo, edit, attach, ls, compare, "
+        f"loratop: no command {typed!r}{guess} (commands: run, check, estimate, fit, demo, edit, attach, ls, compare, "
         "export, serve)"
     ]

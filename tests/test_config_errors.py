@@ -341,7 +341,7 @@ def _samples() -> list[str]:
     return sorted(p.stem for p in (REPO / "sample_configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("command", ["run", "check", "estimate", "edit"])
+@pytest.mark.parametrize("command", ["run", "check", "estimate", "fit", "edit"])
 def test_a_missing_config_lists_the_samples_and_suggests_the_closest(tmp_path: Path, command: str) -> None:
     extra = ["--no-tui"] if command == "run" else ["--runs-dir", str(tmp_path / "runs")] if command == "edit" else []
 

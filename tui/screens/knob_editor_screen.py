@@ -55,6 +55,12 @@ class KnobEditor(LoratopScreen[None]):
         Binding("ctrl+r", "launch", "launch", tooltip="launch the form's config as a new run"),
         Binding("ctrl+s", "save", "save as", tooltip="save the form as a new YAML file"),
         Binding("ctrl+b", "save_and_launch", "save+launch", tooltip="save the form as a new YAML file, then launch it"),
+        Binding(
+            "ctrl+f",
+            "fit",
+            "fit",
+            tooltip="on the GPU: measure the batch that fits and runs fastest (loratop fit); fill the batch knobs",
+        ),
     ]
 
     def __init__(
@@ -120,6 +126,7 @@ class KnobEditor(LoratopScreen[None]):
                         yield Static(knob.hint, id=_note_id(knob.path), classes="knob-note")
                 if title.startswith("LoRA"):
                     yield from self._targets()
+            yield Static(id="fit-result", markup=False)
         yield Static(id="effective")
         yield Static(id="editor-problems")
         with Horizontal(id="editor-actions"):
@@ -162,6 +169,7 @@ class KnobEditor(LoratopScreen[None]):
         return str(candidate)
 
     def on_mount(self) -> None:
+        self.query_one("#fit-result").display = False
         self.revalidate()
         self.load_facts()
         first = SECTIONS[0][1][0]
@@ -404,6 +412,65 @@ class KnobEditor(LoratopScreen[None]):
     def action_save_and_launch(self) -> None:
         if self.action_save() is not None:
             self.action_launch()
+
+    def action_fit(self) -> None:
+        """Run ``loratop fit``'s probe on the form's config (a worker); fill the batch knobs from it."""
+        config = self._ready()
+        if config is not None:
+            self._show_fit("loratop fit: starting the probe…")
+            self.fit_probe(config)
+
+    @work(thread=True, exclusive=True, group="editor-fit", exit_on_error=False)
+    def fit_probe(self, config: RunConfig) -> None:
+        """The same probe as ``loratop fit``, in a subprocess; without a GPU, the estimate's view instead."""
+        import tempfile
+
+        from loratop.preflight.config import dump_config
+        from loratop.preflight.estimate import format_estimate
+        from loratop.preflight.fit_plan import format_result
+        from loratop.preflight.fit_runner import FitProbeProcess, no_gpu_line
+
+        refusal = no_gpu_line("CONFIG")
+        if refusal is not None:
+            view = format_estimate(self._estimate) if self._estimate is not None else self._facts_note
+            self.app.call_from_thread(self._show_fit, f"{refusal}\n\n{view}")
+            return
+        with tempfile.TemporaryDirectory(prefix="loratop-fit-") as folder:
+            path = Path(folder) / "form.yaml"
+            path.write_text(dump_config(config))
+            probe = self._probe = FitProbeProcess(path)
+            for message in probe.messages():
+                if message.get("kind") == "progress":
+                    self.app.call_from_thread(self._show_fit, f"loratop fit: {message.get('message', '')}")
+            outcome = probe.finish()
+        if outcome.result is None:
+            self.app.call_from_thread(self._show_fit, f"loratop fit: {outcome.refused or outcome.failed}")
+            return
+        self.app.call_from_thread(self._fit_done, outcome.result, format_result(outcome.result))
+
+    def _show_fit(self, text: str) -> None:
+        panel = self.query_one("#fit-result", Static)
+        panel.update(text)
+        panel.display = True
+        panel.scroll_visible()
+
+    def _fit_done(self, result: Any, table: str) -> None:
+        """Fill the batch knobs from the recommendation (unsaved: the user saves), show the table."""
+        from loratop.preflight.fit_plan import recommended_changes
+
+        for path, value in recommended_changes(result).items():
+            widget = self.query_one(f"#{_widget_id(path)}")
+            if isinstance(widget, Checkbox):
+                widget.value = bool(value)
+            elif isinstance(widget, Input):
+                widget.value = form.format_value(value)
+        filled = "batch knobs filled from the recommendation (not saved)" if result.recommended else "nothing filled"
+        self._show_fit(f"{table}\n{filled}")
+
+    def on_unmount(self) -> None:
+        probe = getattr(self, "_probe", None)
+        if probe is not None:
+            probe.stop()  # ours: the probe this editor started
 
     def action_back(self) -> None:
         """Back to the screen it was opened from; opened first (``loratop edit``), leave the dashboard."""

@@ -6,6 +6,7 @@ it, and must give exactly the proposals its events support: no finding, no propo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -301,3 +302,87 @@ def test_cli_next_refuses_a_live_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     (run / "status.json").write_text(json.dumps(live_status(state="running")))
     assert main(["next", str(run)]) == 2
     assert "still training" in capsys.readouterr().err
+
+
+# -- the dashboard -----------------------------------------------------------------------------------
+
+
+def test_n_in_a_finished_runs_monitor_opens_the_editor_with_the_proposals_applied_unsaved(tmp_path: Path) -> None:
+    from textual.widgets import Input, Static
+
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.knob_editor_screen import KnobEditor
+    from loratop.tui.screens.monitor_screen import MonitorScreen
+    from tests.conftest import until
+
+    knobs = {"training.per_device_train_batch_size": 8, "training.gradient_accumulation_steps": 2}
+    run = make_run(tmp_path, "finished", knobs=knobs, during={25: spike(25, "severe")}, finish=oom_finish(40))
+    app = LoratopApp(run, runs_root=tmp_path)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.state.finished is not None, 10, "the replay")
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, KnobEditor), 5, "the editor")
+            editor = app.screen
+            assert isinstance(editor, KnobEditor)
+            field = {p: editor.query_one(f"#knob-{p.replace('.', '-')}", Input).value for p in knobs}
+            field["training.learning_rate"] = editor.query_one("#knob-training-learning_rate", Input).value
+            assert field == {
+                "training.per_device_train_batch_size": "4",
+                "training.gradient_accumulation_steps": "4",
+                "training.learning_rate": "1e-3",
+            }
+            listed = str(editor.query_one("#next-run", Static).render())
+            assert "1. training.per_device_train_batch_size: 8 → 4" in listed and "evidence: run_finished: oom" in listed
+            assert "2. training.learning_rate: 2e-3 → 1e-3" in listed and "evidence: spike at step 25" in listed
+            assert editor.saved_path is None  # unsaved: the user confirms (ctrl+s, ctrl+r)
+            assert editor.config is not None and editor.config.training.learning_rate == 1e-3
+            assert editor.parent_ref == str(run.resolve())
+
+    asyncio.run(drive())
+
+
+def test_n_in_a_live_runs_monitor_is_refused(tmp_path: Path) -> None:
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.monitor_screen import MonitorScreen
+    from tests.conftest import live_status, until
+
+    run = make_run(tmp_path, "live", during={25: spike(25, "severe")})
+    lines = (run / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # no run_finished: it trains
+    (run / "status.json").write_text(json.dumps(live_status(state="running")))
+    app = LoratopApp(run, runs_root=tmp_path)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.state.last_step == 40, 10, "the replay")
+            assert monitor.state.is_live
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            assert app.screen is monitor
+            assert any("still training" in str(n.message) for n in app._notifications)
+
+    asyncio.run(drive())
+
+
+def test_next_edit_opens_the_editor_with_the_proposals(tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.knob_editor_screen import KnobEditor
+    from tests.conftest import until
+
+    run = make_run(tmp_path, "r1", during={3: spike(3, "severe")})
+    app = LoratopApp(None, runs_root=tmp_path, edit=run, next_run=True)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, KnobEditor), 5, "the editor")
+            assert app.screen.query_one("#knob-training-warmup_steps", Input).value == "10"
+
+    asyncio.run(drive())

@@ -151,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     nxt.add_argument("run", nargs="?", help=f"{RUN_HELP}; default: the latest")
     nxt.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
     nxt.add_argument(
-        "--write", type=Path, metavar="OUT.yaml", help="write the run's config with the changes and parent"
+        "--write",
+        type=Path,
+        metavar="OUT.yaml",
+        help="write the run's config with the changes (none: as it was) and parent",
     )
     nxt.add_argument("--edit", action="store_true", help="open the knob editor with the changes applied (unsaved)")
 
@@ -587,7 +590,7 @@ def cmd_next(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"next run after {run_dir.name} ({state.status}, step {state.last_step}):")
     print("\n".join(plan.lines(min(shutil.get_terminal_size((80, 24)).columns, 80))))
-    if args.write is not None and plan.proposals:
+    if args.write is not None:  # no proposal: the run's config as it was, for a rerun
         if args.write.exists():
             print(f"loratop: {args.write} already exists; nothing was overwritten", file=sys.stderr)
             return EXIT_USAGE

@@ -389,7 +389,7 @@ def _early_stop(state: RunState, cfg: RunConfig, notes: list[str]) -> _Candidate
     loss = evaluation.get("eval_loss") if evaluation is not None else None
     evidence = (
         f"run_finished: stopped by early stopping at step {_step(last)}; best eval loss "
-        f"{_num(loss)} at step {_step(best)} (its adapter was kept)"
+        f"{f'{loss:.4f}' if _finite(loss) else '?'} at step {_step(best)} (its adapter was kept)"
     )
     steps = _fewer_steps(state, cfg, best)
     if steps is None:

@@ -206,7 +206,7 @@ def test_early_stopping_ends_the_next_run_at_the_best_evaluation(tmp_path: Path)
     finish = {"status": ev.STOPPED, "stopped_by": "early stopping", "adapter_step": 20, "step": 40}
     plan = plan_of(make_run(tmp_path, steps=100, during=evals(points), finish=finish))
     assert changes(plan) == [(EARLY_STOP, "training.max_steps", {"training.max_steps": (100, 20)})]
-    assert "best eval loss 1.8 at step 20" in plan.proposals[0].evidence
+    assert "best eval loss 1.8000 at step 20" in plan.proposals[0].evidence
 
 
 def test_a_starved_gpu_takes_the_first_knob_the_trainer_named(tmp_path: Path) -> None:
@@ -336,7 +336,8 @@ def test_n_in_a_finished_runs_monitor_opens_the_editor_with_the_proposals_applie
                 "training.learning_rate": "1e-3",
             }
             listed = str(editor.query_one("#next-run", Static).render())
-            assert "1. training.per_device_train_batch_size: 8 → 4" in listed and "evidence: run_finished: oom" in listed
+            assert "1. training.per_device_train_batch_size: 8 → 4" in listed
+            assert "evidence: run_finished: oom" in listed
             assert "2. training.learning_rate: 2e-3 → 1e-3" in listed and "evidence: spike at step 25" in listed
             assert editor.saved_path is None  # unsaved: the user confirms (ctrl+s, ctrl+r)
             assert editor.config is not None and editor.config.training.learning_rate == 1e-3
@@ -386,3 +387,28 @@ def test_next_edit_opens_the_editor_with_the_proposals(tmp_path: Path) -> None:
             assert app.screen.query_one("#knob-training-warmup_steps", Input).value == "10"
 
     asyncio.run(drive())
+
+
+@pytest.mark.slow
+def test_next_on_a_real_demo_run_end_to_end(tmp_path: Path) -> None:
+    """The real trainer on the demo config, a few steps; then ``loratop next`` on it as a user types it:
+    a healthy run records nothing that calls for a change, and ``--write`` gives a config for a rerun
+    that ``loratop check`` accepts, its parent the run."""
+    from tests.conftest import DEMO_CONFIG, loratop
+
+    run_dir = tmp_path / "runs" / "demo-few"
+    steps = ("--set", "training.max_steps=4", "--set", "training.eval_steps=0", "--set", f"output_dir={run_dir}")
+    ran = loratop("run", str(DEMO_CONFIG), "--no-tui", *steps)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    shown = loratop("next", "--runs-dir", str(tmp_path / "runs"), "--write", str(tmp_path / "next.yaml"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[:2] == [
+        "next run after demo-few (completed, step 4):",
+        "no proposal: nothing in this run's record calls for a change",
+    ]
+    saved = yaml.safe_load((tmp_path / "next.yaml").read_text())
+    assert saved["parent"] == str(run_dir.resolve()) and saved["output_dir"] is None
+    assert saved["training"] == yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
+    checked = loratop("check", str(tmp_path / "next.yaml"), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"ok: {tmp_path / 'next.yaml'}")

@@ -313,17 +313,18 @@ def test_n_in_a_finished_runs_monitor_opens_the_editor_with_the_proposals_applie
     from loratop.tui.app import LoratopApp
     from loratop.tui.screens.knob_editor_screen import KnobEditor
     from loratop.tui.screens.monitor_screen import MonitorScreen
-    from tests.conftest import until
+    from tests.conftest import screen_text, until
 
     knobs = {"training.per_device_train_batch_size": 8, "training.gradient_accumulation_steps": 2}
     run = make_run(tmp_path, "finished", knobs=knobs, during={25: spike(25, "severe")}, finish=oom_finish(40))
     app = LoratopApp(run, runs_root=tmp_path)
 
     async def drive() -> None:
-        async with app.run_test(size=(100, 40)) as pilot:
+        async with app.run_test(size=(160, 40)) as pilot:
             monitor = app.screen
             assert isinstance(monitor, MonitorScreen)
             await until(pilot, lambda: monitor.state.finished is not None, 10, "the replay")
+            await until(pilot, lambda: "n next" in screen_text(app).splitlines()[-1], 5, "n next in the footer")
             await pilot.press("n")
             await until(pilot, lambda: isinstance(app.screen, KnobEditor), 5, "the editor")
             editor = app.screen

@@ -181,7 +181,7 @@ class MonitorScreen(LoratopScreen[str]):
 
         yield RichLog(id="trainer-log", max_lines=LOG_LINES, wrap=True, min_width=20)
         yield Static(id="status-line", markup=False)
-        yield KeyFooter()
+        yield KeyFooter(wide_only={"next_run"})  # n works at any width; an 80-column footer has no room for it
 
     @staticmethod
     def hidden_actions(has_screen_below: bool) -> frozenset[str]:

@@ -372,6 +372,26 @@ def test_n_in_a_live_runs_monitor_is_refused(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+def test_n_on_a_run_with_nothing_to_change_says_so_and_stays(tmp_path: Path) -> None:
+    from loratop.tui.app import LoratopApp
+    from loratop.tui.screens.monitor_screen import MonitorScreen
+    from tests.conftest import until
+
+    app = LoratopApp(make_run(tmp_path, "clean", during={20: spike(20, "warn")}), runs_root=tmp_path)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.state.finished is not None, 10, "the replay")
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            assert app.screen is monitor
+            assert any("no proposal: nothing in this run" in str(n.message) for n in app._notifications)
+
+    asyncio.run(drive())
+
+
 def test_next_edit_opens_the_editor_with_the_proposals(tmp_path: Path) -> None:
     from textual.widgets import Input
 

@@ -57,7 +57,9 @@ class KeyFooter(Footer):
         wide_from: int = WIDE_FROM,
         id: str | None = None,
     ) -> None:
-        super().__init__(id=id, compact=True, show_command_palette=False)
+        # Narrow until the first resize says otherwise: a first frame wider than the terminal would
+        # push the screen's own keys (? help) off the edge.
+        super().__init__(id=id, classes="-no-groups -no-wide", compact=True, show_command_palette=False)
         self.palette_from = palette_from
         self.groups_from = groups_from
         self.wide_only = frozenset(wide_only)

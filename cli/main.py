@@ -13,6 +13,8 @@
                                  what changed between runs and what came of it
     loratop export [RUN] [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
     loratop edit CONFIG|RUN      the knob editor: change knobs, save and/or launch
+    loratop next [RUN] [--write OUT.yaml] [--edit]
+                                 the next run: changes proposed from what a finished run recorded
     loratop serve [--port N] [--host H]
                                  the same app in a browser, over an SSH tunnel (a secret link)
 
@@ -152,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--out", type=Path, default=EXPORT_DIR, metavar="DIR", help=f"where to write (default: {EXPORT_DIR}/)"
     )
     export.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
+
+    nxt = commands.add_parser("next", help="the next run: config changes proposed from what a finished run recorded")
+    nxt.add_argument("run", nargs="?", help=f"{RUN_HELP}; default: the latest")
+    nxt.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
+    nxt.add_argument(
+        "--write",
+        type=Path,
+        metavar="OUT.yaml",
+        help="write the run's config with the changes (none: as it was) and parent",
+    )
+    nxt.add_argument("--edit", action="store_true", help="open the knob editor with the changes applied (unsaved)")
 
     serve = commands.add_parser("serve", help="the same app in a browser (over an SSH tunnel), behind a secret link")
     serve.add_argument("--runs-dir", type=Path, default=argparse.SUPPRESS, help="where runs live (default: runs/)")
@@ -618,6 +631,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_next(args: argparse.Namespace) -> int:
+    """Propose the next run from a finished run's record (:mod:`loratop.preflight.next_run`):
+    print it, ``--write`` it as a config, or ``--edit`` it in the knob editor."""
+    from loratop.core.runs import read_run
+    from loratop.preflight.next_run import next_run, next_run_yaml
+
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+        state, _ = read_run(run_dir)
+        tree = read_yaml(run_dir / CONFIG)
+        plan = next_run(state, tree)
+    except RunNotFound as exc:
+        print(f"loratop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, ValueError) as exc:
+        print(f"loratop: {run_dir.name}: its {CONFIG} cannot be read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if state.is_live:
+        print(f"loratop: {run_dir.name} is still training: its next run is proposed once it ends", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"next run after {run_dir.name} ({state.status}, step {state.last_step}):")
+    print("\n".join(plan.lines(min(shutil.get_terminal_size((80, 24)).columns, 80))))
+    if args.write is not None:  # no proposal: the run's config as it was, for a rerun
+        if args.write.exists():
+            print(f"loratop: {args.write} already exists; nothing was overwritten", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            args.write.write_text(next_run_yaml((run_dir / CONFIG).read_text(), plan, run_dir.resolve()))
+        except OSError as exc:
+            print(f"loratop: cannot write {args.write}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wrote {args.write} (parent: {run_dir.name}); run it with: loratop run {args.write}")
+    if args.edit and plan.proposals:
+        from loratop.tui.app import LoratopApp
+
+        return run_app(LoratopApp(None, runs_root=args.runs_dir, edit=run_dir, next_run=True))[1]
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the home screen in a browser until Ctrl+C (:mod:`loratop.cli.serve`)."""
     from loratop.cli.serve import ServeError, serve
@@ -683,6 +735,8 @@ def _command(args: argparse.Namespace) -> int:
         return cmd_compare(args)
     if args.command == "export":
         return cmd_export(args)
+    if args.command == "next":
+        return cmd_next(args)
     if args.command == "serve":
         return cmd_serve(args)
     return _dashboard(None, runs_root=args.runs_dir)

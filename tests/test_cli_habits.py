@@ -34,5 +34,5 @@ def test_a_mistyped_command_is_one_line_with_the_closest(
     err = capsys.readouterr().err
     assert err.splitlines() == [
         f"loratop: no command {typed!r}{guess} (commands: run, check, estimate, fit, demo, edit, attach, ls, compare, "
-        "export, serve)"
+        "export, next, serve)"
     ]

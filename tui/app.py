@@ -27,6 +27,7 @@ from loratop.tui.screens.key_help import KeyHelp, active_key_help, key_help
 from loratop.tui.screens.monitor_screen import MonitorScreen
 
 if TYPE_CHECKING:
+    from loratop.core.run_state import RunState
     from loratop.preflight.config import RunConfig
     from loratop.preflight.launcher import LaunchedRun
 
@@ -52,6 +53,7 @@ class LoratopApp(App[str]):
         compare: list[Path] | None = None,
         compare_x: str = "steps",
         edit: Path | None = None,
+        next_run: bool = False,
         process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or another first screen.
@@ -64,6 +66,8 @@ class LoratopApp(App[str]):
             compare: Open the compare screen on these runs instead.
             compare_x: The compare chart's x axis: ``steps`` or ``tokens``.
             edit: Open the knob editor on this config file or run folder instead.
+            next_run: With ``edit`` a finished run: the editor with its next run's proposals
+                applied (``loratop next --edit``).
             process: The trainer of ``run_dir``, when this process launched it (reaped when it exits).
         """
         super().__init__()
@@ -74,6 +78,7 @@ class LoratopApp(App[str]):
         self._compare = compare
         self._compare_x = compare_x
         self._edit = edit
+        self._next_run = next_run
         self._process = process
         self.ended_on: Path | None = None
         """The run whose monitor ended the session (detached, stopped or quit there): the CLI's
@@ -85,7 +90,8 @@ class LoratopApp(App[str]):
         elif self._compare:
             self.push_screen(CompareScreen(self._compare, self._compare_x))
         elif self._edit is not None:
-            if not self.open_editor(self._edit):  # the CLI checked it; should it fail now, the history
+            opened = self.open_next_run(self._edit) if self._next_run else self.open_editor(self._edit)
+            if not opened:  # the CLI checked it; should it fail now, the history
                 self.push_screen(HomeScreen(self.runs_root))
         else:
             self.push_screen(HomeScreen(self.runs_root))
@@ -111,6 +117,36 @@ class LoratopApp(App[str]):
                 editor = editor_for_config(target, self.runs_root)
         except ConfigError as exc:
             self.notify("\n".join(exc.problems), title="cannot edit", severity="error", timeout=10, markup=False)
+            return False
+        self.push_screen(editor)
+        return True
+
+    def open_next_run(self, run_dir: Path, state: RunState | None = None) -> bool:
+        """The knob editor on a finished run with the changes its record calls for applied, unsaved,
+        and listed with their evidence (:mod:`loratop.preflight.next_run`): the user confirms.
+
+        Args:
+            run_dir: The run.
+            state: Its events, folded (the monitor's); read from its folder when omitted.
+
+        Returns:
+            Whether the editor opened (else a notice says why: no proposal, no config).
+        """
+        from loratop.core.run_dir import CONFIG
+        from loratop.core.run_summary import fold_run
+        from loratop.preflight.config import ConfigError, read_yaml
+        from loratop.preflight.next_run import next_run
+        from loratop.tui.screens.knob_editor_screen import editor_for_run
+
+        try:
+            plan = next_run(state if state is not None else fold_run(run_dir)[0], read_yaml(run_dir / CONFIG))
+            editor = editor_for_run(run_dir, self.runs_root, plan)
+        except (ConfigError, ValueError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            self.notify("\n".join(problems), title="no next run", severity="error", timeout=10, markup=False)
+            return False
+        if not plan.proposals:
+            self.notify("\n".join(plan.lines(60)), title="no next run", timeout=10, markup=False)
             return False
         self.push_screen(editor)
         return True

@@ -40,7 +40,7 @@ class HelpScreen(ModalScreen[None]):
             for title, rows in self._elsewhere:
                 brief = " · ".join(f"{row.keys} {row.label}" for row in rows)
                 yield Static(escape(f"{title}: {brief}"), classes="help-brief")
-            yield Static(escape(SESSION_NOTE), classes="help-brief")
+            yield Static(escape(SESSION_NOTE), classes="help-note")  # no blank line above: 80×24 holds it all
 
     def key_table(self) -> Table:
         """Each key and what it does, then the command palette's key."""

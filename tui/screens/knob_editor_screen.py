@@ -33,6 +33,7 @@ from loratop.preflight.config import (
     validate_tree,
 )
 from loratop.preflight.estimate import NO_GPU, Estimate, ModelShape, adapter_param_count, estimate, fit_label, fmt_size
+from loratop.preflight.next_run import NextRun
 from loratop.tui.models import knob_form as form
 from loratop.tui.models.knob_form import KNOBS, PRESETS, SECTIONS, TARGETS, Knob
 from loratop.tui.screens.loratop_screen import LoratopScreen
@@ -73,6 +74,7 @@ class KnobEditor(LoratopScreen[None]):
         runs_root: Path,
         source_path: Path | None = None,
         source_text: str | None = None,
+        proposed: NextRun | None = None,
     ) -> None:
         """Edit ``tree`` (a config as read from YAML).
 
@@ -85,12 +87,20 @@ class KnobEditor(LoratopScreen[None]):
             source_path: The YAML it came from, recorded as the run's config source.
             source_text: That YAML's text as read, when saving should keep its comments and
                 layout (a config file); ``None`` (a run's resolved config): save it whole.
+            proposed: A finished run's next-run proposals (``loratop next``): applied to the form
+                unsaved (knobs the form does not show, to the config it carries), and listed
+                with their evidence above it.
         """
         super().__init__()
         tree = dict(tree)
         tree.pop("output_dir", None)  # every launch gets a fresh folder under runs_root
         tree.pop("parent", None)
+        changes = proposed.changes if proposed is not None else {}
+        tree = form.with_values(tree, {k: v for k, v in changes.items() if k not in KNOBS})
         self.base_tree = tree
+        self.start_tree = form.with_values(tree, {k: v for k, v in changes.items() if k in KNOBS})
+        """What the fields start from: :attr:`base_tree`, or with the proposals applied (unsaved changes)."""
+        self.proposed = proposed
         self.origin = origin
         self.parent_ref = parent
         self.base_name = base_name
@@ -116,6 +126,8 @@ class KnobEditor(LoratopScreen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Content.from_markup("[b]edit knobs[/b] · from $origin", origin=self.origin), id="editor-title")
+        if self.proposed is not None:
+            yield Static(Content("\n".join(next_run_lines(self.proposed))), id="next-run")
         with VerticalScroll(id="knob-form"):
             for title, knobs in SECTIONS:
                 yield Static(f"[b]{title}[/b]", classes="form-section")
@@ -137,7 +149,7 @@ class KnobEditor(LoratopScreen[None]):
         yield KeyFooter()
 
     def _field(self, knob: Knob) -> Any:
-        value = form.get_path(self.base_tree, knob.path)
+        value = form.get_path(self.start_tree, knob.path)
         if knob.kind == "bool":
             return Checkbox("", bool(value), id=_widget_id(knob.path), compact=True)
         if knob.kind == "choice":
@@ -502,8 +514,17 @@ def editor_for_config(path: Path, runs_root: Path) -> KnobEditor:
     )
 
 
-def editor_for_run(run_dir: Path, runs_root: Path) -> KnobEditor:
-    """The editor on a run's recorded config: "rerun with changes".
+def next_run_lines(plan: NextRun) -> list[str]:
+    """The editor's list of a next run's proposals: a line each, with its evidence, then the notes."""
+    count = len(plan.proposals)
+    lines = [f"next run: {count} change{'s' if count != 1 else ''} from this run's record, applied unsaved"]
+    lines += [f"{p.rank}. {p.headline()} · evidence: {p.evidence}" for p in plan.proposals]
+    return lines + [f"note: {note}" for note in plan.notes]
+
+
+def editor_for_run(run_dir: Path, runs_root: Path, proposed: NextRun | None = None) -> KnobEditor:
+    """The editor on a run's recorded config: "rerun with changes" (with ``proposed``: its next
+    run's proposals applied, unsaved).
 
     Raises:
         ConfigError: the run has no readable ``config.yaml``.
@@ -518,6 +539,7 @@ def editor_for_run(run_dir: Path, runs_root: Path) -> KnobEditor:
         base_name=run_dir.name,
         runs_root=runs_root,
         source_path=None,
+        proposed=proposed,
     )
     status = read_status(run_dir) or {}
     editor.parent_still_training = status.get("status") is None and trainer_alive(status)

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.worker import Worker
 
 if TYPE_CHECKING:
+    from loratop.core.run_state import RunState
     from loratop.preflight.config import RunConfig
 
 ResultT = TypeVar("ResultT")
@@ -28,6 +29,11 @@ class Dashboard(Protocol):
 
     def open_editor(self, target: Path) -> bool:
         """Open the knob editor on a run folder or a config file; ``False`` when it cannot."""
+        ...
+
+    def open_next_run(self, run_dir: Path, state: RunState | None = None) -> bool:
+        """Open the knob editor with a finished run's next-run proposals applied; ``False`` when
+        there are none (a notice says so) or it cannot."""
         ...
 
     def launch_config(

@@ -114,6 +114,7 @@ class MonitorScreen(LoratopScreen[str]):
         Binding("0,Z", "chart_reset", "whole", tooltip="loss chart: the whole run again, no cursor", group=ZOOM_KEYS),
         Binding("g", "toggle_log", "log", tooltip="show/hide the trainer's log (on a short terminal, over lr/params)"),
         Binding("e", "edit", "rerun", tooltip="rerun with changes: the knob editor on this run's config"),
+        Binding("n", "next_run", "next", tooltip="next run: the editor with the changes this finished run calls for"),
         Binding("x", "export", "export", tooltip="export: metrics CSV, events JSONL and this screen as SVG"),
         Binding("question_mark", "app.help", "help", tooltip="this help: every key and what it does"),
     ]
@@ -180,7 +181,7 @@ class MonitorScreen(LoratopScreen[str]):
 
         yield RichLog(id="trainer-log", max_lines=LOG_LINES, wrap=True, min_width=20)
         yield Static(id="status-line", markup=False)
-        yield KeyFooter()
+        yield KeyFooter(wide_only={"next_run"})  # n works at any width; an 80-column footer has no room for it
 
     @staticmethod
     def hidden_actions(has_screen_below: bool) -> frozenset[str]:
@@ -619,6 +620,14 @@ class MonitorScreen(LoratopScreen[str]):
     def action_edit(self) -> None:
         """Rerun with changes: the knob editor on this run's config; the new run records this one as its parent."""
         self.loratop.open_editor(self.run_dir)
+
+    def action_next_run(self) -> None:
+        """The next run (``loratop next``): the knob editor with the changes this run's record calls for; a
+        finished run's only (a live run's record is not complete)."""
+        if self.state.is_live:
+            self.notify("the run is still training: its next run is proposed once it ends", severity="warning")
+            return
+        self.loratop.open_next_run(self.run_dir, self.state)
 
     def action_export(self) -> None:
         """Write this run's metrics (CSV) and events (JSONL), and this screen (SVG), to loratop-exports/."""

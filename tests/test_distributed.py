@@ -533,6 +533,27 @@ def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
         assert last["error"]["message"].startswith("lora.target_modules")
 
 
+@pytest.mark.parametrize("rank0_finished", [True, False], ids=["after-rank0-cached", "rank0-killed"])
+def test_the_agents_end_leaves_the_runs_caches_for_ls(tmp_path: Path, rank0_finished: bool) -> None:
+    """The agent owns the run's end: its alert and ``run_finished`` come after whatever rank 0
+    cached, so it writes the caches again (listing never does), and ``ls`` reads them."""
+    from loratop.core.run_index import load_index
+    from loratop.core.run_summary import cached_facts, settle_finished_run
+    from loratop.core.runs import summarise_run
+    from loratop.trainer.agent import _finish
+
+    finished = {"status": "failed", "error": {"message": "RuntimeError: [gloo] Connection reset by peer"}}
+    run_dir = _ended_run(tmp_path, finished if rank0_finished else None)
+    if rank0_finished:
+        assert settle_finished_run(run_dir)  # as rank 0's trainer does last
+    failure = {"rank": 1, "node": 0, "local_rank": 1, "pid": 9, "exit_code": -9, "exits": {1: -9, 0: 1}}
+    assert _finish(run_dir, failure, 0, 3.0) == 1
+    facts = cached_facts(run_dir)
+    assert facts is not None and facts["status"] == ev.FAILED and facts["step"] == 7
+    assert load_index(run_dir) is not None
+    assert summarise_run(run_dir).status == ev.FAILED
+
+
 def test_a_peer_lost_on_another_box_is_said_so(tmp_path: Path) -> None:
     """Node 0 sees only its own ranks exit after a collective failed: it says where to look."""
     from loratop.trainer.agent import _finish

@@ -450,21 +450,25 @@ def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
     """A rank still starting would die of SIGUSR1's default action: the agent waits for its handler."""
     from loratop.trainer.agent import Forwarder, catches
 
-    got = tmp_path / "got"
+    got, barrier = tmp_path / "got", tmp_path / "barrier"
     child = subprocess.Popen([sys.executable, "-c", (
         "import signal, sys, time, pathlib\n"
-        "time.sleep(1.0)\n"
+        "sys.stdin.readline()\n"  # a rank still starting: no handler until the test says go
         f"signal.signal(signal.SIGUSR1, lambda *a: pathlib.Path({str(got)!r}).write_text('usr1'))\n"
+        f"signal.signal(signal.SIGUSR2, lambda *a: pathlib.Path({str(barrier)!r}).write_text('usr2'))\n"
         "print('ready', flush=True)\n"
         "time.sleep(30)\n"
-    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         forwarder = Forwarder(1, children=lambda: [child.pid])
         forwarder.handle(signal.SIGUSR1, None)
         assert not catches(child.pid, signal.SIGUSR1)
         forwarder.deliver()  # not caught yet: held back, the child lives
         assert child.poll() is None and not got.exists()
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "ready\n", "a SIGUSR1 sent early would have killed it"
         assert catches(child.pid, signal.SIGUSR1)
         forwarder.deliver()
         deadline = time.monotonic() + 10
@@ -473,8 +477,14 @@ def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert child.poll() is None  # caught, not killed
         got.unlink()
-        forwarder.deliver()  # delivered once: nothing more is sent
-        time.sleep(0.3)
+        forwarder.deliver()  # delivered once: nothing more is sent (deliver() sends, if at all, before it returns)
+        # A barrier: a SIGUSR2 sent now is handled after any SIGUSR1 sent before it (the kernel
+        # hands over the lower-numbered pending signal first; Python runs handlers in that order).
+        os.kill(child.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not barrier.exists():
+            assert time.monotonic() < deadline, "the barrier signal never arrived"
+            time.sleep(0.05)
         assert not got.exists()
     finally:
         child.kill()

@@ -483,17 +483,19 @@ def _headless_run_at_its_first_step(run_dir: Path, max_steps: int) -> subprocess
 
 @pytest.mark.slow
 def test_double_ctrl_c_stops_watching_without_a_traceback_and_the_stop_happens(tmp_path: Path) -> None:
-    import time
-
     from tests.conftest import status_of, wait_for_exit
 
     run_dir = tmp_path / "run"
     cli_process = _headless_run_at_its_first_step(run_dir, max_steps=400)
     assert cli_process.stdout is not None
     cli_process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    seen = []
+    for line in cli_process.stdout:  # the second Ctrl-C only once the first was taken: its line says so
+        seen.append(line)
+        if line.startswith("stopping at the next step boundary"):
+            break
     cli_process.send_signal(signal.SIGINT)
-    rest = cli_process.stdout.read()
+    rest = "".join(seen) + cli_process.stdout.read()
     assert cli_process.wait(timeout=60) == 130
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
     assert "stopped watching; the trainer" in rest and "still stops at the next step boundary" in rest

@@ -478,6 +478,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         runs, width, on_terminal=on_terminal, archived=archived, archive_dir=f"{archive_dir(args.runs_dir)}/"
     )
     print("\n".join(lines))
+    uncached = sum(run.uncached for run in runs)
+    if uncached and on_terminal:  # piped, stderr stays as quiet as before
+        notes.append(f"{uncached} finished run(s) read whole (no cache): loratop ls --index caches them")
     for note in notes:
         print(note, file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ class RunSummary:
     mfu: float | None = None
     """Model-FLOPs utilisation (0..1) over the run (:mod:`core.gpu_busy`); ``None`` on CPU or
     where the GPU's peak is unknown."""
+    uncached: bool = field(default=False, compare=False)
+    """A finished run read from its events for want of a cached summary (a run from an older
+    loratop): ``loratop ls --index`` caches it. How it was read, not what it says."""
 
     @property
     def name(self) -> str:
@@ -276,7 +279,9 @@ def _read_look(run_dir: Path, now: float | None) -> tuple[RunSummary, RunState |
     status_file, damaged = checked_status(run_dir)
     if state.finished is not None:
         facts = run_facts(state, None)  # a finished run's duration does not depend on now
-        return _summary(run_dir, facts, status_file, damaged), None, offset
+        summary = _summary(run_dir, facts, status_file, damaged)
+        summary.uncached = True
+        return summary, None, offset
     judge_trainer(state, status_file)
     return _summary(run_dir, run_facts(state, now), status_file, damaged), state, offset
 

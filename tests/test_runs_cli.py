@@ -104,11 +104,14 @@ def test_ls_index_writes_the_caches_a_run_from_before_lacks(tmp_path: Path) -> N
     from loratop.core.run_summary import cached_facts
 
     _make_runs(tmp_path)
+    hint = "1 finished run(s) read whole (no cache): loratop ls --index caches them"
+    assert hint in _ls_on_a_terminal(tmp_path, 120)[1], "ls says how to stop paying for a run from before"
     assert cli.main(["ls", "--index", "--runs-dir", str(tmp_path)]) == 0
     assert cached_facts(tmp_path / "done-run") is not None and load_index(tmp_path / "done-run") is not None
     for run in ("live-run", "dead-run"):
         assert not any(p.name.startswith(INDEX) for p in (tmp_path / run).iterdir()), run
     assert status_of(tmp_path / "dead-run")["state"] == "running", "nor does it record a lost trainer"
+    assert hint not in _ls_on_a_terminal(tmp_path, 120)[1]
 
 
 def test_ls_prints_the_table(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from loratop.core import events as ev
 from loratop.core.run_dir import write_status
 from loratop.core.run_index import INDEX
-from loratop.core.run_summary import cache_summary
+from loratop.core.run_summary import settle_finished_run
 from loratop.trainer.event_sink import EventSink
 
 CACHE = Path(tempfile.gettempdir()) / "loratop-bench"
@@ -58,7 +58,7 @@ def make_run(run_dir: Path, steps: int, seed: int = 0) -> Path:
                       gpu_state="ok", gpus=[gpu])  # fmt: skip
     sink.emit(ev.RUN_FINISHED, status=ev.COMPLETED, duration_s=steps / 4, step=steps)
     sink.close()
-    cache_summary(run_dir)  # as the trainer does last
+    settle_finished_run(run_dir)  # as the trainer does last
     write_status(run_dir, state="finished", status=ev.COMPLETED, exit_code=0, started_at=1.0, ended_at=2.0)
     return run_dir
 

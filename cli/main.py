@@ -8,7 +8,7 @@
                                  on a GPU: the largest batch that fits and runs fastest, measured
     loratop demo [--no-tui]
     loratop attach [RUN]         replay a run's events, then follow it live
-    loratop ls [--sort KEY]      run history: knobs, outcome, parent of each run
+    loratop ls [--sort KEY] [--index]  run history: knobs, outcome, parent of each run
     loratop compare [RUN ...] [--x steps|tokens] [--no-tui]
                                  what changed between runs and what came of it
     loratop export [RUN] [-o DIR]  write RUN-metrics.csv and RUN-events.jsonl
@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="started",
         help="order: started (running first, then newest; default), name, status, loss and eval (lowest first), "
         "vram, duration, spikes (highest first)",
+    )
+    ls.add_argument(
+        "--index",
+        action="store_true",
+        help="first write the caches (compact index, summary) of finished runs that lack them, as a run's end "
+        "does: for runs from an older loratop, which ls otherwise reads whole every time (ls never writes)",
     )
 
     compare = commands.add_parser("compare", help="compare runs: config diff, outcomes, loss curves")
@@ -526,9 +532,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the run history: knobs, outcome and parent of each run, one line each."""
     from loratop.core.archive import archive_dir, archived_runs
-    from loratop.core.runs import sort_runs
+    from loratop.core.runs import run_names, sort_runs
     from loratop.tui.models.run_table import ls_lines
 
+    if args.index:
+        from loratop.core.run_summary import settle_finished_run
+
+        for name in run_names(args.runs_dir):
+            settle_finished_run(args.runs_dir / name)
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
     archived = len(archived_runs(args.runs_dir))
     if not runs:
@@ -543,6 +554,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         runs, width, on_terminal=on_terminal, archived=archived, archive_dir=f"{archive_dir(args.runs_dir)}/"
     )
     print("\n".join(lines))
+    uncached = sum(run.uncached for run in runs)
+    if uncached and on_terminal:  # piped, stderr stays as quiet as before
+        notes.append(f"{uncached} finished run(s) read whole (no cache): loratop ls --index caches them")
     for note in notes:
         print(note, file=sys.stderr)
     return 0

@@ -456,7 +456,8 @@ def exit_cause(returncode: int | None) -> str:
 def record_lost(
     run_dir: Path, cause: str, *, last_step: int | None = None, ended_at: float | None = None, **fields: Any
 ) -> dict[str, Any] | None:
-    """Record in ``status.json`` that the trainer is gone without a report (whoever notices first).
+    """Record in ``status.json`` that the trainer is gone without a report (the watcher that notices
+    first: the dashboard, ``--no-tui``, ``attach``; never a listing, which only says so).
 
     Only call it once the trainer is proven gone (our child's exit, :func:`proof_of_death`).
     A status that already says how the run ended is left alone, as is a folder that is gone

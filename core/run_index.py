@@ -31,6 +31,7 @@ import struct
 import tempfile
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,20 +143,24 @@ class IndexWriter:
             if event is None:
                 self.skipped += 1
                 return
-            kind = event["type"]
-            if kind == ev.STEP:
-                self._steps += 1
-                self._append("steps.bin", step_record(event, end, self._steps))
-            elif kind == ev.MEMORY:
-                self._append("memory.bin", memory_record(event, end))
-            else:
-                self._append("rare.jsonl", b"%d " % end + line.rstrip(b"\n") + b"\n")
+            name, record = _RECORDS.get(event["type"], _RARE)
+            self._append(name, record(self, event, line, end))
         except OSError as exc:
             self.failed = exc.strerror or str(exc)
             self.close()
         except (ValueError, OverflowError, struct.error) as exc:  # a number no record can hold
             self.failed = f"{line[:60]!r}: {exc}"  # from here on the rest is read from events.jsonl
             self.close()
+
+    def _step_record(self, event: dict[str, Any], line: bytes, end: int) -> bytes:
+        self._steps += 1
+        return step_record(event, end, self._steps)
+
+    def _memory_record(self, event: dict[str, Any], line: bytes, end: int) -> bytes:
+        return memory_record(event, end)
+
+    def _rare_line(self, event: dict[str, Any], line: bytes, end: int) -> bytes:
+        return b"%d " % end + line.rstrip(b"\n") + b"\n"
 
     def _start(self, line: bytes, end: int) -> None:
         if end != len(line):
@@ -191,6 +196,17 @@ class IndexWriter:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._files.clear()
+
+
+_Record = Callable[[IndexWriter, dict[str, Any], bytes, int], bytes]
+_RECORDS: dict[str, tuple[str, _Record]] = {
+    ev.STEP: ("steps.bin", IndexWriter._step_record),
+    ev.MEMORY: ("memory.bin", IndexWriter._memory_record),
+}
+"""Where each event type is indexed and as what (the index's one dispatch table): the file, and
+the record made of the event, its line and where that line ends in ``events.jsonl``."""
+_RARE: tuple[str, _Record] = ("rare.jsonl", IndexWriter._rare_line)
+"""Every other type (a newer trainer's too): its line as it is, after its end offset."""
 
 
 @dataclass

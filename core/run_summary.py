@@ -3,8 +3,10 @@
 :func:`fold_run` folds a run folder into a :class:`RunState`: its compact index
 (:mod:`core.run_index`) when it has a good one, then the rest of ``events.jsonl``.
 :func:`run_facts` is what ``ls`` and the home screen take from a run's events; for a finished
-run it is cached beside the index (:func:`cache_summary`), by the trainer as it finishes and by
-whoever looks first, so listing hundreds of runs reads one small file each.
+run it is cached beside the index by whoever owns the run's end (:func:`settle_finished_run`:
+the trainer as it finishes, the agent of several ranks, a dashboard that watched the run end,
+``loratop ls --index`` for runs from before), so listing hundreds of runs reads one small file
+each. Listing itself never writes: what has no cache is folded in memory.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from loratop.core.run_index import INDEX, Index, fold_file, load_index
 from loratop.core.run_state import RunState, finite_extreme
 
 
-def fold_run(run_dir: Path) -> tuple[RunState, int]:
+def fold_run(run_dir: Path, *, cache: bool = False) -> tuple[RunState, int]:
     """Every event of a run folded into a :class:`RunState`: from its compact index
     (:mod:`core.run_index`) when it has a good one, then the rest of ``events.jsonl``.
 
-    Without an index the whole file is read, and a finished run's index is written on the way
-    (a cache: the next look takes a fraction of the time).
+    Without an index the whole file is read; only with ``cache`` (:func:`settle_finished_run`)
+    is a finished run's index written on the way. Without it nothing is written.
 
     Returns:
         The state, and the offset in ``events.jsonl`` read up to: a follower goes on from there.
@@ -35,7 +37,8 @@ def fold_run(run_dir: Path) -> tuple[RunState, int]:
     state = RunState(run_dir)
     index = load_index(run_dir)
     if index is None:
-        offset, skipped = fold_file(run_dir, state.apply, cache_if=lambda: state.finished is not None)
+        cache_if = (lambda: state.finished is not None) if cache else None
+        offset, skipped = fold_file(run_dir, state.apply, cache_if=cache_if)
         state.garbage = skipped
         return state, offset
     state.apply_index(index, _last_memory(run_dir, index))
@@ -118,6 +121,8 @@ loratop is made again."""
 
 
 def cached_facts(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's cached :func:`run_facts`, or ``None`` when there is none that is good
+    for its ``events.jsonl`` as it is now (missing, stale, of an older loratop, damaged)."""
     cached = read_json(run_dir / INDEX / SUMMARY)
     try:
         stamp = (run_dir / EVENTS).stat()
@@ -190,10 +195,25 @@ def store_facts(run_dir: Path, facts: dict[str, Any]) -> bool:
     return True
 
 
-def cache_summary(run_dir: Path) -> bool:
-    """Fold a finished run and cache its facts (the trainer calls it last). Returns whether it
-    was cached: not for a run without a ``run_finished``, nor where the folder cannot be written."""
-    state, _ = fold_run(run_dir)
-    if state.finished is None:
-        return False
-    return store_facts(run_dir, run_facts(state, None))
+def settle_finished_run(run_dir: Path) -> bool:
+    """Write a finished run's caches: its compact index where it has none (or a stale one) and
+    its summary for ``ls``. The one call of whoever owns a run's end: the trainer last thing,
+    the agent of several ranks after its own last events, a dashboard that saw the run end,
+    ``loratop ls --index`` for runs from before. Caches already good are left as they are.
+
+    Never raises for the folder's files (a read-only copy, a full disk, damage): the run is
+    then just not cached, and listing folds it in memory.
+
+    Returns:
+        Whether the run's caches are good now: not for a run without a ``run_finished``, nor
+        where the folder cannot be written.
+    """
+    try:
+        if cached_facts(run_dir) is not None and load_index(run_dir) is not None:
+            return True
+        state, _ = fold_run(run_dir, cache=True)
+        if state.finished is None:
+            return False
+        return store_facts(run_dir, run_facts(state, None))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        return False  # damaged beyond what the readers check: left for listing to show as such

@@ -1,7 +1,9 @@
 """Find runs on disk and summarise them (for ``loratop ls``, the home screen and ``attach``).
 
 A run is a folder with an ``events.jsonl``; everything here is read from its files,
-so runs launched from any terminal show up.
+so runs launched from any terminal show up. Listing never writes into a run folder: a finished
+run's caches are written by whoever owns its end (:func:`core.run_summary.settle_finished_run`),
+what has none is folded in memory, and a trainer found gone is said ``lost`` here, not recorded.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,13 @@ from loratop.core.run_dir import (
     proof_of_death,
     proven_trainer_pid,
     read_status,
-    record_lost,
     trainer_alive,
     valid_pid,
     why_not_proven,
 )
 from loratop.core.run_index import fold_file
 from loratop.core.run_state import PAUSED, RUNNING, UNKNOWN, RunState
-from loratop.core.run_summary import cached_facts, fold_run, run_facts, store_facts
+from loratop.core.run_summary import cached_facts, fold_run, run_facts
 from loratop.core.value_format import sci
 from loratop.core.yaml_files import MAX_YAML_BYTES, load_yaml
 
@@ -83,6 +84,9 @@ class RunSummary:
     mfu: float | None = None
     """Model-FLOPs utilisation (0..1) over the run (:mod:`core.gpu_busy`); ``None`` on CPU or
     where the GPU's peak is unknown."""
+    uncached: bool = field(default=False, compare=False)
+    """A finished run read from its events for want of a cached summary (a run from an older
+    loratop): ``loratop ls --index`` caches it. How it was read, not what it says."""
 
     @property
     def name(self) -> str:
@@ -203,14 +207,13 @@ def judge_trainer(state: RunState, status: dict[str, Any]) -> None:
     """Whether a run without a ``run_finished`` still trains, from its ``status.json``, into ``state``.
 
     Proven alive: nothing changes. Proven gone (its pid is free, reused, or from before the
-    last boot): ``lost``, and whoever notices first writes so into ``status.json``. Neither
-    (another host's pid, no start time recorded): ``unknown``.
+    last boot): ``lost``, in ``state`` only: a listing never writes ``status.json`` (a dashboard
+    that watches the run records it). Neither (another host's pid, no start time recorded):
+    ``unknown``.
     """
     verdict, why = trainer_verdict(status)
     state.paused = why if verdict == PAUSED else None
     if verdict == LOST:
-        if status.get("state") != LOST:
-            record_lost(state.run_dir, why or NO_REPORT, last_step=state.last_step, ended_at=state.last_t)
         state.mark_lost(why or NO_REPORT)
     elif verdict == UNKNOWN:
         state.not_proven = why
@@ -241,8 +244,9 @@ def trainer_verdict(status: dict[str, Any]) -> tuple[str, str | None]:
 def summarise_run(run_dir: Path) -> RunSummary:
     """Read a run folder's status and events into a summary (the dashboard's own model).
 
-    A finished run's summary of its events is cached in its index folder: listing hundreds
-    of runs reads one small file each, not every events.jsonl.
+    A finished run's summary of its events is cached in its index folder (by whoever owned
+    its end): listing hundreds of runs reads one small file each, not every events.jsonl. A run
+    without one is folded in memory; nothing is written.
     """
     return _look(run_dir)[0]
 
@@ -257,8 +261,9 @@ def unreadable_run(run_dir: Path, exc: BaseException) -> RunSummary:
 
 def _look(run_dir: Path, now: float | None = None) -> tuple[RunSummary, RunState | None, int]:
     """A run's summary, and for a run not finished yet its state and the offset it was folded
-    to (a :class:`RunCatalog` grows it from there); a finished run's facts come from (or go to)
-    its cache. A run that cannot be read is listed as damaged (:func:`unreadable_run`)."""
+    to (a :class:`RunCatalog` grows it from there); a finished run's facts come from its cache
+    when it has one, else from its events, folded in memory (nothing is written). A run that
+    cannot be read is listed as damaged (:func:`unreadable_run`)."""
     try:
         return _read_look(run_dir, now)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
@@ -274,8 +279,9 @@ def _read_look(run_dir: Path, now: float | None) -> tuple[RunSummary, RunState |
     status_file, damaged = checked_status(run_dir)
     if state.finished is not None:
         facts = run_facts(state, None)  # a finished run's duration does not depend on now
-        store_facts(run_dir, facts)
-        return _summary(run_dir, facts, status_file, damaged), None, offset
+        summary = _summary(run_dir, facts, status_file, damaged)
+        summary.uncached = True
+        return summary, None, offset
     judge_trainer(state, status_file)
     return _summary(run_dir, run_facts(state, now), status_file, damaged), state, offset
 

@@ -678,11 +678,19 @@ def unavailable_data(config: RunConfig, *, probe: bool = True) -> list[str]:
     from loratop.preflight.data_files import unavailable_dataset
 
     lines = []
-    for key, path in (("data.path", config.data.path), ("data.eval_path", config.data.eval_path)):
-        why = unavailable_dataset(path, config.data.split, probe=probe) if path is not None else None
+    for key, path in data_paths(config):
+        why = unavailable_dataset(path, config.data.split, probe=probe)
         if why is not None:
             lines.append(f"{key} = {path}: {why}")
     return lines
+
+
+def data_paths(config: RunConfig) -> list[tuple[str, str]]:
+    """The datasets a run of this config loads, as ``(field, value)``: ``data.path``, then
+    ``data.eval_path`` where one is set. The one walk that a launch's refusal
+    (:func:`unavailable_data`) and ``loratop check``'s warnings both take."""
+    fields = (("data.path", config.data.path), ("data.eval_path", config.data.eval_path))
+    return [(key, path) for key, path in fields if path is not None]
 
 
 def _distributed_box_problems(section: DistributedSection) -> list[str]:

@@ -5,7 +5,7 @@ dashboard's launch before they start the trainer. Never touches the network."""
 
 from __future__ import annotations
 
-from loratop.preflight.config import RunConfig
+from loratop.preflight.config import RunConfig, data_paths
 from loratop.preflight.data_files import usable_rows
 
 
@@ -29,9 +29,7 @@ def launch_warnings(config: RunConfig) -> list[str]:
             f"({hub_cache_dir()}): `loratop run` downloads it from the hub first, and refuses it at once "
             "when the hub does not answer"
         )
-    for key, path in (("data.path", config.data.path), ("data.eval_path", config.data.eval_path)):
-        if path is None:
-            continue
+    for key, path in data_paths(config):
         missing = unavailable_dataset(path, config.data.split, probe=False)
         if missing is not None:
             out.append(f"warning: {key} = {path}: {missing} (`loratop run` refuses it)")

@@ -20,7 +20,7 @@ import pytest
 from loratop.cli import main as cli
 from loratop.core import events as ev
 from loratop.core.run_index import INDEX
-from loratop.core.run_summary import SUMMARY, fold_run
+from loratop.core.run_summary import SUMMARY, fold_run, settle_finished_run
 from loratop.core.runs import RunCatalog, list_runs
 from loratop.tui.models.export import export_files
 from tests.conftest import RECORDED_RUNS, until
@@ -53,10 +53,10 @@ def _write(name: str, data: str | bytes) -> Callable[[Path], None]:
 
 
 def _with_index(damage: Callable[[Path], None]) -> Callable[[Path], None]:
-    """Build the run's index and summary cache first (as ls leaves them), then damage them."""
+    """Build the run's index and summary cache first (as the run's end leaves them), then damage them."""
 
     def both(run: Path) -> None:
-        list_runs(run.parent)
+        assert settle_finished_run(run)
         assert (run / INDEX / SUMMARY).is_file()
         damage(run)
 
@@ -130,7 +130,7 @@ def _check_every_reader(root: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_one_damaged_run_never_hides_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     root = _runs(tmp_path, DAMAGE[case])
     _check_every_reader(root, tmp_path, capsys)
-    # A second look, as the home screen's timer makes, reads the caches the first one left.
+    # A second look, as the home screen's timer makes, finds the same files (a look writes nothing).
     _check_every_reader(root, tmp_path, capsys)
 
 
@@ -167,7 +167,8 @@ def test_fuzzed_run_files_never_crash_a_reader(tmp_path: Path, capsys: pytest.Ca
             if rng.random() < 0.6:
                 (run / name).write_bytes(_mutations((run / name).read_bytes(), rng))
         if n % 2:
-            list_runs(root)  # leave an index and a summary cache, then damage them too
+            for each in root.iterdir():  # leave an index and a summary cache, then damage them too
+                settle_finished_run(each)
             for name in ("steps.bin", "memory.bin", "rare.jsonl", "meta.json", SUMMARY):
                 path = run / INDEX / name
                 if path.is_file() and rng.random() < 0.7:

@@ -156,6 +156,23 @@ def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+def test_attach_to_a_finished_run_without_caches_leaves_them_for_ls(tmp_path: Path) -> None:
+    """A dashboard that sees a run end owns that end: it writes the run's index and summary
+    (listing never does), so the next ``ls`` reads one small file for it."""
+    from loratop.core.run_summary import cached_facts
+
+    run_dir = _recorded_run(tmp_path)
+    app = LoratopApp(run_dir)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: cached_facts(run_dir) is not None, 20, "the run's caches")
+
+    asyncio.run(drive())
+    facts = cached_facts(run_dir)
+    assert facts is not None and facts["status"] == "completed" and load_index(run_dir) is not None
+
+
 @pytest.mark.parametrize("evals", [False, True], ids=["", "with-eval"])
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int], evals: bool) -> None:

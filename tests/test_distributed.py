@@ -450,21 +450,25 @@ def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
     """A rank still starting would die of SIGUSR1's default action: the agent waits for its handler."""
     from loratop.trainer.agent import Forwarder, catches
 
-    got = tmp_path / "got"
+    got, barrier = tmp_path / "got", tmp_path / "barrier"
     child = subprocess.Popen([sys.executable, "-c", (
         "import signal, sys, time, pathlib\n"
-        "time.sleep(1.0)\n"
+        "sys.stdin.readline()\n"  # a rank still starting: no handler until the test says go
         f"signal.signal(signal.SIGUSR1, lambda *a: pathlib.Path({str(got)!r}).write_text('usr1'))\n"
+        f"signal.signal(signal.SIGUSR2, lambda *a: pathlib.Path({str(barrier)!r}).write_text('usr2'))\n"
         "print('ready', flush=True)\n"
         "time.sleep(30)\n"
-    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         forwarder = Forwarder(1, children=lambda: [child.pid])
         forwarder.handle(signal.SIGUSR1, None)
         assert not catches(child.pid, signal.SIGUSR1)
         forwarder.deliver()  # not caught yet: held back, the child lives
         assert child.poll() is None and not got.exists()
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "ready\n", "a SIGUSR1 sent early would have killed it"
         assert catches(child.pid, signal.SIGUSR1)
         forwarder.deliver()
         deadline = time.monotonic() + 10
@@ -473,8 +477,14 @@ def test_a_signal_waits_until_the_rank_catches_it(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert child.poll() is None  # caught, not killed
         got.unlink()
-        forwarder.deliver()  # delivered once: nothing more is sent
-        time.sleep(0.3)
+        forwarder.deliver()  # delivered once: nothing more is sent (deliver() sends, if at all, before it returns)
+        # A barrier: a SIGUSR2 sent now is handled after any SIGUSR1 sent before it (the kernel
+        # hands over the lower-numbered pending signal first; Python runs handlers in that order).
+        os.kill(child.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not barrier.exists():
+            assert time.monotonic() < deadline, "the barrier signal never arrived"
+            time.sleep(0.05)
         assert not got.exists()
     finally:
         child.kill()
@@ -531,6 +541,27 @@ def test_the_agent_names_a_lost_rank_only_when_one_was_lost(
         assert fold_run(run_dir)[0].status == ev.FAILED
     else:
         assert last["error"]["message"].startswith("lora.target_modules")
+
+
+@pytest.mark.parametrize("rank0_finished", [True, False], ids=["after-rank0-cached", "rank0-killed"])
+def test_the_agents_end_leaves_the_runs_caches_for_ls(tmp_path: Path, rank0_finished: bool) -> None:
+    """The agent owns the run's end: its alert and ``run_finished`` come after whatever rank 0
+    cached, so it writes the caches again (listing never does), and ``ls`` reads them."""
+    from loratop.core.run_index import load_index
+    from loratop.core.run_summary import cached_facts, settle_finished_run
+    from loratop.core.runs import summarise_run
+    from loratop.trainer.agent import _finish
+
+    finished = {"status": "failed", "error": {"message": "RuntimeError: [gloo] Connection reset by peer"}}
+    run_dir = _ended_run(tmp_path, finished if rank0_finished else None)
+    if rank0_finished:
+        assert settle_finished_run(run_dir)  # as rank 0's trainer does last
+    failure = {"rank": 1, "node": 0, "local_rank": 1, "pid": 9, "exit_code": -9, "exits": {1: -9, 0: 1}}
+    assert _finish(run_dir, failure, 0, 3.0) == 1
+    facts = cached_facts(run_dir)
+    assert facts is not None and facts["status"] == ev.FAILED and facts["step"] == 7
+    assert load_index(run_dir) is not None
+    assert summarise_run(run_dir).status == ev.FAILED
 
 
 def test_a_peer_lost_on_another_box_is_said_so(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from loratop.core import events as ev
 from loratop.core.run_index import INDEX, load_index
-from loratop.core.run_summary import fold_run
+from loratop.core.run_summary import fold_run, settle_finished_run
 from loratop.trainer.event_sink import EventSink
 from tests.conftest import RECORDED_RUNS, assert_same_fold, slow_fold
 
@@ -82,7 +82,7 @@ def test_an_index_that_is_not_this_files_is_not_used(tmp_path: Path) -> None:
     assert load_index(run_dir) is None, "same length, other last event"
 
 
-def test_a_finished_run_without_an_index_gets_one_and_a_live_one_does_not(tmp_path: Path) -> None:
+def test_a_finished_run_without_an_index_gets_one_when_settled_and_a_live_one_does_not(tmp_path: Path) -> None:
     done = tmp_path / "done"
     shutil.copytree(RECORDED_RUNS / "tiny-r8", done, ignore=shutil.ignore_patterns(f"{INDEX}*"))
     with open(done / "events.jsonl", "ab") as fh:
@@ -90,12 +90,15 @@ def test_a_finished_run_without_an_index_gets_one_and_a_live_one_does_not(tmp_pa
     slow = slow_fold(done)
     assert not (done / INDEX).exists()
     assert_same_fold(fold_run(done)[0], slow)
-    assert load_index(done) is not None, "the first look leaves an index for the next"
+    assert not any(p.name.startswith(INDEX) for p in done.iterdir()), "a look writes nothing"
+    assert settle_finished_run(done)
+    assert load_index(done) is not None, "the run's end leaves an index for every look"
     assert_same_fold(fold_run(done)[0], slow)
     live = tmp_path / "live"
     live.mkdir()
     (live / "events.jsonl").write_bytes(b"".join(RECORDED.read_bytes().splitlines(keepends=True)[:40]))
     assert_same_fold(fold_run(live)[0], slow_fold(live))
+    assert not settle_finished_run(live)
     assert not any(p.name.startswith(INDEX) for p in live.iterdir()), "a live run's trainer may still index it"
 
 
@@ -116,6 +119,7 @@ def test_a_finished_runs_summary_is_cached_and_a_changed_file_is_read_again(tmp_
 
     run_dir = tmp_path / "run"
     _synthetic(run_dir, 40)
+    assert settle_finished_run(run_dir)  # as the trainer does last
     first = summarise_run(run_dir)
     assert (run_dir / INDEX / SUMMARY).is_file()
     assert summarise_run(run_dir) == first == read_run(run_dir)[1], "the cached summary is the summary"
@@ -173,7 +177,8 @@ def test_a_damaged_line_with_a_carriage_return_hides_nothing_after_it(tmp_path: 
     slow = slow_fold(run_dir)
     assert slow.garbage == 1 and slow.finished is not None
     assert_same_fold(fast, slow)
-    assert_same_fold(fold_run(run_dir)[0], slow), "and from the index that look left"
+    assert settle_finished_run(run_dir)
+    assert_same_fold(fold_run(run_dir)[0], slow), "and from the index the run's end left"
 
 
 def test_a_diverged_runs_summary_is_cached_too(tmp_path: Path) -> None:
@@ -187,6 +192,7 @@ def test_a_diverged_runs_summary_is_cached_too(tmp_path: Path) -> None:
     sink.emit(ev.STEP, step=2, loss=math.nan, tokens=20)
     sink.emit(ev.RUN_FINISHED, status="failed", duration_s=1.0)
     sink.close()
+    assert settle_finished_run(run_dir)
     first = summarise_run(run_dir)
     assert (run_dir / INDEX / SUMMARY).is_file(), "a NaN last loss is no reason to fold the run at every look"
     again = summarise_run(run_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from loratop.cli import main as cli
+from loratop.core.run_summary import settle_finished_run
 from loratop.core.runs import (
     SORT_KEYS,
     AmbiguousRun,
@@ -50,15 +51,67 @@ def _make_runs(root: Path) -> None:
 
 def test_list_runs_puts_running_first_and_tells_dead_from_live(tmp_path: Path) -> None:
     _make_runs(tmp_path)
+    before = (tmp_path / "dead-run" / "status.json").read_bytes()
     runs = list_runs(tmp_path)
     assert [r.name for r in runs] == ["live-run", "dead-run", "done-run"]
     assert [r.status for r in runs] == ["running", "lost", "completed"]
-    recorded = status_of(tmp_path / "dead-run")  # whoever notices first records it
-    assert recorded["state"] == recorded["status"] == "lost" and recorded["lost_cause"] == "trainer gone, no report"
-    assert recorded["last_step"] == runs[1].step > 0
+    assert runs[1].step > 0
+    assert (tmp_path / "dead-run" / "status.json").read_bytes() == before, "a listing says lost, never writes it"
     done = summarise_run(tmp_path / "done-run")
     assert done.step == 60 and done.max_steps == 60 and done.peak_vram is None and done.device == "cpu"
     assert done.last_loss is not None and abs(done.last_loss - 6.040285587310791) < 1e-9
+
+
+def _files(root: Path) -> dict[str, tuple[int, int, bytes] | None]:
+    """Every file and folder under ``root``: its size, its time and its bytes (``None`` for a folder's
+    bytes); a folder's time changes when anything is made, moved or removed in it."""
+    found: dict[str, tuple[int, int, bytes] | None] = {}
+    for path in sorted([root, *root.rglob("*")]):
+        st = path.lstat()
+        found[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns, b"" if path.is_dir() else path.read_bytes())
+    return found
+
+
+def test_listing_never_writes_into_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ls, the home screen's catalog, compare's pickers and find_run over runs finished without
+    caches, running and lost leave every file and folder as it was, byte for byte and time for time:
+    a finished run's caches are written by its end, a lost trainer is said lost, not recorded."""
+    from loratop.core.runs import RunCatalog, read_run
+
+    _make_runs(tmp_path)
+    settled = tmp_path / "settled-run"  # one the way its trainer leaves it: index and summary
+    shutil.copytree(tmp_path / "done-run", settled)
+    assert settle_finished_run(settled)
+    before = _files(tmp_path)
+    listed = {r.name: r for r in list_runs(tmp_path)}
+    assert {name: r.status for name, r in listed.items()} == {
+        "live-run": "running", "dead-run": "lost", "done-run": "completed", "settled-run": "completed"
+    }  # fmt: skip
+    assert listed["done-run"].step == listed["settled-run"].step == 60
+    catalog = RunCatalog(tmp_path)
+    assert [r.status for r in catalog.runs()] == [r.status for r in catalog.runs()]  # a look, and a second
+    assert cli.main(["ls", "--runs-dir", str(tmp_path)]) == 0
+    assert "dead-run" in capsys.readouterr().out
+    for run in ("done-run", "dead-run", "live-run"):
+        read_run(tmp_path / run)  # what compare reads
+    find_run(None, tmp_path)
+    assert _files(tmp_path) == before
+
+
+def test_ls_index_writes_the_caches_a_run_from_before_lacks(tmp_path: Path) -> None:
+    """``ls --index``: the one listing that writes, and only the caches of finished runs."""
+    from loratop.core.run_index import INDEX, load_index
+    from loratop.core.run_summary import cached_facts
+
+    _make_runs(tmp_path)
+    hint = "1 finished run(s) read whole (no cache): loratop ls --index caches them"
+    assert hint in _ls_on_a_terminal(tmp_path, 120)[1], "ls says how to stop paying for a run from before"
+    assert cli.main(["ls", "--index", "--runs-dir", str(tmp_path)]) == 0
+    assert cached_facts(tmp_path / "done-run") is not None and load_index(tmp_path / "done-run") is not None
+    for run in ("live-run", "dead-run"):
+        assert not any(p.name.startswith(INDEX) for p in (tmp_path / run).iterdir()), run
+    assert status_of(tmp_path / "dead-run")["state"] == "running", "nor does it record a lost trainer"
+    assert hint not in _ls_on_a_terminal(tmp_path, 120)[1]
 
 
 def test_ls_prints_the_table(tmp_path: Path) -> None:
@@ -535,7 +588,8 @@ def test_ls_and_the_summary_show_a_dash_for_what_a_run_that_failed_while_loading
 
     summary = summarise_run(run)
     row = next(r for r in _ls(capsys, "--runs-dir", str(runs)) if r["RUN"] == run.name)
-    again = summarise_run(run)  # from the summary cached by the first look
+    assert settle_finished_run(run)
+    again = summarise_run(run)  # from the summary its end cached
 
     assert summary.status == "failed" and summary.spikes is None and summary.spills is None
     assert again.spikes is None and again.spills is None
@@ -551,7 +605,7 @@ def test_a_cached_summary_from_an_older_loratop_is_made_again(runs: Path) -> Non
     from loratop.core.run_summary import SUMMARY
 
     run = failed_while_loading(runs)
-    summarise_run(run)
+    assert settle_finished_run(run)
     cache = run / INDEX / SUMMARY
     old = json.loads(cache.read_text())
     old.pop("version")

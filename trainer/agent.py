@@ -40,6 +40,7 @@ from loratop.core.run_dir import (
     read_status,
     write_status,
 )
+from loratop.core.run_summary import settle_finished_run
 from loratop.trainer.event_sink import EventSink
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -370,7 +371,8 @@ def _finish(run_dir: Path, failure: dict[str, Any] | None, node_rank: int, durat
 def _write_end(run_dir: Path, next_seq: int, events: list[tuple[str, dict[str, Any]]], **status: Any) -> None:
     """Append ``events`` after rank 0's (their seq goes on from ``next_seq``) and merge ``status``
     into ``status.json``; what cannot be written is said on stderr, never raised. A removed
-    run folder is not made again."""
+    run folder is not made again. Last, the run's caches for ``ls`` (its index and summary):
+    the agent owns the run's end, and its events came after rank 0's own caching."""
     if not run_dir.is_dir():
         print(f"loratop agent: {run_dir} is gone; how the run ended is in trainer.log only", file=sys.stderr)
         return
@@ -389,6 +391,7 @@ def _write_end(run_dir: Path, next_seq: int, events: list[tuple[str, dict[str, A
         write_status(run_dir, **status)
     except OSError as exc:
         print(f"loratop agent: cannot write {run_dir / 'status.json'}: {exc.strerror or exc}", file=sys.stderr)
+    settle_finished_run(run_dir)
 
 
 def _ranks_reported(failure: dict[str, Any], finished: dict[str, Any]) -> bool:

@@ -57,7 +57,7 @@ from loratop.core.run_dir import (
     shrink_reserve,
     write_status,
 )
-from loratop.core.run_summary import cache_summary
+from loratop.core.run_summary import settle_finished_run
 from loratop.core.spikes import SpikeDetector
 from loratop.trainer.event_sink import BackgroundSink, EventSink, Sink
 from loratop.trainer.memory_sampler import MemorySampler
@@ -639,7 +639,7 @@ class LoratopCallback(TrainerCallback):
             print(f"loratop: cannot write {run_dir / 'status.json'}: {exc.strerror or exc}", file=sys.stderr)
         if sink.indexed and sink.queued == 0:
             with contextlib.suppress(OSError):
-                cache_summary(run_dir)
+                settle_finished_run(run_dir)
         for signum, previous in self._installed:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, previous)

@@ -54,7 +54,7 @@ from loratop.core.run_dir import (
     rescue_roots,
     write_status,
 )
-from loratop.core.run_summary import cache_summary
+from loratop.core.run_summary import settle_finished_run
 from loratop.core.spikes import SpikeDetector
 from loratop.preflight.config import ConfigError, RunConfig, dump_config, load_config
 from loratop.trainer.event_sink import DISK_FULL_ERRNOS, EventSink, RunSink
@@ -296,7 +296,7 @@ class Run:
         if indexed and self.folder_problem() is None:
             # The run's summary for ls and the home screen, from the index: one small file each.
             with contextlib.suppress(OSError):
-                cache_summary(self.run_dir)
+                settle_finished_run(self.run_dir)
         return code
 
     def _drop_torn_checkpoint(self) -> None:

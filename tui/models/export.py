@@ -132,15 +132,12 @@ def export_metrics_csv(run_dir: Path, out: Path, events: list[dict[str, Any]] | 
         return None if value is None else round(100 * value, 3)
 
     def metric_rows() -> Iterator[list[str]]:
-        memory: dict[str, Any] | None = None
-        ranks: dict[str, Any] | None = None
+        latest: dict[str, dict[str, Any]] = {}  # the last event of each type so far: no switch over types
         for event in events:
-            if event["type"] == ev.MEMORY:
-                memory = event
-            elif event["type"] == ev.RANKS:
-                ranks = event
-            elif event["type"] == ev.STEP:
+            latest[event["type"]] = event
+            if event["type"] == ev.STEP:
                 step = event.get("step")
+                memory, ranks = latest.get(ev.MEMORY), latest.get(ev.RANKS)
                 yield [
                     _cell(step),
                     f"{event['t'] - first_t:.3f}",

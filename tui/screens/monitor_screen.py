@@ -45,7 +45,7 @@ from loratop.core.run_dir import (
     why_not_proven,
 )
 from loratop.core.run_state import PAUSED, RUNNING, RunState
-from loratop.core.run_summary import fold_run
+from loratop.core.run_summary import fold_run, settle_finished_run
 from loratop.core.runs import trainer_verdict
 from loratop.tui.models import panels
 from loratop.tui.models.log_lines import KNOWN, METRICS, SOURCE, LogLine, LogReader
@@ -293,6 +293,7 @@ class MonitorScreen(LoratopScreen[str]):
                 finished = finished or any(e["type"] == ev.RUN_FINISHED for e in batch)
                 self.post_message(EventsArrived(batch, follower.skipped, 0))
             if finished:
+                settle_finished_run(self.run_dir)  # seen to end here: its caches, for ls (kept if good)
                 return
             now = time.monotonic()
             if now - last_alive_check > 1.0:

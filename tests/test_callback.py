@@ -168,6 +168,47 @@ def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: 
 
 
 @pytest.mark.slow
+def test_under_torchrun_a_dashboard_checkpoint_and_stop_reach_every_rank_at_one_step(tmp_path: Path) -> None:
+    """A script's ranks meet as a launched run's do (RankMeeting): the request rank 0 reads is
+    every rank's at the same step, so the run checkpoints, stops and ends cleanly on both."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    process = subprocess.Popen(
+        [*command, str(SCRIPT), "--runs-dir", "runs", "--max-steps", "5000"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # torchrun and both ranks: one group to end, whatever happens
+    )
+    try:
+        _wait_for(lambda: any((tmp_path / "runs").glob("*/events.jsonl")), 300, "the run folder")
+        run_dir = _run_folder(tmp_path)
+        _wait_for(lambda: len(of_type(read_events(run_dir), ev.STEP)) >= 3, 300, "three steps")
+        request_control(run_dir, "checkpoint")
+        _wait_for(lambda: of_type(read_events(run_dir), ev.CHECKPOINT), 300, "the requested checkpoint")
+        request_control(run_dir, "stop")
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[0]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "stop requested"
+    assert finished["step"] < 5000
+    (checkpoint,) = of_type(events, ev.CHECKPOINT)
+    assert Path(checkpoint["path"]).is_dir()
+    assert any("stop requested: stopping after step" in e.get("message", "") for e in of_type(events, ev.LOG))
+
+
+@pytest.mark.slow
 @pytest.mark.faults
 def test_a_script_that_dies_mid_run_is_failed_with_its_error_not_lost(tmp_path: Path) -> None:
     process = _script(tmp_path, "--max-steps", "50", "--fail-at-step", "5")

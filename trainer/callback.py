@@ -111,15 +111,17 @@ class LoratopCallback(TrainerCallback):
         memory_sample_hz: float = 1.0,
         policy: RunPolicy | None = None,
     ) -> None:
-        self.policy: RunPolicy = policy or ScriptRunPolicy(
-            Path(run_dir) if run_dir is not None else None,
-            Path(runs_dir),
-            name,
-            handle_signals,
-            spike_sensitivity,
-            memory_sample_hz,
-            self.gpu_memory,
-        )
+        if policy is None:
+            policy = ScriptRunPolicy(
+                Path(run_dir) if run_dir is not None else None,
+                Path(runs_dir),
+                name,
+                handle_signals,
+                spike_sensitivity,
+                memory_sample_hz,
+                self.gpu_memory,
+            )
+        self.policy: RunPolicy = policy
         self.spikes = self.policy.spikes
         self.rank: RankInfo = self.policy.rank
         self.sink: Sink | None = None

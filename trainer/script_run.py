@@ -94,6 +94,7 @@ class ScriptRunPolicy:
         self._started = 0.0
         self._last_step = 0
         self._finished = False
+        self._watch_closed = False
         self._said_write_error = False
         self._installed: list[tuple[int, Any]] = []
         self._lock_fd: int | None = None
@@ -206,6 +207,7 @@ class ScriptRunPolicy:
     def ended(self, state: Any) -> None:
         """Training ended: ``run_finished`` and the final status (rank 0)."""
         self._last_step = state.global_step
+        self._watch_closed = True  # the callback closed it at the end of training
         if self.sink is None:
             if self.sampler is not None:
                 self.sampler.stop()  # another rank: nothing of its own to write
@@ -289,9 +291,9 @@ class ScriptRunPolicy:
         if sink is None or run_dir is None or self._finished:
             return
         self._finished = True
-        if self.watch is not None:
+        if self.watch is not None and not self._watch_closed:
             with contextlib.suppress(Exception):
-                self.watch.close(self._last_step)  # done at train end; not when the script died mid-run
+                self.watch.close(self._last_step)  # the script died mid-run: no train end closed it
         if self.sampler is not None:
             self.sampler.stop()
         fields: dict[str, Any] = {"status": status, "duration_s": round(time.time() - self._started, 3)}

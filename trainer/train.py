@@ -139,8 +139,9 @@ class Run:
     def _check_folder(self) -> None:
         """Between steps too (a step may take minutes): a full disk or a removed folder asks
         the run to stop at the next step boundary. Only sets a flag, like a signal handler."""
-        if self.stop_requested is None:
-            self.stop_requested = self.folder.stop_reason()
+        reason = self.folder.stop_reason() if self.stop_requested is None else None
+        if reason is not None and self.stop_requested is None:  # a signal may have come meanwhile
+            self.stop_requested = reason
 
     # -- the run ----------------------------------------------------------------
 

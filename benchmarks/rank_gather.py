@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     costs = collective_costs_us(args.gathers)
     step = step_time_s(args.steps)
-    meetings_per_step = min(1.0, step / 0.2)  # SYNC_INTERVAL_S in trainer/train.py
+    meetings_per_step = min(1.0, step / 0.2)  # SYNC_INTERVAL_S in trainer/rank_meeting.py
     gathers_per_step = min(1.0, step / 2.0)  # RANKS_REPORT_S
     per_step = meetings_per_step * costs["reduce_us"] + gathers_per_step * costs["gather_us"]
     print(f"all_reduce of the 7 flags, 2 ranks, gloo: {costs['reduce_us']:.0f} µs, about every 0.2 s")

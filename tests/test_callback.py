@@ -155,7 +155,9 @@ def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: 
     run_dir = _run_folder(tmp_path)  # one folder: the other rank wrote none
     events = read_events(run_dir)
     ranks = of_type(events, ev.RANKS)
-    assert [r["step"] for r in ranks] == [1, 10]
+    # The ranks meet as a launched run's do (RankMeeting): the first meeting, at step 1, reports
+    # every rank's row; later ones report every RANKS_REPORT_S or when a level or spill count changes.
+    assert ranks and ranks[0]["step"] == 1
     assert all(sorted(row["rank"] for row in r["ranks"]) == [0, 1] for r in ranks)
     assert all(row["rss"] and row["pid"] for r in ranks for row in r["ranks"])
     assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 13))
@@ -163,6 +165,47 @@ def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: 
     listed = loratop("ls", "--runs-dir", "runs", cwd=tmp_path)
     line = next(row for row in listed.stdout.splitlines() if row.startswith(run_dir.name))
     assert "×2" in line and "completed" in line
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_dashboard_checkpoint_and_stop_reach_every_rank_at_one_step(tmp_path: Path) -> None:
+    """A script's ranks meet as a launched run's do (RankMeeting): the request rank 0 reads is
+    every rank's at the same step, so the run checkpoints, stops and ends cleanly on both."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    process = subprocess.Popen(
+        [*command, str(SCRIPT), "--runs-dir", "runs", "--max-steps", "5000"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # torchrun and both ranks: one group to end, whatever happens
+    )
+    try:
+        _wait_for(lambda: any((tmp_path / "runs").glob("*/events.jsonl")), 300, "the run folder")
+        run_dir = _run_folder(tmp_path)
+        _wait_for(lambda: len(of_type(read_events(run_dir), ev.STEP)) >= 3, 300, "three steps")
+        request_control(run_dir, "checkpoint")
+        _wait_for(lambda: of_type(read_events(run_dir), ev.CHECKPOINT), 300, "the requested checkpoint")
+        request_control(run_dir, "stop")
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(run_dir)
+    finished = of_type(events, ev.RUN_FINISHED)[0]
+    assert finished["status"] == ev.STOPPED and finished["stopped_by"] == "stop requested"
+    assert finished["step"] < 5000
+    (checkpoint,) = of_type(events, ev.CHECKPOINT)
+    assert Path(checkpoint["path"]).is_dir()
+    assert any("stop requested: stopping after step" in e.get("message", "") for e in of_type(events, ev.LOG))
 
 
 @pytest.mark.slow
@@ -211,16 +254,16 @@ def test_signals_are_opt_in_and_a_handler_the_script_set_is_kept() -> None:
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
-        assert LoratopCallback()._install_signal_handlers() is False
+        assert LoratopCallback().policy.install_signal_handlers() is False
         assert signal.getsignal(signal.SIGTERM) is saved[signal.SIGTERM], "nothing installed unless asked"
         signal.signal(signal.SIGUSR1, scripts_own)
         callback = LoratopCallback(handle_signals=True)
-        assert callback._install_signal_handlers() is False, "without SIGUSR1 the dashboard must use requests"
+        assert callback.policy.install_signal_handlers() is False, "without SIGUSR1 the dashboard must use requests"
         assert signal.getsignal(signal.SIGUSR1) is scripts_own
-        assert signal.getsignal(signal.SIGTERM) == callback._on_stop
+        assert signal.getsignal(signal.SIGTERM) == callback.policy.on_stop
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        assert LoratopCallback(handle_signals=True)._install_signal_handlers() is True
+        assert LoratopCallback(handle_signals=True).policy.install_signal_handlers() is True
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)

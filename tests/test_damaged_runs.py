@@ -221,10 +221,10 @@ def test_a_damaged_control_file_never_raises_into_the_users_training(tmp_path: P
 
     (tmp_path / CONTROL).write_bytes(text.encode("latin-1"))
     assert not read_control(tmp_path), "no request"
-    callback = LoratopCallback(tmp_path)
-    callback.run_dir = tmp_path
-    callback._read_requests()  # what on_step_end does at a step boundary
-    assert callback._stop is None and callback._saves_wanted == 0
+    policy = LoratopCallback(tmp_path).policy  # a script's run: ScriptRunPolicy
+    policy.run_dir = tmp_path
+    policy._read_requests()  # what on_step_end does at a step boundary
+    assert policy.stop is None and policy.saves_asked == 0
 
 
 def test_an_alias_bomb_or_a_deep_config_is_refused_in_one_line(

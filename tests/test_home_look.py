@@ -92,3 +92,23 @@ def test_the_first_look_runs_on_a_worker_behind_a_placeholder_then_fills_the_tab
             app.exit()
 
     asyncio.run(drive())
+
+
+def test_a_first_look_that_fails_says_so_instead_of_reading_forever(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs folder fails as an unreadable one would: the hint says why, not "reading runs…"."""
+
+    def unreadable(catalog: RunCatalog, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(runs))
+
+    monkeypatch.setattr(RunCatalog, "runs", unreadable)
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: "cannot read" in _hint(app), 10, "the failure said")
+            assert f"cannot read the runs under {runs}/: PermissionError" in _hint(app)
+            app.exit()
+
+    asyncio.run(drive())

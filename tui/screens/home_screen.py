@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratop.core.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
 from loratop.core.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
@@ -151,6 +151,14 @@ class HomeScreen(LoratopScreen[None]):
         self._read = runs
         if self.is_current:
             self._show(self._rows(), rebuild=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A look failed (a runs folder no check foresaw): said under the table, never a
+        "reading runs…" that stays; the rows shown, if any, stay."""
+        if event.worker.group == "home-look" and event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self._hint_text = f"cannot read the runs under {self.root}/: {type(error).__name__}: {error}"
+            self.query_one("#home-hint", Static).update(self._hint_text)
 
     def _redraw(self) -> None:
         """The runs already read, sorted, marked and fitted again (no disk read): a new sort, a

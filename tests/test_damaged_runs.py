@@ -286,7 +286,7 @@ def test_attach_to_a_run_it_cannot_read_says_so_instead_of_starting_forever(
 
     from textual.widgets import Static
 
-    import loratop.tui.screens.monitor_screen as monitor
+    import loratop.tui.models.run_watcher as watcher
     from loratop.tui.app import LoratopApp
 
     root = _runs(tmp_path, lambda run: None)
@@ -294,7 +294,7 @@ def test_attach_to_a_run_it_cannot_read_says_so_instead_of_starting_forever(
     def unreadable(run_dir: Path) -> object:
         raise PermissionError(13, "Permission denied", str(run_dir / "events.jsonl"))
 
-    monkeypatch.setattr(monitor, "fold_run", unreadable)
+    monkeypatch.setattr(watcher, "fold_run", unreadable)
 
     async def drive() -> None:
         app = LoratopApp(root / "damaged")

@@ -20,6 +20,7 @@ from textual.worker import Worker
 from loratop.core.run_dir import RunDirError
 from loratop.core.runs import DEFAULT_ROOT
 from loratop.tui.models.export import EXPORT_DIR
+from loratop.tui.models.run_watcher import RunWatcher
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.home_screen import HomeScreen
@@ -83,6 +84,8 @@ class LoratopApp(App[str]):
         self.ended_on: Path | None = None
         """The run whose monitor ended the session (detached, stopped or quit there): the CLI's
         "come back with" names it, which after a launch from the editor is not the first run."""
+        self.watchers: dict[Screen[Any], RunWatcher] = {}
+        """The run watchers, by the screen each posts to (:meth:`watch_run`)."""
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
@@ -97,6 +100,31 @@ class LoratopApp(App[str]):
             self.push_screen(HomeScreen(self.runs_root))
         if self._notice:
             self.notify(self._notice, timeout=10, markup=False)
+
+    def on_unmount(self) -> None:
+        """The App exits: every watcher stops (the runs train on; none is signalled)."""
+        for screen in list(self.watchers):
+            self.stop_watching(screen)
+
+    def watch_run(
+        self,
+        screen: Screen[Any],
+        run_dir: Path,
+        pipe_fd: int | None = None,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        """Watch ``run_dir`` on a thread of the App's and post what it finds to ``screen``
+        (:class:`~loratop.tui.models.run_watcher.RunWatcher`), until :meth:`stop_watching`."""
+        self.stop_watching(screen)
+        watcher = RunWatcher(run_dir, screen.post_message, pipe_fd, process)
+        self.watchers[screen] = watcher
+        watcher.start()
+
+    def stop_watching(self, screen: Screen[Any]) -> None:
+        """Stop the watcher that posts to ``screen``; its trainer trains on (reaped when it exits)."""
+        watcher = self.watchers.pop(screen, None)
+        if watcher is not None:
+            watcher.stop()
 
     def open_editor(self, target: Path) -> bool:
         """The knob editor on a config file or a run folder (then its config.yaml: rerun with changes).

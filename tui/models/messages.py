@@ -66,3 +66,11 @@ class FolderRemoved(Message):
     """The run folder was removed while this dashboard followed it; ``note`` says what of the trainer."""
 
     note: str
+
+
+@dataclass
+class WatchFailed(Message):
+    """The run's watcher stopped on an error no reader check foresaw (an unreadable file, say):
+    the screen says so, instead of a header that reads STARTING forever."""
+
+    error: Exception

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.events import Resize
 from textual.widgets import DataTable, Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratop.core.archive import CannotArchive, RunIsLive, archive_dir, archive_run, delete_run, why_live
 from loratop.core.runs import CONFIG_SUFFIXES, SORT_KEYS, RunCatalog, RunSummary, sort_runs
@@ -89,7 +89,9 @@ class HomeScreen(LoratopScreen[None]):
         """Each listed run's summary, from the last look."""
         self._catalog = RunCatalog(root)
         self._catalog_lock = threading.Lock()
-        """The catalog is looked at by the live refresh's worker and by a reload on the UI thread."""
+        """The catalog is looked at by one worker at a time (a look cancelled for a newer one may still run)."""
+        self._read: list[RunSummary] | None = None
+        """The runs as the last look read them; ``None`` until the first look is done."""
         self._shown: list[tuple[str, tuple[str, ...]]] = []
         """The table's rows as drawn: (run folder, cells)."""
         self._layout: tuple[tuple[str, str, int], ...] = ()
@@ -105,42 +107,68 @@ class HomeScreen(LoratopScreen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        self.action_reload()
+        self._hint([], None)  # "reading runs…" until the first look is done
+        self._look()
         self.set_interval(LIVE_REFRESH_S, self._refresh_live)
 
     def on_resize(self, event: Resize) -> None:
-        """A new width: the columns are chosen again."""
+        """A new width: the columns are chosen again, for the runs already read."""
         if self._width != event.size.width:
-            self.action_reload()
+            self._redraw()
 
     def on_screen_resume(self) -> None:
-        """Back from a run's monitor, the editor or compare: the list as it is now."""
-        self.action_reload()
+        """Back from a run's monitor, the editor or compare: the list as it is now (a fresh look;
+        the rows shown stay until it is done). The first time, the first look is under way."""
+        if self._read is not None:
+            self._look()
 
     def action_reload(self) -> None:
-        """List the runs again (the table is rebuilt)."""
-        self._show(self._rows(), rebuild=True)
+        """List the runs again: a fresh look at every run, on the worker (the rows shown stay until it is done)."""
+        self._look()
 
     def _refresh_live(self) -> None:
-        """The timer: bring the list up to date; only cells that changed are redrawn. The look at
-        every run's files (a stat each, a fold of what a running run appended) is made on a
-        worker, so a slow disk never stalls the screen."""
-        if self.is_current:
-            self._look_live()
+        """The timer: bring the list up to date; only cells that changed are redrawn. Skipped while
+        a look is under way (the first look at hundreds of runs may take longer than the timer)."""
+        if self.is_current and not self._looking():
+            self._look()
+
+    def _looking(self) -> bool:
+        return any(w.group == "home-look" and w.node is self and w.is_running for w in self.workers)
 
     @work(thread=True, exclusive=True, group="home-look", exit_on_error=False)
-    def _look_live(self) -> None:
-        rows = self._rows()
+    def _look(self) -> None:
+        """Look at every run's files (a stat each, a fold of what a running run appended), off the
+        UI thread: the first look, a reload or the live refresh never stalls the screen."""
+        with self._catalog_lock:
+            runs = self._catalog.runs()
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._show_live, rows)
+            self.app.call_from_thread(self._looked, runs)
 
-    def _show_live(self, rows: list[tuple[str, dict[str, str]]]) -> None:
-        if self.is_current and self.is_mounted:
-            self._show(rows, rebuild=False)
+    def _looked(self, runs: list[RunSummary]) -> None:
+        """On the UI thread: a look is done; the table shows its runs (only changed cells redrawn)."""
+        if not self.is_mounted:
+            return
+        self._read = runs
+        if self.is_current:
+            self._show(self._rows(), rebuild=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A look failed (a runs folder no check foresaw): said under the table, never a
+        "reading runs…" that stays; the rows shown, if any, stay."""
+        if event.worker.group == "home-look" and event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self._hint_text = f"cannot read the runs under {self.root}/: {type(error).__name__}: {error}"
+            self.query_one("#home-hint", Static).update(self._hint_text)
+
+    def _redraw(self) -> None:
+        """The runs already read, sorted, marked and fitted again (no disk read): a new sort, a
+        mark, a new width."""
+        if self._read is not None:
+            self._show(self._rows(), rebuild=True)
 
     def _rows(self) -> list[tuple[str, dict[str, str]]]:
-        with self._catalog_lock:
-            runs = sort_runs(self._catalog.runs(), self.sort_key)
+        """The runs read, in the sort's order, as the table's cells."""
+        runs = sort_runs(self._read or [], self.sort_key)
         self._runs = {run.run_dir: run for run in runs}
         rows = []
         for run in runs:
@@ -189,9 +217,11 @@ class HomeScreen(LoratopScreen[None]):
             table.move_cursor(row=min(cursor, len(shown) - 1))
         self._hint(rows, fitted)
 
-    def _hint(self, rows: list[tuple[str, dict[str, str]]], fitted: FittedTable) -> None:
+    def _hint(self, rows: list[tuple[str, dict[str, str]]], fitted: FittedTable | None) -> None:
         """The lines under the table: the sort, what the narrowed table left out, the keys."""
-        if not rows:
+        if self._read is None:
+            text = f"reading runs under {self.root}/…"
+        elif not rows or fitted is None:
             text = f"no runs under {self.root}/ yet · n starts one from a sample config"
         else:
             marked = f" · {len(self.marked)} marked" if self.marked else ""
@@ -227,13 +257,13 @@ class HomeScreen(LoratopScreen[None]):
         key = self.SORT_BY_COLUMN.get(str(event.column_key.value))
         if key:
             self.sort_key = key
-            self.action_reload()
+            self._redraw()
 
     def action_sort(self) -> None:
         """Cycle the sort: newest first, name, status, final loss, peak VRAM, duration, spikes."""
         keys = list(SORT_KEYS)
         self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)] if self.sort_key in keys else keys[0]
-        self.action_reload()
+        self._redraw()
 
     def action_mark(self) -> None:
         """Mark or unmark the run under the cursor for comparison."""
@@ -244,7 +274,7 @@ class HomeScreen(LoratopScreen[None]):
             self.marked.remove(run_dir)
         else:
             self.marked.append(run_dir)
-        self.action_reload()
+        self._redraw()
 
     def action_compare(self) -> None:
         """Compare the marked runs; one marked: it and the run under the cursor; none: that run and its parent."""
@@ -333,7 +363,10 @@ class HomeScreen(LoratopScreen[None]):
         """A run left the folder: off the marks, and the list without it."""
         if run_dir in self.marked:
             self.marked.remove(run_dir)
-        self.action_reload()
+        if self._read is not None:
+            self._read = [run for run in self._read if run.run_dir != run_dir]
+            self._redraw()
+        self._look()
 
     def action_new(self) -> None:
         from loratop.tui.screens.sample_picker_screen import SamplePicker

@@ -14,6 +14,8 @@ from textual.screen import Screen
 from textual.worker import Worker
 
 if TYPE_CHECKING:
+    import subprocess
+
     from loratop.core.run_state import RunState
     from loratop.preflight.config import RunConfig
 
@@ -45,6 +47,22 @@ class Dashboard(Protocol):
 
     def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
         """Write a run's metrics CSV and events JSONL (and this screen's SVG); the files written."""
+        ...
+
+    def watch_run(
+        self,
+        screen: Screen[Any],
+        run_dir: Path,
+        pipe_fd: int | None = None,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        """Watch a run on a thread the App owns and post its events and its trainer's fate to
+        ``screen`` (through ``pipe_fd`` when we launched it, else by following its file); the
+        pipe and the trainer are the watcher's from then on."""
+        ...
+
+    def stop_watching(self, screen: Screen[Any]) -> None:
+        """Stop the watcher that posts to ``screen`` (it goes); its run trains on."""
         ...
 
 

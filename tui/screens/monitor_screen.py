@@ -1,8 +1,10 @@
 """One run, live: the loss chart, LR, parameters, memory, events, the trainer's log and the outcome.
 
-One worker thread reads events (the trainer's pipe, or ``events.jsonl`` followed live)
-and posts them as messages; handlers fold them into a plain :class:`RunState`; a 4 Hz
-timer pushes what changed to the widgets. The data rate never sets the redraw rate.
+The App's :class:`~loratop.tui.models.run_watcher.RunWatcher` reads the run's events (the
+trainer's pipe, or ``events.jsonl`` followed live) and its trainer's fate on its own thread, and
+posts them here as messages; handlers fold them into a plain :class:`RunState`; a 4 Hz timer
+pushes what changed to the widgets. The data rate never sets the redraw rate. The screen reads
+no events itself and records nothing: it draws.
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
 import subprocess
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -26,37 +26,28 @@ from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import Sparkline, Static
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import get_current_worker
 
 from loratop.core import events as ev
-from loratop.core.event_stream import FileFollower, PipeStream
 from loratop.core.run_dir import (
-    EVENTS,
     LOG,
-    LOST,
-    NO_REPORT,
-    exit_cause,
     proven_trainer_pid,
     read_status,
-    record_lost,
     request_control,
-    rescue_roots,
     signal_target,
     why_not_proven,
 )
 from loratop.core.run_state import PAUSED, RUNNING, RunState
-from loratop.core.run_summary import fold_run, settle_finished_run
-from loratop.core.runs import trainer_verdict
 from loratop.tui.models import panels
 from loratop.tui.models.log_lines import KNOWN, METRICS, SOURCE, LogLine, LogReader
 from loratop.tui.models.messages import (
     EventsArrived,
     FolderRemoved,
     Replayed,
-    TrainerExited,
     TrainerGone,
     TrainerNotProven,
     TrainerPaused,
+    WatchFailed,
 )
 from loratop.tui.screens.confirm_screen import ConfirmScreen
 from loratop.tui.screens.loratop_screen import LoratopScreen
@@ -133,10 +124,12 @@ class MonitorScreen(LoratopScreen[str]):
         clock: Any = time.time,
         process: subprocess.Popen[bytes] | None = None,
     ) -> None:
-        """Watch ``run_dir``: through ``pipe_fd`` when we launched it, else by following its file.
+        """Show ``run_dir``: the App's watcher reads it through ``pipe_fd`` when we launched it,
+        else by following its file.
 
-        ``process`` is the trainer when this dashboard launched it: it is reaped when it
-        exits (no zombie), and its exit code names the cause when it sent no report.
+        ``process`` is the trainer when this dashboard launched it: the watcher reaps it when
+        it exits (no zombie), and its exit code names the cause when it sent no report. Both
+        are handed to the watcher on mount; the screen keeps neither.
         """
         super().__init__()
         self.run_dir = run_dir
@@ -194,17 +187,17 @@ class MonitorScreen(LoratopScreen[str]):
 
     def on_mount(self) -> None:
         self._apply_layout(self.app.size.width, self.app.size.height)
-        self.read_events()
+        # The App watches the run and posts here; the pipe and the trainer are the watcher's now.
+        self.loratop.watch_run(self, self.run_dir, self._pipe_fd, self._process)
+        self._pipe_fd, self._process = None, None
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(0.5, self._tail_trainer_log)
         self.refresh_view()
 
     def on_unmount(self) -> None:
-        """Back to the history while the trainer this dashboard launched still runs: it is reaped
-        when it exits (no zombie), by a thread that only waits."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+        """The screen goes (back to the history, or the App exits): its watcher stops. A trainer
+        this dashboard launched trains on, and is reaped when it exits (never signalled)."""
+        self.loratop.stop_watching(self)
 
     def on_resize(self, event: Any) -> None:
         self._apply_layout(event.size.width, event.size.height)
@@ -214,127 +207,6 @@ class MonitorScreen(LoratopScreen[str]):
     def _apply_layout(self, width: int, height: int) -> None:
         self.set_class(width < NARROW, "narrow")
         self.set_class(height < SHORT, "short")
-
-    # -- reading events (worker thread) ---------------------------------------
-
-    @work(thread=True, exclusive=True, group="events", exit_on_error=False)
-    def read_events(self) -> None:
-        """Read the pipe (then the file's rest), or follow the file; post batches."""
-        worker = get_current_worker()
-        path = self.run_dir / EVENTS
-        if self._pipe_fd is not None:
-            stream = PipeStream(self._pipe_fd, path)
-            try:
-                self._read_pipe(stream, worker)
-                rest = stream.rest_from_file()
-                self.post_message(EventsArrived(rest, stream.skipped, stream.filled_from_file))
-            finally:
-                os.close(self._pipe_fd)
-                self._pipe_fd = None
-            if self._process is not None and self._reap(worker):
-                return
-            skip_to, offset = stream.next_seq, stream.file_bytes_read
-        else:
-            skip_to, offset = 0, 0
-        self._follow_file(path, skip_to, worker, offset)
-
-    def _read_pipe(self, stream: PipeStream, worker: Any) -> None:
-        """Until the pipe closes, or our trainer is gone and what it wrote has been read (a
-        process it started may hold the pipe open after it was killed)."""
-        assert self._pipe_fd is not None
-        exited = False
-        while not worker.is_cancelled:
-            ready, _, _ = select.select([self._pipe_fd], [], [], 0 if exited else 0.25)
-            if not ready:
-                if exited:
-                    return
-                exited = self._process is not None and self._process.poll() is not None
-                continue
-            batch = stream.read()
-            if batch is None:
-                return
-            if batch:
-                self.post_message(EventsArrived(batch, stream.skipped, stream.filled_from_file))
-
-    def _reap(self, worker: Any) -> bool:
-        """Wait for our trainer to exit once its pipe closed (it is finishing), so it is no zombie.
-
-        Returns:
-            Whether it exited (else the worker was cancelled first).
-        """
-        assert self._process is not None
-        while not worker.is_cancelled:
-            try:
-                code = self._process.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                continue
-            self.post_message(TrainerExited(code))
-            return True
-        return False
-
-    def _follow_file(self, path: Path, skip_to: int, worker: Any, offset: int = 0) -> None:
-        """Follow ``events.jsonl``: after the pipe, from ``offset`` (what filling its gaps read)
-        for events from ``skip_to`` on; else (attach) the whole run at once, then the rest."""
-        if skip_to == 0:  # attach: the whole run at once (from its index), then what is appended
-            state, offset = fold_run(self.run_dir)
-            self.post_message(Replayed(state))
-            follower = FileFollower(path, offset)
-            finished = state.finished is not None
-        else:
-            follower = FileFollower(path, offset)
-            finished = False
-        last_alive_check = 0.0
-        not_proven: str | None = None
-        paused: str | None = None
-        status: dict[str, Any] = {}
-        while not worker.is_cancelled:
-            batch = [e for e in follower.poll() if e["seq"] >= skip_to]
-            if batch:
-                finished = finished or any(e["type"] == ev.RUN_FINISHED for e in batch)
-                self.post_message(EventsArrived(batch, follower.skipped, 0))
-            if finished:
-                settle_finished_run(self.run_dir)  # seen to end here: its caches, for ls (kept if good)
-                return
-            now = time.monotonic()
-            if now - last_alive_check > 1.0:
-                last_alive_check = now
-                status = read_status(self.run_dir) or status  # the last one read, should the folder go
-                if not path.exists():
-                    self._follow_removed_folder(status, worker)
-                    return
-                verdict, why = trainer_verdict(status)
-                paused_now = why if verdict == PAUSED else None
-                if paused_now != paused:
-                    paused = paused_now
-                    self.post_message(TrainerPaused(paused))
-                if verdict == LOST:
-                    final = [e for e in follower.poll() if e["seq"] >= skip_to]
-                    if final:
-                        self.post_message(EventsArrived(final, follower.skipped, 0))
-                    if not any(e["type"] == ev.RUN_FINISHED for e in final):
-                        self.post_message(TrainerGone(why or NO_REPORT))
-                    return
-                if why != not_proven:  # cannot tell from here: say why, and keep following
-                    not_proven = why
-                    self.post_message(TrainerNotProven(why))
-            time.sleep(0.2)
-
-    def _follow_removed_folder(self, status: dict[str, Any], worker: Any) -> None:
-        """The run folder is gone: say what of its trainer, from the status last read, until it exits."""
-        pid = proven_trainer_pid(status)
-        rescue = " or ".join(f"{root}/" for root in rescue_roots())  # the first of them that takes it
-        if pid is None:
-            self.post_message(FolderRemoved(f"run folder removed; its trainer is not running (look under {rescue})"))
-            return
-        self.post_message(
-            FolderRemoved(
-                f"run folder removed; trainer pid {pid} still running: it stops at the next step "
-                f"and saves its adapter under {rescue}"
-            )
-        )
-        while not worker.is_cancelled and proven_trainer_pid(status) is not None:
-            time.sleep(0.5)
-        self.post_message(FolderRemoved(f"run folder removed; the trainer (pid {pid}) has exited: look under {rescue}"))
 
     @on(Replayed)
     def _replayed(self, message: Replayed) -> None:
@@ -353,14 +225,8 @@ class MonitorScreen(LoratopScreen[str]):
 
     @on(TrainerGone)
     def _trainer_gone(self, message: TrainerGone) -> None:
+        """The watcher proved the trainer gone without a report (and recorded it in status.json)."""
         if self.state.finished is None and not self.state.trainer_gone:
-            record_lost(
-                self.run_dir,
-                message.cause,
-                last_step=self.state.last_step,
-                ended_at=self.state.last_t,
-                **({"exit_code": message.exit_code} if message.exit_code is not None else {}),
-            )
             self.state.mark_lost(message.cause)
 
     @on(FolderRemoved)
@@ -368,16 +234,12 @@ class MonitorScreen(LoratopScreen[str]):
         self.state.folder_note = message.note
         self.state.version += 1
 
-    @on(TrainerExited)
-    def _trainer_exited(self, message: TrainerExited) -> None:
-        if self.state.finished is None:  # it exited without a report: its exit code says how
-            self._trainer_gone(TrainerGone(exit_cause(message.returncode), message.returncode))
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The events reader failed (a run's files no reader check foresaw): say so on screen,
+    @on(WatchFailed)
+    def _watch_failed(self, message: WatchFailed) -> None:
+        """The watcher failed (a run's files no reader check foresaw): say so on screen,
         instead of a header that reads STARTING forever."""
-        if event.worker.group == "events" and event.state == WorkerState.ERROR and not self.state.trainer_gone:
-            error = event.worker.error
+        if not self.state.trainer_gone:
+            error = message.error
             self.state.not_proven = f"cannot read this run's events: {type(error).__name__}: {error}"
             self.state.version += 1
 

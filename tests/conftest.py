@@ -169,6 +169,19 @@ async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
         await pilot.pause(0.2)
 
 
+async def home_read(pilot: Any, timeout: float = 60) -> None:
+    """In a Pilot test of the home screen: wait until its first look at the runs (a worker) has
+    been drawn, so the table holds what is on disk; then let the screen settle."""
+    from loratop.tui.screens.home_screen import HomeScreen
+
+    def read() -> bool:
+        screen = pilot.app.screen
+        return isinstance(screen, HomeScreen) and screen._read is not None and not screen._looking()
+
+    await until(pilot, read, timeout, "the home screen's first look at the runs")
+    await pilot.pause()
+
+
 def slow_fold(run_dir: Path) -> RunState:
     """A run folded the plain way: every event of events.jsonl applied in order."""
     from loratop.core import events as ev

@@ -22,7 +22,17 @@ from loratop.preflight.launcher import launch
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import DETACHED, QUIT, MonitorScreen
 from loratop.tui.screens.quit_screen import QuitScreen
-from tests.conftest import DEMO_CONFIG, add_evals, assert_same_fold, live_status, of_type, read_events, slow_fold, until
+from tests.conftest import (
+    DEMO_CONFIG,
+    add_evals,
+    assert_same_fold,
+    home_read,
+    live_status,
+    of_type,
+    read_events,
+    slow_fold,
+    until,
+)
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run" / "events.jsonl"
 
@@ -273,6 +283,7 @@ def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 30)) as pilot:
             from textual.widgets import DataTable
 
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             assert table.row_count == 1
             row = {str(key.value): str(cell) for key, cell in zip(table.columns, table.get_row_at(0), strict=True)}

@@ -21,7 +21,7 @@ from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import CompareChart
-from tests.conftest import of_type, read_events, until
+from tests.conftest import home_read, of_type, read_events, until
 
 
 def _column(table: DataTable[Any], title: str) -> list[str]:
@@ -37,7 +37,7 @@ def test_history_lists_runs_with_knobs_outcomes_and_parent(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(160, 24)) as pilot:  # wide enough for every column
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             names = _names(table)
             assert sorted(names) == ["tiny-lr-high", "tiny-r16", "tiny-r8"]
@@ -66,7 +66,7 @@ def test_marking_two_runs_and_c_opens_the_compare_screen(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             home.sort_key = "name"
             home.action_reload()
@@ -194,7 +194,7 @@ def test_the_history_follows_a_running_run_without_a_reload(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
 
             def step_of_live() -> str:
@@ -222,7 +222,7 @@ def test_a_live_cell_that_grows_is_drawn_whole(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(120, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             assert "1/1000" in screen_text(app)
             for step in range(2, 101):
                 sink.emit(ev.STEP, step=step, loss=2.0, tokens=10 * step)
@@ -261,7 +261,7 @@ def test_esc_in_a_monitor_opened_from_home_goes_back_to_a_fresh_list_and_q_quits
 
     async def drive() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             table = home.query_one(DataTable)
             table.move_cursor(row=_names(table).index("tiny-r8"))
@@ -327,7 +327,7 @@ def test_c_on_a_run_started_from_a_sample_names_the_sample_and_what_changed(runs
 
     async def drive() -> None:
         async with app.run_test(size=(200, 24), notifications=True, message_hook=hook) as pilot:  # every column
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             home.sort_key = "name"
             home.action_reload()
@@ -354,7 +354,7 @@ def test_the_home_screen_shows_dashes_for_a_run_that_failed_while_loading(runs: 
 
     async def drive() -> None:
         async with app.run_test(size=(160, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             row = _names(table).index(failed.name)
             assert _column(table, "spikes")[row] == "–" and _column(table, "spills")[row] == "–"
@@ -434,7 +434,7 @@ def test_back_from_the_monitor_of_a_run_this_dashboard_launched_still_reaps_its_
 
     async def drive() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             app.push_screen(MonitorScreen(runs / "tiny-r8", read_fd, process=trainer))
             await pilot.pause(0.3)
@@ -476,7 +476,7 @@ def test_the_home_screen_fits_its_width_keeping_the_tweak_loop_columns_and_names
 
     async def drive() -> None:
         async with app.run_test(size=(width, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             shown = [str(key.value) for key in table.columns]
             assert table.virtual_size.width <= table.scrollable_content_region.width, "columns off the edge"
@@ -507,7 +507,7 @@ def test_a_running_runs_loss_is_its_loss_now_not_a_final_one(runs: Path) -> None
 
     async def drive() -> None:
         async with app.run_test(size=(160, 24)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             losses = dict(zip(_names(table), _column(table, "final loss"), strict=True))
             assert losses["live"] == "2.0000 now"
@@ -534,7 +534,7 @@ def test_a_archives_the_run_out_of_the_list_and_ls_counts_it(runs: Path, capsys:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30), notifications=True) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             table = app.screen.query_one(DataTable)
             table.move_cursor(row=_names(table).index("tiny-r8"))
             await pilot.press("a")
@@ -563,7 +563,7 @@ def test_d_deletes_the_run_only_once_the_user_says_yes(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             table = home.query_one(DataTable)
             table.move_cursor(row=_names(table).index("tiny-r16"))
@@ -603,7 +603,7 @@ def test_a_and_d_refuse_a_run_whose_trainer_lives(runs: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30), notifications=True) as pilot:
-            await pilot.pause()
+            await home_read(pilot)
             home = app.screen
             table = home.query_one(DataTable)
             for run in (locked, proven):

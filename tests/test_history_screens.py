@@ -146,7 +146,21 @@ def test_compare_screen_overlays_both_curves_and_names_the_changed_knobs(runs: P
 
 
 def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """The export reads the run whole and writes three files: on a worker, never the UI thread
+    (a million-step run would freeze the screen); the SVG is the screen as it was at the key."""
+    import threading
+
+    from loratop.tui.models import export
+
     monkeypatch.chdir(tmp_path)
+    on_ui_thread: list[bool] = []
+    real = export.export_files
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        on_ui_thread.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_files", watched)
     app = LoratopApp(runs / "tiny-lr-high")
 
     async def drive() -> None:
@@ -157,9 +171,11 @@ def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, 
                     break
                 await pilot.pause(0.1)
             await pilot.press("x")
-            await pilot.pause()
+            svg = tmp_path / "loratop-exports" / "tiny-lr-high.svg"
+            await until(pilot, svg.exists, 10, "the export's last file")
 
     asyncio.run(drive())
+    assert on_ui_thread == [False], "the export read and wrote on the UI thread"
     out = tmp_path / "loratop-exports"
     steps = of_type(read_events(runs / "tiny-lr-high"), ev.STEP)
     with (out / "tiny-lr-high-metrics.csv").open() as fh:

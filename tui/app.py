@@ -249,20 +249,29 @@ class LoratopApp(App[str]):
             self.switch_screen(HomeScreen(self.runs_root))
         self.push_screen(monitor)
 
-    def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
-        """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``."""
+    def export_run(self, run_dir: Path, screen: bool = True) -> Worker[list[Path]]:
+        """Write a run's metrics CSV and events JSONL (and this screen's SVG) to ``loratop-exports/``,
+        on a worker: a long run's events are read whole. The screen is taken now, as it is at the
+        key press; a toast says what was written, or why not. The worker's result: the files."""
+        svg = self.export_screenshot() if screen else None
+        return self._export(run_dir, svg)
+
+    @work(thread=True, group="export", exit_on_error=False)
+    def _export(self, run_dir: Path, svg: str | None) -> list[Path]:
         from loratop.tui.models.export import export_run
 
         try:
             written = export_run(run_dir, EXPORT_DIR)
-            if screen:
-                written.append(Path(self.save_screenshot(filename=f"{run_dir.name}.svg", path=str(EXPORT_DIR))))
+            if svg is not None:
+                path = EXPORT_DIR / f"{run_dir.name}.svg"
+                path.write_text(svg, encoding="utf-8")
+                written.append(path)
         except OSError as exc:
-            self.notify(f"export failed: {exc}", severity="error", markup=False)
+            self.call_from_thread(self.notify, f"export failed: {exc}", severity="error", markup=False)
             return []
         # One file a line, named within the folder: a long path would wrap mid-word in a toast.
         names = "\n".join(f"  {p.name}" for p in written)
-        self.notify(f"exported to {EXPORT_DIR}/:\n{names}", timeout=8, markup=False)
+        self.call_from_thread(self.notify, f"exported to {EXPORT_DIR}/:\n{names}", timeout=8, markup=False)
         return written
 
     def action_export_screen(self) -> None:

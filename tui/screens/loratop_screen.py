@@ -45,8 +45,9 @@ class Dashboard(Protocol):
         folder, or ``None`` when it could not start."""
         ...
 
-    def export_run(self, run_dir: Path, screen: bool = True) -> list[Path]:
-        """Write a run's metrics CSV and events JSONL (and this screen's SVG); the files written."""
+    def export_run(self, run_dir: Path, screen: bool = True) -> Worker[list[Path]]:
+        """Write a run's metrics CSV and events JSONL (and this screen's SVG) on a worker, whose
+        result is the files written."""
         ...
 
     def watch_run(

@@ -31,6 +31,18 @@ def _drain(fd: int) -> None:
             return
 
 
+def _end_the_trainer(run_dir: Path) -> None:
+    """End the run's trainer if it still runs (the test failed waiting): by the pid its
+    status.json proves to be that very process, never by name. It is in a session of its own,
+    orphaned when the dashboard went, so the suite's fixture for our descendants cannot see it."""
+    from loratop.core.run_dir import proven_trainer_pid, read_status
+
+    pid = proven_trainer_pid(read_status(run_dir) or {})
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)  # torchrun's agent passes it on to the ranks
+        wait_for_exit(pid, timeout=60)
+
+
 RANKS_2 = ["distributed.nproc_per_node=2", "training.per_device_train_batch_size=1", "training.max_seq_length=64",
            "data.max_rows=64"]  # fmt: skip
 
@@ -64,7 +76,10 @@ def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path, extr
         os.close(master)
         if dashboard.poll() is None:
             dashboard.kill()
-    wait_for_exit(status_of(run_dir)["pid"])
+    try:
+        wait_for_exit(status_of(run_dir)["pid"])
+    finally:
+        _end_the_trainer(run_dir)  # outlived the dashboard on purpose: no longer our descendant
     events = read_events(run_dir)
     assert of_type(events, ev.RUN_FINISHED)[0]["status"] == ev.COMPLETED
     assert [s["step"] for s in of_type(events, ev.STEP)] == list(range(1, 151))

@@ -94,7 +94,10 @@ async def _replayed(pilot: Any, app: LoratopApp) -> MonitorScreen:
     screen = app.screen
     assert isinstance(screen, MonitorScreen)
     await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
-    await pilot.pause(0.6)  # a redraw tick
+    # The chart is drawn on the next redraw tick after the replay: waited for, not assumed
+    # (a fixed 0.6 s pause missed it once on a loaded box).
+    await until(pilot, lambda: bool(TICK.search(screen_text(app))), 20, "the loss chart drawn")
+    await pilot.pause(0.6)  # a redraw tick more: the panels around it settle
     return screen
 
 

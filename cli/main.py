@@ -439,18 +439,25 @@ def _dashboard(
 ) -> int:
     """Run the Textual app; say how to come back when the user detached."""
     from loratop.tui.app import LoratopApp
+
+    return _run_and_say(LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process), run_dir)
+
+
+def _run_and_say(app: LoratopApp, run_dir: Path | None = None) -> int:
+    """Run the dashboard; when it ended on a run's monitor (detached, or on an error), say how
+    to come back to that run: the one it opened on, or one launched from the editor there."""
     from loratop.tui.screens.monitor_screen import DETACHED
 
-    app = LoratopApp(run_dir, pipe_fd, runs_root, notice=notice, process=process)
     outcome, code = run_app(app)
+    run_dir = app.ended_on or run_dir
     if code and run_dir is not None:
         print(
             f"loratop: the dashboard ended on an error (above); the run is not affected: loratop attach {run_dir}",
             file=sys.stderr,
         )
-    elif outcome == DETACHED and (app.ended_on or run_dir) is not None:
+    elif outcome == DETACHED and run_dir is not None:
         # The run detached from: after a launch from the editor, not the one the dashboard opened on.
-        print(f"detached; the run goes on. Come back with: loratop attach {app.ended_on or run_dir}")
+        print(f"detached; the run goes on. Come back with: loratop attach {run_dir}")
     return code
 
 
@@ -470,7 +477,7 @@ def _compare_dashboard(run_dirs: list[Path], x_axis: str = "steps", runs_root: P
     """Open the compare screen on finished (or running) runs."""
     from loratop.tui.app import LoratopApp
 
-    return run_app(LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis))[1]
+    return _run_and_say(LoratopApp(None, runs_root=runs_root, compare=run_dirs, compare_x=x_axis))
 
 
 def _edit_target(given: str, runs_dir: Path) -> Path:
@@ -516,7 +523,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         read_yaml(target / CONFIG if target.is_dir() else target)
     except ConfigError as exc:
         return _report(exc)
-    return run_app(LoratopApp(None, runs_root=args.runs_dir, edit=target))[1]
+    return _run_and_say(LoratopApp(None, runs_root=args.runs_dir, edit=target))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -680,7 +687,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     if args.edit and plan.proposals:
         from loratop.tui.app import LoratopApp
 
-        return run_app(LoratopApp(None, runs_root=args.runs_dir, edit=run_dir, next_run=True))[1]
+        return _run_and_say(LoratopApp(None, runs_root=args.runs_dir, edit=run_dir, next_run=True))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib import metadata
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,24 @@ def test_a_mistyped_command_is_one_line_with_the_closest(
         f"loratop: no command {typed!r}{guess} (commands: run, check, estimate, fit, demo, edit, attach, ls, compare, "
         "export, next, serve)"
     ]
+
+
+def test_a_detach_after_launching_from_the_editor_says_how_to_come_back(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`loratop edit` → launch → detach: the run goes on, and the CLI names it, as `loratop run`
+    does (`next --edit` goes the same way). The app is not run here: its session is said to have
+    ended detached on the run launched from the editor (what tests/test_dashboard.py drives for real)."""
+    from loratop.tui.screens.monitor_screen import DETACHED
+    from tests.conftest import DEMO_CONFIG
+
+    runs = tmp_path / "runs"
+    launched = runs / "tiny-cpu-demo-20261205-050000"
+
+    def detached_on_the_launched_run(app: Any) -> tuple[str | None, int]:
+        app.ended_on = launched
+        return DETACHED, 0
+
+    monkeypatch.setattr(cli, "run_app", detached_on_the_launched_run)
+    assert cli.main(["edit", str(DEMO_CONFIG), "--runs-dir", str(runs)]) == 0
+    assert f"Come back with: loratop attach {launched}" in capsys.readouterr().out

@@ -499,6 +499,7 @@ def _fake_app(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
 
     class Recorder:
         return_code = 0  # what LoratopApp says after a clean end
+        ended_on = None  # no run's monitor ended the session
 
         def __init__(self, run_dir: object = None, *args: object, **kwargs: object) -> None:
             opened.append({"run_dir": run_dir, **kwargs})

@@ -169,6 +169,15 @@ async def until(pilot: Any, predicate: Any, timeout: float, what: str) -> None:
         await pilot.pause(0.2)
 
 
+async def replay_drawn(pilot: Any, screen: Any, timeout: float = 30) -> None:
+    """In a Pilot test of a monitor: wait until the replay has come (the run's end folded) and
+    the screen has drawn that very state (a redraw tick, waited for, not assumed: a fixed
+    pause missed it on a loaded box); then let the layout settle."""
+    await until(pilot, lambda: screen.state.finished is not None, timeout, "the replay")
+    await until(pilot, lambda: screen._drawn_version == screen.state.version, timeout, "the replay drawn")
+    await pilot.pause(0.2)
+
+
 async def home_read(pilot: Any, timeout: float = 60) -> None:
     """In a Pilot test of the home screen: wait until its first look at the runs (a worker) has
     been drawn, so the table holds what is on disk; then let the screen settle."""

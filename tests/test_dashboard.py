@@ -30,6 +30,7 @@ from tests.conftest import (
     live_status,
     of_type,
     read_events,
+    replay_drawn,
     slow_fold,
     until,
 )
@@ -158,8 +159,7 @@ def test_attach_replays_a_file_with_garbage(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
-            await pilot.pause(0.5)
+            await replay_drawn(pilot, screen)
             assert screen.state.last_step == 60 and screen.state.garbage == 1
             assert "step 60/60" in _text(app, "#run-header")
 
@@ -197,8 +197,7 @@ def test_monitor_layout_fits(tmp_path: Path, size: tuple[int, int], evals: bool)
         async with app.run_test(size=size) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
-            await pilot.pause(0.5)
+            await replay_drawn(pilot, screen)
             assert screen.has_class("narrow") == (size[0] < 100)
             panels = [
                 "#run-header", "#loss-chart", "#lr-panel", "#params", "#memory-panel", "#events-panel", "#status-line"

@@ -15,7 +15,7 @@ from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import LossChart
 from loratop.widgets.key_footer import GROUPS_FROM
-from tests.conftest import read_events, screen_text, until
+from tests.conftest import read_events, replay_drawn, screen_text
 
 SIZE = (80, 24)
 
@@ -23,8 +23,7 @@ SIZE = (80, 24)
 async def _replayed(pilot: Any, app: LoratopApp) -> MonitorScreen:
     screen = app.screen
     assert isinstance(screen, MonitorScreen)
-    await until(pilot, lambda: screen.state.finished is not None, 20, "the replay")
-    await pilot.pause(0.6)  # a redraw tick
+    await replay_drawn(pilot, screen)
     return screen
 
 

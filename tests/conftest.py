@@ -264,3 +264,17 @@ def copy_run(runs: Path, source: str, name: str, parent: str | None = None) -> P
     status["parent"] = parent
     (run_dir / "status.json").write_text(json.dumps(status))
     return run_dir
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether NVML sees an NVIDIA GPU here (GPU-only tests skip cleanly without one)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return bool(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no pynvml, no driver, no device
+        return False

@@ -39,7 +39,7 @@ from loratop.preflight.fit_plan import (
 )
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.knob_editor_screen import KnobEditor
-from tests.conftest import DEMO_CONFIG, REPO, screen_text, until
+from tests.conftest import DEMO_CONFIG, REPO, nvidia_gpu_present, screen_text, until
 
 GB = 10**9
 
@@ -259,24 +259,11 @@ def test_the_editors_fit_action_fills_the_batch_knobs(tmp_path: Path, monkeypatc
 # -- on a GPU -----------------------------------------------------------------------------------
 
 
-def _nvidia_gpu() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return bool(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no pynvml, no driver, no device
-        return False
-
-
 @pytest.mark.gpu
 def test_fit_on_the_gpu_check_model_within_90_seconds(tmp_path: Path) -> None:
     """``loratop fit`` on scripts/gpu_check.py's random-init ~1B Llama: the real memory source
     (torch.cuda, NVML busy %), a recommendation, all inside 90 s (the subprocess's timeout)."""
-    if not _nvidia_gpu():
+    if not nvidia_gpu_present():
         pytest.skip("no NVIDIA driver or GPU")
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
     assert spec is not None and spec.loader is not None

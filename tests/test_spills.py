@@ -40,7 +40,7 @@ from loratop.core.spills import (
 )
 from loratop.trainer.cupti_spills import CuptiUvmSource, load_cupti
 from loratop.trainer.memory_sampler import MemorySampler
-from tests.conftest import REPO
+from tests.conftest import REPO, nvidia_gpu_present
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -686,19 +686,6 @@ def test_importing_the_adapter_does_not_import_cupti() -> None:
 # --- the real thing (GPU box only) -----------------------------------------------------
 
 
-def _nvidia_gpu_present() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return bool(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no pynvml, no driver, no device
-        return False
-
-
 def test_the_spill_probe_runs_and_says_why_it_cannot_on_a_cpu() -> None:
     """The GPU test's child process starts, imports all it needs and answers in one JSON line
     here too, so a broken probe is caught before a borrowed GPU's minutes are spent on it."""
@@ -715,7 +702,7 @@ def test_real_cupti_sees_a_paged_buffer_moved_by_hand_and_evicted_by_the_driver(
     this test with its output; pytest goes on and prints its summary): moves of a paged buffer
     by hand are cause ``user`` and no spill; a GPU pushed past full evicts it, cause
     ``eviction``, and the classifier counts a spill of its bytes."""
-    if not _nvidia_gpu_present():
+    if not nvidia_gpu_present():
         pytest.skip("no NVIDIA driver or GPU")
     # On a GPU box a missing dependency is a broken setup, not a reason to pass quietly.
     try:

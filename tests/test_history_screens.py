@@ -186,6 +186,35 @@ def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, 
     assert svg.startswith("<svg") and "tiny-lr-high" in svg
 
 
+def test_x_on_a_full_disk_says_the_export_failed(runs: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """The export's worker meets a full disk: a toast says so (never a silent worker death), the
+    monitor stays."""
+    import errno
+
+    from loratop.tui.models import export
+
+    monkeypatch.chdir(tmp_path)
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "export_files", full)
+    app = LoratopApp(runs / "tiny-lr-high")
+    said: list[str] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            real_notify = app.notify
+            app.notify = lambda message, **kw: said.append(message) or real_notify(message, **kw)  # type: ignore[method-assign]
+            await until(pilot, lambda: app.screen.state.finished is not None, 20, "the replay")
+            await pilot.press("x")
+            await until(pilot, lambda: bool(said), 10, "the export's notice")
+            assert said == ["export failed: [Errno 28] No space left on device"]
+            assert isinstance(app.screen, MonitorScreen)
+
+    asyncio.run(drive())
+
+
 def _live_run(runs: Path, max_steps: int) -> Any:
     """A run folder named ``live`` whose trainer (this test) has made one step: its sink."""
     import json

@@ -14,8 +14,8 @@ import asyncio
 import base64
 import contextlib
 import fcntl
-import functools
 import ipaddress
+import itertools
 import json
 import os
 import queue
@@ -49,6 +49,8 @@ STARTUP_S = 60
 """Seconds for ``loratop serve`` to print its link (an import on two busy cores)."""
 SCREEN_S = 90
 """Seconds for the page to show a screen: chromium, the app process and its first frames."""
+RESIZE_AGAIN_S = 2.0
+"""A resize the app has shown no sign of is asked for again this often (well inside the server's heartbeat)."""
 
 
 # --- loratop serve as a subprocess ---------------------------------------------------------
@@ -649,9 +651,27 @@ def _stdout_backed_up(app: psutil.Process) -> bool:
         os.close(fd)
 
 
-def _repainted_or_backed_up(app: psutil.Process, written: int) -> bool:
-    assert app.is_running(), "the app ended with its tab still open (the server's heartbeat gave up on it?)"
-    return _stdout_backed_up(app) or app.io_counters().write_chars > written + 50_000
+def _repaint(app: psutil.Process, tab: RawTab, widths: Iterator[int]) -> None:
+    """Resize the tab until the app has written a repaint's worth more, or its stdout is backed up.
+
+    Each resize asks for a width not asked for just before (nor the one it opened at): Textual
+    keeps only the newest of the resizes it has not handled yet, and one back to the size it
+    already has repaints nothing. Asked again after :data:`RESIZE_AGAIN_S` without progress,
+    which also keeps the server hearing from the tab, as a live browser's pongs would (a tab
+    silent for the server's heartbeat is dropped, and its app ended).
+    """
+    written = app.io_counters().write_chars
+    deadline = time.monotonic() + SCREEN_S
+    while True:
+        tab.resize(next(widths), MAX_ROWS - 1)
+        again = time.monotonic() + RESIZE_AGAIN_S
+        while time.monotonic() < again:
+            assert app.is_running(), "the app ended with its tab still open (the server's heartbeat gave up on it?)"
+            if _stdout_backed_up(app) or app.io_counters().write_chars > written + 50_000:
+                return
+            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no repaint within {SCREEN_S} s")
 
 
 def _backed_up_for_good(app: psutil.Process) -> bool:
@@ -676,10 +696,9 @@ def test_a_tab_that_fell_behind_then_closed_ends_its_app(runs: Path, serve: Call
     tab = RawTab(served.url(), MAX_COLUMNS, MAX_ROWS)
     try:
         app = _app_of(served)
-        for repaint in range(80):  # each a full screen (~0.4 MB); the socket buffers hold a few MB
-            written = app.io_counters().write_chars
-            tab.resize(MAX_COLUMNS - 1 + repaint % 2, MAX_ROWS - 1 + repaint % 2)
-            _wait_until(functools.partial(_repainted_or_backed_up, app, written), "repaint")
+        widths = itertools.cycle(range(MAX_COLUMNS - 40, MAX_COLUMNS))
+        for _ in range(80):  # each a full screen (~0.4 MB); the socket buffers hold a few MB
+            _repaint(app, tab, widths)
             if _stdout_backed_up(app) and _backed_up_for_good(app):
                 break
         else:

@@ -40,13 +40,6 @@ class TrainerGone(Message):
 
 
 @dataclass
-class TrainerExited(Message):
-    """The trainer this dashboard launched has exited (and been reaped)."""
-
-    returncode: int
-
-
-@dataclass
 class TrainerNotProven(Message):
     """Whether the trainer runs cannot be told from this machine (``why``), or can again (``None``)."""
 

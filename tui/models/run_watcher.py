@@ -44,7 +44,6 @@ from loratop.tui.models.messages import (
     EventsArrived,
     FolderRemoved,
     Replayed,
-    TrainerExited,
     TrainerGone,
     TrainerNotProven,
     TrainerPaused,
@@ -199,7 +198,6 @@ class RunWatcher:
                 code = self._process.wait(timeout=0.25)
             except subprocess.TimeoutExpired:
                 continue
-            self._send(TrainerExited(code))
             if not self._finished:
                 self._lost(exit_cause(code), code)
             return True

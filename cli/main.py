@@ -542,18 +542,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from loratop.core.runs import run_names, sort_runs
     from loratop.tui.models.run_table import ls_lines
 
+    on_terminal = sys.stdout.isatty()
     if args.index:
-        from loratop.core.run_summary import settle_finished_run
-
-        for name in run_names(args.runs_dir):
-            settle_finished_run(args.runs_dir / name)
+        _settle_runs(args.runs_dir, run_names(args.runs_dir), progress=on_terminal and sys.stderr.isatty())
     runs = sort_runs(list_runs(args.runs_dir), args.sort)
     archived = len(archived_runs(args.runs_dir))
     if not runs:
         more = f"; {archived} archived in {archive_dir(args.runs_dir)}/" if archived else ""
         print(f"no runs under {args.runs_dir}/ (start one with: loratop demo){more}")
         return 0
-    on_terminal = sys.stdout.isatty()
     # Piped, every column and every name whole, whatever COLUMNS says: Python's readline, for
     # one, exports COLUMNS=80 to every child, and a script or pager wants the whole table.
     width = shutil.get_terminal_size().columns if on_terminal else None
@@ -561,12 +558,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
         runs, width, on_terminal=on_terminal, archived=archived, archive_dir=f"{archive_dir(args.runs_dir)}/"
     )
     print("\n".join(lines))
-    uncached = sum(run.uncached for run in runs)
-    if uncached and on_terminal:  # piped, stderr stays as quiet as before
-        notes.append(f"{uncached} finished run(s) read whole (no cache): loratop ls --index caches them")
+    uncached = [run.name for run in runs if run.uncached]
+    if uncached and args.index:  # asked for: said piped too
+        notes.append(
+            f"{len(uncached)} finished run(s) could not be cached (a read-only folder or a full disk?), "
+            f"so every look reads them whole: {', '.join(uncached)}"
+        )
+    elif uncached and on_terminal:  # piped, stderr stays as quiet as before
+        notes.append(f"{len(uncached)} finished run(s) read whole (no cache): loratop ls --index caches them")
     for note in notes:
         print(note, file=sys.stderr)
     return 0
+
+
+def _settle_runs(runs_dir: Path, names: list[str], *, progress: bool) -> None:
+    """``ls --index``: each run's caches, as its end writes them; on a terminal, a line that
+    says which run it is at (runs from before the index are read whole: seconds each)."""
+    from loratop.core.run_summary import settle_finished_run
+
+    width = shutil.get_terminal_size().columns - 1  # a line that wraps is not rewritten by \r
+    for done, name in enumerate(names):
+        if progress:
+            line = f"caching {done + 1}/{len(names)}: {name}"[:width]
+            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        settle_finished_run(runs_dir / name)
+    if progress and names:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -278,3 +279,13 @@ def nvidia_gpu_present() -> bool:
             pynvml.nvmlShutdown()
     except Exception:  # no pynvml, no driver, no device
         return False
+
+
+def private_mount_namespace() -> list[str]:
+    """``unshare`` arguments for a mount namespace of our own, where a test may mount a small disk."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to give the test a small disk of its own")
+    for args in (["unshare", "--mount", "--fork"], ["unshare", "--user", "--map-root-user", "--mount", "--fork"]):
+        if subprocess.run([*args, "true"], capture_output=True).returncode == 0:
+            return args
+    pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces) for a small disk")

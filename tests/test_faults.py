@@ -27,7 +27,7 @@ from loratop.cli import main as cli
 from loratop.core.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import live_status, until
+from tests.conftest import live_status, private_mount_namespace, until
 
 pytestmark = pytest.mark.faults
 
@@ -978,16 +978,6 @@ shutil.copytree(run_dir, out / "run")
 )
 
 
-def _private_mount_namespace() -> list[str]:
-    """``unshare`` arguments for a mount namespace of our own, where a test may mount a small disk."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to give the test a small disk of its own")
-    for args in (["unshare", "--mount", "--fork"], ["unshare", "--user", "--map-root-user", "--mount", "--fork"]):
-        if subprocess.run([*args, "true"], capture_output=True).returncode == 0:
-            return args
-    pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces) for a small disk")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("leave", "sets", "adapter_in"),
@@ -1013,7 +1003,7 @@ def test_a_full_disk_stops_the_run_keeps_whole_lines_and_saves_the_adapter_where
     shell = 'mount -t tmpfs -o size=4m loratop-test "$1" && shift && exec "$@"'
     env = dict(os.environ, LORATOP_RESCUE_DIR=str(rescue))
     subprocess.run(
-        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
+        [*private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
          str(tmp_path / "script.py"), str(mount), str(out), str(DEMO), str(leave), *sets],
         env=env, check=True, timeout=540,
     )  # fmt: skip
@@ -1081,7 +1071,7 @@ def test_a_script_run_on_a_disk_that_fills_trains_on_says_so_and_ends_recorded_n
     (tmp_path / "script.py").write_text(CALLBACK_FULL_DISK_SCRIPT)
     shell = 'mount -t tmpfs -o size=4m loratop-test "$1" && shift && exec "$@"'
     subprocess.run(
-        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
+        [*private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable,
          str(tmp_path / "script.py"), str(mount), str(out), str(SCRIPT), "40"],
         check=True, timeout=540,
     )  # fmt: skip
@@ -1159,7 +1149,7 @@ def test_a_full_disk_at_launch_is_one_line_and_leaves_nothing_behind(tmp_path: P
         'find "$1" -mindepth 1 ! -name filler'
     )
     result = subprocess.run(
-        [*_private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable, str(DEMO)],
+        [*private_mount_namespace(), "sh", "-c", shell, "sh", str(mount), sys.executable, str(DEMO)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     lines = result.stdout.splitlines()
@@ -1188,3 +1178,79 @@ def test_a_trainer_a_test_leaves_running_is_ended_when_the_test_ends() -> None:
             if process.poll() is None:
                 REAL_KILL(process.pid, signal.SIGKILL)
             process.wait()
+
+
+# -- a finished run's caches on a disk that will not take them --------------------------------------
+
+
+def _done_run(runs: Path) -> Path:
+    """A finished run as an older loratop left it: events and status, no caches."""
+    run = runs / "done-run"
+    run.mkdir(parents=True)
+    shutil.copy(RECORDED, run / "events.jsonl")
+    (run / "status.json").write_text(json.dumps({"pid": 1, "started_at": 100.0, "state": "finished"}))
+    return run
+
+
+def _in_small_disk(mount: Path, setup: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` in a mount namespace of its own, ``mount`` a 1 MiB tmpfs holding a copy of
+    ``mount``'s files, then ``setup`` (shell, ``$1`` the mount) done to it; afterwards what is on it."""
+    shell = (
+        'cp -a "$1" "$1.orig" && mount -t tmpfs -o size=1m loratop-test "$1" && cp -a "$1.orig/." "$1" && '
+        f'{setup} && shift && "$@"; echo "rc=$?"; cd "$0" && find . -type f | sort | xargs sha256sum'
+    )
+    return subprocess.run(
+        [*private_mount_namespace(), "sh", "-c", shell, str(mount), str(mount), *command],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _hashes(root: Path) -> list[str]:
+    """What ``_in_small_disk`` prints of its files, for the same files here."""
+    result = subprocess.run(
+        "find . -type f | sort | xargs sha256sum", shell=True, cwd=root, capture_output=True, text=True, check=True
+    )
+    return result.stdout.splitlines()
+
+
+def test_ls_index_on_a_read_only_copy_lists_the_run_and_names_what_it_could_not_cache(tmp_path: Path) -> None:
+    """A run folder on a read-only mount (a colleague's runs, a snapshot): ``ls --index`` lists
+    the finished run all the same, writes nothing, and says (piped too: it was asked to cache)
+    which runs it could not cache and why every look will read them whole."""
+    runs = tmp_path / "runs"
+    _done_run(runs)
+    before = _hashes(runs)
+    result = _in_small_disk(
+        runs,
+        'mount -o remount,ro "$1"',
+        [sys.executable, "-m", "loratop.cli.main", "ls", "--index", "--runs-dir", str(runs)],
+    )
+    out = result.stdout.splitlines()
+    assert "rc=0" in out, result.stdout + result.stderr
+    listed = out[: out.index("rc=0")]
+    assert any(line.startswith("done-run") and "completed" in line for line in listed), listed
+    assert "1 finished run(s) could not be cached (a read-only folder or a full disk?)" in result.stderr
+    assert result.stderr.rstrip().endswith(": done-run"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert out[out.index("rc=0") + 1 :] == before, "nothing written on the read-only copy"
+
+
+def test_a_run_end_that_finds_the_disk_full_caches_nothing_and_the_run_still_lists(tmp_path: Path) -> None:
+    """The run's end settles its caches on a full disk: no cache, no half-written file left, the
+    events as they were; ``ls`` then folds the run in memory and shows it finished."""
+    runs = tmp_path / "runs"
+    run = _done_run(runs)
+    before = _hashes(runs)
+    code = (
+        "import sys; from pathlib import Path; from loratop.core.run_summary import settle_finished_run; "
+        "from loratop.core.runs import list_runs; run = Path(sys.argv[1]); "
+        "print('settled', settle_finished_run(run)); "
+        "print('listed', [(r.name, r.status, r.step) for r in list_runs(run.parent)])"
+    )
+    fill = '(cat /dev/zero > "$1/.filler" 2>/dev/null; true)'
+    result = _in_small_disk(runs, fill, [sys.executable, "-c", code, str(run)])
+    out = result.stdout.splitlines()
+    assert "rc=0" in out, result.stdout + result.stderr
+    assert "settled False" in out and "listed [('done-run', 'completed', 60)]" in out, result.stdout + result.stderr
+    left = [line for line in out[out.index("rc=0") + 1 :] if not line.endswith("./.filler")]
+    assert left == before, "no cache, no temporary file; the events and status as they were"

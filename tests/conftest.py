@@ -175,7 +175,13 @@ async def replay_drawn(pilot: Any, screen: Any, timeout: float = 30) -> None:
     the screen has drawn that very state (a redraw tick, waited for, not assumed: a fixed
     pause missed it on a loaded box); then let the layout settle."""
     await until(pilot, lambda: screen.state.finished is not None, timeout, "the replay")
-    await until(pilot, lambda: screen._drawn_version == screen.state.version, timeout, "the replay drawn")
+    await state_drawn(pilot, screen, timeout)
+
+
+async def state_drawn(pilot: Any, screen: Any, timeout: float = 30) -> None:
+    """In a Pilot test of a monitor: wait until the screen has drawn the state it holds now (a
+    redraw tick, waited for, not assumed); then let the layout settle."""
+    await until(pilot, lambda: screen._drawn_version == screen.state.version, timeout, "the state drawn")
     await pilot.pause(0.2)
 
 

@@ -90,13 +90,13 @@ def test_ls_export_and_attach_show_a_script_run(script_run: tuple[Path, str]) ->
     assert (work / "loratop-exports" / f"{run_dir.name}-eval.csv").exists()
 
     from loratop.tui.app import LoratopApp
-    from tests.conftest import screen_text
+    from tests.conftest import replay_drawn, screen_text
 
     app = LoratopApp(run_dir, runs_root=work / "runs")
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.5)
+            await replay_drawn(pilot, app.screen)
             text = screen_text(app)
             assert run_dir.name in text and "12/12" in text and "COMPLETED" in text.upper()
 

@@ -32,6 +32,7 @@ from tests.conftest import (
     read_events,
     replay_drawn,
     slow_fold,
+    state_drawn,
     until,
 )
 
@@ -68,7 +69,7 @@ def test_pilot_runs_the_demo_and_the_screen_matches_events_jsonl(tmp_path: Path)
             assert run.process.returncode == 0
             summary = run.run_dir / ".loratop-index" / "summary.json"
             await until(pilot, summary.is_file, 10, "the trainer to leave its summary for ls")
-            await pilot.pause(0.5)  # one more redraw tick
+            await state_drawn(pilot, screen)
             events = read_events(run.run_dir)
             steps = of_type(events, ev.STEP)
             started = of_type(events, ev.RUN_STARTED)[0]
@@ -109,7 +110,7 @@ def test_keys_checkpoint_quit_dialog_and_stop_on_a_live_run(tmp_path: Path) -> N
             await pilot.press("s")
             await pilot.press("y")
             await until(pilot, lambda: screen.state.finished is not None, 120, "the stop")
-            await pilot.pause(0.5)
+            await state_drawn(pilot, screen)
             assert screen.state.finished["status"] == ev.STOPPED
             assert "stopped" in _text(app, "#outcome")
             await pilot.press("q")
@@ -136,7 +137,7 @@ def test_garbage_and_a_seq_gap_on_the_pipe(tmp_path: Path) -> None:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
             await until(pilot, lambda: screen.state.finished is not None, 20, "the recorded run's end")
-            await pilot.pause(0.5)
+            await state_drawn(pilot, screen)
             recorded = [e for e in map(ev.decode_line, lines) if e]
             assert list(screen.state.steps) == [e["step"] for e in recorded if e["type"] == ev.STEP]
             assert screen.state.garbage == 2
@@ -268,7 +269,8 @@ def test_a_notice_is_shown_on_opening(tmp_path: Path) -> None:
 
     async def drive() -> None:
         async with app.run_test(size=(100, 30), notifications=True, message_hook=hook) as pilot:
-            await pilot.pause(0.2)
+            await until(pilot, lambda: bool(toasts), 10, "the notice's toast")
+            await pilot.pause(0.2)  # no second toast
             assert [n.message for n in toasts] == ["pre-flight estimate (QLoRA): 5.4 GB peak"]
 
     asyncio.run(drive())
@@ -289,8 +291,7 @@ def test_home_screen_lists_runs_and_opens_one(tmp_path: Path) -> None:
             assert row["run"] == "recorded_run" and row["status"] == "completed" and row["step"] == "60/60"
             assert row["knobs"].startswith("r") and " lr" in row["knobs"]  # key knobs, from run_started's config
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert isinstance(app.screen, MonitorScreen)
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), 10, "the run's monitor")
 
     asyncio.run(drive())
 
@@ -353,9 +354,10 @@ def test_save_and_launch_from_a_runs_monitor_opens_the_new_run_over_the_history(
             await pilot.pause()
             assert app.screen is launched
             await pilot.press("escape")
-            await pilot.pause(0.5)
+            await until(pilot, lambda: not isinstance(app.screen, MonitorScreen), 10, "the monitor left")
             home = app.screen
             assert isinstance(home, HomeScreen), "esc goes to the run history, not to the previous run's monitor"
+            await home_read(pilot)
             table = home.query_one(DataTable)
             keys = {Path(str(key.value)).name: key for key in table.rows}
             assert {first.name, launched.run_dir.name} <= keys.keys()

@@ -27,7 +27,7 @@ from loratop.cli import main as cli
 from loratop.core.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import live_status, private_mount_namespace, until
+from tests.conftest import live_status, private_mount_namespace, state_drawn, until
 
 pytestmark = pytest.mark.faults
 
@@ -168,10 +168,7 @@ def _press_c_and_s(run_dir: Path, stop: bool = True) -> list[str]:
         async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            for _ in range(50):
-                if screen.state.last_step > 0:
-                    break
-                await pilot.pause(0.1)
+            await until(pilot, lambda: screen.state.last_step > 0, 60, "the first step")
             await pilot.press("c")
             if stop:
                 await pilot.press("s")
@@ -787,7 +784,7 @@ def test_kill_9_under_the_dashboard_reads_lost_with_its_cause_and_the_clock_stop
             await until(pilot, lambda: screen.state.last_step >= 3, 180, "the first steps")
             REAL_KILL(run.process.pid, signal.SIGKILL)  # our own child: nothing else can have its pid
             await until(pilot, lambda: screen.state.trainer_gone, 30, "the dashboard to notice")
-            await pilot.pause(0.6)
+            await state_drawn(pilot, screen)
             seen["returncode"] = run.process.returncode  # reaped by the dashboard, while it runs
             seen["header"] = str(app.screen.query_one("#run-header", Static).render())
             await pilot.pause(1.5)
@@ -913,7 +910,7 @@ def test_attach_to_a_dead_trainer_says_lost_and_stops_the_clock(tmp_path: Path) 
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
             await until(pilot, lambda: screen.state.trainer_gone, 20, "attach to notice")
-            await pilot.pause(0.6)
+            await state_drawn(pilot, screen)
             seen["header"] = str(app.screen.query_one("#run-header", Static).render())
             seen["outcome"] = str(app.screen.query_one("#outcome", Static).render())
 

@@ -21,7 +21,7 @@ from loratop.tui.app import LoratopApp
 from loratop.tui.screens.compare_screen import CompareScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import CompareChart
-from tests.conftest import home_read, of_type, read_events, until
+from tests.conftest import home_read, of_type, read_events, replay_drawn, until
 
 
 def _column(table: DataTable[Any], title: str) -> list[str]:
@@ -166,10 +166,7 @@ def test_x_in_the_monitor_exports_csv_jsonl_and_svg(runs: Path, tmp_path: Path, 
     async def drive() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
             assert isinstance(app.screen, MonitorScreen)
-            for _ in range(50):
-                if app.screen.state.finished is not None:
-                    break
-                await pilot.pause(0.1)
+            await replay_drawn(pilot, app.screen)
             await pilot.press("x")
             svg = tmp_path / "loratop-exports" / "tiny-lr-high.svg"
             await until(pilot, svg.exists, 10, "the export's last file")
@@ -311,8 +308,8 @@ def test_esc_in_a_monitor_opened_from_home_goes_back_to_a_fresh_list_and_q_quits
             table = home.query_one(DataTable)
             table.move_cursor(row=_names(table).index("tiny-r8"))
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert isinstance(app.screen, MonitorScreen)
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), 10, "the run's monitor")
+            await replay_drawn(pilot, app.screen)
             footer = screen_text(app).splitlines()[-1]
             assert "esc back" in footer and "q quit" in footer and "? help" in footer, footer
             await pilot.press("question_mark")
@@ -347,8 +344,8 @@ def test_esc_in_a_monitor_opened_from_home_goes_back_to_a_fresh_list_and_q_quits
 
             table.move_cursor(row=_names(table).index("tiny-r8"))
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert isinstance(app.screen, MonitorScreen)
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), 10, "the run's monitor")
+            await replay_drawn(pilot, app.screen)
             await pilot.press("q")  # a finished run: quits without asking
         assert app.return_code == 0 and app.return_value == QUIT
 
@@ -449,10 +446,7 @@ def test_notifications_wrap_at_word_boundaries_at_80_columns(runs: Path, tmp_pat
 
     async def drive() -> None:
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
-            for _ in range(50):
-                if app.screen.state.finished is not None:
-                    break
-                await pilot.pause(0.1)
+            await replay_drawn(pilot, app.screen)
             real_notify = app.notify
             app.notify = lambda message, **kw: sent.append(message) or real_notify(message, **kw)  # type: ignore[method-assign]
             await pilot.press("x")

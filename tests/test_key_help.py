@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from textual.binding import Binding
-from textual.widgets import Static
+from textual.widgets import OptionList, Static
 
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.help_screen import HelpScreen
@@ -15,7 +15,7 @@ from loratop.tui.screens.home_screen import HomeScreen
 from loratop.tui.screens.key_help import KeyHelp, active_key_help, key_help, key_label
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import LossChart
-from tests.conftest import RECORDED_RUNS
+from tests.conftest import RECORDED_RUNS, until
 
 
 def test_key_labels_read_as_typed() -> None:
@@ -86,9 +86,8 @@ def test_every_monitor_key_is_in_the_palette_and_runs_its_action(tmp_path: Path)
             await app.run_action("command_palette")
             await pilot.pause()
             await pilot.press(*"loss chart: log")
-            await pilot.pause(0.5)
+            await until(pilot, lambda: app.screen.query_one(OptionList).highlighted is not None, 10, "a match")
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert screen.query_one(LossChart).log_scale
+            await until(pilot, lambda: screen.query_one(LossChart).log_scale, 10, "the chart in log scale")
 
     asyncio.run(drive())

@@ -30,7 +30,7 @@ from loratop.tui.models import knob_form as form
 from loratop.tui.screens.knob_editor_screen import KnobEditor
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.tui.screens.sample_picker_screen import SamplePicker
-from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, screen_text, wait_for_exit
+from tests.conftest import DEMO_CONFIG, live_status, of_type, read_events, screen_text, until, wait_for_exit
 from tests.conftest import RECORDED_RUNS as RUNS
 
 # -- the pure model ---------------------------------------------------------------------------
@@ -133,11 +133,10 @@ async def _type(pilot: Any, screen: KnobEditor, path: str, text: str) -> None:
 
 
 async def _editor(pilot: Any, app: LoratopApp) -> KnobEditor:
-    for _ in range(50):
-        if isinstance(app.screen, KnobEditor) and app.screen.dataset_rows is not None:
-            return app.screen
-        await pilot.pause(0.1)
-    raise AssertionError(f"no editor with its facts loaded; screen is {app.screen}")
+    loaded = lambda: isinstance(app.screen, KnobEditor) and app.screen.dataset_rows is not None  # noqa: E731
+    await until(pilot, loaded, 30, "the editor with its facts loaded")
+    assert isinstance(app.screen, KnobEditor)
+    return app.screen
 
 
 def test_an_invalid_value_shows_at_its_field_and_cannot_be_launched(tmp_path: Path) -> None:
@@ -258,10 +257,8 @@ def test_trainable_params_shown_match_what_the_trainer_reported() -> None:
         async with app.run_test(size=(100, 40)) as pilot:
             screen = await _editor(pilot, app)
             await _type(pilot, screen, "lora.r", "16")
-            for _ in range(20):
-                if "trainable" in str(screen.query_one("#effective", Static).render()):
-                    break
-                await pilot.pause(0.1)
+            shown = lambda: "trainable" in str(screen.query_one("#effective", Static).render())  # noqa: E731
+            await until(pilot, shown, 20, "the trainable count")
             return str(screen.query_one("#effective", Static).render())
 
     text = asyncio.run(drive())
@@ -641,10 +638,7 @@ def test_the_sample_picker_marks_the_samples_that_run_on_this_box(gpus: list[Fak
         async with app.run_test(size=(80, 24) if not gpus else (120, 40)) as pilot:
             picker = SamplePicker()
             await app.push_screen(picker)
-            for _ in range(100):
-                if picker.needs is not None:
-                    break
-                await pilot.pause(0.1)
+            await until(pilot, lambda: picker.needs is not None, 30, "the samples' needs")
             await pilot.pause()
             options = picker.query_one("#samples", OptionList)
             prompts = {name: options.get_option(str(folder / f"{name}.yaml")).prompt for name in names}

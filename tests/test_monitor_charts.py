@@ -15,7 +15,7 @@ from loratop.tui.screens.help_screen import HelpScreen
 from loratop.tui.screens.monitor_screen import MonitorScreen
 from loratop.widgets import LossChart
 from loratop.widgets.key_footer import GROUPS_FROM
-from tests.conftest import read_events, replay_drawn, screen_text
+from tests.conftest import read_events, replay_drawn, screen_text, until
 
 SIZE = (80, 24)
 
@@ -109,7 +109,7 @@ def test_the_footer_shows_the_chart_keys_where_they_fit(runs: Path) -> None:
             footer = screen_text(app).splitlines()[-1]
             assert "? help" in footer and "cursor" not in footer, footer
             await pilot.resize_terminal(GROUPS_FROM, 30)
-            await pilot.pause(0.5)
+            await until(pilot, lambda: "cursor" in screen_text(app).splitlines()[-1], 10, "the wider footer")
             footer = screen_text(app).splitlines()[-1]
             for key in ("[] cursor", "z0 zoom", "x export", "? help", "^p palette"):
                 assert key in footer, f"{key!r} is not in the footer: {footer!r}"

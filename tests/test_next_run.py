@@ -365,9 +365,9 @@ def test_n_in_a_live_runs_monitor_is_refused(tmp_path: Path) -> None:
             await until(pilot, lambda: monitor.state.last_step == 40, 10, "the replay")
             assert monitor.state.is_live
             await pilot.press("n")
-            await pilot.pause(0.3)
+            said = lambda: any("still training" in str(n.message) for n in app._notifications)  # noqa: E731
+            await until(pilot, said, 10, "the toast")
             assert app.screen is monitor
-            assert any("still training" in str(n.message) for n in app._notifications)
 
     asyncio.run(drive())
 
@@ -385,9 +385,9 @@ def test_n_on_a_run_with_nothing_to_change_says_so_and_stays(tmp_path: Path) -> 
             assert isinstance(monitor, MonitorScreen)
             await until(pilot, lambda: monitor.state.finished is not None, 10, "the replay")
             await pilot.press("n")
-            await pilot.pause(0.3)
+            said = lambda: any("no proposal: nothing in this run" in str(n.message) for n in app._notifications)  # noqa: E731
+            await until(pilot, said, 10, "the toast")
             assert app.screen is monitor
-            assert any("no proposal: nothing in this run" in str(n.message) for n in app._notifications)
 
     asyncio.run(drive())
 

@@ -118,7 +118,8 @@ def test_monitor_at_80x24_footer_ticks_and_the_log_pane(runs: Path, tmp_path: Pa
             _save(app, "monitor", tmp_path)
 
             await pilot.press("g")  # the trainer's log pane
-            await pilot.pause(0.6)
+            await until(pilot, lambda: screen.query_one("#trainer-log").region.height > 0, 10, "the log pane")
+            await pilot.pause(0.3)  # the chart's rows given back to it
             text = screen_text(app)
             log = screen.query_one("#trainer-log")
             assert log.region.height >= 4 and log.region.bottom <= SIZE[1]
@@ -173,8 +174,8 @@ def test_quit_dialog_at_80x24_shows_its_question_and_every_choice(runs: Path, tm
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
             await _replayed(pilot, app)
-            app.push_screen(QuitScreen())
-            await pilot.pause(0.3)
+            await app.push_screen(QuitScreen())
+            await until(pilot, lambda: "Cancel [esc]" in screen_text(app), 10, "the dialog drawn")
             text = " ".join(screen_text(app).split())
             for part in ("still training", "Stop training [s]", "Detach [d]", "Cancel [esc]"):
                 assert part in text, f"{part!r} is cut off"
@@ -245,7 +246,8 @@ def test_editor_at_80x24_opens_on_its_first_knob_with_its_actions_in_view(tmp_pa
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: isinstance(app.screen, KnobEditor), 5, "the editor")
-            await pilot.pause(0.5)
+            await until(pilot, lambda: "from run tiny-r8" in screen_text(app), 10, "the editor drawn")
+            await pilot.pause(0.2)
             text = screen_text(app)
             assert "edit knobs · from run tiny-r8" in text
             assert isinstance(app.focused, Input) and app.focused.id == "knob-lora-r"

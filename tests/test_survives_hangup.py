@@ -17,7 +17,7 @@ import pytest
 from loratop.core import events as ev
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, wait_for_exit
+from tests.conftest import DEMO_CONFIG, REPO, of_type, read_events, status_of, until, wait_for_exit
 
 pytestmark = pytest.mark.slow
 
@@ -91,10 +91,7 @@ def test_sighup_to_the_dashboard_leaves_the_trainer_running(tmp_path: Path, extr
         async with app.run_test(size=(100, 30)) as pilot:
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
-            for _ in range(100):
-                if screen.state.finished is not None:
-                    break
-                await pilot.pause(0.1)
+            await until(pilot, lambda: screen.state.finished is not None, 60, "the replay")
             assert list(screen.state.steps) == list(range(1, 151))
             assert screen.state.status == ev.COMPLETED
 

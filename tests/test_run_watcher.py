@@ -113,6 +113,44 @@ def test_a_watcher_replays_follows_and_records_a_trainer_that_died(runs: Path) -
     assert status["ended_at"] > 0
 
 
+def test_attaching_to_a_finished_run_without_caches_reads_its_events_once_and_caches_them(
+    runs: Path, monkeypatch: Any
+) -> None:
+    """A run from an older loratop (no index, no summary): attach replays it, and the watcher
+    that saw it end settles its caches from the index the replay wrote on the way, not from a
+    second read of every event (a million-step run read twice on the watcher thread)."""
+    import shutil
+
+    from loratop.core import run_index
+    from loratop.core.run_index import INDEX, load_index
+    from loratop.core.run_summary import SUMMARY, cached_facts
+
+    run_dir = runs / "tiny-r8"
+    shutil.rmtree(run_dir / INDEX, ignore_errors=True)
+    assert load_index(run_dir) is None and cached_facts(run_dir) is None
+    whole_reads: list[int] = []
+    real_fold_file = run_index.fold_file
+
+    def counted(run_dir: Path, on_event: Any, *, cache_if: Any = None, start: int = 0) -> tuple[int, int]:
+        if start == 0:
+            whole_reads.append(start)
+        return real_fold_file(run_dir, on_event, cache_if=cache_if, start=start)
+
+    monkeypatch.setattr("loratop.core.run_summary.fold_file", counted)
+    posted: list[Message] = []
+    watcher = RunWatcher(run_dir, posted.append)
+    watcher.start()
+    try:
+        _wait(lambda: not watcher.thread.is_alive(), 20, "the watcher to settle the finished run")
+    finally:
+        watcher.stop(5)
+    (replayed,) = [m for m in posted if isinstance(m, Replayed)]
+    assert replayed.state.finished is not None and replayed.state.last_step == 60
+    assert whole_reads == [0], "events.jsonl read whole once"
+    assert load_index(run_dir) is not None and (run_dir / INDEX / SUMMARY).is_file()
+    assert cached_facts(run_dir) is not None
+
+
 def test_a_launched_runs_watcher_reaps_its_trainer_and_records_how_it_died(runs: Path) -> None:
     """The pipe path: what the pipe brings is posted; the trainer killed without a report is
     reaped, its exit code posted and recorded (``killed by SIGKILL``)."""

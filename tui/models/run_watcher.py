@@ -218,7 +218,9 @@ class RunWatcher:
         """Follow ``events.jsonl``: after the pipe, from ``offset`` (what filling its gaps read)
         for events from ``skip_to`` on; else (attach) the whole run at once, then the rest."""
         if skip_to == 0:  # attach: the whole run at once (from its index), then what is appended
-            state, offset = fold_run(self.run_dir)
+            # A finished run without an index (an older loratop's) gets it on the way: its
+            # caches are settled below from that, not from a second read of every event.
+            state, offset = fold_run(self.run_dir, cache=True)
             self._send(Replayed(state))
         follower = FileFollower(path, offset)
         last_alive_check = 0.0

@@ -25,9 +25,11 @@ anything is launched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -586,6 +588,21 @@ def _settle_runs(runs_dir: Path, names: list[str], *, progress: bool) -> None:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _reading(run_dir: Path) -> Iterator[None]:
+    """A line on a terminal's stderr while a run's events are read (a run from an older loratop,
+    without its index, is read whole: seconds for a long one), cleared once they are."""
+    shown = sys.stderr.isatty()
+    if shown:
+        line = f"reading {run_dir.name} …"[: shutil.get_terminal_size().columns - 1]
+        print(line, end="", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        if shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare runs: text with ``--no-tui``, else the compare screen."""
     from loratop.tui.models.compare import format_compare, load_compared
@@ -677,7 +694,8 @@ def cmd_next(args: argparse.Namespace) -> int:
 
     try:
         run_dir = find_run(args.run, args.runs_dir)
-        state, _ = read_run(run_dir)
+        with _reading(run_dir):
+            state, _ = read_run(run_dir)
         tree = read_yaml(run_dir / CONFIG)
         plan = next_run(state, tree)
     except RunNotFound as exc:
@@ -704,7 +722,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     if args.edit and plan.proposals:
         from loratop.tui.app import LoratopApp
 
-        return _run_and_say(LoratopApp(None, runs_root=args.runs_dir, edit=run_dir, next_run=True))
+        return _run_and_say(LoratopApp(None, runs_root=args.runs_dir, edit=run_dir, next_run=state))
     return 0
 
 

@@ -392,15 +392,19 @@ def test_n_on_a_run_with_nothing_to_change_says_so_and_stays(tmp_path: Path) -> 
     asyncio.run(drive())
 
 
-def test_next_edit_opens_the_editor_with_the_proposals(tmp_path: Path) -> None:
+def test_next_edit_opens_the_editor_with_the_proposals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the state the CLI read: the App reads no events again (on its UI thread, before the
+    first frame)."""
     from textual.widgets import Input
 
+    from loratop.core.run_summary import fold_run
     from loratop.tui.app import LoratopApp
     from loratop.tui.screens.knob_editor_screen import KnobEditor
     from tests.conftest import until
 
     run = make_run(tmp_path, "r1", during={3: spike(3, "severe")})
-    app = LoratopApp(None, runs_root=tmp_path, edit=run, next_run=True)
+    app = LoratopApp(None, runs_root=tmp_path, edit=run, next_run=fold_run(run)[0])
+    monkeypatch.setattr("loratop.core.run_summary.fold_run", lambda *a, **k: pytest.fail("read again"))
 
     async def drive() -> None:
         async with app.run_test(size=(100, 40)) as pilot:

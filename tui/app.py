@@ -54,7 +54,7 @@ class LoratopApp(App[str]):
         compare: list[Path] | None = None,
         compare_x: str = "steps",
         edit: Path | None = None,
-        next_run: bool = False,
+        next_run: RunState | None = None,
         process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         """Open the monitor of ``run_dir`` (via ``pipe_fd`` when we launched it), or another first screen.
@@ -67,8 +67,8 @@ class LoratopApp(App[str]):
             compare: Open the compare screen on these runs instead.
             compare_x: The compare chart's x axis: ``steps`` or ``tokens``.
             edit: Open the knob editor on this config file or run folder instead.
-            next_run: With ``edit`` a finished run: the editor with its next run's proposals
-                applied (``loratop next --edit``).
+            next_run: With ``edit`` a finished run, its events folded (the CLI has read them): the
+                editor with its next run's proposals applied (``loratop next --edit``).
             process: The trainer of ``run_dir``, when this process launched it (reaped when it exits).
         """
         super().__init__()
@@ -93,7 +93,10 @@ class LoratopApp(App[str]):
         elif self._compare:
             self.push_screen(CompareScreen(self._compare, self._compare_x))
         elif self._edit is not None:
-            opened = self.open_next_run(self._edit) if self._next_run else self.open_editor(self._edit)
+            if self._next_run is not None:
+                opened = self.open_next_run(self._edit, self._next_run)
+            else:
+                opened = self.open_editor(self._edit)
             if not opened:  # the CLI checked it; should it fail now, the history
                 self.push_screen(HomeScreen(self.runs_root))
         else:

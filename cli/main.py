@@ -589,13 +589,13 @@ def _settle_runs(runs_dir: Path, names: list[str], *, progress: bool) -> None:
 
 
 @contextlib.contextmanager
-def _reading(run_dir: Path) -> Iterator[None]:
-    """A line on a terminal's stderr while a run's events are read (a run from an older loratop,
-    without its index, is read whole: seconds for a long one), cleared once they are."""
+def _doing(what: str) -> Iterator[None]:
+    """A line on a terminal's stderr (``reading RUN …``) while a run's events are read or written
+    (a long run, or one from an older loratop without its index: seconds), cleared once done."""
     shown = sys.stderr.isatty()
     if shown:
-        line = f"reading {run_dir.name} …"[: shutil.get_terminal_size().columns - 1]
-        print(line, end="", file=sys.stderr, flush=True)
+        line = f"{what} …"[: shutil.get_terminal_size().columns - 1]
+        print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
     try:
         yield
     finally:
@@ -631,7 +631,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_dirs.append(run_dir)
     if args.no_tui:
         width = shutil.get_terminal_size((80, 24)).columns
-        text = format_compare([load_compared(d) for d in run_dirs], width=width, x=args.x)
+        compared = []
+        for run_dir in run_dirs:
+            with _doing(f"reading {run_dir.name}"):
+                compared.append(load_compared(run_dir))
+        text = format_compare(compared, width=width, x=args.x)
         print("\n".join(terminal_safe(line) for line in text.split("\n")))
         return 0
     return _compare_dashboard(run_dirs, args.x, args.runs_dir)
@@ -675,7 +679,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"loratop: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        written = export_files(run_dir, args.out)
+        with _doing(f"exporting {run_dir.name}"):
+            written = export_files(run_dir, args.out)
     except OSError as exc:
         print(f"loratop: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -694,7 +699,7 @@ def cmd_next(args: argparse.Namespace) -> int:
 
     try:
         run_dir = find_run(args.run, args.runs_dir)
-        with _reading(run_dir):
+        with _doing(f"reading {run_dir.name}"):
             state, _ = read_run(run_dir)
         tree = read_yaml(run_dir / CONFIG)
         plan = next_run(state, tree)

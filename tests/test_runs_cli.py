@@ -114,6 +114,52 @@ def test_ls_index_writes_the_caches_a_run_from_before_lacks(tmp_path: Path) -> N
     assert hint not in _ls_on_a_terminal(tmp_path, 120)[1]
 
 
+def _all_on_a_terminal(*args: str, columns: int = 100) -> str:
+    """``loratop ARGS`` with stdout and stderr on one pseudo-terminal: all it wrote, as written."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    cmd = [sys.executable, "-m", "loratop.cli.main", *args]
+    process = subprocess.Popen(cmd, stdout=slave, stderr=slave, env=env, cwd=Path(__file__).parent.parent)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert process.wait(timeout=60) == 0, out
+    return out.decode()
+
+
+def test_long_reads_and_writes_say_what_they_are_at_on_a_terminal_and_clear_the_line(tmp_path: Path) -> None:
+    """``ls --index`` (each run it caches), ``export`` and ``next`` (the run they read): a line on
+    a terminal while it lasts, rewritten in place and cleared before the answer; none piped."""
+    _make_runs(tmp_path)
+    clear = "\r\x1b[K"
+    out = _all_on_a_terminal("ls", "--index", "--runs-dir", str(tmp_path))
+    steps = [f"{clear}caching {i}/3: {name}" for i, name in enumerate(["dead-run", "done-run", "live-run"], 1)]
+    assert out.startswith("".join(steps) + clear + "RUN "), out[:300]
+    out = _all_on_a_terminal("export", "done-run", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert out.startswith(f"{clear}exporting done-run …{clear}exported done-run to "), out[:200]
+    shutil.copytree(FIXTURE_RUNS, tmp_path / "recorded")
+    out = _all_on_a_terminal("next", "tiny-r8", "--runs-dir", str(tmp_path / "recorded"))
+    assert out.startswith(f"{clear}reading tiny-r8 …{clear}next run after tiny-r8 "), out[:200]
+    piped = loratop("export", "done-run", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out2"))
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
 def test_ls_prints_the_table(tmp_path: Path) -> None:
     _make_runs(tmp_path)
     result = loratop("ls", "--runs-dir", str(tmp_path))

@@ -475,7 +475,7 @@ def test_back_from_the_monitor_of_a_run_this_dashboard_launched_still_reaps_its_
         async with app.run_test(size=(80, 24)) as pilot:
             await home_read(pilot)
             home = app.screen
-            app.push_screen(MonitorScreen(runs / "tiny-r8", read_fd, process=trainer))
+            app.push_screen(app.open_monitor(runs / "tiny-r8", read_fd, trainer))
             await pilot.pause(0.3)
             await pilot.press("escape")
             await pilot.pause()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.message import Message
 
 from loratop.core import events as ev
@@ -180,6 +181,40 @@ def test_a_launched_runs_watcher_reaps_its_trainer_and_records_how_it_died(runs:
     status = status_of(run_dir)
     assert status["state"] == "lost" and status["exit_code"] == -signal.SIGKILL
     assert "SIGKILL" in status["lost_cause"]
+
+
+def test_a_launched_runs_pipe_is_the_apps_until_its_monitor_mounts(runs: Path) -> None:
+    """The monitor holds no pipe or process: the App keeps them for the watcher its monitor starts
+    on mount, and closes a pipe whose monitor never mounted when it exits (no fd left open)."""
+    trainer = subprocess.Popen(["sleep", "60"])
+    run_dir, _ = _training_copy(runs, live_status(trainer.pid))
+    shown_fd, shown_write = os.pipe()
+    unshown_fd, unshown_write = os.pipe()
+    app = LoratopApp(None, runs_root=runs)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            shown = app.open_monitor(run_dir, shown_fd, trainer)
+            app.open_monitor(run_dir, unshown_fd)  # made, never pushed
+            held = vars(shown)
+            assert "_pipe_fd" not in held and not any(v is trainer for v in held.values()), "the screen holds neither"
+            await app.push_screen(shown)
+            await until(pilot, lambda: shown in app.watchers, 10, "the monitor's watcher")
+            watcher = app.watchers[shown]
+            assert (watcher._pipe_fd, watcher._process) == (shown_fd, trainer)
+            app.exit()
+
+    try:
+        asyncio.run(drive())
+        with pytest.raises(OSError):  # closed by the App on its way out
+            os.fstat(unshown_fd)
+        assert trainer.poll() is None, "the run trains on"
+    finally:
+        os.close(shown_write)
+        os.close(unshown_write)
+        trainer.kill()
+        trainer.wait()
 
 
 def test_going_back_from_a_monitor_stops_its_watcher_and_the_run_goes_on(runs: Path) -> None:

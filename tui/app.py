@@ -6,6 +6,8 @@ monitor, the knob editor, the compare screen and their dialogs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from collections.abc import Iterable
 from functools import partial
@@ -86,10 +88,12 @@ class LoratopApp(App[str]):
         "come back with" names it, which after a launch from the editor is not the first run."""
         self.watchers: dict[Screen[Any], RunWatcher] = {}
         """The run watchers, by the screen each posts to (:meth:`watch_run`)."""
+        self._launched: dict[Screen[Any], tuple[int | None, subprocess.Popen[bytes] | None]] = {}
+        """A launched trainer's pipe and process, held for its monitor until it mounts (:meth:`open_monitor`)."""
 
     def on_mount(self) -> None:
         if self._run_dir is not None:
-            self.push_screen(MonitorScreen(self._run_dir, self._pipe_fd, process=self._process))
+            self.push_screen(self.open_monitor(self._run_dir, self._pipe_fd, self._process))
         elif self._compare:
             self.push_screen(CompareScreen(self._compare, self._compare_x))
         elif self._edit is not None:
@@ -105,20 +109,32 @@ class LoratopApp(App[str]):
             self.notify(self._notice, timeout=10, markup=False)
 
     def on_unmount(self) -> None:
-        """The App exits: every watcher stops (the runs train on; none is signalled)."""
+        """The App exits: every watcher stops (the runs train on; none is signalled), and a
+        launched run's pipe whose monitor never mounted is closed."""
         for screen in list(self.watchers):
             self.stop_watching(screen)
+        for pipe_fd, _ in self._launched.values():
+            if pipe_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(pipe_fd)
+        self._launched.clear()
 
-    def watch_run(
-        self,
-        screen: Screen[Any],
-        run_dir: Path,
-        pipe_fd: int | None = None,
-        process: subprocess.Popen[bytes] | None = None,
-    ) -> None:
+    def open_monitor(
+        self, run_dir: Path, pipe_fd: int | None = None, process: subprocess.Popen[bytes] | None = None
+    ) -> MonitorScreen:
+        """A monitor of ``run_dir``; for a run this dashboard launched, the App keeps its events
+        pipe and its trainer (reaped when it exits) for the watcher the monitor starts on mount."""
+        monitor = MonitorScreen(run_dir)
+        if pipe_fd is not None or process is not None:
+            self._launched[monitor] = (pipe_fd, process)
+        return monitor
+
+    def watch_run(self, screen: Screen[Any], run_dir: Path) -> None:
         """Watch ``run_dir`` on a thread of the App's and post what it finds to ``screen``
-        (:class:`~loratop.tui.models.run_watcher.RunWatcher`), until :meth:`stop_watching`."""
+        (:class:`~loratop.tui.models.run_watcher.RunWatcher`), until :meth:`stop_watching`;
+        through the pipe :meth:`open_monitor` kept for ``screen``, if any."""
         self.stop_watching(screen)
+        pipe_fd, process = self._launched.pop(screen, (None, None))
         watcher = RunWatcher(run_dir, screen.post_message, pipe_fd, process)
         self.watchers[screen] = watcher
         watcher.start()
@@ -227,7 +243,7 @@ class LoratopApp(App[str]):
 
     def _watch_launched(self, run: LaunchedRun, config: RunConfig, replace: Screen[Any] | None) -> None:
         """On the UI thread: the launched run's monitor, where the editor was (or on top)."""
-        monitor = MonitorScreen(run.run_dir, run.events_fd, process=run.process)
+        monitor = self.open_monitor(run.run_dir, run.events_fd, run.process)
         if replace is not None and self.screen is replace:
             self._over_history(monitor)
         else:

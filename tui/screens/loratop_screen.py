@@ -14,8 +14,6 @@ from textual.screen import Screen
 from textual.worker import Worker
 
 if TYPE_CHECKING:
-    import subprocess
-
     from loratop.core.run_state import RunState
     from loratop.preflight.config import RunConfig
 
@@ -50,16 +48,10 @@ class Dashboard(Protocol):
         result is the files written."""
         ...
 
-    def watch_run(
-        self,
-        screen: Screen[Any],
-        run_dir: Path,
-        pipe_fd: int | None = None,
-        process: subprocess.Popen[bytes] | None = None,
-    ) -> None:
+    def watch_run(self, screen: Screen[Any], run_dir: Path) -> None:
         """Watch a run on a thread the App owns and post its events and its trainer's fate to
-        ``screen`` (through ``pipe_fd`` when we launched it, else by following its file); the
-        pipe and the trainer are the watcher's from then on."""
+        ``screen``: through the pipe of a trainer this dashboard launched (the App holds it
+        for the screen until then), else by following the run's file."""
         ...
 
     def stop_watching(self, screen: Screen[Any]) -> None:

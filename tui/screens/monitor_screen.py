@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -117,25 +116,13 @@ class MonitorScreen(LoratopScreen[str]):
     editor's place, over the history); opened first (``loratop run``, ``loratop attach``) there is
     nothing to go back to, and :meth:`check_action` hides it."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        pipe_fd: int | None = None,
-        clock: Any = time.time,
-        process: subprocess.Popen[bytes] | None = None,
-    ) -> None:
-        """Show ``run_dir``: the App's watcher reads it through ``pipe_fd`` when we launched it,
-        else by following its file.
-
-        ``process`` is the trainer when this dashboard launched it: the watcher reaps it when
-        it exits (no zombie), and its exit code names the cause when it sent no report. Both
-        are handed to the watcher on mount; the screen keeps neither.
-        """
+    def __init__(self, run_dir: Path, clock: Any = time.time) -> None:
+        """Show ``run_dir``, as the App's watcher reads it (started on mount): through the pipe
+        of a trainer this dashboard launched (:meth:`LoratopApp.open_monitor`), else by
+        following its file. The screen holds neither pipe nor process."""
         super().__init__()
         self.run_dir = run_dir
         self.state = RunState(run_dir)
-        self._pipe_fd = pipe_fd
-        self._process = process
         self._clock = clock
         self._drawn_version = -1
         self._drawn_at = -1e9
@@ -187,9 +174,7 @@ class MonitorScreen(LoratopScreen[str]):
 
     def on_mount(self) -> None:
         self._apply_layout(self.app.size.width, self.app.size.height)
-        # The App watches the run and posts here; the pipe and the trainer are the watcher's now.
-        self.loratop.watch_run(self, self.run_dir, self._pipe_fd, self._process)
-        self._pipe_fd, self._process = None, None
+        self.loratop.watch_run(self, self.run_dir)  # the App's watcher reads the run and posts here
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(0.5, self._tail_trainer_log)
         self.refresh_view()

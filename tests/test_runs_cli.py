@@ -114,47 +114,20 @@ def test_ls_index_writes_the_caches_a_run_from_before_lacks(tmp_path: Path) -> N
     assert hint not in _ls_on_a_terminal(tmp_path, 120)[1]
 
 
-def _all_on_a_terminal(*args: str, columns: int = 100) -> str:
-    """``loratop ARGS`` with stdout and stderr on one pseudo-terminal: all it wrote, as written."""
-    import fcntl
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    cmd = [sys.executable, "-m", "loratop.cli.main", *args]
-    process = subprocess.Popen(cmd, stdout=slave, stderr=slave, env=env, cwd=Path(__file__).parent.parent)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert process.wait(timeout=60) == 0, out
-    return out.decode()
-
-
 def test_long_reads_and_writes_say_what_they_are_at_on_a_terminal_and_clear_the_line(tmp_path: Path) -> None:
     """``ls --index`` (each run it caches), ``export`` and ``next`` (the run they read): a line on
     a terminal while it lasts, rewritten in place and cleared before the answer; none piped."""
     _make_runs(tmp_path)
     clear = "\r\x1b[K"
-    out = _all_on_a_terminal("ls", "--index", "--runs-dir", str(tmp_path))
+    out, _ = _on_a_terminal("ls", "--index", "--runs-dir", str(tmp_path), stderr_too=True)
     steps = [f"{clear}caching {i}/3: {name}" for i, name in enumerate(["dead-run", "done-run", "live-run"], 1)]
     assert out.startswith("".join(steps) + clear + "RUN "), out[:300]
-    out = _all_on_a_terminal("export", "done-run", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    out, _ = _on_a_terminal(
+        "export", "done-run", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out"), stderr_too=True
+    )
     assert out.startswith(f"{clear}exporting done-run …{clear}exported done-run to "), out[:200]
     shutil.copytree(FIXTURE_RUNS, tmp_path / "recorded")
-    out = _all_on_a_terminal("next", "tiny-r8", "--runs-dir", str(tmp_path / "recorded"))
+    out, _ = _on_a_terminal("next", "tiny-r8", "--runs-dir", str(tmp_path / "recorded"), stderr_too=True)
     assert out.startswith(f"{clear}reading tiny-r8 …{clear}next run after tiny-r8 "), out[:200]
     piped = loratop("export", "done-run", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out2"))
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
@@ -404,8 +377,9 @@ def _demo_runs(runs: Path) -> Path:
     return runs
 
 
-def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
-    """``loratop ls`` with its stdout on a pseudo-terminal ``columns`` wide: the lines, and stderr."""
+def _on_a_terminal(*args: str, columns: int = 100, stderr_too: bool = False) -> tuple[str, str]:
+    """``loratop ARGS`` with its stdout (and with ``stderr_too`` its stderr) on a pseudo-terminal
+    ``columns`` wide: what the terminal got, as written, and stderr where it was piped."""
     import fcntl
     import pty
     import struct
@@ -416,8 +390,9 @@ def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    cmd = [sys.executable, "-m", "loratop.cli.main", "ls", "--runs-dir", str(runs)]
-    process = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env, cwd=Path(__file__).parent.parent)
+    cmd = [sys.executable, "-m", "loratop.cli.main", *args]
+    stderr = slave if stderr_too else subprocess.PIPE
+    process = subprocess.Popen(cmd, stdout=slave, stderr=stderr, env=env, cwd=Path(__file__).parent.parent)
     os.close(slave)
     out = b""
     while True:
@@ -430,8 +405,14 @@ def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
         out += chunk
     os.close(master)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    return out.decode().replace("\r\n", "\n").splitlines(), err.decode()
+    assert process.returncode == 0, out + (err or b"")
+    return out.decode(), (err or b"").decode()
+
+
+def _ls_on_a_terminal(runs: Path, columns: int) -> tuple[list[str], str]:
+    """``loratop ls`` with its stdout on a pseudo-terminal ``columns`` wide: the lines, and stderr."""
+    out, err = _on_a_terminal("ls", "--runs-dir", str(runs), columns=columns)
+    return out.replace("\r\n", "\n").splitlines(), err
 
 
 @pytest.mark.parametrize("columns", [80, 120])

@@ -416,7 +416,8 @@ def test_the_monitor_of_a_run_that_never_trained_says_so_not_that_it_waits(runs:
     async def drive() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: "no step was trained" in screen_text(app), 6, "the ended chart")
-            assert "waiting for the first step" not in screen_text(app)
+            await until(pilot, lambda: "memory: none sampled (the run ended first)" in screen_text(app), 6, "memory")
+            assert "waiting for the first" not in screen_text(app)
 
     asyncio.run(drive())
 

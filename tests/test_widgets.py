@@ -122,6 +122,10 @@ def test_no_sample_yet() -> None:
     assert _plain(memory_lines(None, width=38)) == "memory: waiting for the first sample"
 
 
+def test_no_sample_ever_once_the_run_ended() -> None:
+    assert _plain(memory_lines(None, width=60, ended=True)) == "memory: none sampled (the run ended first)"
+
+
 def test_missing_figures_show_as_n_a_never_zero() -> None:
     sample = {"host": {"total": int(23.5 * GIB)}, "gpu_state": "ok", "gpus": [{"index": 1, "name": "NVIDIA A100"}]}
 

@@ -151,7 +151,7 @@ def _host_line(host: Any, width: int) -> Text:
     )
 
 
-def memory_lines(sample: Mapping[str, Any] | None, width: int) -> list[Text]:
+def memory_lines(sample: Mapping[str, Any] | None, width: int, ended: bool = False) -> list[Text]:
     """The memory panel's lines for one ``memory`` event, each at most ``width`` cells.
 
     Per GPU: a usage bar (green below 80 %, yellow below 92 %, red above) with used/total,
@@ -162,13 +162,15 @@ def memory_lines(sample: Mapping[str, Any] | None, width: int) -> list[Text]:
     Args:
         sample: A ``memory`` event (or its fields), or None before the first one.
         width: Cells available per line; bars shrink to fit, down to 10 cells.
+        ended: The run is over (finished, or its trainer gone): without a sample, none will come.
 
     Returns:
         One Rich Text per line.
     """
     width = max(width, 1)
     if sample is None:
-        return [_fit(Text("memory: waiting for the first sample", style="dim"), width)]
+        said = "memory: none sampled (the run ended first)" if ended else "memory: waiting for the first sample"
+        return [_fit(Text(said, style="dim"), width)]
     host = sample.get("host")
     state = sample.get("gpu_state")
     gpus = sample.get("gpus") or []
@@ -257,18 +259,22 @@ class MemoryPanel(Widget):
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._sample: Mapping[str, Any] | None = None
         self._ranks: Mapping[str, Any] | None = None
+        self._ended = False
 
-    def update(self, sample: Mapping[str, Any] | None, ranks: Mapping[str, Any] | None = None) -> None:
+    def update(
+        self, sample: Mapping[str, Any] | None, ranks: Mapping[str, Any] | None = None, ended: bool = False
+    ) -> None:
         """Show a new ``memory`` sample.
 
         Args:
             sample: The latest ``memory`` event (extra keys such as ``seq`` are ignored), or None.
             ranks: The latest ``ranks`` event of a run of several ranks: one row per rank
                 then, in place of this process's GPUs.
+            ended: The run is over: without a sample, the panel says none will come.
         """
-        if sample == self._sample and ranks == self._ranks:
+        if sample == self._sample and ranks == self._ranks and ended == self._ended:
             return
-        self._sample, self._ranks = sample, ranks
+        self._sample, self._ranks, self._ended = sample, ranks, ended
         # The full NVML error can be longer than the panel; the tooltip keeps all of it (as
         # Content: a str tooltip would be read as markup).
         if sample is not None and sample.get("gpu_state") == "nvml_error":
@@ -279,5 +285,8 @@ class MemoryPanel(Widget):
 
     def render(self) -> RenderableType:
         width = self.content_size.width or 38
-        lines = rank_lines(self._ranks, width) if self._ranks is not None else memory_lines(self._sample, width)
+        if self._ranks is not None:
+            lines = rank_lines(self._ranks, width)
+        else:
+            lines = memory_lines(self._sample, width, self._ended)
         return Text("\n", no_wrap=True).join(lines)

@@ -281,7 +281,8 @@ class MonitorScreen(LoratopScreen[str]):
         self._set_text("#lr-text", panels.lr_text(state))
         self._set_text("#grad-text", panels.grad_norm_text(state))
         self._set_text("#params", panels.params_text(state))
-        self.query_one(MemoryPanel).update(state.memory, state.ranks)
+        ended = state.finished is not None or state.trainer_gone
+        self.query_one(MemoryPanel).update(state.memory, state.ranks, ended=ended)
         if sparks:
             if steps:  # until the first step, drawn at every change: the first steps show at once
                 self._sparks_at = now

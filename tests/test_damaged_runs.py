@@ -291,7 +291,7 @@ def test_attach_to_a_run_it_cannot_read_says_so_instead_of_starting_forever(
 
     root = _runs(tmp_path, lambda run: None)
 
-    def unreadable(run_dir: Path) -> object:
+    def unreadable(run_dir: Path, **_: object) -> object:
         raise PermissionError(13, "Permission denied", str(run_dir / "events.jsonl"))
 
     monkeypatch.setattr(watcher, "fold_run", unreadable)

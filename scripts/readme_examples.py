@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -115,14 +116,27 @@ def replace_block(text: str, name: str, body: str) -> str:
     return f"{text[:i]}{body}{text[j:]}" if inline else f"{text[:i]}\n{body}\n{text[j:]}"
 
 
-def _run(args: list[str], cwd: Path) -> tuple[str, float]:
+def _run(args: list[str], cwd: Path, timeout: float = 900) -> tuple[str, float]:
+    """``loratop ARGS`` (a ``--no-tui`` run), its output and wall time. Given up on (too slow, or
+    Ctrl+C here), it is stopped as a user would stop it, with Ctrl+C: the CLI stops its trainer,
+    which runs in a session of its own and would otherwise train on, orphaned."""
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "loratop.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"loratop {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return result.stdout + result.stderr, time.perf_counter() - started
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loratop.cli.main", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except BaseException:  # the timeout, or Ctrl+C
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=120)
+        finally:
+            process.kill()
+        raise
+    if process.returncode != 0:
+        raise SystemExit(f"loratop {' '.join(args)} failed ({process.returncode}):\n{err[-2000:]}")
+    return out + err, time.perf_counter() - started
 
 
 def _events(run_dir: Path) -> list[dict]:

@@ -1251,3 +1251,34 @@ def test_a_run_end_that_finds_the_disk_full_caches_nothing_and_the_run_still_lis
     assert "settled False" in out and "listed [('done-run', 'completed', 60)]" in out, result.stdout + result.stderr
     left = [line for line in out[out.index("rc=0") + 1 :] if not line.endswith("./.filler")]
     assert left == before, "no cache, no temporary file; the events and status as they were"
+
+
+# -- the data file gone between the launch checks and the trainer's read -------------------------
+
+
+def test_a_data_file_gone_after_the_checks_fails_the_run_before_the_model_loads(tmp_path: Path) -> None:
+    """The trainer reads the rows before the weights: a data file removed after the launch checks
+    ends the run in seconds, said in one line naming the key, with no model load spent on it."""
+    from loratop.core import events as ev
+    from loratop.preflight.config import load_config, parse_overrides
+    from loratop.preflight.launcher import launch
+    from tests.conftest import of_type, read_events
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(f'{{"prompt": "{i} plus {i}?", "completion": " {2 * i}."}}\n' for i in range(32)))
+    overrides = [f"output_dir={tmp_path / 'run'}", f"data.path={data}", "data.format=auto", "training.max_steps=2"]
+    config = load_config(DEMO, parse_overrides(overrides))
+    run = launch(config, DEMO)
+    data.unlink()  # the trainer is still importing torch: it has read nothing yet
+    try:
+        assert run.process.wait(timeout=120) != 0
+    finally:
+        os.close(run.events_fd)
+    events = read_events(run.run_dir)
+    (finished,) = of_type(events, ev.RUN_FINISHED)
+    assert finished["status"] == ev.FAILED, finished
+    message = finished["error"]["message"]
+    assert message.startswith(f"data.path = {str(data)!r}") and "Traceback" not in message, message
+    said = [e["message"] for e in of_type(events, ev.LOG)]
+    assert f"loading data from {data}" in said
+    assert not [m for m in said if m.startswith(("loading tiny", "preparing the embedded tiny model"))], said

@@ -72,6 +72,16 @@ def build(
         from loratop.trainer.memory_watch import cuda_figures
 
         sampler.torch_stats = cuda_figures
+    compute_dtype = getattr(torch, cfg.quantization.bnb_4bit_compute_dtype)
+    if compute_dtype == torch.float16 and not cuda:
+        raise UserFacingError("quantization.bnb_4bit_compute_dtype = 'float16' needs a GPU; use bfloat16 on CPU")
+    if compute_dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
+        raise UserFacingError(
+            "quantization.bnb_4bit_compute_dtype = 'bfloat16' is not supported on this GPU; use float16"
+        )
+    # The rows before the model: a data file that went bad since the launch checks (or a hub
+    # dataset they could not see) fails in seconds, not after minutes of loading the weights.
+    dataset, eval_set, facts["data"] = load_dataset(cfg, emit)
     path = cfg.model.name_or_path
     if path == "tiny":
         from loratop.trainer.tiny_model import tiny_model_dir
@@ -83,15 +93,7 @@ def build(
     # Seeded after the tiny model is built: building it draws random numbers, so seeding
     # before made the first run on a fresh cache start its adapters unlike every later one.
     transformers.set_seed(cfg.training.seed)
-    compute_dtype = getattr(torch, cfg.quantization.bnb_4bit_compute_dtype)
-    if compute_dtype == torch.float16 and not cuda:
-        raise UserFacingError("quantization.bnb_4bit_compute_dtype = 'float16' needs a GPU; use bfloat16 on CPU")
-    if compute_dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
-        raise UserFacingError(
-            "quantization.bnb_4bit_compute_dtype = 'bfloat16' is not supported on this GPU; use float16"
-        )
     tokenizer, model, facts["model"] = load_model(cfg, rank, path, compute_dtype, cuda, emit)
-    dataset, eval_set, facts["data"] = load_dataset(cfg, emit)
     trainer = build_trainer(cfg, run_dir, rank, model, tokenizer, dataset, eval_set, cuda, callbacks, emit)
     if eval_set is not None:
         size = eval_size(cfg, trainer)

@@ -27,7 +27,7 @@ from loratop.cli import main as cli
 from loratop.core.run_dir import PID_MAX, proven_trainer_pid, trainer_alive, valid_pid, why_not_proven
 from loratop.tui.app import LoratopApp
 from loratop.tui.screens.monitor_screen import MonitorScreen
-from tests.conftest import live_status, private_mount_namespace, state_drawn, until
+from tests.conftest import dead_status, live_status, private_mount_namespace, state_drawn, until
 
 pytestmark = pytest.mark.faults
 
@@ -1185,7 +1185,7 @@ def _done_run(runs: Path) -> Path:
     run = runs / "done-run"
     run.mkdir(parents=True)
     shutil.copy(RECORDED, run / "events.jsonl")
-    (run / "status.json").write_text(json.dumps({"pid": 1, "started_at": 100.0, "state": "finished"}))
+    (run / "status.json").write_text(json.dumps(dead_status(state="finished", started_at=100.0)))
     return run
 
 
@@ -1225,7 +1225,8 @@ def test_ls_index_on_a_read_only_copy_lists_the_run_and_names_what_it_could_not_
     out = result.stdout.splitlines()
     assert "rc=0" in out, result.stdout + result.stderr
     listed = out[: out.index("rc=0")]
-    assert any(line.startswith("done-run") and "completed" in line for line in listed), listed
+    (row,) = [line for line in listed if line.startswith("done-run")]
+    assert " completed " in row and "damaged" not in row, row
     assert "1 finished run(s) could not be cached (a read-only folder or a full disk?)" in result.stderr
     assert result.stderr.rstrip().endswith(": done-run"), result.stderr
     assert "Traceback" not in result.stderr

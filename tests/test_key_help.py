@@ -86,7 +86,13 @@ def test_every_monitor_key_is_in_the_palette_and_runs_its_action(tmp_path: Path)
             await app.run_action("command_palette")
             await pilot.pause()
             await pilot.press(*"loss chart: log")
-            await until(pilot, lambda: app.screen.query_one(OptionList).highlighted is not None, 10, "a match")
+
+            def matched() -> bool:  # the palette searches on a worker: its list may lag the typing
+                options = app.screen.query_one(OptionList)
+                at = options.highlighted
+                return at is not None and "log scale" in str(options.get_option_at_index(at).prompt)
+
+            await until(pilot, matched, 10, "the log-scale command highlighted")
             await pilot.press("enter")
             await until(pilot, lambda: screen.query_one(LossChart).log_scale, 10, "the chart in log scale")
 

@@ -28,6 +28,7 @@ the text ``loratop next --write`` saves.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import re
 import textwrap
@@ -152,6 +153,9 @@ class _Candidate:
     changes: tuple[Change, ...]
     reason: str
     evidence: str
+    alternatives: tuple[_Candidate, ...] = ()
+    """What the finding proposes instead, in order, where a higher-ranked finding took this one's
+    knob or the schema refuses it (the starved GPU's check may name several knobs)."""
 
 
 def propose(state: RunState, config: RunConfig | Mapping[str, Any]) -> list[Proposal]:
@@ -184,38 +188,40 @@ def next_run(state: RunState, config: RunConfig | Mapping[str, Any]) -> NextRun:
             candidates.append(found)
     taken: dict[str, str] = {}
     accepted: dict[str, Any] = {}
-    for candidate in candidates:
-        knobs = [c.knob for c in candidate.changes]
-        clash = next((k for k in knobs if k in taken), None)
-        if clash is not None:
-            plan.notes.append(
-                f"{candidate.changes[0].text()} (for {_TITLES[candidate.finding]}) is not proposed: {clash} "
-                f"keeps the change for {_TITLES[taken[clash]]}, which ranks higher"
+    for found in candidates:
+        for candidate in (found, *found.alternatives):  # the first one this plan can take
+            knobs = [c.knob for c in candidate.changes]
+            clash = next((k for k in knobs if k in taken), None)
+            if clash is not None:
+                plan.notes.append(
+                    f"{candidate.changes[0].text()} (for {_TITLES[candidate.finding]}) is not proposed: {clash} "
+                    f"keeps the change for {_TITLES[taken[clash]]}, which ranks higher"
+                )
+                continue
+            wanted = {**accepted, **{c.knob: c.new for c in candidate.changes}}
+            checked, problems = validate_tree(_with_values(tree, wanted))
+            if checked is None:
+                plan.notes.append(
+                    f"{_TITLES[candidate.finding]}: {candidate.changes[0].text()} is refused by the schema "
+                    f"({'; '.join(problems.values())}): not proposed"
+                )
+                continue
+            accepted = wanted
+            taken.update((k, candidate.finding) for k in knobs)
+            first, *rest = candidate.changes
+            plan.proposals.append(
+                Proposal(
+                    len(plan.proposals) + 1,
+                    candidate.finding,
+                    first.knob,
+                    first.old,
+                    first.new,
+                    candidate.reason,
+                    candidate.evidence,
+                    tuple(rest),
+                )
             )
-            continue
-        wanted = {**accepted, **{c.knob: c.new for c in candidate.changes}}
-        checked, problems = validate_tree(_with_values(tree, wanted))
-        if checked is None:
-            plan.notes.append(
-                f"{_TITLES[candidate.finding]}: {candidate.changes[0].text()} is refused by the schema "
-                f"({'; '.join(problems.values())}): not proposed"
-            )
-            continue
-        accepted = wanted
-        taken.update((k, candidate.finding) for k in knobs)
-        first, *rest = candidate.changes
-        plan.proposals.append(
-            Proposal(
-                len(plan.proposals) + 1,
-                candidate.finding,
-                first.knob,
-                first.old,
-                first.new,
-                candidate.reason,
-                candidate.evidence,
-                tuple(rest),
-            )
-        )
+            break
     return plan
 
 
@@ -413,6 +419,7 @@ def _starved(state: RunState, cfg: RunConfig, notes: list[str]) -> _Candidate | 
     run_mean = f"; {fmt_pct(mean)} busy over the whole run" if mean is not None else ""
     head = f"gpu_starved alert at step {_step(alert.get('step'))}: GPU busy {fmt_pct(busy)}{run_mean}"
     named = [str(k) for k in alert.get("knobs") or []]
+    options: list[_Candidate] = []
     for text in named:
         change = _named_knob(text, cfg)
         if change is None:
@@ -421,15 +428,20 @@ def _starved(state: RunState, cfg: RunConfig, notes: list[str]) -> _Candidate | 
         g = cfg.training.gradient_accumulation_steps
         if change.knob == "training.per_device_train_batch_size" and g > 1 and "halve gradient" in text:
             also = (Change("training.gradient_accumulation_steps", g, max(1, g // 2)),)
-        return _Candidate(
-            STARVED,
-            (change, *also),
-            "the GPU waited on the host most of the time; this is the first knob the trainer's own check named "
-            "for this run (same math, faster steps)",
-            f"{head}; the trainer named: {'; '.join(named)}",
+        options.append(
+            _Candidate(
+                STARVED,
+                (change, *also),
+                "the GPU waited on the host most of the time; this is the first knob the trainer's own check "
+                "named for this run that the plan can take (same math, faster steps)",
+                f"{head}; the trainer named: {'; '.join(named)}",
+            )
         )
-    notes.append(f"the starved GPU ({head}) names no knob this config can still take")
-    return None
+    if not options:
+        notes.append(f"the starved GPU ({head}) names no knob this config can still take")
+        return None
+    first, *rest = options
+    return dataclasses.replace(first, alternatives=tuple(rest))
 
 
 def _spills(state: RunState, cfg: RunConfig, notes: list[str]) -> _Candidate | None:

@@ -248,6 +248,21 @@ def test_two_findings_on_one_knob_give_one_proposal_the_higher_ranked(tmp_path: 
     assert all("keeps the change for the OOM, which ranks higher" in note for note in plan.notes)
 
 
+def test_a_finding_whose_knob_a_higher_one_took_proposes_its_next_named_knob(tmp_path: Path) -> None:
+    """The starved GPU's check named a larger micro-batch, then more loader workers; the OOM halves
+    the micro-batch: the starved GPU gets the workers, and a note says why not the batch."""
+    knobs = {"training.per_device_train_batch_size": 8, "training.dataloader_num_workers": 0}
+    named = ["training.per_device_train_batch_size: 16", "training.dataloader_num_workers: 4"]
+    during = {8: starved(8, named)}
+    plan = plan_of(make_run(tmp_path, knobs=knobs, steps=10, during=during, finish=oom_finish(10)))
+    assert [(p.finding, p.knob, p.new) for p in plan.proposals] == [
+        (OOM, "training.per_device_train_batch_size", 4),
+        (STARVED, "training.dataloader_num_workers", 4),
+    ]
+    assert len(plan.notes) == 1 and "keeps the change for the OOM, which ranks higher" in plan.notes[0]
+    assert "training.per_device_train_batch_size" in plan.notes[0] and "the starved GPU" in plan.notes[0]
+
+
 def test_findings_are_ranked_crash_then_divergence_then_overfitting_then_speed(tmp_path: Path) -> None:
     knobs = {"training.per_device_train_batch_size": 4, "training.gradient_checkpointing": False}
     points = [(10, 2.0), (20, 1.8), (30, 1.9), (35, 2.1)]

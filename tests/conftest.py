@@ -295,3 +295,12 @@ def private_mount_namespace() -> list[str]:
         if subprocess.run([*args, "true"], capture_output=True).returncode == 0:
             return args
     pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces) for a small disk")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun's rendezvous, a test server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

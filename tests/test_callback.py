@@ -21,7 +21,7 @@ import pytest
 from loratop.core import events as ev
 from loratop.core.run_dir import proven_trainer_pid, read_status, request_control
 from loratop.core.run_summary import fold_run
-from tests.conftest import loratop, of_type, read_events
+from tests.conftest import free_port, loratop, of_type, read_events
 
 SCRIPT = Path(__file__).parent / "data" / "hf_scripts" / "train_with_callback.py"
 
@@ -136,16 +136,16 @@ def test_stop_and_checkpoint_from_the_dashboard_reach_a_script_at_a_step_boundar
     assert Path(checkpoint["path"]).is_dir()
 
 
+def _torchrun(ranks: int) -> list[str]:
+    """torchrun with ``ranks`` processes on this box, its rendezvous on a free port."""
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    return [*launcher, "--nproc-per-node", str(ranks), "--master-port", str(free_port())]
+
+
 @pytest.mark.slow
 def test_under_torchrun_rank_0_writes_one_run_with_every_ranks_memory(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
     result = subprocess.run(
-        [*command, str(SCRIPT), "--runs-dir", "runs", "--max-steps", "12"],
+        [*_torchrun(2), str(SCRIPT), "--runs-dir", "runs", "--max-steps", "12"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -172,14 +172,9 @@ def test_under_torchrun_a_dashboard_checkpoint_and_stop_reach_every_rank_at_one_
     """A script's ranks meet as a launched run's do (RankMeeting): the request rank 0 reads is
     every rank's at the same step, so the run checkpoints, stops and ends cleanly on both."""
     import os
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
     process = subprocess.Popen(
-        [*command, str(SCRIPT), "--runs-dir", "runs", "--max-steps", "5000"],
+        [*_torchrun(2), str(SCRIPT), "--runs-dir", "runs", "--max-steps", "5000"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -41,7 +41,7 @@ from loratop.trainer.agent import Relay, events_tail
 from loratop.trainer.event_sink import EventSink
 from loratop.tui.models.panels import events_text, header_lines, outcome_text
 from loratop.widgets.memory_panel import rank_lines
-from tests.conftest import DEMO_CONFIG, REPO, loratop, of_type, read_events, status_of, until
+from tests.conftest import DEMO_CONFIG, REPO, free_port, loratop, of_type, read_events, status_of, until
 
 FAST = ["training.per_device_train_batch_size=1", "training.max_seq_length=64", "data.max_rows=64"]
 """Short steps: two ranks share this machine's two cores."""
@@ -50,12 +50,6 @@ FAST = ["training.per_device_train_batch_size=1", "training.max_seq_length=64", 
 def _config(tmp_path: Path, name: str, *overrides: str) -> Any:
     sets = parse_overrides([f"output_dir={tmp_path / name}", "distributed.nproc_per_node=2", *FAST, *overrides])
     return load_config(DEMO_CONFIG, sets)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -343,7 +337,7 @@ def test_one_rank_killed_ends_the_run_within_seconds_naming_it(tmp_path: Path) -
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_form_one_run(tmp_path: Path) -> None:
     """Two launchers, node_rank 0 and 1, meet at 127.0.0.1: node 0's run reports all four ranks."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     common = ["distributed.nnodes=2", f"distributed.rdzv_endpoint={endpoint}", "training.max_steps=6"]
     nodes = [
         subprocess.Popen(

@@ -578,14 +578,12 @@ def _settle_runs(runs_dir: Path, names: list[str], *, progress: bool) -> None:
     says which run it is at (runs from before the index are read whole: seconds each)."""
     from loratop.core.run_summary import settle_finished_run
 
-    width = shutil.get_terminal_size().columns - 1  # a line that wraps is not rewritten by \r
     for done, name in enumerate(names):
         if progress:
-            line = f"caching {done + 1}/{len(names)}: {name}"[:width]
-            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+            _say_on_one_line(f"caching {done + 1}/{len(names)}: {name}")
         settle_finished_run(runs_dir / name)
     if progress and names:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+        _say_on_one_line("")
 
 
 @contextlib.contextmanager
@@ -594,13 +592,19 @@ def _doing(what: str) -> Iterator[None]:
     (a long run, or one from an older loratop without its index: seconds), cleared once done."""
     shown = sys.stderr.isatty()
     if shown:
-        line = f"{what} …"[: shutil.get_terminal_size().columns - 1]
-        print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        _say_on_one_line(f"{what} …")
     try:
         yield
     finally:
         if shown:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            _say_on_one_line("")
+
+
+def _say_on_one_line(text: str) -> None:
+    """``text`` on stderr in place of the line there (the terminal's width at most: a line that
+    wraps is not rewritten by ``\\r``); empty: the line cleared."""
+    line = text[: shutil.get_terminal_size().columns - 1]
+    print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

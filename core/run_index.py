@@ -250,6 +250,23 @@ def load_index(run_dir: Path) -> Index | None:
         return None
 
 
+def index_looks_current(run_dir: Path) -> bool:
+    """Whether the run has an index of this format, of this ``events.jsonl``: its small meta
+    file checked, not its records (:func:`load_index` reads them all: megabytes for a long
+    run). A damaged record is found when the index is read, which then reads the events."""
+    meta = read_json(run_dir / INDEX / "meta.json")
+    try:
+        with open(run_dir / EVENTS, "rb") as fh:
+            first = fh.readline()
+        stamp = _file_stamp(run_dir / EVENTS)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("first_line") != _fingerprint(first):
+        return False
+    built = meta.get("events")
+    return built is None or built == stamp  # the trainer's own index has no stamp: it grew with the file
+
+
 def _load_index(run_dir: Path) -> Index | None:
     folder = run_dir / INDEX
     meta = read_json(folder / "meta.json")

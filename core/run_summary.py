@@ -20,7 +20,7 @@ from typing import Any
 
 from loratop.core import events as ev
 from loratop.core.run_dir import EVENTS, read_json
-from loratop.core.run_index import INDEX, Index, fold_file, load_index
+from loratop.core.run_index import INDEX, Index, fold_file, index_looks_current, load_index
 from loratop.core.run_state import RunState, finite_extreme
 
 
@@ -209,8 +209,8 @@ def settle_finished_run(run_dir: Path) -> bool:
         where the folder cannot be written.
     """
     try:
-        if cached_facts(run_dir) is not None and load_index(run_dir) is not None:
-            return True
+        if cached_facts(run_dir) is not None and index_looks_current(run_dir):
+            return True  # (not load_index: a long run's whole index read, at every attach of it)
         state, _ = fold_run(run_dir, cache=True)
         if state.finished is None:
             return False

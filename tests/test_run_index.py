@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from loratop.core import events as ev
 from loratop.core.run_index import INDEX, load_index
 from loratop.core.run_summary import fold_run, settle_finished_run
@@ -100,6 +102,31 @@ def test_a_finished_run_without_an_index_gets_one_when_settled_and_a_live_one_do
     assert_same_fold(fold_run(live)[0], slow_fold(live))
     assert not settle_finished_run(live)
     assert not any(p.name.startswith(INDEX) for p in live.iterdir()), "a live run's trainer may still index it"
+
+
+def test_settling_a_settled_run_reads_no_index_records_and_a_stale_index_is_made_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Every attach of a finished run settles it again (the watcher saw it end): with its caches
+    good, only the small files are looked at, not a long run's whole index (80 MB more held at
+    a 1M-step attach). An index another file's, or a stale one, is not taken for current."""
+    from loratop.core import run_summary
+    from loratop.core.run_index import index_looks_current
+
+    done = tmp_path / "done"
+    shutil.copytree(RECORDED_RUNS / "tiny-r8", done, ignore=shutil.ignore_patterns(f"{INDEX}*"))
+    assert not index_looks_current(done)
+    assert settle_finished_run(done) and index_looks_current(done)
+    with monkeypatch.context() as patched:
+        patched.setattr(run_summary, "load_index", lambda run_dir: pytest.fail("the whole index read"))
+        patched.setattr(run_summary, "fold_file", lambda *a, **k: pytest.fail("the events read"))
+        assert settle_finished_run(done)
+    with open(done / "events.jsonl", "ab") as fh:
+        fh.write(b"one more line\n")  # the file changed since its caches were made
+    assert not index_looks_current(done)
+    assert settle_finished_run(done) and index_looks_current(done) and load_index(done) is not None
+    (done / "events.jsonl").write_bytes(RECORDED.read_bytes())  # another run's file in its place
+    assert not index_looks_current(done)
 
 
 def test_a_real_recorded_run_folds_the_same_from_its_index(tmp_path: Path) -> None:
